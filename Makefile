@@ -1,0 +1,36 @@
+# localimg developer tasks. `make install` sets up .venv with the right torch for this machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU torch unless an NVIDIA GPU is present (then pip's default CUDA build).
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+EXTRAS ?= test
+
+.PHONY: install install-ggml test lint format bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[$(EXTRAS)]"
+
+install-ggml:  # compiles stable-diffusion.cpp (minutes); see README for CMAKE_ARGS
+	$(BIN)/pip install -e ".[ggml]"
+
+test:
+	$(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check localimg tests bench
+	$(BIN)/ruff format --check localimg tests bench
+	$(BIN)/mypy
+
+format:
+	$(BIN)/ruff format localimg tests bench
+	$(BIN)/ruff check --fix localimg tests bench
+
+bench:
+	$(BIN)/python bench/bench_generate.py
+
+clean:
+	rm -rf .test-cache .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

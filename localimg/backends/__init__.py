@@ -1,0 +1,76 @@
+"""Backend registry: a backend name (or alias) → its class, loaded only when first needed.
+
+Built-in backends are named here; third-party packages add theirs through the entry point group
+`localimg.backends` (`name = "package.module:Class"`). Importing this module imports no backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from localimg.errors import BackendNotInstalled, ConfigError
+
+if TYPE_CHECKING:
+    from localimg.backends.base import Backend
+
+ENTRY_POINT_GROUP = "localimg.backends"
+
+BUILTIN: dict[str, str] = {
+    "diffusers": "localimg.backends.diffusers:DiffusersBackend",
+    "stablediffusion-ggml": "localimg.backends.ggml:GgmlBackend",
+}
+
+ALIASES: dict[str, str] = {
+    "huggingface-diffusers": "diffusers",
+    "ggml": "stablediffusion-ggml",
+    "stablediffusion-cpp": "stablediffusion-ggml",
+    "stable-diffusion.cpp": "stablediffusion-ggml",
+    "sd.cpp": "stablediffusion-ggml",
+    "sdcpp": "stablediffusion-ggml",
+}
+
+EXTRAS: dict[str, str] = {"diffusers": "diffusers", "stablediffusion-ggml": "ggml"}
+
+
+def _plugin_targets() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def canonical_name(name: str) -> str:
+    """Resolve aliases; unknown names raise a ConfigError that lists the known ones."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key in BUILTIN or key in _plugin_targets():
+        return key
+    known = sorted({*BUILTIN, *ALIASES, *_plugin_targets()})
+    raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(known)}")
+
+
+def backend_names() -> list[str]:
+    return sorted({*BUILTIN, *_plugin_targets()})
+
+
+def get_backend_class(name: str) -> type[Backend]:
+    """Import a backend class, or say which extra installs it."""
+    key = canonical_name(name)
+    target = BUILTIN.get(key) or _plugin_targets()[key]
+    module_name, _, attr = target.partition(":")
+    extra = EXTRAS.get(key)
+    install_hint = (
+        f"pip install 'localimg[{extra}]'" if extra else f"install the package of {key!r}"
+    )
+    if importlib.util.find_spec(module_name) is None:
+        raise BackendNotInstalled(f"backend {key!r} is not installed ({install_hint})")
+    module = importlib.import_module(module_name)
+    cls: type[Backend] = getattr(module, attr)
+    missing = [
+        req for req in getattr(cls, "requirements", ()) if importlib.util.find_spec(req) is None
+    ]
+    if missing:
+        raise BackendNotInstalled(
+            f"backend {key!r} is not installed: missing {', '.join(missing)} ({install_hint})"
+        )
+    return cls

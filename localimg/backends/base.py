@@ -1,0 +1,70 @@
+"""What every backend provides, and the settings the engine hands it.
+
+A backend turns a fully merged `ImageRequest` into images. It never sees HTTP or CLI objects, and
+the front ends never import it: the engine loads it by name through the registry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from localimg.config import ModelConfig
+    from localimg.requests import ImageRequest, ImageResult, ProgressEvent
+
+ProgressCallback = Callable[["ProgressEvent"], None]
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Machine-level choices that are not part of a model's YAML."""
+
+    device: str | None = None  # None: the YAML's `cuda`, else the best available device
+    threads: int | None = None  # None: physical cores
+
+
+@dataclass(frozen=True)
+class BackendDefaults:
+    """What a loaded model uses for fields neither the request nor the YAML set."""
+
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    size_multiple: int = 8
+
+
+class Backend(Protocol):
+    """The interface the engine drives. One instance holds one loaded model."""
+
+    name: ClassVar[str]
+    requirements: ClassVar[tuple[str, ...]]  # importable modules; missing → "not installed"
+    extra: ClassVar[str]  # the pip extra that installs them
+    # `options:` keys the backend consumes itself (at load time or as settings); every other
+    # option is a generation keyword that the merged request carries in `extra`.
+    option_keys: ClassVar[frozenset[str]]
+
+    def __init__(self, settings: RuntimeSettings) -> None: ...
+
+    def load(self, config: ModelConfig, progress: ProgressCallback) -> None: ...
+
+    @property
+    def defaults(self) -> BackendDefaults: ...
+
+    @classmethod
+    def check_request(cls, request: ImageRequest, config: ModelConfig) -> None:
+        """Refuse, before any work is queued, what this backend cannot do (InvalidRequest)."""
+        ...
+
+    def generate(
+        self, request: ImageRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> ImageResult: ...
+
+    def unload(self) -> None: ...
+
+    def describe(self) -> dict[str, str]:
+        """Facts for `models list` and `/v1/models` (device, dtype, pipeline)."""
+        ...

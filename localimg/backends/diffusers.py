@@ -1,0 +1,634 @@
+"""The diffusers backend: Hugging Face pipelines on torch (CUDA, MPS or CPU).
+
+Loading goes through diffusers' own `from_pretrained` (hub ids through huggingface_hub's cache, or
+local folders) and `from_single_file` (.safetensors/.ckpt). torch and diffusers are imported only
+inside methods, so importing this module (and `localimg --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from localimg.backends import schedulers
+from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
+from localimg.config import ModelConfig, ModelSource, model_source
+from localimg.errors import (
+    BackendError,
+    BackendNotInstalled,
+    Cancelled,
+    ConfigError,
+    InvalidRequest,
+    LocalimgError,
+    ModelUnavailable,
+)
+from localimg.options import OPTION_ALIASES
+from localimg.requests import ImageRequest, ImageResult, ProgressEvent
+from localimg.system import physical_cores
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE = "AutoPipelineForText2Image"
+DEFAULT_STEPS = 30  # LocalAI's documented default
+
+# LocalAI's `pipeline_type` names → the diffusers class that loads them.
+PIPELINE_TYPES: dict[str, str] = {
+    "StableDiffusionPipeline": "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline": "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionDepth2ImgPipeline": "StableDiffusionDepth2ImgPipeline",
+    "DiffusionPipeline": "DiffusionPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLPipeline",
+    "StableVideoDiffusionPipeline": "StableVideoDiffusionPipeline",
+    "AutoPipelineForText2Image": "AutoPipelineForText2Image",
+    "VideoDiffusionPipeline": "DiffusionPipeline",  # text-to-video repos resolve their own class
+    "StableDiffusion3Pipeline": "StableDiffusion3Pipeline",
+    "FluxPipeline": "FluxPipeline",
+    "FluxTransformer2DModel": "FluxPipeline",  # a standalone FLUX transformer + a base repo
+    "SanaPipeline": "SanaPipeline",
+}
+AUTO_TYPES = frozenset({"AutoPipelineForText2Image", "DiffusionPipeline", "VideoDiffusionPipeline"})
+FLUX_BASE_REPO = "black-forest-labs/FLUX.1-dev"
+
+# Call arguments localimg sets itself: an option or extra field may not set them directly.
+RESERVED_CALL_ARGS = frozenset(
+    {
+        "self",
+        "prompt",
+        "generator",
+        "callback_on_step_end",
+        "callback_on_step_end_tensor_inputs",
+        "output_type",
+        "return_dict",
+        "num_images_per_prompt",
+        "callback",
+        "callback_steps",
+        "kwargs",
+        "args",
+    }
+)
+# Request fields that `diffusers.enable_parameters` can switch off (LocalAI's gate).
+GATED = ("negative_prompt", "num_inference_steps", "clip_skip", "image", "mask_image")
+
+DTYPES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+}
+
+
+class DiffusersOptions(BaseModel):
+    """`options:` keys the diffusers backend consumes at load time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32"] | None = None
+    variant: str | None = None  # e.g. fp16: the repo's half-precision weight files
+    revision: str | None = None
+    config: str | None = None  # single files: a diffusers folder or hub id with the configs
+    original_config: str | None = None
+    base_model: str | None = None  # FluxTransformer2DModel: the repo with the other components
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = False
+
+
+OPTION_KEYS = frozenset(DiffusersOptions.model_fields)
+
+
+def _parse_options(config: ModelConfig) -> DiffusersOptions:
+    raw = {k: v for k, v in config.parsed_options().items() if k in OPTION_KEYS}
+    try:
+        return DiffusersOptions.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"{config.where}: options: {key}: {err['msg']} (got {err.get('input')!r})"
+        ) from None
+
+
+def _choose_device(settings: RuntimeSettings, config: ModelConfig) -> str:
+    import torch
+
+    cuda_ok = torch.cuda.is_available()
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    wanted = settings.device
+    if wanted and wanted != "auto":
+        kind = wanted.split(":")[0]
+        available = {"cpu": True, "cuda": cuda_ok, "mps": mps_ok}
+        if kind not in available:
+            raise ConfigError(f"unknown device {wanted!r}; use auto, cpu, cuda, cuda:N or mps")
+        if not available[kind]:
+            raise ConfigError(f"device {wanted!r} was asked for but is not available here")
+        return wanted
+    if config.use_cuda is False:
+        return "cpu"
+    if config.use_cuda and not cuda_ok:
+        log.warning(
+            "%s asks for CUDA, which is not available here: running on %s",
+            config.where,
+            "mps" if mps_ok else "cpu",
+        )
+    if cuda_ok:
+        return "cuda"
+    return "mps" if mps_ok else "cpu"
+
+
+def _choose_dtype(device: str, config: ModelConfig, options: DiffusersOptions) -> torch.dtype:
+    import torch
+
+    if options.dtype:
+        dtype: torch.dtype = getattr(torch, DTYPES[options.dtype])
+        return dtype
+    if not config.f16:
+        return torch.float32
+    if device.startswith(("cuda", "mps")):
+        return torch.float16
+    log.warning(
+        "%s: f16 is set but float16 is not usable on the CPU (slow and unstable): using float32; "
+        'set `options: ["dtype:bfloat16"]` for bfloat16',
+        config.where,
+    )
+    return torch.float32
+
+
+def _pipeline_class(pipeline_type: str) -> Any:
+    import diffusers
+
+    name = PIPELINE_TYPES.get(pipeline_type, pipeline_type)
+    cls = getattr(diffusers, name, None)
+    if cls is None or not (
+        isinstance(cls, type)
+        and (issubclass(cls, diffusers.DiffusionPipeline) or name.startswith("AutoPipeline"))
+    ):
+        raise ConfigError(
+            f"unknown pipeline_type {pipeline_type!r}; use one of {', '.join(PIPELINE_TYPES)} "
+            "or the name of another diffusers pipeline class"
+        )
+    return cls
+
+
+def _single_file_class(path: Path) -> str:
+    """Guess the pipeline of an original-layout checkpoint from its tensor names."""
+    keys: list[str] = []
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    prefixes = (
+        "conditioner.embedders.1",
+        "model.diffusion_model.joint_blocks",
+        "double_blocks.",
+        "model.diffusion_model.double_blocks.",
+    )
+    found = {p for p in prefixes if any(k.startswith(p) for k in keys)}
+    if "conditioner.embedders.1" in found:
+        return "StableDiffusionXLPipeline"
+    if "model.diffusion_model.joint_blocks" in found:
+        return "StableDiffusion3Pipeline"
+    if found & {"double_blocks.", "model.diffusion_model.double_blocks."}:
+        return "FluxPipeline"
+    return "StableDiffusionPipeline"
+
+
+def _dtype_key() -> str:
+    """diffusers renamed `torch_dtype` to `dtype` (and warns on the old name); use what it takes."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _quiet_library_progress() -> None:
+    """diffusers/transformers draw their own tqdm bars while loading; localimg shows its own."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _model_index(source: ModelSource, revision: str | None) -> dict[str, Any]:
+    """model_index.json of a folder or hub repo (downloading it checks the repo is reachable)."""
+    if source.kind == "folder":
+        path = source.path / "model_index.json"
+        if not path.is_file():
+            raise ModelUnavailable(
+                f"{source.location} is not a diffusers model folder (no model_index.json)"
+            )
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(source.location, "model_index.json", revision=revision))
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _hub_error(source: ModelSource, exc: Exception) -> LocalimgError:
+    """Turn a hub/loading failure into an error that says what to do."""
+    from huggingface_hub import errors as hf_errors
+
+    where = source.location
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return ModelUnavailable(f"{where} is gated: accept its license on the hub and set HF_TOKEN")
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return ModelUnavailable(f"hub repo {where!r} does not exist (or is private: set HF_TOKEN)")
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return ModelUnavailable(f"{where}: revision not found")
+    if isinstance(exc, hf_errors.EntryNotFoundError):
+        return ModelUnavailable(f"{where}: a file the pipeline needs is missing: {exc}")
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError | hf_errors.OfflineModeIsEnabled):
+        return ModelUnavailable(
+            f"{where} is not in the local Hugging Face cache and the hub cannot be reached "
+            "(offline?). Connect once so it downloads, set HF_ENDPOINT to a mirror, or use a "
+            "local model: --model /path/to/folder-or-file.safetensors"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelUnavailable(f"cannot load {where}: {first}")
+
+
+class DiffusersBackend:
+    """One loaded diffusers pipeline."""
+
+    name: ClassVar[str] = "diffusers"
+    requirements: ClassVar[tuple[str, ...]] = ("torch", "diffusers", "transformers")
+    extra: ClassVar[str] = "diffusers"
+    option_keys: ClassVar[frozenset[str]] = OPTION_KEYS
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.pipe: Any = None
+        self.config: ModelConfig | None = None
+        self.device = "cpu"
+        self.dtype: Any = None
+        self._call_params: dict[str, inspect.Parameter] = {}
+        self._scheduler_config: Any = None
+        self._default_scheduler: Any = None
+        self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    @classmethod
+    def check_request(cls, request: ImageRequest, config: ModelConfig) -> None:
+        """Refuse before queueing: unknown scheduler, gated parameters, sizes not multiple of 8."""
+        if request.scheduler is not None:
+            schedulers.lookup(request.scheduler)
+        for side in ("width", "height"):
+            value = getattr(request, side)
+            if value is not None and value % 8:
+                raise InvalidRequest(
+                    f"{side} {value} is not a multiple of 8, which diffusers models need "
+                    f"(try {value // 8 * 8 or 8} or {value // 8 * 8 + 8})",
+                    param="size",
+                )
+        enabled = config.enabled_parameters
+        if enabled is None:
+            return
+        asked = {
+            "negative_prompt": request.negative_prompt is not None or "|" in request.prompt,
+            "num_inference_steps": request.steps is not None,
+            "clip_skip": request.clip_skip is not None,
+            "image": request.init_image is not None,
+            "mask_image": request.mask is not None,
+        }
+        for gate in GATED:
+            if asked[gate] and gate not in enabled:
+                raise InvalidRequest(
+                    f"model {config.name!r} does not accept {gate}: add it to "
+                    f"diffusers.enable_parameters in {config.where} "
+                    f"(now {config.diffusers.enable_parameters!r})",
+                    param=gate,
+                )
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def load(self, config: ModelConfig, progress: ProgressCallback) -> None:
+        import torch
+
+        options = _parse_options(config)
+        self.config = config
+        self.device = _choose_device(self.settings, config)
+        self.dtype = _choose_dtype(self.device, config, options)
+        threads = self.settings.threads or config.threads or physical_cores()
+        torch.set_num_threads(threads)
+        source = model_source(config)
+        pipeline_type = config.diffusers.pipeline_type or DEFAULT_PIPELINE
+        if config.diffusers.scheduler_type:
+            schedulers.lookup(config.diffusers.scheduler_type, param="scheduler_type")
+        _quiet_library_progress()
+        try:
+            pipe = self._load_pipeline(pipeline_type, source, options)
+        except LocalimgError:
+            raise
+        except ImportError as exc:
+            raise BackendNotInstalled(f"{config.where}: {exc}") from None
+        except Exception as exc:
+            if source.kind == "hub":
+                raise _hub_error(source, exc) from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelUnavailable(f"cannot load {source.location}: {first}") from None
+        if getattr(pipe, "safety_checker", None) is not None:
+            pipe.safety_checker = None
+        self._apply_loras(pipe, config)
+        self._place(pipe, options)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        self._call_params = dict(inspect.signature(pipe.__call__).parameters)
+        scheduler = getattr(pipe, "scheduler", None)
+        self._default_scheduler = scheduler
+        self._scheduler_config = scheduler.config if scheduler is not None else None
+        if config.diffusers.scheduler_type and scheduler is not None:
+            self._default_scheduler = schedulers.build(
+                config.diffusers.scheduler_type, self._scheduler_config
+            )
+        self._defaults = self._compute_defaults(pipe)
+        extras = {
+            k: v
+            for k, v in config.parsed_options().items()
+            if k not in OPTION_KEYS and k not in OPTION_ALIASES
+        }
+        self._check_extra(extras, where=f"{config.where}: options")
+
+    def _load_pipeline(
+        self, pipeline_type: str, source: ModelSource, options: DiffusersOptions
+    ) -> Any:
+        import diffusers
+
+        common: dict[str, Any] = {_dtype_key(): self.dtype}
+        if options.revision:
+            common["revision"] = options.revision
+        if pipeline_type == "FluxTransformer2DModel":
+            return self._load_flux_transformer(source, options, common)
+        if source.kind == "file":
+            name = PIPELINE_TYPES.get(pipeline_type, pipeline_type)
+            if pipeline_type in AUTO_TYPES:
+                name = _single_file_class(source.path)
+            cls = _pipeline_class(name)
+            if not hasattr(cls, "from_single_file"):
+                raise ConfigError(
+                    f"pipeline_type {pipeline_type!r} cannot load a single file; use a diffusers "
+                    "folder or hub id, or a pipeline type such as StableDiffusionPipeline"
+                )
+            if options.config:
+                common["config"] = options.config
+            if options.original_config:
+                common["original_config"] = options.original_config
+            return cls.from_single_file(str(source.path), **common)
+        index = _model_index(source, options.revision)
+        if "safety_checker" in index:
+            common["safety_checker"] = None
+            common["requires_safety_checker"] = False
+        if options.variant:
+            common["variant"] = options.variant
+        cls = _pipeline_class(pipeline_type)
+        if pipeline_type in AUTO_TYPES and not hasattr(diffusers, "AutoPipelineForText2Image"):
+            cls = diffusers.DiffusionPipeline
+        return cls.from_pretrained(source.location, **common)
+
+    def _load_flux_transformer(
+        self, source: ModelSource, options: DiffusersOptions, common: dict[str, Any]
+    ) -> Any:
+        import diffusers
+
+        if source.kind == "file":
+            transformer = diffusers.FluxTransformer2DModel.from_single_file(
+                str(source.path), **{_dtype_key(): self.dtype}
+            )
+        else:
+            transformer = diffusers.FluxTransformer2DModel.from_pretrained(
+                source.location, subfolder="transformer", **{_dtype_key(): self.dtype}
+            )
+        base = options.base_model or FLUX_BASE_REPO
+        return diffusers.FluxPipeline.from_pretrained(base, transformer=transformer, **common)
+
+    def _apply_loras(self, pipe: Any, config: ModelConfig) -> None:
+        loras = config.loras()
+        if not loras:
+            return
+        if not hasattr(pipe, "load_lora_weights"):
+            raise ConfigError(f"{config.where}: this pipeline does not support LoRA adapters")
+        names, scales = [], []
+        for index, (file, scale) in enumerate(loras):
+            path = config.resolve_path(file)
+            if not path.exists():
+                raise ModelUnavailable(f"{config.where}: LoRA file {file!r} not found ({path})")
+            name = f"lora{index}"
+            try:
+                if path.is_dir():
+                    pipe.load_lora_weights(str(path), adapter_name=name)
+                else:
+                    pipe.load_lora_weights(
+                        str(path.parent), weight_name=path.name, adapter_name=name
+                    )
+            except ImportError as exc:
+                raise BackendNotInstalled(f"LoRA needs peft: pip install peft ({exc})") from None
+            except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                raise ConfigError(f"{config.where}: cannot load LoRA {file!r}: {exc}") from None
+            names.append(name)
+            scales.append(scale)
+        pipe.set_adapters(names, adapter_weights=scales)
+
+    def _place(self, pipe: Any, options: DiffusersOptions) -> None:
+        if options.cpu_offload:
+            if not self.device.startswith("cuda"):
+                raise ConfigError("options: cpu_offload needs a CUDA GPU")
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to(self.device)
+        if options.attention_slicing:
+            pipe.enable_attention_slicing()
+        vae = getattr(pipe, "vae", None)
+        if options.vae_tiling:
+            if vae is None or not hasattr(vae, "enable_tiling"):
+                raise ConfigError("options: vae_tiling is not supported by this pipeline's VAE")
+            vae.enable_tiling()
+        if options.vae_slicing:
+            if vae is None or not hasattr(vae, "enable_slicing"):
+                raise ConfigError("options: vae_slicing is not supported by this pipeline's VAE")
+            vae.enable_slicing()
+
+    def _compute_defaults(self, pipe: Any) -> BackendDefaults:
+        scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+        sample = getattr(pipe, "default_sample_size", None)
+        if sample is None:
+            denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+            sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
+        side = int(sample) * scale if isinstance(sample, int) else 512
+        guidance = self._call_params.get("guidance_scale")
+        cfg = (
+            guidance.default
+            if guidance is not None and isinstance(guidance.default, int | float)
+            else 7.5
+        )
+        multiple = max(8, scale * (2 if getattr(pipe, "transformer", None) is not None else 1))
+        return BackendDefaults(
+            width=side,
+            height=side,
+            steps=DEFAULT_STEPS,
+            cfg_scale=float(cfg),
+            size_multiple=multiple,
+        )
+
+    @property
+    def defaults(self) -> BackendDefaults:
+        return self._defaults
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _check_extra(self, extra: dict[str, Any], where: str) -> None:
+        allowed = sorted(k for k in self._call_params if k not in RESERVED_CALL_ARGS)
+        for key in extra:
+            if key in RESERVED_CALL_ARGS:
+                raise InvalidRequest(
+                    f"{where}: {key!r} is set by localimg and cannot be given", param=key
+                )
+            if key not in self._call_params:
+                raise InvalidRequest(
+                    f"{where}: {type(self.pipe).__name__} does not accept {key!r}; it accepts: "
+                    + ", ".join(allowed),
+                    param=key,
+                )
+
+    def _call_kwargs(self, request: ImageRequest) -> dict[str, Any]:
+        params = self._call_params
+        pipeline = type(self.pipe).__name__
+        assert request.width and request.height and request.steps
+        multiple = self._defaults.size_multiple
+        if request.width % multiple or request.height % multiple:
+            raise InvalidRequest(
+                f"size {request.width}x{request.height}: this model needs both sides to be "
+                f"multiples of {multiple}",
+                param="size",
+            )
+        kwargs: dict[str, Any] = {"num_inference_steps": request.steps}
+        if "prompt" in params:
+            kwargs["prompt"] = request.prompt
+        elif request.prompt:
+            raise InvalidRequest(f"{pipeline} takes no text prompt", param="prompt")
+        wanted: dict[str, Any] = {
+            "negative_prompt": request.negative_prompt,
+            "clip_skip": request.clip_skip or None,
+            "image": request.init_image,
+            "mask_image": request.mask,
+            "strength": request.strength,
+        }
+        for key, value in wanted.items():
+            if value is None:
+                continue
+            if key not in params:
+                raise InvalidRequest(f"{pipeline} does not support {key}", param=key)
+            kwargs[key] = value
+        for key, value in (("width", request.width), ("height", request.height)):
+            if key in params:
+                kwargs[key] = value
+        if "guidance_scale" in params:
+            kwargs["guidance_scale"] = request.cfg_scale
+        self._check_extra(dict(request.extra), where="extra parameters")
+        kwargs.update(request.extra)
+        return kwargs
+
+    def generate(
+        self, request: ImageRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> ImageResult:
+        import torch
+
+        if self.pipe is None:
+            raise BackendError("the model is not loaded")
+        pipe = self.pipe
+        kwargs = self._call_kwargs(request)
+        label = self._set_scheduler(request.scheduler)
+        steps = request.steps or 1
+        total = steps * request.n
+        images: list[Any] = []
+        for index, seed in enumerate(request.seeds):
+
+            def on_step(
+                p: Any, step: int, _t: Any, tensors: dict[str, Any], index: int = index
+            ) -> dict[str, Any]:
+                progress(
+                    ProgressEvent(
+                        "step", step=index * steps + step + 1, total=total, image_index=index
+                    )
+                )
+                if cancel.is_set():
+                    p._interrupt = True
+                return tensors
+
+            call = dict(kwargs)
+            call["generator"] = torch.Generator("cpu").manual_seed(seed)
+            if "callback_on_step_end" in self._call_params:
+                call["callback_on_step_end"] = on_step
+            try:
+                with torch.inference_mode():
+                    output = pipe(**call)
+            except torch.OutOfMemoryError:
+                raise BackendError(
+                    f"out of memory at {request.width}x{request.height}: try a smaller size, "
+                    "f16, or options vae_tiling / attention_slicing / cpu_offload"
+                ) from None
+            except ValueError as exc:
+                raise InvalidRequest(f"{type(pipe).__name__}: {exc}") from None
+            except RuntimeError as exc:
+                raise BackendError(f"generation failed: {exc}") from None
+            if cancel.is_set():
+                raise Cancelled("the request was cancelled")
+            progress(
+                ProgressEvent("decode", step=(index + 1) * steps, total=total, image_index=index)
+            )
+            frames = getattr(output, "frames", None)
+            images.extend(frames[0] if frames is not None else output.images)
+        return ImageResult(images=images, seeds=request.seeds, scheduler=label)
+
+    def _set_scheduler(self, name: str | None) -> str:
+        """Install the request's scheduler (or the model's), return its display name."""
+        if self._scheduler_config is None:
+            if name:
+                raise InvalidRequest("this pipeline has no scheduler to choose", param="scheduler")
+            return ""
+        if name:
+            self.pipe.scheduler = schedulers.build(name, self._scheduler_config)
+            return schedulers.lookup(name).label
+        self.pipe.scheduler = self._default_scheduler
+        if self.config and self.config.diffusers.scheduler_type:
+            return schedulers.lookup(self.config.diffusers.scheduler_type).label
+        return type(self._default_scheduler).__name__
+
+    def unload(self) -> None:
+        pipe, self.pipe = self.pipe, None
+        del pipe
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "pipeline": type(self.pipe).__name__ if self.pipe is not None else "",
+        }

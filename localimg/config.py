@@ -1,0 +1,536 @@
+"""Model configuration: LocalAI-compatible YAML files, the models directory and model references.
+
+A model YAML written for LocalAI works here unchanged. Keys localimg uses are validated with
+messages that name the file and the key; keys LocalAI has for other kinds of models (text, audio)
+are accepted with a warning, so a models directory shared with LocalAI keeps loading.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from localimg.errors import ConfigError, InvalidRequest, ModelNotFound
+from localimg.options import parse_options
+
+log = logging.getLogger(__name__)
+
+MODELS_PATH_ENV = "LOCALIMG_MODELS_PATH"
+DEFAULT_MODEL_ENV = "LOCALIMG_MODEL"
+DEFAULT_HUB_MODEL = "stabilityai/sd-turbo"
+YAML_SUFFIXES = (".yaml", ".yml")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".gguf", ".bin", ".pt", ".pth", ".sft")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Keys of LocalAI's model YAML that serve text, audio or other model kinds. They are accepted so
+# that a models directory shared with LocalAI loads, and a warning says localimg ignores them.
+LOCALAI_IGNORED_KEYS = frozenset(
+    {
+        "template",
+        "context_size",
+        "mmap",
+        "mmlock",
+        "low_vram",
+        "gpu_layers",
+        "main_gpu",
+        "tensor_split",
+        "roles",
+        "embeddings",
+        "stopwords",
+        "cutstrings",
+        "trimspace",
+        "trimsuffix",
+        "prompt_cache_path",
+        "prompt_cache_all",
+        "prompt_cache_ro",
+        "grammar",
+        "function",
+        "mirostat",
+        "mirostat_eta",
+        "mirostat_tau",
+        "rope_scaling",
+        "yarn_ext_factor",
+        "numa",
+        "ngqa",
+        "rms_norm_eps",
+        "feature_flags",
+        "system_prompt",
+        "tts",
+        "tts_model",
+        "audio_path",
+        "known_usecases",
+        "usage",
+        "license",
+        "urls",
+        "icon",
+        "tags",
+        "download_files",
+        "mmproj",
+        "batch",
+        "flash_attention",
+        "no_kv_offloading",
+        "cache_type_k",
+        "cache_type_v",
+        "debug",
+        "vad",
+        "pipeline",
+        "chat_message",
+        "template_config",
+        "lora_base",
+        "quantization",
+        "load_format",
+        "tensor_parallel_size",
+        "swap_space",
+        "max_model_len",
+        "trust_remote_code",
+        "enforce_eager",
+        "gpu_memory_utilization",
+        "model_base_name",
+        "reranking",
+        "limit_mm_per_prompt",
+        "grpc",
+        "autoload",
+        "overrides",
+        "name_prefix",
+        "response_format",
+        "diffusers_img2img",
+    }
+)
+LOCALAI_IGNORED_PARAMETERS = frozenset(
+    {
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "max_tokens",
+        "echo",
+        "batch",
+        "ignore_eos",
+        "n_keep",
+        "frequency_penalty",
+        "presence_penalty",
+        "tfz",
+        "typical_p",
+        "repeat_penalty",
+        "repeat_last_n",
+        "negative_prompt_scale",
+        "rope_freq_base",
+        "rope_freq_scale",
+        "language",
+        "translate",
+        "n",
+        "tokenizer",
+        "keep",
+        "use_fast_tokenizer",
+    }
+)
+
+ENABLE_PARAMETER_NAMES = (
+    "negative_prompt",
+    "num_inference_steps",
+    "clip_skip",
+    "image",
+    "mask_image",
+    "guidance_scale",
+    "strength",
+    "width",
+    "height",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Parameters(_Strict):
+    """`parameters:` of a LocalAI YAML. Only `model` and `seed` matter for images."""
+
+    model: str | None = None
+    seed: int | None = None
+
+
+class DiffusersSection(_Strict):
+    """`diffusers:` of a LocalAI YAML."""
+
+    cuda: bool | None = None
+    pipeline_type: str | None = None
+    scheduler_type: str | None = None
+    enable_parameters: str | None = None
+    clip_skip: int | None = None
+    cfg_scale: float | None = None
+    img2img: bool | None = None
+    clip_model: str | None = None
+    clip_subfolder: str | None = None
+    control_net: str | None = None
+
+    @field_validator("enable_parameters")
+    @classmethod
+    def _known_parameters(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        unknown = [p for p in split_csv(value) if p not in ENABLE_PARAMETER_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(unknown)}; allowed: "
+                + ", ".join(ENABLE_PARAMETER_NAMES)
+            )
+        return value
+
+
+class ModelConfig(_Strict):
+    """One model: LocalAI's image YAML keys plus a few documented localimg extensions."""
+
+    name: str
+    backend: str = "diffusers"
+    description: str | None = None
+    parameters: Parameters = Field(default_factory=Parameters)
+    step: int | None = Field(default=None, ge=1, le=500)
+    cfg_scale: float | None = Field(default=None, ge=0, le=100)
+    seed: int | None = None
+    size: str | None = None  # localimg: default WxH for this model
+    f16: bool = False
+    cuda: bool | None = None
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    diffusers: DiffusersSection = Field(default_factory=DiffusersSection)
+    lora_adapter: str | None = None  # LocalAI's single-adapter form
+    lora_scale: float | None = None
+    lora_adapters: list[str] = Field(default_factory=list)
+    lora_scales: list[float] = Field(default_factory=list)
+    options: list[str] = Field(default_factory=list)
+
+    # Where the config came from (not part of the YAML).
+    source_file: Path | None = Field(default=None, exclude=True)
+    models_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            from localimg.requests import parse_size
+
+            try:
+                parse_size(value)
+            except InvalidRequest as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @property
+    def model(self) -> str | None:
+        return self.parameters.model
+
+    @property
+    def where(self) -> str:
+        """How to name this config in an error message."""
+        return str(self.source_file) if self.source_file else f"model {self.name!r}"
+
+    @property
+    def default_size(self) -> tuple[int, int] | None:
+        from localimg.requests import parse_size
+
+        return parse_size(self.size) if self.size else None
+
+    @property
+    def default_cfg_scale(self) -> float | None:
+        return self.cfg_scale if self.cfg_scale is not None else self.diffusers.cfg_scale
+
+    @property
+    def default_seed(self) -> int | None:
+        return self.seed if self.seed is not None else self.parameters.seed
+
+    @property
+    def use_cuda(self) -> bool | None:
+        """`cuda:` at the top or under `diffusers:`; None when neither says."""
+        if self.cuda is not None:
+            return self.cuda
+        return self.diffusers.cuda
+
+    @property
+    def enabled_parameters(self) -> frozenset[str] | None:
+        """The request parameters `enable_parameters` lets through; None means all."""
+        if self.diffusers.enable_parameters is None:
+            return None
+        return frozenset(split_csv(self.diffusers.enable_parameters))
+
+    def loras(self) -> list[tuple[str, float]]:
+        """(file, scale) pairs from `lora_adapters`/`lora_scales` and `lora_adapter`."""
+        files = list(self.lora_adapters)
+        scales = list(self.lora_scales)
+        if self.lora_adapter:
+            files.append(self.lora_adapter)
+            scales.append(self.lora_scale if self.lora_scale is not None else 1.0)
+        if len(scales) > len(files):
+            raise ConfigError(
+                f"{self.where}: lora_scales has {len(scales)} values for {len(files)} adapters"
+            )
+        scales += [1.0] * (len(files) - len(scales))
+        return list(zip(files, scales, strict=True))
+
+    def parsed_options(self) -> dict[str, Any]:
+        """`options: ["key:value"]` as a typed dict (see options.py)."""
+        try:
+            return parse_options(self.options)
+        except ValueError as exc:
+            raise ConfigError(f"{self.where}: options: {exc}") from None
+
+    def resolve_path(self, value: str) -> Path:
+        """A file named in the YAML, relative to the models dir; it may not leave that dir."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        base = self.models_path or (self.source_file.parent if self.source_file else Path.cwd())
+        resolved = (base / path).resolve()
+        if not resolved.is_relative_to(base.resolve()):
+            raise ConfigError(f"{self.where}: {value!r} points outside the models directory {base}")
+        return resolved
+
+    def warn_unused_keys(self) -> None:
+        """Log a warning for each key localimg does not use."""
+        for key in self.model_extra or {}:
+            if key in LOCALAI_IGNORED_KEYS:
+                log.warning("%s: key %r is a LocalAI key localimg ignores", self.where, key)
+            else:
+                log.warning("%s: unknown key %r is ignored", self.where, key)
+        for key in self.parameters.model_extra or {}:
+            kind = (
+                "LocalAI key localimg ignores"
+                if key in LOCALAI_IGNORED_PARAMETERS
+                else "unknown key"
+            )
+            log.warning("%s: parameters.%s is a %s", self.where, key, kind)
+        for key in self.diffusers.model_extra or {}:
+            log.warning("%s: unknown key diffusers.%s is ignored", self.where, key)
+        for key in ("clip_model", "clip_subfolder", "control_net", "img2img"):
+            if getattr(self.diffusers, key) is not None:
+                log.warning(
+                    "%s: diffusers.%s is not supported by localimg yet and is ignored",
+                    self.where,
+                    key,
+                )
+
+
+def split_csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def default_models_path() -> Path:
+    """`LOCALIMG_MODELS_PATH`, else the per-user data dir (platformdirs)."""
+    env = os.environ.get(MODELS_PATH_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_data_path("localimg", appauthor=False) / "models"
+
+
+def _format_validation_error(where: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict) else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"key '{key}': {msg}{shown}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def config_from_dict(
+    data: Any, *, where: str, source_file: Path | None = None, models_path: Path | None = None
+) -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys (name, backend, parameters, ...)")
+    if "name" not in data and source_file is not None:
+        data = {**data, "name": source_file.stem}
+    try:
+        config = ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(where, exc)) from None
+    config.source_file = source_file
+    config.models_path = models_path
+    return config
+
+
+def load_config_file(path: Path, models_path: Path | None = None) -> ModelConfig:
+    """Read and validate one YAML file; every problem is a `ConfigError` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    config = config_from_dict(
+        data, where=str(path), source_file=path, models_path=models_path or path.parent
+    )
+    config.warn_unused_keys()
+    return config
+
+
+def save_config(config: ModelConfig, path: Path) -> None:
+    """Write a YAML atomically (temp file + rename): a crash never leaves half a file."""
+    data = config.model_dump(exclude_none=True, exclude_defaults=False, by_alias=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class ModelEntry:
+    """A YAML file found in the models dir: its config, or the error that stops it loading."""
+
+    path: Path
+    config: ModelConfig | None
+    error: ConfigError | None
+
+    @property
+    def name(self) -> str:
+        return self.config.name if self.config else self.path.stem
+
+
+def scan_models(models_path: Path) -> list[ModelEntry]:
+    """Every YAML model file directly in the models dir, sorted by name."""
+    entries: list[ModelEntry] = []
+    if not models_path.is_dir():
+        return entries
+    for path in sorted(models_path.iterdir()):
+        if path.suffix.lower() not in YAML_SUFFIXES or path.name.startswith("."):
+            continue
+        try:
+            config = load_config_file(path, models_path)
+            entries.append(ModelEntry(path, config, None))
+        except ConfigError as exc:
+            entries.append(ModelEntry(path, None, exc))
+    return entries
+
+
+# Settings that make a hub model produce good images with no YAML (turbo models want 1-4 steps and
+# no classifier-free guidance; their generic defaults would give a bad image slowly).
+HUB_PRESETS: dict[str, dict[str, Any]] = {
+    "stabilityai/sd-turbo": {"step": 2, "cfg_scale": 0.0, "size": "512x512"},
+    "stabilityai/sdxl-turbo": {"step": 2, "cfg_scale": 0.0, "size": "512x512"},
+}
+
+SourceKind = Literal["hub", "folder", "file"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are: a hub repo id, a local folder or a single local file."""
+
+    kind: SourceKind
+    location: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location)
+
+
+def model_source(config: ModelConfig) -> ModelSource:
+    """Resolve `parameters.model` to a hub id, folder or file (models dir first)."""
+    value = config.model
+    if not value:
+        raise ConfigError(f"{config.where}: parameters.model is missing (a file, folder or hub id)")
+    candidate = config.resolve_path(value)
+    if candidate.is_dir():
+        return ModelSource("folder", str(candidate))
+    if candidate.is_file():
+        return ModelSource("file", str(candidate))
+    if Path(value).suffix.lower() in WEIGHT_SUFFIXES or Path(value).is_absolute():
+        from localimg.errors import ModelUnavailable
+
+        raise ModelUnavailable(
+            f"{config.where}: model file {value!r} not found (looked for {candidate})"
+        )
+    if HUB_ID.match(value):
+        return ModelSource("hub", value)
+    from localimg.errors import ModelUnavailable
+
+    raise ModelUnavailable(
+        f"{config.where}: parameters.model {value!r} is neither a file or folder in "
+        f"{config.models_path or candidate.parent} nor a hub repo id (owner/name)"
+    )
+
+
+def _implicit_config(ref: str, path: Path | None, models_path: Path) -> ModelConfig:
+    """A config for a model given directly (folder, file or hub id) with no YAML."""
+    data: dict[str, Any] = {"name": ref, "parameters": {"model": str(path) if path else ref}}
+    if path is not None and path.suffix.lower() == ".gguf":
+        data["backend"] = "stablediffusion-ggml"
+    data.update(HUB_PRESETS.get(ref, {}))
+    return config_from_dict(data, where=f"model {ref!r}", models_path=models_path)
+
+
+def resolve_model(ref: str, models_path: Path) -> ModelConfig:
+    """Find a model by YAML name, YAML path, local folder or file, or hub id, in that order."""
+    entries = scan_models(models_path)
+    for entry in entries:
+        if entry.name == ref or entry.path.stem == ref or entry.path.name == ref:
+            if entry.error:
+                raise entry.error
+            assert entry.config is not None
+            return entry.config
+    path = Path(ref).expanduser()
+    if path.suffix.lower() in YAML_SUFFIXES:
+        if not path.is_file():
+            raise ModelNotFound(f"model file {ref} does not exist", param="model")
+        return load_config_file(path.resolve(), models_path)
+    for candidate in (path, models_path / path):
+        if (candidate.is_dir() or candidate.is_file()) and _inside_or_explicit(
+            ref, candidate, models_path
+        ):
+            return _implicit_config(ref, candidate.resolve(), models_path)
+    if HUB_ID.match(ref) and not path.exists():
+        return _implicit_config(ref, None, models_path)
+    names = [e.name for e in entries]
+    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    known = f" Known models: {', '.join(names)}." if names else f" No models in {models_path}."
+    raise ModelNotFound(
+        f"unknown model {ref!r}: not a model name, YAML file, local folder or file, or hub id "
+        f"(owner/name).{hint}{known}",
+        param="model",
+    )
+
+
+def _inside_or_explicit(ref: str, candidate: Path, models_path: Path) -> bool:
+    """A relative reference resolved in the models dir must stay inside it."""
+    if candidate == Path(ref).expanduser():
+        return True
+    return candidate.resolve().is_relative_to(models_path.resolve())
+
+
+def default_model_ref(models_path: Path) -> str:
+    """The model used when none is named: $LOCALIMG_MODEL, the only configured one, or sd-turbo."""
+    env = os.environ.get(DEFAULT_MODEL_ENV)
+    if env:
+        return env
+    entries = [e for e in scan_models(models_path) if e.config is not None]
+    if len(entries) == 1:
+        return entries[0].name
+    if len(entries) > 1:
+        names = ", ".join(e.name for e in entries)
+        raise InvalidRequest(
+            f"several models are configured ({names}): name one with --model or set "
+            f"{DEFAULT_MODEL_ENV}",
+            param="model",
+        )
+    return DEFAULT_HUB_MODEL

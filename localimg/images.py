@@ -1,0 +1,144 @@
+"""Encoding results to files and bytes, with the generation parameters embedded.
+
+The parameters are written the way AUTOMATIC1111 writes them (a `parameters` text chunk in PNG,
+the EXIF UserComment in JPEG and WebP), so tools that read A1111 metadata (image browsers, civitai,
+ComfyUI loaders) read localimg's images too.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from localimg import __version__
+from localimg.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from localimg.requests import ImageResult
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+FORMATS: dict[str, ImageFormat] = {
+    "png": "png",
+    "jpg": "jpeg",
+    "jpeg": "jpeg",
+    "webp": "webp",
+}
+MIME_TYPES: dict[ImageFormat, str] = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+}
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+
+
+def format_from_name(value: str, param: str = "output_format") -> ImageFormat:
+    """`out.JPG` or `jpeg` → "jpeg"; anything else is an error listing the formats."""
+    key = value.lower().rsplit(".", 1)[-1]
+    if key not in FORMATS:
+        raise InvalidRequest(
+            f"unsupported image format {value!r}; use png, jpeg (jpg) or webp", param=param
+        )
+    return FORMATS[key]
+
+
+def a1111_parameters(result: ImageResult, index: int) -> str:
+    """The generation parameters of image `index` in AUTOMATIC1111's text layout."""
+    request = result.request
+    lines = []
+    fields: list[tuple[str, object]] = []
+    if request is not None:
+        lines.append(request.prompt)
+        if request.negative_prompt:
+            lines.append(f"Negative prompt: {request.negative_prompt}")
+        fields += [("Steps", request.steps)]
+        if result.scheduler:
+            fields.append(("Sampler", result.scheduler))
+        fields += [("CFG scale", request.cfg_scale)]
+    fields.append(("Seed", result.seeds[index]))
+    if request is not None:
+        fields.append(("Size", f"{request.width}x{request.height}"))
+        if request.clip_skip:
+            fields.append(("Clip skip", request.clip_skip))
+        if request.strength is not None:
+            fields.append(("Denoising strength", request.strength))
+    if result.model:
+        fields.append(("Model", result.model))
+    fields.append(("Version", f"localimg {__version__}"))
+    lines.append(", ".join(f"{key}: {_field(value)}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def _field(value: object) -> str:
+    text = str(value)
+    # A1111 quotes values that contain its separators.
+    return f'"{text}"' if ("," in text or ":" in text) and not text.startswith('"') else text
+
+
+def encode(
+    image: Image,
+    fmt: ImageFormat = "png",
+    *,
+    parameters: str | None = None,
+    quality: int | None = None,
+) -> bytes:
+    """Encode one image; `quality` (0-100) applies to jpeg and webp."""
+    from PIL import Image as PILImage
+    from PIL import PngImagePlugin
+
+    buffer = io.BytesIO()
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        if parameters:
+            info.add_text("parameters", parameters)
+        image.save(buffer, format="PNG", pnginfo=info)
+        return buffer.getvalue()
+    if fmt == "jpeg" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    exif = PILImage.Exif()
+    if parameters:
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + parameters.encode("utf-16-be")
+    options: dict[str, object] = {"exif": exif.tobytes()}
+    if quality is not None:
+        options["quality"] = quality
+    image.save(buffer, format=fmt.upper(), **options)
+    return buffer.getvalue()
+
+
+def read_parameters(path: Path) -> str | None:
+    """The embedded parameters of an image written by localimg (or A1111), if any."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as image:
+        text = getattr(image, "text", {}).get("parameters") if hasattr(image, "text") else None
+        if text:
+            return str(text)
+        raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if isinstance(raw, bytes) and raw.startswith(b"UNICODE\0"):
+        return raw[8:].decode("utf-16-be")
+    return None
+
+
+def numbered_paths(output: Path, count: int) -> list[Path]:
+    """`out.png` for one image; `out-1.png` ... `out-N.png` for several."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, count + 1)]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,158 @@
+"""The contract between front ends and backends: what is asked, what comes back, what happens.
+
+A front end (CLI, HTTP) builds an `ImageRequest` with only what the user said; fields left
+`None` are filled by `engine.merge_request` from the model's YAML and then from the backend's
+defaults, so a backend always receives a request with every field set. Nothing here is
+backend-specific.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from localimg.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+MAX_N = 10
+MAX_SIDE = 4096
+MAX_STEPS = 500
+MAX_SEED = 2**32 - 1  # the range every backend (torch generators, sd.cpp) accepts
+
+
+def random_seed() -> int:
+    """A fresh seed for a request that gave none; reported back so the image can be remade."""
+    return secrets.randbelow(MAX_SEED - MAX_N)
+
+
+def split_prompt(prompt: str, negative_prompt: str | None = None) -> tuple[str, str | None]:
+    """Apply LocalAI's `positive|negative` convention.
+
+    The text after the first `|` is the negative prompt. An explicit negative prompt wins over the
+    one in the text, so a client that sends both gets what it sent in the dedicated field.
+    """
+    positive, sep, negative = prompt.partition("|")
+    if not sep:
+        return prompt, negative_prompt
+    if negative_prompt is not None:
+        return positive.strip(), negative_prompt
+    return positive.strip(), negative.strip() or None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`"512x768"` → (512, 768), with an error that says what a size looks like."""
+    width_s, sep, height_s = text.lower().strip().partition("x")
+    if not sep or not width_s.strip().isdigit() or not height_s.strip().isdigit():
+        raise InvalidRequest(
+            f"size {text!r} is not WIDTHxHEIGHT (for example 512x512)", param="size"
+        )
+    width, height = int(width_s), int(height_s)
+    check_side("size", width)
+    check_side("size", height)
+    return width, height
+
+
+def check_side(param: str, value: int) -> None:
+    if not 8 <= value <= MAX_SIDE:
+        raise InvalidRequest(
+            f"{param}: {value} pixels is out of range; each side must be between 8 and {MAX_SIDE}",
+            param=param,
+        )
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One generation request. `None` means "not said": the YAML or the backend decides."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int | None = None
+    n: int = 1
+    scheduler: str | None = None
+    init_image: Image | None = None
+    mask: Image | None = None
+    strength: float | None = None
+    clip_skip: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field's range; raise `InvalidRequest` naming the field."""
+        if not isinstance(self.prompt, str):
+            raise InvalidRequest("prompt must be a string", param="prompt")
+        if not 1 <= self.n <= MAX_N:
+            raise InvalidRequest(f"n must be between 1 and {MAX_N}, got {self.n}", param="n")
+        if self.width is not None:
+            check_side("width", self.width)
+        if self.height is not None:
+            check_side("height", self.height)
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise InvalidRequest(
+                f"steps must be between 1 and {MAX_STEPS}, got {self.steps}", param="steps"
+            )
+        if self.cfg_scale is not None and not 0 <= self.cfg_scale <= 100:
+            raise InvalidRequest(
+                f"cfg_scale must be between 0 and 100, got {self.cfg_scale}", param="cfg_scale"
+            )
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED - self.n:
+            raise InvalidRequest(
+                f"seed must be between 0 and {MAX_SEED - self.n} (image i uses seed+i), "
+                f"got {self.seed}",
+                param="seed",
+            )
+        if self.strength is not None and not 0 < self.strength <= 1:
+            raise InvalidRequest(
+                f"strength must be in (0, 1], got {self.strength}", param="strength"
+            )
+        if self.clip_skip is not None and not 0 <= self.clip_skip <= 24:
+            raise InvalidRequest(
+                f"clip_skip must be between 0 and 24, got {self.clip_skip}", param="clip_skip"
+            )
+
+    def with_(self, **changes: Any) -> ImageRequest:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image: seed, seed+1, ... (only once the seed is resolved)."""
+        if self.seed is None:
+            raise ValueError("seed is not resolved yet")
+        return [self.seed + i for i in range(self.n)]
+
+
+@dataclass
+class ImageResult:
+    """What a backend returns: the images (or video frames), their seeds and where time went."""
+
+    images: list[Image]
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    request: ImageRequest | None = None  # the fully resolved request that made the images
+    model: str = ""
+    scheduler: str = ""
+    fps: float | None = None  # set for video results: `images` are then frames
+
+
+Phase = Literal["queued", "load", "step", "decode", "done"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """A progress report. `step`/`total` count denoising steps over all images of the request."""
+
+    phase: Phase
+    step: int = 0
+    total: int = 0
+    image_index: int = 0
+    message: str = ""

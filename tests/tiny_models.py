@@ -1,0 +1,172 @@
+"""Tiny random-weight models built offline, for tests and benchmarks.
+
+They have the real architectures (UNet, VAE, CLIP text encoder and tokenizer) at toy sizes, so the
+real diffusers code runs end to end in well under a second per image on a CPU. Built once and
+cached on disk under `LOCALIMG_TEST_CACHE` (default: `.test-cache/` in the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+CACHE_VERSION = "2"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LOCALIMG_TEST_CACHE")
+    path = Path(root) if root else Path(__file__).resolve().parent.parent / ".test-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable character table."""
+    visible = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    visible += list(range(ord("®"), ord("ÿ") + 1))
+    chars = visible[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in visible:
+            visible.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(visible, (chr(c) for c in chars), strict=True))
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A CLIP BPE tokenizer with a byte-level vocabulary and no merges (one token per byte)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    config = {
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}),
+        encoding="utf-8",
+    )
+
+
+def build_tiny_sd(folder: Path) -> Path:
+    """Save a tiny random StableDiffusionPipeline (64x64 default size) to `folder`."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=1000,
+        max_position_embeddings=77,
+        projection_dim=32,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+    )
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_tokenizer(tmp / "tokenizer-src")
+    tokenizer = CLIPTokenizer.from_pretrained(str(tmp / "tokenizer-src"))
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(tmp))
+    shutil.rmtree(tmp / "tokenizer-src")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def tiny_sd_path() -> Path:
+    """The cached tiny SD folder, built on first use."""
+    folder = cache_dir() / f"tiny-sd-v{CACHE_VERSION}"
+    if not (folder / "model_index.json").is_file():
+        build_tiny_sd(folder)
+    return folder
+
+
+def build_tiny_lora(pipe_folder: Path, out_file: Path, rank: int = 4, seed: int = 1) -> Path:
+    """A random LoRA for the tiny UNet's attention projections, saved as diffusers LoRA weights."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(str(pipe_folder), subfolder="unet")
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    layers: Any = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(out_file.parent), unet_lora_layers=layers, weight_name=out_file.name
+    )
+    return out_file
