@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random models built offline and cached, models dirs with YAML for them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Never reach a model hub from the tests; quiet the libraries' own chatter.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd() -> Path:
+    """A tiny random StableDiffusionPipeline folder (64x64 default size), built once and cached."""
+    from tests.tiny_models import tiny_sd_path
+
+    return tiny_sd_path()
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, tiny_sd: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A models dir holding `tiny.yaml` (the tiny pipeline, 4 steps) and nothing else.
+
+    LOCALIMG_MODELS_PATH points at it, and LOCALIMG_MODEL is unset, so commands that take no
+    --models-path see exactly this directory.
+    """
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(
+        "name: tiny\n"
+        "backend: diffusers\n"
+        "parameters:\n"
+        f"  model: {tiny_sd}\n"
+        "step: 4\n"
+        "cfg_scale: 7\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("LOCALIMG_MODELS_PATH", str(folder))
+    monkeypatch.delenv("LOCALIMG_MODEL", raising=False)
+    return folder
+
+
+@pytest.fixture
+def tiny_copy(tmp_path: Path, tiny_sd: Path) -> Iterator[Path]:
+    """A private copy of the tiny pipeline folder, for tests that modify files."""
+    target = tmp_path / "tiny-sd"
+    shutil.copytree(tiny_sd, target)
+    yield target
