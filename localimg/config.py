@@ -270,14 +270,14 @@ class ModelConfig(_Strict):
         """(file, scale) pairs from `lora_adapters`/`lora_scales` and `lora_adapter`."""
         files = list(self.lora_adapters)
         scales = list(self.lora_scales)
-        if self.lora_adapter:
-            files.append(self.lora_adapter)
-            scales.append(self.lora_scale if self.lora_scale is not None else 1.0)
         if len(scales) > len(files):
             raise ConfigError(
                 f"{self.where}: lora_scales has {len(scales)} values for {len(files)} adapters"
             )
         scales += [1.0] * (len(files) - len(scales))
+        if self.lora_adapter:
+            files.append(self.lora_adapter)
+            scales.append(self.lora_scale if self.lora_scale is not None else 1.0)
         return list(zip(files, scales, strict=True))
 
     def parsed_options(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from localimg.backends import schedulers
+from localimg.backends import schedulers, tasks
 from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
 from localimg.config import ModelConfig, ModelSource, model_source
 from localimg.errors import (
@@ -226,6 +226,21 @@ def _quiet_library_progress() -> None:
         pass
 
 
+def _bridge_clip_text_model(pipe: Any) -> None:
+    """Let diffusers' clip_skip code find `text_encoder.text_model` under transformers 5.
+
+    transformers 5 flattened CLIPTextModel (final_layer_norm moved up a level) while diffusers'
+    encode_prompt still reads `text_encoder.text_model.final_layer_norm` when clip_skip is set.
+    The alias is stored outside torch's module registry, so weights are not duplicated.
+    """
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if encoder is None or "text_model" in vars(encoder) or hasattr(encoder, "text_model"):
+            continue
+        if hasattr(encoder, "final_layer_norm"):
+            object.__setattr__(encoder, "text_model", encoder)
+
+
 def _model_index(source: ModelSource, revision: str | None) -> dict[str, Any]:
     """model_index.json of a folder or hub repo (downloading it checks the repo is reachable)."""
     if source.kind == "folder":
@@ -253,14 +268,14 @@ def _hub_error(source: ModelSource, exc: Exception) -> LocalimgError:
         return ModelUnavailable(f"hub repo {where!r} does not exist (or is private: set HF_TOKEN)")
     if isinstance(exc, hf_errors.RevisionNotFoundError):
         return ModelUnavailable(f"{where}: revision not found")
-    if isinstance(exc, hf_errors.EntryNotFoundError):
-        return ModelUnavailable(f"{where}: a file the pipeline needs is missing: {exc}")
     if isinstance(exc, hf_errors.LocalEntryNotFoundError | hf_errors.OfflineModeIsEnabled):
         return ModelUnavailable(
             f"{where} is not in the local Hugging Face cache and the hub cannot be reached "
             "(offline?). Connect once so it downloads, set HF_ENDPOINT to a mirror, or use a "
             "local model: --model /path/to/folder-or-file.safetensors"
         )
+    if isinstance(exc, hf_errors.EntryNotFoundError):
+        return ModelUnavailable(f"{where}: a file the pipeline needs is missing: {exc}")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelUnavailable(f"cannot load {where}: {first}")
 
@@ -280,6 +295,8 @@ class DiffusersBackend:
         self.device = "cpu"
         self.dtype: Any = None
         self._call_params: dict[str, inspect.Parameter] = {}
+        self._kind = "txt2img"  # what the loaded pipeline does (tasks.pipeline_kind)
+        self._siblings: dict[str, Any] = {}  # other tasks over the same modules (from_pipe)
         self._scheduler_config: Any = None
         self._default_scheduler: Any = None
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
@@ -347,12 +364,15 @@ class DiffusersBackend:
             raise ModelUnavailable(f"cannot load {source.location}: {first}") from None
         if getattr(pipe, "safety_checker", None) is not None:
             pipe.safety_checker = None
+        _bridge_clip_text_model(pipe)
         self._apply_loras(pipe, config)
         self._place(pipe, options)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self._call_params = dict(inspect.signature(pipe.__call__).parameters)
+        self._kind = tasks.pipeline_kind(pipe)
+        self._siblings = {}
         scheduler = getattr(pipe, "scheduler", None)
         self._default_scheduler = scheduler
         self._scheduler_config = scheduler.config if scheduler is not None else None
@@ -473,7 +493,9 @@ class DiffusersBackend:
             denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
             sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
         side = int(sample) * scale if isinstance(sample, int) else 512
-        guidance = self._call_params.get("guidance_scale")
+        guidance = self._call_params.get("guidance_scale") or self._call_params.get(
+            "max_guidance_scale"  # video diffusion: guidance ramps up to this value
+        )
         cfg = (
             guidance.default
             if guidance is not None and isinstance(guidance.default, int | float)
@@ -494,23 +516,40 @@ class DiffusersBackend:
 
     # -- generation -------------------------------------------------------------------------
 
-    def _check_extra(self, extra: dict[str, Any], where: str) -> None:
-        allowed = sorted(k for k in self._call_params if k not in RESERVED_CALL_ARGS)
+    def _pipe_for(self, request: ImageRequest) -> tuple[Any, str]:
+        """The pipeline that serves the request's task (see tasks.py) and that task."""
+        mode = tasks.choose_mode(request, self._kind)
+        if tasks.serves(mode, self._kind):
+            return self.pipe, mode
+        key = tasks.DERIVED.get(mode, mode)
+        if key not in self._siblings:
+            self._siblings[key] = tasks.derive(self.pipe, mode, self._kind)
+        return self._siblings[key], mode
+
+    def _check_extra(
+        self, extra: dict[str, Any], where: str, pipe: Any = None, params: Any = None
+    ) -> None:
+        pipe = pipe if pipe is not None else self.pipe
+        params = params if params is not None else self._call_params
+        allowed = sorted(k for k in params if k not in RESERVED_CALL_ARGS)
         for key in extra:
             if key in RESERVED_CALL_ARGS:
                 raise InvalidRequest(
                     f"{where}: {key!r} is set by localimg and cannot be given", param=key
                 )
-            if key not in self._call_params:
+            if key not in params:
                 raise InvalidRequest(
-                    f"{where}: {type(self.pipe).__name__} does not accept {key!r}; it accepts: "
+                    f"{where}: {type(pipe).__name__} does not accept {key!r}; it accepts: "
                     + ", ".join(allowed),
                     param=key,
                 )
 
-    def _call_kwargs(self, request: ImageRequest) -> dict[str, Any]:
-        params = self._call_params
-        pipeline = type(self.pipe).__name__
+    def _call_kwargs(
+        self, request: ImageRequest, pipe: Any = None, params: Any = None
+    ) -> dict[str, Any]:
+        pipe = pipe if pipe is not None else self.pipe
+        params = params if params is not None else self._call_params
+        pipeline = type(pipe).__name__
         assert request.width and request.height and request.steps
         multiple = self._defaults.size_multiple
         if request.width % multiple or request.height % multiple:
@@ -542,8 +581,33 @@ class DiffusersBackend:
                 kwargs[key] = value
         if "guidance_scale" in params:
             kwargs["guidance_scale"] = request.cfg_scale
-        self._check_extra(dict(request.extra), where="extra parameters")
+        elif "max_guidance_scale" in params:
+            kwargs["max_guidance_scale"] = request.cfg_scale
+        kwargs.update(self._video_kwargs(request, pipeline, params))
+        self._check_extra(dict(request.extra), where="extra parameters", pipe=pipe, params=params)
         kwargs.update(request.extra)
+        return kwargs
+
+    @staticmethod
+    def _video_kwargs(request: ImageRequest, pipeline: str, params: Any) -> dict[str, Any]:
+        """num_frames and fps for a video pipeline; refused by an image pipeline."""
+        video = "num_frames" in params
+        kwargs: dict[str, Any] = {}
+        if video:
+            kwargs["output_type"] = "pil"
+            if request.n > 1:
+                raise InvalidRequest(
+                    f"{pipeline} makes one video per request; n must be 1", param="n"
+                )
+        for key, value in (("num_frames", request.num_frames), ("fps", request.fps)):
+            if value is None:
+                continue
+            if not video:
+                raise InvalidRequest(
+                    f"{pipeline} makes images; {key} applies to video models only", param=key
+                )
+            if key in params:  # SVD conditions on fps (an integer); others only encode with it
+                kwargs[key] = round(value)
         return kwargs
 
     def generate(
@@ -553,10 +617,13 @@ class DiffusersBackend:
 
         if self.pipe is None:
             raise BackendError("the model is not loaded")
-        pipe = self.pipe
-        kwargs = self._call_kwargs(request)
-        label = self._set_scheduler(request.scheduler)
+        pipe, _mode = self._pipe_for(request)
+        params = tasks.call_params(pipe)
+        kwargs = self._call_kwargs(request, pipe, params)
+        label = self._set_scheduler(request.scheduler, pipe)
         steps = request.steps or 1
+        if getattr(pipe, "scheduler", None) is not None:
+            schedulers.check_steps(pipe.scheduler, steps, label)
         total = steps * request.n
         images: list[Any] = []
         for index, seed in enumerate(request.seeds):
@@ -575,11 +642,16 @@ class DiffusersBackend:
 
             call = dict(kwargs)
             call["generator"] = torch.Generator("cpu").manual_seed(seed)
-            if "callback_on_step_end" in self._call_params:
+            if "callback_on_step_end" in params:
                 call["callback_on_step_end"] = on_step
+            elif "callback" in params:  # older pipelines (text-to-video): stop by raising
+                call["callback"] = tasks.legacy_callback(pipe, on_step, cancel)
+                call["callback_steps"] = 1
             try:
                 with torch.inference_mode():
                     output = pipe(**call)
+            except tasks.Interrupted:
+                raise Cancelled("the request was cancelled") from None
             except torch.OutOfMemoryError:
                 raise BackendError(
                     f"out of memory at {request.width}x{request.height}: try a smaller size, "
@@ -594,25 +666,30 @@ class DiffusersBackend:
             progress(
                 ProgressEvent("decode", step=(index + 1) * steps, total=total, image_index=index)
             )
-            frames = getattr(output, "frames", None)
-            images.extend(frames[0] if frames is not None else output.images)
-        return ImageResult(images=images, seeds=request.seeds, scheduler=label)
+            frames = tasks.first_video(output)
+            images.extend(frames if frames is not None else output.images)
+        fps = None
+        if "num_frames" in params:
+            fps = request.fps or tasks.default_fps(params)
+        return ImageResult(images=images, seeds=request.seeds, scheduler=label, fps=fps)
 
-    def _set_scheduler(self, name: str | None) -> str:
+    def _set_scheduler(self, name: str | None, pipe: Any = None) -> str:
         """Install the request's scheduler (or the model's), return its display name."""
+        pipe = pipe if pipe is not None else self.pipe
         if self._scheduler_config is None:
             if name:
                 raise InvalidRequest("this pipeline has no scheduler to choose", param="scheduler")
             return ""
         if name:
-            self.pipe.scheduler = schedulers.build(name, self._scheduler_config)
+            pipe.scheduler = schedulers.build(name, self._scheduler_config)
             return schedulers.lookup(name).label
-        self.pipe.scheduler = self._default_scheduler
+        pipe.scheduler = self._default_scheduler
         if self.config and self.config.diffusers.scheduler_type:
             return schedulers.lookup(self.config.diffusers.scheduler_type).label
         return type(self._default_scheduler).__name__
 
     def unload(self) -> None:
+        self._siblings = {}
         pipe, self.pipe = self.pipe, None
         del pipe
         import gc

@@ -56,6 +56,21 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
 ALIASES = {"k_dpp_sde": "k_dpmpp_sde", "euler_ancestral": "euler_a", "dpm++_2m": "dpmpp_2m"}
 
 
+# Schedulers that fail inside diffusers below a number of steps (PNDM's PLMS warm-up needs 4).
+MIN_STEPS = {"PNDMScheduler": 4}
+
+
+def check_steps(scheduler: Any, steps: int, label: str) -> None:
+    """Refuse a step count the scheduler cannot run, instead of a numpy error from inside it."""
+    minimum = MIN_STEPS.get(type(scheduler).__name__, 1)
+    if steps < minimum:
+        raise InvalidRequest(
+            f"the {label} scheduler needs at least {minimum} steps, got {steps}; "
+            "raise steps or choose another scheduler",
+            param="steps",
+        )
+
+
 def scheduler_names() -> list[str]:
     return list(SCHEDULERS)
 
