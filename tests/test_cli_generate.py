@@ -20,7 +20,7 @@ class Outcome:
 
 
 def run_cli(*args: str) -> Outcome:
-    """The real CLI app, in this process (a fresh interpreter per call would cost ~7 s of imports)."""
+    """The real CLI app in this process (a new interpreter per call costs ~7 s of imports)."""
     from typer.testing import CliRunner
 
     from localimg.cli import app

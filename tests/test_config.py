@@ -171,7 +171,7 @@ def test_relative_paths_cannot_leave_models_dir(tmp_path: Path) -> None:
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     path = write(tmp_path, "m.yaml", "name: m\nparameters:\n  model: nope.safetensors\n")
-    with pytest.raises(ModelUnavailable, match="nope.safetensors"):
+    with pytest.raises(ModelUnavailable, match=r"nope\.safetensors"):
         model_source(load_config_file(path))
 
 

@@ -194,7 +194,7 @@ def test_unknown_option_lists_accepted_keys(engine: Engine) -> None:
 
 def test_lora_loads_and_changes_output(engine: Engine) -> None:
     assert differs(run(engine), run(engine, "tiny-lora"))
-    with pytest.raises(ModelUnavailable, match="nope.safetensors"):
+    with pytest.raises(ModelUnavailable, match=r"nope\.safetensors"):
         run(engine, "tiny-missing-lora")
 
 
