@@ -148,3 +148,30 @@ class JobTimeout(LocalimgError):
     http_status = 504
     error_type = "server_error"
     default_code = "timeout"
+
+
+class Unauthorized(LocalimgError):
+    """A missing or wrong API key (server)."""
+
+    exit_code = 2
+    http_status = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PayloadTooLarge(LocalimgError):
+    """A request body, uploaded or fetched file, or decoded image is over its limit."""
+
+    exit_code = 2
+    http_status = 413
+    error_type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class UnreadableImage(LocalimgError):
+    """An input image cannot be decoded."""
+
+    exit_code = 2
+    http_status = 422
+    error_type = "invalid_request_error"
+    default_code = "invalid_image"
