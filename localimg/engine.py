@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from localimg import conditioning
 from localimg.backends import canonical_name, get_backend_class
 from localimg.backends.base import BackendDefaults, RuntimeSettings
 from localimg.config import ModelConfig, default_model_ref, default_models_path, resolve_model
@@ -66,8 +67,12 @@ def merge_request(
 
     prompt, negative = split_prompt(request.prompt, request.negative_prompt)
     size = config.default_size
-    width = pick("width", size[0] if size else None) or defaults.width
-    height = pick("height", size[1] if size else None) or defaults.height
+    # An input image sets the size when neither the request nor the YAML does (conditioning.py).
+    own: tuple[int | None, int | None] = (None, None)
+    if request.init_image is not None:
+        own = conditioning.size_for(request.init_image, defaults.size_multiple)
+    width = pick("width", size[0] if size else None) or own[0] or defaults.width
+    height = pick("height", size[1] if size else None) or own[1] or defaults.height
     steps = pick("steps", config.step) or defaults.steps
     cfg_scale = pick("cfg_scale", config.default_cfg_scale)
     seed = pick("seed", config.default_seed)
@@ -85,7 +90,10 @@ def merge_request(
             scheduler=pick("scheduler", config.diffusers.scheduler_type),
             clip_skip=pick("clip_skip", config.diffusers.clip_skip),
             strength=pick("strength"),
+            num_frames=pick("num_frames"),
+            fps=pick("fps"),
             extra=extra,
+            **conditioning.fitted(request, int(width), int(height)),
         )
     except (TypeError, ValueError) as exc:
         from localimg.errors import ConfigError
@@ -238,6 +246,8 @@ class InProcessSlot:
         )
         begin = time.monotonic()
         result = backend.generate(request, job.emit, job.cancel_event)
+        if request.mask is not None and result.fps is None:
+            result.images = conditioning.keep_unmasked(result.images, request)
         timings["inference"] = time.monotonic() - begin
         result.timings = {**timings, **result.timings}
         result.request = request

@@ -30,6 +30,8 @@ OPTION_ALIASES: dict[str, str] = {
     "scheduler": "scheduler",
     "scheduler_type": "scheduler",
     "strength": "strength",
+    "num_frames": "num_frames",
+    "fps": "fps",
 }
 
 _INT = re.compile(r"^[+-]?\d+$")

@@ -22,6 +22,15 @@ MAX_N = 10
 MAX_SIDE = 4096
 MAX_STEPS = 500
 MAX_SEED = 2**32 - 1  # the range every backend (torch generators, sd.cpp) accepts
+MAX_FRAMES = 256
+MAX_FPS = 120
+
+# What a request asks a model to do (`mode`). None lets the backend choose from the inputs: a
+# mask means inpaint, an image means the model's image task (img2img, depth2img or img2vid), no
+# image means txt2img or txt2vid. LocalAI's integer `mode` (0: default) maps to None.
+MODES = ("txt2img", "img2img", "inpaint", "depth2img", "variation", "img2vid", "txt2vid")
+IMAGE_MODES = frozenset({"img2img", "inpaint", "depth2img", "variation", "img2vid"})
+VIDEO_MODES = frozenset({"img2vid", "txt2vid"})
 
 
 def random_seed() -> int:
@@ -56,6 +65,23 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def parse_mode(value: object) -> str | None:
+    """A `mode` as a client sends it: a name from MODES, or LocalAI's integer 0 (the default).
+
+    LocalAI's other integers chose compute kernels of its NCNN backend (1: winograd/sgemm), which
+    localimg does not have, so they are refused instead of being ignored.
+    """
+    if value is None or value == "" or value == 0 or value == "0":
+        return None
+    if isinstance(value, str) and value.strip().lower() in MODES:
+        return value.strip().lower()
+    raise InvalidRequest(
+        f"mode {value!r} is not supported; use one of {', '.join(MODES)} or 0 (choose from the "
+        "inputs). LocalAI's mode 1 selected kernels of its NCNN backend, which localimg lacks",
+        param="mode",
+    )
+
+
 def check_side(param: str, value: int) -> None:
     if not 8 <= value <= MAX_SIDE:
         raise InvalidRequest(
@@ -82,6 +108,9 @@ class ImageRequest:
     strength: float | None = None
     clip_skip: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    mode: str | None = None  # one of MODES; None: chosen from the inputs
+    num_frames: int | None = None  # video models: frames per video
+    fps: float | None = None  # video models: frames per second (SVD also conditions on it)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -118,6 +147,34 @@ class ImageRequest:
             raise InvalidRequest(
                 f"clip_skip must be between 0 and 24, got {self.clip_skip}", param="clip_skip"
             )
+        self._validate_conditioning()
+
+    def _validate_conditioning(self) -> None:
+        """Mode, input images and video fields must agree with each other."""
+        if self.mode is not None and self.mode not in MODES:
+            raise InvalidRequest(
+                f"mode {self.mode!r} is not one of {', '.join(MODES)}", param="mode"
+            )
+        if self.mask is not None and self.init_image is None:
+            raise InvalidRequest("a mask needs an image to edit", param="mask")
+        if self.mode in IMAGE_MODES and self.init_image is None:
+            raise InvalidRequest(f"mode {self.mode} needs an input image", param="image")
+        if self.mode == "inpaint" and self.mask is None:
+            raise InvalidRequest(
+                "mode inpaint needs a mask (or an image whose transparent area is the mask)",
+                param="mask",
+            )
+        if self.mode in ("txt2img", "txt2vid") and self.init_image is not None:
+            raise InvalidRequest(f"mode {self.mode} takes no input image", param="image")
+        if self.mask is not None and self.mode not in (None, "inpaint"):
+            raise InvalidRequest(f"mode {self.mode} takes no mask", param="mask")
+        if self.num_frames is not None and not 1 <= self.num_frames <= MAX_FRAMES:
+            raise InvalidRequest(
+                f"num_frames must be between 1 and {MAX_FRAMES}, got {self.num_frames}",
+                param="num_frames",
+            )
+        if self.fps is not None and not 0 < self.fps <= MAX_FPS:
+            raise InvalidRequest(f"fps must be in (0, {MAX_FPS}], got {self.fps}", param="fps")
 
     def with_(self, **changes: Any) -> ImageRequest:
         """A copy with some fields changed (validated again)."""
