@@ -100,8 +100,11 @@ def _prepare_runtime() -> None:
 @app.command()
 def generate(
     prompt: Annotated[
-        str, typer.Argument(help="What to draw. Text after '|' is the negative prompt.")
-    ],
+        str,
+        typer.Argument(
+            help="What to draw. Text after '|' is the negative prompt. May be empty with --image."
+        ),
+    ] = "",
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Model name, YAML file, local folder/file or hub id."),
@@ -109,8 +112,39 @@ def generate(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Output file; .png, .jpg or .webp. With -n N: out-1.png..."
+            "--output",
+            "-o",
+            help="Output file: .png, .jpg, .webp, .gif or .mp4 (videos: .mp4, animated .webp or "
+            ".gif). With -n N: out-1.png...",
         ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image", "-i", help="Input image (file, http(s) URL or data URL): img2img, img2vid..."
+        ),
+    ] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option("--mask", help="Inpainting mask: white (or transparent) = what changes."),
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option("--strength", help="How much the input image changes, in (0, 1]."),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="txt2img, img2img, inpaint, depth2img, variation, img2vid or txt2vid "
+            "[default: from the inputs and the model].",
+        ),
+    ] = None,
+    num_frames: Annotated[
+        int | None, typer.Option("--num-frames", help="Video models: frames to generate.")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option("--fps", help="Video models: frames per second.")
     ] = None,
     size: Annotated[
         str | None, typer.Option("--size", "-s", help="WIDTHxHEIGHT, e.g. 512x512.")
@@ -149,19 +183,20 @@ def generate(
 ) -> None:
     """Generate images from a prompt and write them to files."""
     _prepare_runtime()
-    from localimg import images
+    from localimg import conditioning, results
     from localimg.console import GenerationProgress
     from localimg.engine import Engine
-    from localimg.requests import ImageRequest, parse_size
+    from localimg.requests import ImageRequest, parse_mode, parse_size
 
     try:
-        output = output or Path(f"localimg-{time.strftime('%Y%m%d-%H%M%S')}.png")
-        fmt = images.format_from_name(output.suffix or "png", param="--output")
-        if quality is not None and not 1 <= quality <= 100:
-            raise _bad("--quality must be between 1 and 100")
-        if quality is not None and fmt == "png":
-            raise _bad("--quality applies to .jpg and .webp outputs, not .png")
+        results.check_output(output, quality)
         width, height = parse_size(size) if size else (None, None)
+        init = conditioning.open_image_arg(image, "--image") if image else None
+        mask_image = conditioning.open_image_arg(mask, "--mask") if mask else None
+        if mask_image is not None and init is not None:
+            init, mask_image = conditioning.edit_inputs(init, mask_image, param="--mask")
+        elif init is not None:
+            init = conditioning.as_init(init)
         request = ImageRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -173,6 +208,12 @@ def generate(
             n=n,
             scheduler=scheduler,
             clip_skip=clip_skip,
+            init_image=init,
+            mask=mask_image,
+            strength=strength,
+            mode=parse_mode(mode),
+            num_frames=num_frames,
+            fps=fps,
         )
         engine = Engine(_engine_settings(models_path, device, threads))
         try:
@@ -181,12 +222,7 @@ def generate(
                 result = engine.generate(model, request, progress=bar.update)
         finally:
             engine.close()
-        paths = images.numbered_paths(output, len(result.images))
-        for index, (image, path) in enumerate(zip(result.images, paths, strict=True)):
-            data = images.encode(
-                image, fmt, parameters=images.a1111_parameters(result, index), quality=quality
-            )
-            images.write_atomic(path, data)
+        paths = results.write_result(result, output, quality)
     except LocalimgError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -268,6 +304,113 @@ def models_list(
             source = f"[red]{row['error']}[/]"
         table.add_row(str(row["name"]), row["backend"] or "?", source, Path(str(row["file"])).name)
     console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 8080,
+    models_path: ModelsPath = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            envvar="LOCALIMG_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on /v1 routes (repeatable).",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable)."),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Requests that may wait per model.")
+    ] = 16,
+    preload: Annotated[
+        list[str] | None,
+        typer.Option("--preload", help="Load this model at startup (repeatable)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir", help="Where url-format images are kept [default: a temporary folder]."
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="Public base URL for image links [default: Host header]."),
+    ] = None,
+    url_ttl: Annotated[
+        float, typer.Option("--url-ttl", min=1, help="Seconds a url-format image is kept.")
+    ] = 3600.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Per-request limit in seconds (queue too).")
+    ] = 600.0,
+    max_body_mb: Annotated[
+        float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB.")
+    ] = 64.0,
+    max_image_pixels: Annotated[
+        int, typer.Option("--max-image-pixels", min=1, help="Largest decoded input image.")
+    ] = 4096 * 4096,
+    allow_private_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-urls", help="Let requests fetch loopback/private/link-local URLs."
+        ),
+    ] = False,
+    grace: Annotated[
+        float, typer.Option("--shutdown-grace", min=0, help="Seconds running jobs get to finish.")
+    ] = 30.0,
+    in_process: Annotated[
+        bool,
+        typer.Option("--in-process", help="Run models in this process (no crash isolation)."),
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads [default: physical cores].")
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", help="debug, info, warning or error [default: info]."),
+    ] = None,
+) -> None:
+    """Run the OpenAI-compatible image server (POST /v1/images/generations ...)."""
+    State.log_level = (log_level or "info").upper()
+    _prepare_runtime()
+    from dataclasses import replace
+
+    from localimg.config import scan_models
+    from localimg.engine import Engine
+    from localimg.fetch import FetchPolicy
+    from localimg.inputs import ImageLimits
+    from localimg.server.app import ServerSettings, create_app
+    from localimg.server.run import build_server, startup_line
+    from localimg.workers import WorkerOptions, worker_slot_factory
+
+    engine_settings = replace(_engine_settings(models_path, device, threads), max_queue=max_queue)
+    keys = tuple(k for k in (api_key or []) if k)
+    settings = ServerSettings(
+        api_keys=keys,
+        cors_origins=tuple(cors_origin or ()),
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        image_limits=ImageLimits(max_pixels=max_image_pixels),
+        fetch_policy=FetchPolicy(allow_private=allow_private_urls),
+        output_dir=output_dir,
+        base_url=base_url,
+        url_ttl=url_ttl,
+        request_timeout=timeout,
+        preload=tuple(preload or ()),
+    )
+    factory = None if in_process else worker_slot_factory(WorkerOptions(log_level=State.log_level))
+    engine = Engine(engine_settings, slot_factory=factory)
+    app_ = create_app(settings, engine)
+    names = [e.name for e in scan_models(engine_settings.models_path) if e.config is not None]
+    typer.echo(startup_line(host, port, engine_settings.models_path, names, len(keys)), err=True)
+    build_server(app_, host, port, grace=grace).run()
 
 
 def main() -> None:

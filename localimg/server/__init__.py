@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server of `localimg serve`: app, routes, schemas, security."""

@@ -1,0 +1,293 @@
+"""`create_app(settings, engine)`: the Starlette application of `localimg serve`.
+
+Everything the routes need lives on `app.state` (settings, engine, output folder, which models are
+still preloading, whether shutdown has begun): no module globals, so tests build as many apps as
+they like. Every error leaves as OpenAI's `{"error": {...}}` JSON, never a traceback or HTML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from localimg.errors import LocalimgError
+from localimg.fetch import FetchPolicy
+from localimg.inputs import ImageLimits
+from localimg.server import openai
+from localimg.server.security import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
+
+if TYPE_CHECKING:
+    from localimg.engine import Engine
+
+log = logging.getLogger("localimg.server")
+access_log = logging.getLogger("localimg.access")
+
+FILES_PATH = "/generated"
+EXPOSED_HEADERS = ["X-Request-Id", "X-Localimg-Seeds", "X-Localimg-Generation-Time", "Retry-After"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What `localimg serve` was started with (besides the engine's own settings)."""
+
+    api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024 * 1024
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    output_dir: Path | None = None  # None: a private temporary folder
+    base_url: str | None = None  # None: built from each request's Host header
+    url_ttl: float = 3600.0  # seconds a url-format image stays available
+    request_timeout: float = 600.0  # one generation, queue wait included
+    preload: tuple[str, ...] = ()
+
+
+class AccessLogMiddleware:
+    """A request id on every request and response, and one log line per request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.monotonic()
+        status = 0
+        generation = ""
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, generation
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                for name, value in headers:
+                    if name == b"x-localimg-generation-time":
+                        generation = f" gen={value.decode()}s"
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            access_log.info(
+                "%s %s %s %s %d %.3fs%s",
+                request_id,
+                client[0],
+                scope["method"],
+                scope["path"],
+                status,
+                time.monotonic() - started,
+                generation,
+            )
+
+
+class NotFound(LocalimgError):
+    """A path that names nothing (an unknown route, an expired image)."""
+
+    http_status = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+def error_response(exc: LocalimgError) -> JSONResponse:
+    return JSONResponse(exc.to_openai(), status_code=exc.http_status, headers=exc.headers)
+
+
+async def _localimg_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LocalimgError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: LocalimgError
+    if exc.status_code == 404:
+        error = NotFound(f"no route {request.method} {request.url.path}")
+    else:
+        error = LocalimgError(str(exc.detail), code="http_error")
+        error.http_status = exc.status_code
+        error.error_type = "invalid_request_error"
+    return error_response(error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {
+            "error": {
+                "message": f"internal error: {type(exc).__name__}",
+                "type": "server_error",
+                "param": None,
+                "code": "internal_error",
+            }
+        },
+        status_code=500,
+    )
+
+
+async def healthz(request: Request) -> Response:
+    """The process is alive and its event loop answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready: not shutting down, no preload pending or failed, models found, queues not full."""
+    state = request.app.state
+    engine: Engine = state.engine
+    problems: list[str] = []
+    if state.shutting_down:
+        problems.append("shutting down")
+    problems += [f"model {name!r} is still loading" for name in sorted(state.preloading)]
+    problems += [f"model {name!r} failed to load: {msg}" for name, msg in state.failed.items()]
+    names = await asyncio.to_thread(openai.served_names, state)
+    if not names:
+        problems.append(f"no models in {engine.settings.models_path}")
+    for name, slot in engine.slots.items():
+        if slot.queue_depth >= engine.settings.max_queue:
+            problems.append(f"model {name!r} has a full queue")
+    body = {"status": "ready" if not problems else "not ready", "problems": problems}
+    return JSONResponse(body, status_code=503 if problems else 200)
+
+
+async def generated_file(request: Request) -> Response:
+    """A url-format image; names are random tokens, so they cannot be guessed or escape."""
+    name = request.path_params["name"]
+    folder: Path = request.app.state.output_dir
+    path = folder / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise NotFound("no such image (it may have expired)")
+    return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def _cleanup_loop(folder: Path, ttl: float) -> None:
+    """Delete url-format images older than the TTL, checking every so often."""
+    interval = max(1.0, min(60.0, ttl / 4))
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(remove_expired, folder, ttl)
+
+
+def remove_expired(folder: Path, ttl: float) -> int:
+    cutoff = time.time() - ttl
+    removed = 0
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+async def _preload(app: Starlette, name: str) -> None:
+    state = app.state
+    try:
+        config = await asyncio.to_thread(state.engine.resolve, name)
+        slot = state.engine.slot_for(config)
+        load = getattr(slot, "preload", None)
+        if load is not None:
+            await asyncio.to_thread(load)
+        log.info("model %s is loaded", name)
+    except LocalimgError as exc:
+        log.error("preloading %s failed: %s", name, exc.message)
+        state.failed[name] = exc.message
+    finally:
+        state.preloading.discard(name)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    state = app.state
+    settings: ServerSettings = state.settings
+    temp: tempfile.TemporaryDirectory[str] | None = None
+    if settings.output_dir is None:
+        temp = tempfile.TemporaryDirectory(prefix="localimg-serve-")
+        state.output_dir = Path(temp.name)
+    else:
+        state.output_dir = settings.output_dir
+        state.output_dir.mkdir(parents=True, exist_ok=True)
+    tasks = [asyncio.create_task(_cleanup_loop(state.output_dir, settings.url_ttl))]
+    for name in settings.preload:
+        state.preloading.add(name)
+        tasks.append(asyncio.create_task(_preload(app, name)))
+    try:
+        yield
+    finally:
+        state.shutting_down = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.to_thread(state.engine.close)
+        if temp is not None:
+            temp.cleanup()
+
+
+def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
+    """The server application around an engine (which the app closes when it shuts down)."""
+    middleware = [Middleware(AccessLogMiddleware)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=EXPOSED_HEADERS,
+                max_age=600,
+            )
+        )
+    middleware += [
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(ApiKeyMiddleware, keys=settings.api_keys),
+    ]
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route(FILES_PATH + "/{name}", generated_file, methods=["GET"]),
+        *openai.routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            LocalimgError: _localimg_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.preloading = set()
+    app.state.failed = {}
+    app.state.shutting_down = False
+    app.state.output_dir = settings.output_dir
+    return app

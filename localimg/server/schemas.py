@@ -1,0 +1,223 @@
+"""Request and response shapes of the OpenAI Images API, with LocalAI's and localimg's extensions.
+
+Parsing is strict: an unknown field or a value out of range is a 400 that names the field and
+says what is allowed, so nothing a client sends is silently dropped. Fields that are accepted for
+compatibility but cannot change what localimg does (`style`, `moderation`, LocalAI's `mode`) are
+reported back in the `X-Localimg-Ignored` response header and documented in the README.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from localimg.errors import InvalidRequest
+from localimg.requests import MAX_N, ImageRequest, parse_size
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from localimg.config import ModelConfig
+    from localimg.requests import ImageResult
+
+DEFAULT_STEPS = 30  # LocalAI's documented default, used when a model's YAML sets no `step`
+
+# OpenAI's `quality` → a multiple of the model's step count (its YAML `step`, else 30).
+QUALITY_STEP_FACTORS: dict[str, float] = {
+    "low": 0.5,
+    "medium": 0.75,
+    "standard": 1.0,
+    "auto": 1.0,
+    "high": 1.0,
+    "hd": 1.5,
+}
+
+Quality = Literal["low", "medium", "high", "auto", "standard", "hd"]
+
+
+class ImageParams(BaseModel):
+    """Fields shared by generations, edits and variations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = ""
+    model: str | None = None
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    output_format: Literal["png", "jpeg", "jpg", "webp"] = "png"
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    quality: Quality | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    user: str | None = None
+    # LocalAI and localimg extensions
+    negative_prompt: str | None = None
+    seed: int | None = None
+    step: int | None = Field(default=None, ge=1, le=500)
+    steps: int | None = Field(default=None, ge=1, le=500)
+    cfg_scale: float | None = Field(default=None, ge=0, le=100)
+    scheduler: str | None = None
+    clip_skip: int | None = Field(default=None, ge=0, le=24)
+
+
+class GenerationBody(ImageParams):
+    """POST /v1/images/generations (JSON)."""
+
+    file: str | None = None  # LocalAI: base64, data URL or http(s) URL of an input image
+    mode: Literal[0, 1] | None = None  # LocalAI's old stablediffusion-ncnn speed mode
+
+
+class EditFields(ImageParams):
+    """The text fields of POST /v1/images/edits and /variations (multipart)."""
+
+    strength: float | None = Field(default=None, gt=0, le=1)
+    input_fidelity: Literal["high", "low"] | None = None
+
+
+def parse_model(cls: type[ImageParams], data: Any) -> Any:
+    """Validate a body; a failure is a 400 naming the first bad field and what is allowed."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(cls.model_fields))
+            raise InvalidRequest(
+                f"unknown field {param!r}; the fields this endpoint accepts are: {allowed}",
+                param=param,
+                code="unknown_parameter",
+            ) from None
+        raise InvalidRequest(
+            f"{param}: {err['msg']} (got {err.get('input')!r})", param=param
+        ) from None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed body turned into what the engine and the response need."""
+
+    request: ImageRequest
+    response_format: str
+    output_format: Literal["png", "jpeg", "webp"]
+    compression: int | None
+    ignored: tuple[str, ...]
+
+
+def _steps(params: ImageParams, config: ModelConfig) -> int | None:
+    if params.step is not None and params.steps is not None and params.step != params.steps:
+        raise InvalidRequest(
+            f"step ({params.step}) and steps ({params.steps}) disagree; send one of them",
+            param="steps",
+        )
+    explicit = params.steps if params.steps is not None else params.step
+    if explicit is not None or params.quality is None:
+        return explicit
+    factor = QUALITY_STEP_FACTORS[params.quality]
+    if factor == 1.0:
+        return None  # the model's own step count
+    return max(1, round((config.step or DEFAULT_STEPS) * factor))
+
+
+def prepare(
+    params: ImageParams,
+    config: ModelConfig,
+    *,
+    init_image: Image | None = None,
+    mask: Image | None = None,
+    strength: float | None = None,
+) -> Prepared:
+    """Check the cross-field rules and build the engine's `ImageRequest`."""
+    if not params.prompt.strip() and init_image is None:
+        raise InvalidRequest("prompt is required (a non-empty string)", param="prompt")
+    output_format: Literal["png", "jpeg", "webp"] = (
+        "jpeg" if params.output_format == "jpg" else params.output_format
+    )
+    if params.output_compression is not None and output_format == "png":
+        raise InvalidRequest(
+            "output_compression applies to jpeg and webp output, not png",
+            param="output_compression",
+        )
+    if params.background == "transparent":
+        raise InvalidRequest(
+            "background 'transparent' is not supported: diffusion models here paint opaque "
+            "images (use 'opaque' or 'auto')",
+            param="background",
+        )
+    width = height = None
+    if params.size and params.size.strip().lower() != "auto":
+        width, height = parse_size(params.size)
+    ignored = tuple(
+        name for name in ("style", "moderation", "mode") if getattr(params, name, None) is not None
+    )
+    request = ImageRequest(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        width=width,
+        height=height,
+        steps=_steps(params, config),
+        cfg_scale=params.cfg_scale,
+        seed=params.seed,
+        n=params.n,
+        scheduler=params.scheduler,
+        clip_skip=params.clip_skip,
+        init_image=init_image,
+        mask=mask,
+        strength=strength,
+    )
+    return Prepared(
+        request=request,
+        response_format=params.response_format,
+        output_format=output_format,
+        compression=params.output_compression,
+        ignored=ignored,
+    )
+
+
+def usage(result: ImageResult) -> dict[str, Any]:
+    """A `usage` object in the shape of gpt-image-1's (LiteLLM and friends parse it).
+
+    Diffusion models have no token accounting: input tokens are the prompt's words (positive and
+    negative), output and image tokens are 0.
+    """
+    request = result.request
+    words = 0
+    if request is not None:
+        words = len(request.prompt.split()) + len((request.negative_prompt or "").split())
+    return {
+        "total_tokens": words,
+        "input_tokens": words,
+        "output_tokens": 0,
+        "input_tokens_details": {"text_tokens": words, "image_tokens": 0},
+    }
+
+
+def response_body(
+    result: ImageResult, items: list[dict[str, Any]], prepared: Prepared
+) -> dict[str, Any]:
+    """`{"created", "data": [...], "usage", ...}`; each item carries its seed."""
+    request = result.request
+    data = []
+    for item, seed in zip(items, result.seeds, strict=True):
+        entry = dict(item)
+        entry["revised_prompt"] = request.prompt if request is not None else None
+        entry["seed"] = seed
+        data.append(entry)
+    body: dict[str, Any] = {
+        "created": int(time.time()),
+        "data": data,
+        "usage": usage(result),
+        "output_format": prepared.output_format,
+        "model": result.model,
+    }
+    if request is not None:
+        body["size"] = f"{request.width}x{request.height}"
+        body["steps"] = request.steps
+    return body

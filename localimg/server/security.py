@@ -1,0 +1,120 @@
+"""API keys, the body size limit and CORS: what stands between the network and the engine.
+
+Both checks are plain ASGI middleware so that they run before any body is read and answer in
+OpenAI's error shape. Health routes and generated-image files stay open: orchestrators probe
+the first without credentials, and browsers load the second from `<img src>` (their names are
+random and they expire).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from localimg.errors import LocalimgError, PayloadTooLarge, Unauthorized
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PROTECTED_PREFIX = "/v1"
+
+
+async def send_error(send: Send, error: LocalimgError) -> None:
+    """Answer an error directly from middleware, in OpenAI's shape."""
+    body = json.dumps(error.to_openai()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def key_matches(presented: str, keys: Iterable[str]) -> bool:
+    """Compare against every key in constant time (no early exit that leaks which one)."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(presented.encode(), key.encode())
+    return found
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class ApiKeyMiddleware:
+    """Bearer auth on every /v1 route when keys are configured (CORS preflights pass)."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            not self.keys
+            or scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or not (scope["path"] == PROTECTED_PREFIX or scope["path"].startswith("/v1/"))
+        ):
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(scope["headers"])
+        if token is None:
+            await send_error(
+                send,
+                Unauthorized(
+                    "missing API key: send 'Authorization: Bearer <key>'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                ),
+            )
+            return
+        if not key_matches(token, self.keys):
+            await send_error(
+                send,
+                Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"}),
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 for a body over the limit: refused by Content-Length, or cut off while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body is larger than the limit of {self.max_bytes} bytes "
+            "(the server's --max-body-mb)"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await send_error(send, self._too_large())
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited, send)

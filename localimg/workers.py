@@ -1,0 +1,396 @@
+"""A model's backend in a child process of its own (used by `localimg serve`).
+
+Native code can take the whole process down: a segfault in a kernel, the kernel's out-of-memory
+killer, a generation that never returns. In a worker process that costs one request an error and
+the worker is started again, while the server and the other models keep serving. Unloading a
+model means ending its process, which gives its memory back for real.
+
+The parent side, `WorkerSlot`, is an engine `Slot`: it keeps the engine's bounded queue and single
+runner thread (inherited from `InProcessSlot`), but `run_job` ships the request to the child and
+waits for progress events and the result. The child runs an ordinary `InProcessSlot`, so request
+merging, timings and cancellation are the same code as in the CLI.
+
+Messages, parent → child: ("load",), ("job", id, request), ("cancel", id), ("stop",).
+Child → parent: ("loaded", describe), ("progress", id, event), ("result", id, result),
+("error", id or None, LocalimgError).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from localimg.config import ModelConfig
+from localimg.engine import EngineSettings, InProcessSlot, Job, as_backend_error
+from localimg.errors import BackendError, Cancelled, LocalimgError
+from localimg.requests import ImageRequest, ImageResult, ProgressEvent
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How worker processes are run and supervised."""
+
+    start_method: str = "spawn"  # fork is unsafe once torch or threads exist in the parent
+    cancel_grace: float = 10.0  # a cancelled job must stop within this, or its worker is killed
+    stop_grace: float = 5.0  # how long a stopping worker may take before it is killed
+    log_level: str = "WARNING"
+
+
+def exit_description(code: int | None) -> str:
+    """`-9` → "killed by signal 9 (SIGKILL; out of memory?)"."""
+    if code is None:
+        return "stopped responding"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = "; out of memory?" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"
+
+
+class WorkerSlot(InProcessSlot):
+    """An engine slot whose backend runs in a supervised child process."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        settings: EngineSettings,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.options = options or WorkerOptions()
+        self._io_lock = threading.RLock()  # one conversation with the child at a time
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._worker_state = "stopped"
+        self._describe: dict[str, str] = {}
+        self._current: Job | None = None
+        self.restarts = 0
+        super().__init__(config, settings)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """stopped, starting, loading, loaded (or failed after a crash until restarted)."""
+        return self._worker_state
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return int(process.pid) if process is not None and process.is_alive() else None
+
+    @property
+    def running(self) -> Job | None:
+        return self._current
+
+    def info(self) -> dict[str, Any]:
+        return {"state": self.state, "pid": self.pid, "restarts": self.restarts, **self._describe}
+
+    # -- process management ------------------------------------------------------------------
+
+    def _start_process(self) -> None:
+        context: Any = multiprocessing.get_context(self.options.start_method)
+        parent_conn, child_conn = context.Pipe(duplex=True)
+        process = context.Process(
+            target=worker_main,
+            args=(child_conn, self.config, self.settings, self.options.log_level),
+            name=f"localimg-worker-{self.config.name}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        self._process, self._conn = process, parent_conn
+        self._worker_state = "starting"
+        log.info("model %s: worker process %s started", self.config.name, process.pid)
+
+    def _ensure_process(self) -> Connection:
+        if self._process is None or not self._process.is_alive():
+            if self._process is not None:
+                log.warning(
+                    "model %s: worker process is gone; starting a new one", self.config.name
+                )
+                self._reap()
+                self.restarts += 1
+            self._start_process()
+        assert self._conn is not None
+        return self._conn
+
+    def _reap(self) -> None:
+        """Forget a dead (or doomed) process: kill it if needed, close the pipe."""
+        process, conn = self._process, self._conn
+        self._process, self._conn = None, None
+        self._worker_state = "stopped"
+        if process is not None:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=5)
+        if conn is not None:
+            conn.close()
+
+    def _restart(self, reload: bool) -> None:
+        """Start a fresh worker after a crash (and load the model again if it was loaded)."""
+        self.restarts += 1
+        if self._closed:
+            return
+        self._start_process()
+        if reload and self._conn is not None:
+            self._worker_state = "loading"
+            self._send(self._conn, ("load",))
+
+    def _send(self, conn: Connection, message: tuple[Any, ...]) -> None:
+        # A dead child is noticed by the receive loop.
+        with contextlib.suppress(OSError, EOFError):
+            conn.send(message)
+
+    def preload(self) -> None:
+        """Start the worker and load the model now (blocking); errors are raised."""
+        with self._io_lock:
+            conn = self._ensure_process()
+            self._worker_state = "loading"
+            self._send(conn, ("load",))
+            while True:
+                message = self._receive(conn, None)
+                if message is None:
+                    continue
+                if message[0] == "loaded":
+                    return
+                if message[0] == "error" and message[1] is None:
+                    self._worker_state = "failed"
+                    raise message[2]
+
+    def _receive(self, conn: Connection, job: Job | None) -> tuple[Any, ...] | None:
+        """The next message from the child, None after a quiet poll; raises if it died."""
+        try:
+            if conn.poll(POLL_SECONDS):
+                message: tuple[Any, ...] = conn.recv()
+                self._note(message)
+                return message
+        except (EOFError, OSError):
+            pass
+        else:
+            if self._process is not None and self._process.is_alive():
+                return None
+        process = self._process
+        if process is not None:
+            process.join(timeout=2)
+        how = exit_description(process.exitcode if process is not None else None)
+        was_loaded = self._worker_state == "loaded"
+        self._reap()
+        self._restart(reload=was_loaded)
+        what = "while generating" if job is not None else "while loading"
+        raise BackendError(
+            f"the worker process of model {self.config.name!r} {how} {what}; "
+            "it is restarted for the next request",
+            code="worker_crashed",
+        )
+
+    def _note(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "loaded":
+            self._worker_state = "loaded"
+            self._describe = dict(message[1])
+        elif kind == "progress":
+            phase = message[2].phase
+            if phase == "load":
+                self._worker_state = "loading"
+            elif phase in ("step", "decode", "done"):
+                self._worker_state = "loaded"
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def run_job(self, job: Job) -> ImageResult:
+        """Send the job to the child and relay its events until the result comes back."""
+        with self._io_lock:
+            self._current = job
+            try:
+                conn = self._ensure_process()
+                self._send(conn, ("job", job.id, job.request))
+                return self._await(conn, job)
+            finally:
+                self._current = None
+
+    def _await(self, conn: Connection, job: Job) -> ImageResult:
+        cancel_sent: float | None = None
+        while True:
+            if job.cancel_event.is_set() and cancel_sent is None:
+                self._send(conn, ("cancel", job.id))
+                cancel_sent = time.monotonic()
+            if (
+                cancel_sent is not None
+                and time.monotonic() - cancel_sent > self.options.cancel_grace
+            ):
+                log.warning(
+                    "model %s: worker did not stop within %.0f s of a cancel; killing it",
+                    self.config.name,
+                    self.options.cancel_grace,
+                )
+                self._reap()
+                self._restart(reload=False)
+                raise Cancelled(
+                    "the request was cancelled; the model's worker did not stop in time and is "
+                    "restarted"
+                )
+            message = self._receive(conn, job)
+            if message is None:
+                continue
+            kind = message[0]
+            if kind == "progress" and message[1] == job.id:
+                job.emit(message[2])
+            elif kind == "result" and message[1] == job.id:
+                result: ImageResult = message[2]
+                return result
+            elif kind == "error" and message[1] == job.id:
+                raise message[2]
+            elif kind == "error":
+                log.warning("model %s: background load failed: %s", self.config.name, message[2])
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _stop_process(self) -> None:
+        process, conn = self._process, self._conn
+        if process is None or conn is None:
+            self._reap()
+            return
+        self._send(conn, ("stop",))
+        process.join(timeout=self.options.stop_grace)
+        self._reap()
+
+    def unload(self) -> None:
+        """End the worker process: the model's memory goes back to the system."""
+        with self._io_lock:
+            self._stop_process()
+            self._describe = {}
+
+    def close(self) -> None:
+        """Drop queued jobs, cancel the running one, stop the worker."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in pending:
+            job.cancel()
+        current = self._current
+        if current is not None:
+            current.cancel()
+        self._thread.join(timeout=self.options.cancel_grace + 2)
+        self.unload()
+
+
+def worker_slot_factory(
+    options: WorkerOptions | None = None,
+) -> Callable[[ModelConfig, EngineSettings], WorkerSlot]:
+    """A `slot_factory` for `Engine` that puts each model in a worker process."""
+
+    def make(config: ModelConfig, settings: EngineSettings) -> WorkerSlot:
+        return WorkerSlot(config, settings, options)
+
+    return make
+
+
+# -- the child side ------------------------------------------------------------------------------
+
+
+def worker_main(
+    conn: Connection, config: ModelConfig, settings: EngineSettings, log_level: str
+) -> None:
+    """Entry point of a worker process: an in-process slot driven over a pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    logging.basicConfig(level=log_level, format=f"[worker {config.name}] %(message)s")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    jobs: dict[str, Job] = {}
+
+    def reader() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                message = ("stop",)
+            if message[0] == "cancel":
+                job = jobs.get(message[1])
+                if job is not None:
+                    job.cancel()
+                continue
+            if message[0] == "job":
+                jobs[message[1]] = Job(id=message[1], model=config.name, request=message[2])
+            inbox.put(message)
+            if message[0] == "stop":
+                for job in list(jobs.values()):
+                    job.cancel()
+                return
+
+    threading.Thread(target=reader, name="localimg-worker-reader", daemon=True).start()
+    slot = InProcessSlot(config, settings)
+
+    def loaded() -> None:
+        backend = slot.backend
+        send(("loaded", backend.describe() if backend is not None else {}))
+
+    while True:
+        message = inbox.get()
+        kind = message[0]
+        if kind == "stop":
+            break
+        if kind == "load":
+            try:
+                probe = Job(id="load", model=config.name, request=ImageRequest(prompt=""))
+                slot._ensure_loaded(probe)  # same loading path as a job's first run
+                loaded()
+            except LocalimgError as exc:
+                send(("error", None, exc))
+            except Exception as exc:
+                log.exception("loading failed")
+                send(("error", None, as_backend_error(exc)))
+            continue
+        if kind != "job":
+            continue
+        job = jobs[message[1]]
+        was_loaded = slot.backend is not None
+
+        def relay(event: ProgressEvent, job_id: str = job.id) -> None:
+            send(("progress", job_id, event))
+
+        job.listeners.append(relay)
+        reply: tuple[Any, ...]
+        try:
+            slot.submit(job)
+            reply = ("result", job.id, job.result())
+        except LocalimgError as exc:
+            reply = ("error", job.id, exc)
+        except Exception as exc:
+            log.exception("generation failed")
+            reply = ("error", job.id, as_backend_error(exc))
+        jobs.pop(job.id, None)
+        if not was_loaded and slot.backend is not None:
+            loaded()
+        send(reply)
+    slot.close()
+    conn.close()
