@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -241,6 +240,8 @@ def _bad(message: str) -> LocalimgError:
 
 def _report(result: Any, paths: list[Path], as_json: bool) -> None:
     request = result.request
+    # A video file (or its frames) comes from one seed; an mp4 of still images from the first.
+    seeds = result.seeds if len(result.seeds) == len(paths) else [result.seeds[0]] * len(paths)
     if as_json:
         payload = {
             "model": result.model,
@@ -252,14 +253,17 @@ def _report(result: Any, paths: list[Path], as_json: bool) -> None:
             "cfg_scale": request.cfg_scale,
             "scheduler": result.scheduler,
             "images": [
-                {"path": str(path), "seed": seed}
-                for path, seed in zip(paths, result.seeds, strict=True)
+                {"path": str(path), "seed": seed} for path, seed in zip(paths, seeds, strict=True)
             ],
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
         }
+        if result.fps is not None:
+            payload["video"] = {"frames": len(result.images), "fps": result.fps}
+        if request.strength is not None:
+            payload["strength"] = request.strength
         typer.echo(json.dumps(payload, indent=2))
         return
-    for path, seed in zip(paths, result.seeds, strict=True):
+    for path, seed in zip(paths, seeds, strict=True):
         typer.echo(
             f"{path}  (seed {seed}, {request.width}x{request.height}, {request.steps} steps)"
         )
