@@ -175,3 +175,21 @@ class UnreadableImage(LocalimgError):
     http_status = 422
     error_type = "invalid_request_error"
     default_code = "invalid_image"
+
+
+class GalleryError(LocalimgError):
+    """A gallery index or entry is invalid or unsafe (bad file name, missing template)."""
+
+    exit_code = 2
+    http_status = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_gallery_entry"
+
+
+class DownloadError(LocalimgError):
+    """A model file could not be fetched, failed its checksum, or does not fit on the disk."""
+
+    exit_code = 8
+    http_status = 502
+    error_type = "server_error"
+    default_code = "download_failed"

@@ -1,0 +1,411 @@
+"""CLI commands around the gallery: `run`, `models show|install|remove`, `gallery list|search`.
+
+Registered on the app of cli.py when that module is imported. Like cli.py, the commands only
+parse, call gallery/installer/download and render; every `LocalimgError` becomes one red line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from localimg.cli import ModelsPath, _fail, _prepare_runtime, app, models_app
+from localimg.errors import LocalimgError
+
+gallery_app = typer.Typer(
+    help="Browse the model gallery (the shipped index plus --gallery / LOCALIMG_GALLERIES).",
+    no_args_is_help=True,
+)
+app.add_typer(gallery_app, name="gallery")
+
+Galleries = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--gallery",
+        help="Another index: a path, URL, github:owner/repo/path@ref, NAME=URL, or 'localai' "
+        "(repeatable; also LOCALIMG_GALLERIES).",
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _models_path(models_path: Path | None) -> Path:
+    from localimg.config import default_models_path
+
+    return models_path or default_models_path()
+
+
+def _catalog(galleries: list[str] | None) -> Any:
+    from localimg.gallery import Catalog, default_sources
+
+    sources = default_sources(galleries or ())
+    if not sources:
+        from localimg.errors import GalleryError
+
+        raise GalleryError("no gallery configured: pass --gallery or set LOCALIMG_GALLERIES")
+    return Catalog.load(sources)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# -- gallery list / search ----------------------------------------------------------------------
+
+
+def _installed(models_path: Path) -> set[str]:
+    from localimg.config import scan_models
+
+    return {e.name for e in scan_models(models_path)}
+
+
+def _entries_table(entries: list[Any], installed: set[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("name", "gallery", "installed", "license", "tags", "description"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        description = " ".join(entry.description.split())
+        table.add_row(
+            entry.name,
+            entry.gallery,
+            "yes" if entry.name in installed else "",
+            entry.license,
+            ", ".join(entry.tags[:5]),
+            description[:80] + ("…" if len(description) > 80 else ""),
+        )
+    Console().print(table)
+
+
+def _list_entries(entries: list[Any], models_path: Path, as_json: bool, title: str) -> None:
+    installed = _installed(models_path)
+    if as_json:
+        _echo_json([{**e.summary(), "installed": e.name in installed} for e in entries])
+        return
+    if not entries:
+        typer.echo("No matching models in the gallery.")
+        return
+    _entries_table(entries, installed, title)
+
+
+@gallery_app.command("list")
+def gallery_list(
+    tag: Annotated[str | None, typer.Option("--tag", help="Only models with this tag.")] = None,
+    gallery: Galleries = None,
+    as_json: Json = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """The image models the galleries offer (installed ones are marked)."""
+    try:
+        catalog = _catalog(gallery)
+        entries = catalog.search("", tag=tag)
+        _list_entries(entries, _models_path(models_path), as_json, "Gallery models")
+    except LocalimgError as exc:
+        _fail(exc)
+
+
+@gallery_app.command("search")
+def gallery_search(
+    text: Annotated[str, typer.Argument(help="Words that must all appear (name, tags, text).")],
+    tag: Annotated[str | None, typer.Option("--tag", help="Only models with this tag.")] = None,
+    gallery: Galleries = None,
+    as_json: Json = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """Find gallery models by name, description or tag."""
+    try:
+        entries = _catalog(gallery).search(text, tag=tag)
+        _list_entries(entries, _models_path(models_path), as_json, f"Gallery models: {text}")
+    except LocalimgError as exc:
+        _fail(exc)
+
+
+# -- models install / remove / show -------------------------------------------------------------
+
+
+def install_models(
+    refs: list[str],
+    models_path: Path,
+    galleries: list[str] | None,
+    *,
+    name: str | None = None,
+    prefetch: bool = True,
+    quiet: bool = False,
+) -> list[Any]:
+    """Install each reference (with a progress display); return the InstallResults."""
+    from localimg.download import RichProgress
+    from localimg.installer import install
+
+    catalog = _catalog(galleries)
+    entries = [catalog.find(ref) for ref in refs]  # every name is checked before any download
+    results = []
+    for entry in entries:
+        with RichProgress(enabled=False if quiet else None) as bar:
+            results.append(install(entry, models_path, name=name, progress=bar, prefetch=prefetch))
+    return results
+
+
+@models_app.command("install")
+def models_install(
+    names: Annotated[list[str], typer.Argument(help="Gallery model names (or gallery@name).")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Install under this name (one model only).")
+    ] = None,
+    no_prefetch: Annotated[
+        bool,
+        typer.Option("--no-prefetch", help="Do not fetch a hub repo's files now (first use)."),
+    ] = False,
+    gallery: Galleries = None,
+    as_json: Json = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """Download gallery models and write their YAML; installing again verifies the files."""
+    _prepare_runtime()
+    try:
+        if name and len(names) > 1:
+            from localimg.errors import InvalidRequest
+
+            raise InvalidRequest("--name applies when installing one model")
+        results = install_models(
+            names,
+            _models_path(models_path),
+            gallery,
+            name=name,
+            prefetch=not no_prefetch,
+            quiet=as_json,
+        )
+    except LocalimgError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        from localimg.console import print_error
+
+        print_error("cancelled; run the same command again to resume the downloads")
+        raise typer.Exit(130) from None
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "name": r.name,
+                    "yaml": str(r.yaml_path),
+                    "files": [str(f) for f in r.files],
+                    "hub_repo": r.hub_repo,
+                    "already_installed": r.already_installed,
+                }
+                for r in results
+            ]
+        )
+        return
+    for r in results:
+        state = "already installed, files verified" if r.already_installed else "installed"
+        typer.echo(f"{r.name}: {state} ({r.yaml_path})")
+
+
+@models_app.command("remove")
+def models_remove(
+    name: Annotated[str, typer.Argument(help="Installed model name.")],
+    purge_files: Annotated[
+        bool,
+        typer.Option("--purge-files", help="Also delete its files (those no other model uses)."),
+    ] = False,
+    as_json: Json = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """Remove a model's YAML from the models dir (and with --purge-files, its files)."""
+    from localimg.installer import remove
+
+    try:
+        result = remove(name, _models_path(models_path), purge_files=purge_files)
+    except LocalimgError as exc:
+        _fail(exc)
+    if as_json:
+        _echo_json(
+            {
+                "name": result.name,
+                "yaml": str(result.yaml_path),
+                "removed_files": [str(p) for p in result.removed],
+                "kept_shared_files": [str(p) for p in result.kept_shared],
+            }
+        )
+        return
+    typer.echo(f"removed {result.name} ({result.yaml_path.name})")
+    for path in result.removed:
+        typer.echo(f"  deleted {path}")
+    for path in result.kept_shared:
+        typer.echo(f"  kept {path} (used by another model)")
+
+
+def _file_rows(models_path: Path, record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    from localimg.download import partial_path, safe_target
+
+    rows = []
+    for item in (record or {}).get("files") or []:
+        target = safe_target(models_path, str(item["filename"]))
+        partial = partial_path(target)
+        state = "present" if target.is_file() else "partial" if partial.exists() else "missing"
+        size = target.stat().st_size if target.is_file() else None
+        rows.append({**item, "path": str(target), "state": state, "size": size})
+    return rows
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Installed model, or a gallery model name.")],
+    gallery: Galleries = None,
+    as_json: Json = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """An installed model's settings and files; for a gallery model, what it would install."""
+    import yaml
+
+    from localimg.config import scan_models
+    from localimg.installer import read_record
+
+    root = _models_path(models_path)
+    try:
+        match = next((e for e in scan_models(root) if name in (e.name, e.path.stem)), None)
+        if match is not None:
+            if match.error is not None:
+                raise match.error
+            config = yaml.safe_load(match.path.read_text(encoding="utf-8")) or {}
+            record = read_record(root, match.name)
+            data: dict[str, Any] = {
+                "name": match.name,
+                "installed": True,
+                "yaml": str(match.path),
+                "gallery": (record or {}).get("gallery"),
+                "config": config,
+                "files": _file_rows(root, record),
+            }
+        else:
+            from localimg.gallery import resolve_entry
+
+            entry = _catalog(gallery).find(name)
+            resolved = resolve_entry(entry)
+            data = {
+                **entry.summary(),
+                "installed": False,
+                "config": resolved.config,
+                "files": [f.model_dump(exclude_none=True) for f in resolved.files],
+            }
+    except LocalimgError as exc:
+        _fail(exc)
+    if as_json:
+        _echo_json(data)
+        return
+    _render_show(data)
+
+
+def _render_show(data: dict[str, Any]) -> None:
+    import yaml
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.table import Table
+
+    console = Console()
+    state = f"installed ({data['yaml']})" if data["installed"] else "not installed"
+    console.print(f"[bold]{data['name']}[/] — {state}")
+    if data.get("description"):
+        console.print(" ".join(str(data["description"]).split()))
+    text = yaml.safe_dump(data["config"], sort_keys=False)
+    console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    if data["files"]:
+        table = Table(title="files")
+        for column in ("filename", "state", "sha256", "uri"):
+            table.add_column(column, overflow="fold")
+        for row in data["files"]:
+            table.add_row(
+                str(row["filename"]),
+                str(row.get("state", "")),
+                str(row.get("sha256") or "")[:16],
+                str(row.get("uri", "")),
+            )
+        console.print(table)
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Gallery model (installed first if needed).")],
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="Generate once instead of serving: what to draw."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="With --prompt: the output file.")
+    ] = None,
+    size: Annotated[str | None, typer.Option("--size", "-s", help="With --prompt: WxH.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="With --prompt: steps.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="With --prompt: seed.")] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="With --prompt: number of images.")] = 1,
+    gallery: Galleries = None,
+    models_path: ModelsPath = None,
+) -> None:
+    """Install a gallery model if needed, then serve it preloaded (any `serve` option works
+    after NAME), or with --prompt generate once and exit."""
+    _prepare_runtime()
+    root = _models_path(models_path)
+    try:
+        if prompt is not None and ctx.args:
+            from localimg.errors import InvalidRequest
+
+            raise InvalidRequest(
+                f"{' '.join(ctx.args)}: with --prompt, run takes -o, --size, --steps, --seed and "
+                "-n (serve options apply without --prompt)"
+            )
+        model_name = _ensure_installed(name, root, gallery)
+    except LocalimgError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        from localimg.console import print_error
+
+        print_error("cancelled; run the same command again to resume the downloads")
+        raise typer.Exit(130) from None
+    if prompt is not None:
+        from localimg.cli import generate
+
+        generate(
+            prompt=prompt,
+            model=model_name,
+            output=output,
+            size=size,
+            steps=steps,
+            seed=seed,
+            n=n,
+            models_path=root,
+        )
+        return
+    _serve(ctx, model_name, root)
+
+
+def _ensure_installed(ref: str, root: Path, galleries: list[str] | None) -> str:
+    """The installed model's name: an installed YAML is used as is, else the gallery installs."""
+    from localimg.config import scan_models
+
+    for entry in scan_models(root):
+        if ref in (entry.name, entry.path.stem) and entry.config is not None:
+            return entry.name
+    results = install_models([ref], root, galleries)
+    return str(results[0].name)
+
+
+def _serve(ctx: typer.Context, model_name: str, root: Path) -> None:
+    """Hand over to `localimg serve` with the model preloaded and the extra options."""
+    root_command = ctx.find_root().command
+    assert isinstance(root_command, click.Group)
+    serve = root_command.get_command(ctx, "serve")
+    if serve is None:  # pragma: no cover - serve is part of cli.py
+        raise typer.Exit(1)
+    args = [*ctx.args, "--models-path", str(root), "--preload", model_name]
+    with serve.make_context("serve", args, parent=ctx) as serve_ctx:
+        serve.invoke(serve_ctx)

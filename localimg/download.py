@@ -1,0 +1,762 @@
+"""Resumable, verified downloads of model files into the models directory.
+
+A model's files are large and come from flaky networks, so every download:
+- writes to `.NAME.partial` next to its target and resumes it with an HTTP `Range` request, so
+  Ctrl-C or a dropped connection costs nothing already fetched;
+- is checked against its sha256 before it takes its final name (an atomic rename), and a mismatch
+  deletes the partial file and names the file and both hashes;
+- may only land inside the models directory (`..`, absolute paths and links are refused).
+
+URIs: `huggingface://owner/repo/path[@revision]` and `hf://...` go through huggingface_hub (its
+cache, `HF_ENDPOINT`, `HF_TOKEN`, offline mode, its own resume) and are then hard-linked (or
+copied) into the models dir; `https://`/`http://` through httpx; `file://` is copied;
+`github:owner/repo/path@ref` is read from raw.githubusercontent.com.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Protocol
+from urllib.parse import unquote, urljoin, urlsplit
+
+from localimg.errors import DownloadError, GalleryError, LocalimgError
+
+CHUNK = 1024 * 1024
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+GITHUB_RAW_ENV = "LOCALIMG_GITHUB_RAW"  # where github: URIs are read from (tests, mirrors)
+GITHUB_RAW_DEFAULT = "https://raw.githubusercontent.com"
+DISK_MARGIN = 64 * 1024 * 1024  # keep this much free beyond what the downloads need
+TIMEOUT = 30.0
+
+SourceKind = Literal["hub", "http", "file"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one file comes from, after the URI scheme has been resolved."""
+
+    kind: SourceKind
+    location: str  # URL, local path, or hub repo id
+    path_in_repo: str = ""
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "hub":
+            at = f"@{self.revision}" if self.revision else ""
+            return f"huggingface://{self.location}/{self.path_in_repo}{at}"
+        return self.location
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of a gallery entry: where it goes (relative to the models dir) and where from."""
+
+    filename: str
+    uri: str
+    sha256: str | None = None
+
+
+def github_raw_url(uri: str) -> str:
+    """`github:owner/repo/path/to/file@ref` → its raw URL (ref defaults to `main`)."""
+    rest = uri.split(":", 1)[1].lstrip("/")
+    rest, _, ref = rest.rpartition("@") if "@" in rest else (rest, "", "main")
+    parts = rest.split("/", 2)
+    if len(parts) < 3 or not all(parts):
+        raise GalleryError(f"bad github URI {uri!r}: expected github:owner/repo/path@ref")
+    owner, repo, path = parts
+    base = os.environ.get(GITHUB_RAW_ENV, GITHUB_RAW_DEFAULT).rstrip("/")
+    return f"{base}/{owner}/{repo}/{ref or 'main'}/{path}"
+
+
+def parse_uri(uri: str) -> Source:
+    """Resolve a gallery URI to a `Source`; unknown schemes are refused naming the known ones."""
+    text = uri.strip()
+    scheme = text.split(":", 1)[0].lower() if ":" in text else ""
+    if scheme in ("huggingface", "hf"):
+        rest = text.split("://", 1)[1] if "://" in text else text.split(":", 1)[1]
+        rest, revision = _split_revision(rest.strip("/"))
+        parts = rest.split("/", 2)
+        if len(parts) < 3 or not all(parts):
+            raise GalleryError(
+                f"bad hub URI {uri!r}: expected huggingface://owner/repo/path/to/file"
+            )
+        return Source("hub", f"{parts[0]}/{parts[1]}", parts[2], revision)
+    if scheme in ("http", "https"):
+        return Source("http", text)
+    if scheme == "file":
+        return Source("file", unquote(urlsplit(text).path))
+    if scheme == "github":
+        return Source("http", github_raw_url(text))
+    raise GalleryError(
+        f"unsupported URI {uri!r}: use huggingface://, hf://, https://, http://, file:// or "
+        "github:owner/repo/path@ref"
+    )
+
+
+def _split_revision(path: str) -> tuple[str, str | None]:
+    """`owner/repo/file@rev` → (`owner/repo/file`, `rev`); an `@` inside a name is kept."""
+    head, sep, tail = path.rpartition("@")
+    if sep and tail and "/" not in tail and "." not in tail:
+        return head, tail
+    return path, None
+
+
+def resolve_ref(ref: str, base: str | None) -> str:
+    """A template reference relative to the index that names it (a path or URL)."""
+    if re.match(r"^[a-zA-Z][\w+.-]*:", ref) and not re.match(r"^[a-zA-Z]:[\\/]", ref):
+        return ref
+    if base is None:
+        return str(Path(ref).expanduser().resolve())
+    if re.match(r"^https?://", base):
+        return urljoin(base, ref)
+    if base.startswith("github:"):
+        return urljoin(github_raw_url(base), ref)
+    base_path = Path(unquote(urlsplit(base).path) if base.startswith("file:") else base)
+    return str((base_path.parent / ref).resolve())
+
+
+def fetch_text(ref: str, *, max_bytes: int = 64 * 1024 * 1024) -> str:
+    """Read a gallery index or template: a local path, file://, https:// or github: URI."""
+    if not re.match(r"^[a-zA-Z][\w+.-]*:", ref) or re.match(r"^[a-zA-Z]:[\\/]", ref):
+        path = Path(ref).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise GalleryError(f"cannot read {path}: {exc.strerror or exc}") from None
+    source = parse_uri(ref)
+    if source.kind == "file":
+        return fetch_text(source.location, max_bytes=max_bytes)
+    if source.kind == "hub":
+        return Path(_hub_download(source, None)).read_text(encoding="utf-8")
+    import httpx
+
+    try:
+        with httpx.Client(follow_redirects=True, timeout=TIMEOUT) as client:
+            response = client.get(source.location, headers=_auth_headers(source.location))
+    except httpx.HTTPError as exc:
+        raise DownloadError(f"cannot fetch {ref}: {exc}") from None
+    if response.status_code != 200:
+        raise DownloadError(f"cannot fetch {ref}: HTTP {response.status_code}")
+    if len(response.content) > max_bytes:
+        raise DownloadError(f"{ref} is larger than {max_bytes} bytes")
+    return response.text
+
+
+# -- file names from an index -----------------------------------------------------------------
+
+
+def safe_target(root: Path, filename: str) -> Path:
+    """Where `filename` goes under `root`; refuses anything that could leave `root`."""
+    name = filename.replace("\\", "/")
+    pure = PurePosixPath(name)
+    if (
+        not name.strip()
+        or "\x00" in name
+        or pure.is_absolute()
+        or re.match(r"^[a-zA-Z]:", name)
+        or any(part in ("..", "") for part in name.split("/"))
+        or pure.name in (".", "")
+    ):
+        raise GalleryError(
+            f"unsafe file name {filename!r}: a gallery file name must be a relative path inside "
+            "the models directory (no '..', no absolute path)"
+        )
+    root_resolved = root.resolve()
+    target = root_resolved.joinpath(*pure.parts)
+    current = root_resolved
+    for part in pure.parts:
+        current = current / part
+        if current.is_symlink():
+            raise GalleryError(
+                f"unsafe file name {filename!r}: {current} is a link; gallery files may not be "
+                "written through links"
+            )
+    if not target.resolve().is_relative_to(root_resolved):
+        raise GalleryError(f"unsafe file name {filename!r}: it resolves outside {root}")
+    return target
+
+
+def partial_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.partial")
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+class Progress(Protocol):
+    """Receives byte counts from the download threads (must be thread-safe)."""
+
+    def start(self, name: str, total: int | None, done: int) -> None: ...
+
+    def advance(self, name: str, nbytes: int) -> None: ...
+
+    def finish(self, name: str) -> None: ...
+
+
+class NullProgress:
+    def start(self, name: str, total: int | None, done: int) -> None:
+        pass
+
+    def advance(self, name: str, nbytes: int) -> None:
+        pass
+
+    def finish(self, name: str) -> None:
+        pass
+
+
+class CountingProgress:
+    """Totals for a server job: bytes done and expected, the file being fetched."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.totals: dict[str, int | None] = {}
+        self.done: dict[str, int] = {}
+        self.current: str | None = None
+
+    def start(self, name: str, total: int | None, done: int) -> None:
+        with self._lock:
+            self.totals[name] = total
+            self.done[name] = done
+            self.current = name
+
+    def advance(self, name: str, nbytes: int) -> None:
+        with self._lock:
+            self.done[name] = self.done.get(name, 0) + nbytes
+
+    def finish(self, name: str) -> None:
+        with self._lock:
+            total = self.totals.get(name)
+            if total is not None:
+                self.done[name] = total
+
+    def snapshot(self) -> tuple[int, int]:
+        """(bytes done, bytes expected) over the files started so far."""
+        with self._lock:
+            expected = sum(t or 0 for t in self.totals.values())
+            return sum(self.done.values()), expected
+
+
+class RichProgress:
+    """One line per file (size, speed, ETA) plus a total line, on stderr."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichBar
+
+        from localimg.console import err_console
+
+        self.enabled = err_console.is_terminal if enabled is None else enabled
+        self._bar = RichBar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not self.enabled,
+        )
+        self._lock = threading.Lock()
+        self._tasks: dict[str, Any] = {}
+        self._total = self._bar.add_task("total", total=0)
+
+    def __enter__(self) -> RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def start(self, name: str, total: int | None, done: int) -> None:
+        with self._lock:
+            self._tasks[name] = self._bar.add_task(name, total=total, completed=done)
+            task = self._bar.tasks[self._total]
+            self._bar.update(
+                self._total,
+                total=(task.total or 0) + (total or 0),
+                completed=task.completed + done,
+            )
+
+    def advance(self, name: str, nbytes: int) -> None:
+        with self._lock:
+            self._bar.advance(self._tasks[name], nbytes)
+            self._bar.advance(self._total, nbytes)
+
+    def finish(self, name: str) -> None:
+        with self._lock:
+            task_id = self._tasks.get(name)
+            if task_id is not None:
+                task = self._bar.tasks[task_id]
+                if task.total is None:
+                    self._bar.update(task_id, total=task.completed)
+
+
+# -- hashing ------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path, digest: Any = None) -> Any:
+    """Feed a file into a sha256 object (a new one unless given) and return the object."""
+    digest = digest or hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest
+
+
+def _mismatch(name: str, expected: str, actual: str) -> DownloadError:
+    return DownloadError(
+        f"checksum mismatch for {name}: expected sha256 {expected}, got {actual}; the downloaded "
+        "file was deleted",
+        code="checksum_mismatch",
+    )
+
+
+def verify(path: Path, expected: str | None) -> bool:
+    """True when the file's sha256 is `expected` (or nothing is expected)."""
+    if not expected:
+        return True
+    return bool(sha256_file(path).hexdigest() == expected.lower())
+
+
+# -- single-file transports ------------------------------------------------------------------
+
+
+def _auth_headers(url: str) -> dict[str, str]:
+    """HF_TOKEN for huggingface.co URLs fetched over plain https (gated repos)."""
+    host = urlsplit(url).hostname or ""
+    token = os.environ.get("HF_TOKEN")
+    if token and (host == "huggingface.co" or host.endswith(".huggingface.co")):
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+class Cancelled(Exception):
+    """Internal: the download was stopped (Ctrl-C or job cancel); partial files stay."""
+
+
+def _http_download(
+    url: str,
+    target: Path,
+    expected: str | None,
+    name: str,
+    progress: Progress,
+    cancel: threading.Event,
+) -> None:
+    """Fetch `url` into `target` through its partial file, resuming what is already there."""
+    import httpx
+
+    partial = partial_path(target)
+    digest = hashlib.sha256()
+    have = partial.stat().st_size if partial.exists() else 0
+    headers = _auth_headers(url)
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        with (
+            httpx.Client(follow_redirects=True, timeout=TIMEOUT) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            if response.status_code == 416 and have:
+                # The partial file already holds everything: verify it below.
+                progress.start(name, have, have)
+                sha256_file(partial, digest)
+            elif response.status_code in (200, 206):
+                resumed = response.status_code == 206 and have > 0
+                if resumed:
+                    sha256_file(partial, digest)
+                else:
+                    have = 0
+                length = response.headers.get("content-length")
+                total = have + int(length) if length and length.isdigit() else None
+                progress.start(name, total, have)
+                with partial.open("ab" if resumed else "wb") as handle:
+                    for block in response.iter_bytes():  # as received: an abort keeps all
+                        if cancel.is_set():
+                            raise Cancelled
+                        handle.write(block)
+                        digest.update(block)
+                        progress.advance(name, len(block))
+            else:
+                raise DownloadError(
+                    f"cannot download {name} from {url}: HTTP {response.status_code}"
+                )
+    except httpx.HTTPError as exc:
+        raise DownloadError(
+            f"cannot download {name} from {url}: {exc}; run the install again to resume"
+        ) from None
+    _finish(partial, target, expected, digest.hexdigest(), name)
+    progress.finish(name)
+
+
+def _finish(partial: Path, target: Path, expected: str | None, actual: str, name: str) -> None:
+    """Verify, then give the file its final name (atomic rename)."""
+    if expected and actual != expected.lower():
+        partial.unlink(missing_ok=True)
+        raise _mismatch(name, expected.lower(), actual)
+    os.replace(partial, target)
+
+
+def _copy_file(
+    source: Path, target: Path, expected: str | None, name: str, progress: Progress
+) -> None:
+    """Copy a local file through a partial file, hashing as it goes."""
+    if not source.is_file():
+        raise DownloadError(f"cannot copy {name}: {source} does not exist")
+    partial = partial_path(target)
+    digest = hashlib.sha256()
+    progress.start(name, source.stat().st_size, 0)
+    with source.open("rb") as src, partial.open("wb") as dst:
+        while block := src.read(CHUNK):
+            dst.write(block)
+            digest.update(block)
+            progress.advance(name, len(block))
+    _finish(partial, target, expected, digest.hexdigest(), name)
+    progress.finish(name)
+
+
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT read now (huggingface_hub reads it once at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _tqdm_forwarder(name: str, progress: Progress, cancel: threading.Event) -> type:
+    """A tqdm class that reports huggingface_hub's byte counts to `progress`, drawing nothing."""
+    from tqdm.auto import tqdm
+
+    class Forward(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            progress.start(name, kwargs.get("total"), int(kwargs.get("initial") or 0))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if cancel.is_set():
+                raise Cancelled
+            progress.advance(name, int(n or 0))
+            return None
+
+    return Forward
+
+
+def _hub_download(
+    source: Source,
+    name: str | None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> str:
+    """Download one hub file into the huggingface_hub cache; return its cached path."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import hf_hub_download
+
+    kwargs: dict[str, Any] = {"revision": source.revision, "endpoint": hub_endpoint()}
+    if progress is not None and name is not None:
+        kwargs["tqdm_class"] = _tqdm_forwarder(name, progress, cancel or threading.Event())
+    try:
+        return str(hf_hub_download(source.location, source.path_in_repo, **kwargs))
+    except Cancelled:
+        raise
+    except hf_errors.GatedRepoError:
+        raise DownloadError(
+            f"{source} is gated: accept its license on the hub and set HF_TOKEN"
+        ) from None
+    except hf_errors.RepositoryNotFoundError:
+        raise DownloadError(f"{source}: repository not found (or private: set HF_TOKEN)") from None
+    except hf_errors.EntryNotFoundError:
+        raise DownloadError(f"{source}: no such file in the repository") from None
+    except hf_errors.LocalEntryNotFoundError:
+        raise DownloadError(
+            f"{source} is not in the Hugging Face cache and the hub cannot be reached "
+            "(offline mode or no network)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DownloadError(f"cannot download {source}: {exc}") from None
+    except Exception as exc:  # huggingface_hub's HTTP errors
+        raise DownloadError(f"cannot download {source}: {type(exc).__name__}: {exc}") from None
+
+
+def hub_file_info(source: Source) -> tuple[int | None, str | None]:
+    """(size, sha256) the hub reports for a file; (None, None) offline or when unknown."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    if constants.is_offline_mode():
+        return None, None
+    endpoint = hub_endpoint()
+    url = hf_hub_url(
+        source.location, source.path_in_repo, revision=source.revision, endpoint=endpoint
+    )
+    try:
+        meta = get_hf_file_metadata(url, endpoint=endpoint)
+    except Exception:  # the download itself will report the real problem
+        return None, None
+    etag = (meta.etag or "").strip('"').lower()
+    return meta.size, etag if SHA256.match(etag) else None
+
+
+def _place(cached: Path, target: Path, name: str, progress: Progress) -> None:
+    """Put a verified cache file at `target`: a hard link (no extra disk), else a copy."""
+    partial = partial_path(target)
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(cached, partial)
+    except OSError:
+        shutil.copyfile(cached, partial)
+    os.replace(partial, target)
+
+
+def _from_hub(
+    source: Source,
+    target: Path | None,
+    expected: str | None,
+    name: str,
+    progress: Progress,
+    cancel: threading.Event,
+) -> None:
+    hub_expected = None
+    if not expected:
+        _, hub_expected = hub_file_info(source)
+    cached = Path(_hub_download(source, name, progress, cancel)).resolve()
+    progress.finish(name)
+    want = (expected or hub_expected or "").lower()
+    if want:
+        actual = sha256_file(cached).hexdigest()
+        if actual != want:
+            cached.unlink(missing_ok=True)
+            raise _mismatch(name, want, actual)
+    if target is not None:
+        _place(cached, target, name, progress)
+
+
+# -- planning and running a set of downloads ------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One file to fetch: its source, final path (None: hub cache only) and expected hash."""
+
+    name: str
+    source: Source
+    target: Path | None
+    sha256: str | None
+    size: int | None = None
+
+    @property
+    def partial_bytes(self) -> int:
+        if self.target is None:
+            return 0
+        partial = partial_path(self.target)
+        return partial.stat().st_size if partial.exists() else 0
+
+
+def plan(files: Sequence[FileSpec], root: Path) -> list[Task]:
+    """Validate every file name and URI before anything is fetched."""
+    tasks: list[Task] = []
+    seen: set[Path] = set()
+    for spec in files:
+        target = safe_target(root, spec.filename)
+        if target in seen:
+            raise GalleryError(f"file {spec.filename!r} is listed twice")
+        seen.add(target)
+        sha = (spec.sha256 or "").strip().lower() or None
+        if sha is not None and not SHA256.match(sha):
+            raise GalleryError(
+                f"file {spec.filename!r}: sha256 {spec.sha256!r} is not 64 hex digits"
+            )
+        tasks.append(Task(spec.filename, parse_uri(spec.uri), target, sha))
+    return tasks
+
+
+def _remote_size(task: Task) -> int | None:
+    source = task.source
+    if source.kind == "file":
+        path = Path(source.location)
+        return path.stat().st_size if path.is_file() else None
+    if source.kind == "hub":
+        size, sha = hub_file_info(source)
+        if not task.sha256 and sha:
+            task.sha256 = sha
+        return size
+    import httpx
+
+    try:
+        with httpx.Client(follow_redirects=True, timeout=TIMEOUT) as client:
+            response = client.head(source.location, headers=_auth_headers(source.location))
+    except httpx.HTTPError:
+        return None
+    length = response.headers.get("content-length")
+    return int(length) if response.status_code == 200 and length and length.isdigit() else None
+
+
+def check_disk_space(tasks: Sequence[Task], root: Path) -> None:
+    """Refuse to start when the files cannot fit (sizes the servers report, minus partials)."""
+    needed = 0
+    for task in tasks:
+        task.size = _remote_size(task)
+        if task.size is not None:
+            needed += max(task.size - task.partial_bytes, 0)
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed and needed + DISK_MARGIN > free:
+        raise DownloadError(
+            f"not enough disk space in {root}: the files need {_size(needed)}, "
+            f"{_size(free)} is free",
+            code="insufficient_storage",
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def fetch_one(task: Task, progress: Progress, cancel: threading.Event) -> None:
+    """Fetch one task to its final place (or the hub cache)."""
+    if task.target is not None:
+        task.target.parent.mkdir(parents=True, exist_ok=True)
+    if task.source.kind == "hub":
+        _from_hub(task.source, task.target, task.sha256, task.name, progress, cancel)
+    elif task.source.kind == "file":
+        assert task.target is not None
+        _copy_file(Path(task.source.location), task.target, task.sha256, task.name, progress)
+    else:
+        assert task.target is not None
+        _http_download(task.source.location, task.target, task.sha256, task.name, progress, cancel)
+
+
+def run_parallel(
+    tasks: Sequence[Task],
+    progress: Progress | None = None,
+    *,
+    workers: int = 4,
+    cancel: threading.Event | None = None,
+    fetch: Callable[[Task, Progress, threading.Event], None] = fetch_one,
+) -> None:
+    """Fetch tasks on daemon threads; the first error stops the rest (their partials stay).
+
+    Daemon threads, so that Ctrl-C returns at once: the main thread sets `cancel`, each thread
+    stops at its next chunk, and what it fetched stays in its partial file for the next run.
+    """
+    progress = progress or NullProgress()
+    cancel = cancel or threading.Event()
+    pending: queue.Queue[Task] = queue.Queue()
+    for task in tasks:
+        pending.put(task)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    lock = threading.Lock()
+    remaining = [len(tasks)]
+
+    def worker() -> None:
+        while not cancel.is_set():
+            try:
+                task = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fetch(task, progress, cancel)
+            except Cancelled:
+                pass
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                cancel.set()
+            finally:
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0] <= 0:
+                        done.set()
+
+    if not tasks:
+        return
+    threads = [
+        threading.Thread(target=worker, name=f"localimg-download-{i}", daemon=True)
+        for i in range(max(1, min(workers, len(tasks))))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while not done.wait(0.2):
+            if all(not t.is_alive() for t in threads):
+                break
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    if errors:
+        first = errors[0]
+        if isinstance(first, LocalimgError):
+            raise first
+        raise DownloadError(f"download failed: {type(first).__name__}: {first}") from first
+    if cancel.is_set():
+        raise DownloadError("the download was cancelled; run it again to resume", code="cancelled")
+
+
+def pending(tasks: Sequence[Task]) -> list[Task]:
+    """The tasks whose file is missing or wrong (a wrong file is deleted so it is fetched anew).
+
+    A file with a known sha256 is re-hashed: installing twice verifies the files.
+    """
+    todo = []
+    for task in tasks:
+        if task.target is None or not task.target.is_file():
+            todo.append(task)
+        elif task.sha256 and not verify(task.target, task.sha256):
+            task.target.unlink()
+            todo.append(task)
+    return todo
+
+
+def fetch_tasks(
+    tasks: Sequence[Task],
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    workers: int = 4,
+    cancel: threading.Event | None = None,
+    check_space: bool = True,
+) -> None:
+    """Check the disk, then fetch the tasks whose files are not already right."""
+    todo = pending(tasks)
+    root.mkdir(parents=True, exist_ok=True)
+    if check_space and todo:
+        check_disk_space(todo, root)
+    run_parallel(todo, progress, workers=workers, cancel=cancel)
+
+
+def download_files(
+    files: Sequence[FileSpec],
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    workers: int = 4,
+    cancel: threading.Event | None = None,
+    check_space: bool = True,
+) -> list[Path]:
+    """Fetch files into `root` (the models dir) in parallel; files already right are kept."""
+    tasks = plan(files, root)
+    fetch_tasks(tasks, root, progress, workers=workers, cancel=cancel, check_space=check_space)
+    return [t.target for t in tasks if t.target is not None]
+
+
+@contextlib.contextmanager
+def rich_progress(enabled: bool | None = None) -> Iterator[Progress]:
+    """A RichProgress while the block runs."""
+    with RichProgress(enabled) as bar:
+        yield bar
