@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from types import TracebackType
 
 from rich.console import Console
@@ -45,7 +46,12 @@ def print_error(message: str) -> None:
 
 
 class GenerationProgress:
-    """A context manager whose `update` method is an engine progress listener."""
+    """A context manager whose `update` method is an engine progress listener.
+
+    Loading is its own phase: a status line, and no live display while it lasts, so the download
+    bars huggingface_hub draws for a first-time hub model are not fought over. The step bar starts
+    with the first denoising step and covers all images of the request.
+    """
 
     def __init__(self, model: str, enabled: bool | None = None) -> None:
         self.model = model
@@ -61,12 +67,12 @@ class GenerationProgress:
             disable=not self.enabled,
             transient=False,
         )
-        self._load: TaskID | None = None
+        self._started = False
+        self._load_began: float | None = None
         self._steps: TaskID | None = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> GenerationProgress:
-        self._progress.__enter__()
         return self
 
     def __exit__(
@@ -75,21 +81,26 @@ class GenerationProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._progress.__exit__(exc_type, exc, tb)
+        if self._started:
+            self._progress.__exit__(exc_type, exc, tb)
 
     def update(self, event: ProgressEvent) -> None:
+        if not self.enabled:
+            return
         with self._lock:
-            if event.phase == "load" and self._load is None:
-                self._load = self._progress.add_task(f"loading {self.model}", total=None)
+            if event.phase == "load" and self._load_began is None:
+                self._load_began = time.monotonic()
+                err_console.print(f"[cyan]loading[/] {self.model} ...", highlight=False)
             elif event.phase in ("step", "decode", "done"):
-                self._finish_load()
+                if self._load_began is not None:
+                    took = time.monotonic() - self._load_began
+                    err_console.print(
+                        f"[green]loaded[/] {self.model} in {took:.1f} s", highlight=False
+                    )
+                    self._load_began = None
+                if not self._started:
+                    self._progress.__enter__()
+                    self._started = True
                 if self._steps is None:
                     self._steps = self._progress.add_task("generating", total=event.total or None)
                 self._progress.update(self._steps, completed=event.step, total=event.total or None)
-
-    def _finish_load(self) -> None:
-        if self._load is not None:
-            self._progress.update(
-                self._load, total=1, completed=1, description=f"loaded {self.model}"
-            )
-            self._load = None
