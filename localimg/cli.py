@@ -417,6 +417,11 @@ def serve(
     build_server(app_, host, port, grace=grace).run()
 
 
+# `run`, `models install|show|remove` and `gallery list|search` live in their own module, which
+# registers them on `app` and `models_app` when imported (it imports this module's names).
+from localimg import cli_gallery  # noqa: E402, F401
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -65,20 +65,24 @@ def _installed(models_path: Path) -> set[str]:
 
 def _entries_table(entries: list[Any], installed: set[str], title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("name", "gallery", "installed", "license", "tags", "description"):
-        table.add_column(column, overflow="fold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("gallery")
+    table.add_column("installed")
+    table.add_column("license", overflow="fold")
+    table.add_column("description", overflow="fold")
     for entry in entries:
         description = " ".join(entry.description.split())
+        short = description[:70] + ("…" if len(description) > 70 else "")
         table.add_row(
             entry.name,
             entry.gallery,
             "yes" if entry.name in installed else "",
-            entry.license,
-            ", ".join(entry.tags[:5]),
-            description[:80] + ("…" if len(description) > 80 else ""),
+            escape(entry.license),
+            escape(short),
         )
     Console().print(table)
 
@@ -196,6 +200,7 @@ def models_install(
                     "files": [str(f) for f in r.files],
                     "hub_repo": r.hub_repo,
                     "already_installed": r.already_installed,
+                    "notes": r.notes,
                 }
                 for r in results
             ]
@@ -204,6 +209,8 @@ def models_install(
     for r in results:
         state = "already installed, files verified" if r.already_installed else "installed"
         typer.echo(f"{r.name}: {state} ({r.yaml_path})")
+        for note in r.notes:
+            typer.echo(f"  note: {note}")
 
 
 @models_app.command("remove")
@@ -304,14 +311,15 @@ def models_show(
 def _render_show(data: dict[str, Any]) -> None:
     import yaml
     from rich.console import Console
+    from rich.markup import escape
     from rich.syntax import Syntax
     from rich.table import Table
 
     console = Console()
     state = f"installed ({data['yaml']})" if data["installed"] else "not installed"
-    console.print(f"[bold]{data['name']}[/] — {state}")
+    console.print(f"[bold]{escape(data['name'])}[/] — {escape(state)}")
     if data.get("description"):
-        console.print(" ".join(str(data["description"]).split()))
+        console.print(escape(" ".join(str(data["description"]).split())))
     text = yaml.safe_dump(data["config"], sort_keys=False)
     console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     if data["files"]:
@@ -351,8 +359,10 @@ def run(
     gallery: Galleries = None,
     models_path: ModelsPath = None,
 ) -> None:
-    """Install a gallery model if needed, then serve it preloaded (any `serve` option works
-    after NAME), or with --prompt generate once and exit."""
+    """Install a gallery model if needed and serve it preloaded, or generate once (--prompt).
+
+    Any `localimg serve` option may follow NAME (e.g. `localimg run sd-turbo --port 9000`).
+    """
     _prepare_runtime()
     root = _models_path(models_path)
     try:

@@ -142,6 +142,33 @@ def _hub_repo(config: dict[str, Any], models_path: Path) -> str | None:
     return model
 
 
+def drop_unshipped_paths(
+    config: dict[str, Any], shipped: list[str], models_path: Path
+) -> list[str]:
+    """Drop `*_path` options naming a file the entry does not ship and the models dir lacks.
+
+    Merging `options` by key keeps a template's file options; an entry written for LocalAI's
+    replace-the-list merge (its sd-1.5-ggml sets only `sampler:euler` over the SD3 template)
+    would otherwise point at text encoders that never arrive. Returns a note per dropped option.
+    """
+    kept, notes = [], []
+    for option in config.get("options") or []:
+        key, _, value = str(option).partition(":")
+        if (
+            key.endswith("_path")
+            and value
+            and not Path(value).is_absolute()
+            and value not in shipped
+            and not (models_path / value).exists()
+        ):
+            notes.append(f"dropped option {option!r}: the entry ships no file {value!r}")
+            continue
+        kept.append(option)
+    if "options" in config:
+        config["options"] = kept
+    return notes
+
+
 # -- install / remove ------------------------------------------------------------------------
 
 
@@ -152,6 +179,7 @@ class InstallResult:
     files: list[Path]
     hub_repo: str | None
     already_installed: bool
+    notes: list[str] = field(default_factory=list)
 
 
 def install(
@@ -166,6 +194,7 @@ def install(
 ) -> InstallResult:
     """Install one entry; installing it again re-verifies its files and keeps its YAML."""
     resolved = resolve_entry(entry, name)
+    notes = drop_unshipped_paths(resolved.config, [f.filename for f in resolved.files], models_path)
     check_resolved(resolved)
     model_name = str(resolved.config["name"])
     specs = [download.FileSpec(f.filename, f.uri, f.sha256 or None) for f in resolved.files]
@@ -202,7 +231,7 @@ def install(
         write_yaml_atomic(yaml_path, resolved.config)
     load_config_file(yaml_path, models_path)  # what was written must load
     return InstallResult(
-        model_name, yaml_path, [t.target for t in tasks if t.target], hub_repo, already
+        model_name, yaml_path, [t.target for t in tasks if t.target], hub_repo, already, notes
     )
 
 

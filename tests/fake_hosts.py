@@ -35,6 +35,7 @@ class FakeHosts:
     files: dict[str, bytes] = field(default_factory=dict)
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     cut_after: dict[str, int] = field(default_factory=dict)
+    pages: dict[str, bytes] = field(default_factory=dict)  # any other path → its body
     log: list[Logged] = field(default_factory=list)
     url: str = ""
 
@@ -68,6 +69,9 @@ def _handler(hosts: FakeHosts) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, head: bool) -> None:
             path = self.path.split("?", 1)[0]
+            if path in hosts.pages:
+                self._send_bytes(hosts.pages[path], head, content_type="text/plain")
+                return
             if path.startswith("/files/"):
                 name = path[len("/files/") :]
                 data = hosts.files.get(name)

@@ -1,0 +1,183 @@
+"""gallery.py: index formats, template resolution, merging, and the shipped gallery's checks."""
+
+# ruff: noqa: F811  (the fixtures imported from fake_hosts are named by the test parameters)
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localimg import gallery, gallery_build
+from localimg.download import GITHUB_RAW_ENV
+from localimg.errors import GalleryError, ModelNotFound
+from localimg.gallery import Catalog, GallerySource, merge_config, merge_options, resolve_entry
+from tests.fake_hosts import FakeHosts, hosts  # noqa: F401
+
+# LocalAI's gallery/flux-ggml.yaml and its flux.1-dev-ggml entry, in their published shape.
+LOCALAI_FLUX_TEMPLATE = """\
+---
+name: "flux-ggml"
+
+config_file: |
+    backend: stablediffusion-ggml
+    step: 25
+    options:
+    - "diffusion_model"
+    - "clip_l_path:clip_l.safetensors"
+    - "t5xxl_path:t5xxl_fp16.safetensors"
+    - "vae_path:ae.safetensors"
+    - "sampler:euler"
+
+    cfg_scale: 1
+"""
+LOCALAI_INDEX = """\
+---
+- &llama
+  name: some-llm
+  url: github:mudler/LocalAI/gallery/llama3-instruct.yaml@master
+  tags: [llm, gguf]
+  overrides:
+    parameters:
+      model: llm.gguf
+- !!merge <<: *llama
+  name: some-llm-2
+- name: flux.1-dev-ggml
+  url: github:mudler/LocalAI/gallery/flux-ggml.yaml@master
+  license: flux-1-dev-non-commercial-license
+  tags: [flux, text-to-image, gguf]
+  last_checked: "2026-05-04"
+  overrides:
+    options:
+      - scheduler:simple
+      - keep_clip_on_cpu:true
+    parameters:
+      model: flux1-dev-Q2_K.gguf
+  files:
+    - filename: flux1-dev-Q2_K.gguf
+      sha256: b8c464bc0f10076ef8f00ba040d220d90c7993f7c4245ae80227d857f65df105
+      uri: huggingface://city96/FLUX.1-dev-gguf/flux1-dev-Q2_K.gguf
+    - filename: ae.safetensors
+      sha256: afc8e28272cd15db3919bacdb6918ce9c1ed22e96cb12c4d5ed0fba823529e38
+      uri: https://huggingface.co/ChuckMcSneed/FLUX.1-dev/resolve/main/ae.safetensors
+"""
+FULL_FLUX_OPTIONS = [
+    "diffusion_model",
+    "clip_l_path:clip_l.safetensors",
+    "t5xxl_path:t5xxl_fp16.safetensors",
+    "vae_path:ae.safetensors",
+    "sampler:euler",
+    "scheduler:simple",
+    "keep_clip_on_cpu:true",
+]
+
+
+def test_options_merge_by_key() -> None:
+    merged = merge_options(
+        ["sampler:euler", "clip_l_path:a", "diffusion_model"], ["sampler:euler_a", "flow_shift:3"]
+    )
+    assert merged == ["sampler:euler_a", "clip_l_path:a", "diffusion_model", "flow_shift:3"]
+
+
+def test_maps_merge_deeply_and_other_lists_are_replaced() -> None:
+    base = {"step": 25, "diffusers": {"pipeline_type": "A", "cuda": True}, "lora_adapters": ["x"]}
+    over = {"diffusers": {"pipeline_type": "B"}, "lora_adapters": ["y"], "cfg_scale": 2}
+    assert merge_config(base, over) == {
+        "step": 25,
+        "diffusers": {"pipeline_type": "B", "cuda": True},
+        "lora_adapters": ["y"],
+        "cfg_scale": 2,
+    }
+    assert base["diffusers"] == {"pipeline_type": "A", "cuda": True}  # inputs untouched
+
+
+def test_localai_index_and_flux_entry(hosts: FakeHosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts.pages["/mudler/LocalAI/master/gallery/index.yaml"] = LOCALAI_INDEX.encode()
+    hosts.pages["/mudler/LocalAI/master/gallery/flux-ggml.yaml"] = LOCALAI_FLUX_TEMPLATE.encode()
+    monkeypatch.setenv(GITHUB_RAW_ENV, hosts.url)
+    monkeypatch.setenv(gallery.GALLERIES_ENV, "localai")
+    sources = gallery.default_sources(builtin=False)
+    assert sources == [GallerySource("localai", gallery.LOCALAI_INDEX)]
+    catalog = Catalog.load(sources)
+    assert [e.name for e in catalog.entries] == ["some-llm", "some-llm-2", "flux.1-dev-ggml"]
+    assert [e.name for e in catalog.image_entries()] == ["flux.1-dev-ggml"]
+    entry = catalog.find("localai@flux.1-dev-ggml")
+    resolved = resolve_entry(entry)
+    # LocalAI would keep only the two override options; merged by key, nothing is lost.
+    assert resolved.config["options"] == FULL_FLUX_OPTIONS
+    assert resolved.config["backend"] == "stablediffusion-ggml"
+    assert resolved.config["cfg_scale"] == 1 and resolved.config["step"] == 25
+    assert resolved.config["name"] == "flux.1-dev-ggml"
+    assert [f.filename for f in resolved.files] == ["flux1-dev-Q2_K.gguf", "ae.safetensors"]
+    gallery.check_resolved(resolved)
+    with pytest.raises(GalleryError, match="not an image backend"):
+        gallery.check_resolved(
+            resolve_entry(gallery.GalleryEntry(name="x", overrides={"backend": "llama-cpp"}))
+        )
+
+
+def test_unknown_name_suggests_closest() -> None:
+    catalog = Catalog.load(gallery.default_sources(builtin=True))
+    with pytest.raises(ModelNotFound, match=r"Did you mean flux\.1-dev-ggml"):
+        catalog.find("flux-dev-ggml")
+
+
+def test_galleries_env_forms() -> None:
+    assert gallery.parse_galleries('[{"name": "a", "url": "https://x/index.yaml"}]') == [
+        GallerySource("a", "https://x/index.yaml")
+    ]
+    assert gallery.parse_galleries("mine=/srv/g.yaml, localai") == [
+        GallerySource("mine", "/srv/g.yaml"),
+        GallerySource("localai", gallery.LOCALAI_INDEX),
+    ]
+    with pytest.raises(GalleryError, match="LOCALIMG_GALLERIES is not valid"):
+        gallery.parse_galleries("[{]")
+
+
+def test_shipped_gallery_passes_its_checks_and_index_is_fresh() -> None:
+    assert gallery_build.check() == []
+
+
+def test_shipped_entries_resolve_with_full_flux_options() -> None:
+    catalog = Catalog.load(gallery.default_sources(builtin=True))
+    names = {e.name for e in catalog.entries}
+    assert {
+        "flux.1-dev-ggml",
+        "flux.1-schnell-ggml",
+        "sd-1.5-ggml",
+        "sd-3.5-medium-ggml",
+        "sd-3.5-large-ggml",
+        "sd-turbo",
+        "stable-diffusion-xl-base-1.0",
+        "dreamshaper",
+        "animagine-xl",
+        "stablediffusion-edit",
+        "stablediffusion-depth",
+        "img2vid",
+        "txt2vid",
+    } <= names
+    flux = resolve_entry(catalog.find("flux.1-dev-ggml"))
+    assert flux.config["options"] == FULL_FLUX_OPTIONS
+    medium = resolve_entry(catalog.find("sd-3.5-medium-ggml"))
+    assert medium.config["options"] == [
+        "clip_l_path:clip_l-Q4_0.gguf",
+        "clip_g_path:clip_g-Q4_0.gguf",
+        "t5xxl_path:t5xxl-Q4_0.gguf",
+        "sampler:euler",
+    ]
+
+
+def test_gallery_check_reports_problems(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "templates" / "t.yaml").write_text(LOCALAI_FLUX_TEMPLATE)
+    (tmp_path / "models" / "bad.yaml").write_text(
+        "name: bad\ndescription: d\nlicense: l\nurls: [u]\ntags: [text-to-image]\n"
+        "template: t.yaml\nfiles:\n- filename: ../x.gguf\n  uri: https://x/y\n"
+    )
+    problems = gallery_build.check(tmp_path)
+    text = "\n".join(problems)
+    assert "no sha256 and no sha256_reason" in text
+    assert "unsafe file name" in text
+    assert "names a file the entry does not ship" in text
+    assert "stale or missing" in text

@@ -1,0 +1,234 @@
+"""Installing from a test index served offline: files, hashes, records, CLI, `run`."""
+
+# ruff: noqa: F811  (the fixtures imported from fake_hosts are named by the test parameters)
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from localimg.cli import app
+from localimg.config import load_config_file
+from localimg.errors import DownloadError, GalleryError
+from localimg.gallery import Catalog, GallerySource
+from localimg.installer import install, read_record, remove
+from tests.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
+
+GGUF = b"GGUF" + bytes(range(256)) * 64
+VAE = b"vae-weights" * 1000
+
+
+def _write_index(folder: Path, entries: list[dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ggml.yaml").write_text(
+        "name: ggml\nconfig_file: |\n  backend: stablediffusion-ggml\n  step: 20\n"
+        "  options:\n  - diffusion_model\n  - vae_path:ae.safetensors\n  - sampler:euler\n"
+    )
+    path = folder / "index.yaml"
+    path.write_text(yaml.safe_dump(entries, sort_keys=False))
+    return path
+
+
+def _tiny_entry(tiny_sd: Path, name: str = "tiny-hub") -> dict[str, Any]:
+    files = [
+        {
+            "filename": f"{name}/{p.relative_to(tiny_sd).as_posix()}",
+            "sha256": sha256(p.read_bytes()),
+            "uri": f"huggingface://test/tiny-sd/{p.relative_to(tiny_sd).as_posix()}",
+        }
+        for p in sorted(tiny_sd.rglob("*"))
+        if p.is_file()
+    ]
+    return {
+        "name": name,
+        "description": "the tiny test pipeline",
+        "tags": ["text-to-image"],
+        "config_file": "backend: diffusers\nstep: 2\ncfg_scale: 1\n",
+        "overrides": {"parameters": {"model": name}},
+        "files": files,
+    }
+
+
+@pytest.fixture
+def index(hub: FakeHosts, tmp_path: Path, tiny_sd: Path) -> Path:
+    hub.files["model.gguf"] = GGUF
+    hub.files["ae.safetensors"] = VAE
+    hub.add_repo_folder("test/tiny-sd", tiny_sd)
+    ggml_files = [
+        {"filename": "model.gguf", "sha256": sha256(GGUF), "uri": f"{hub.url}/files/model.gguf"},
+        {
+            "filename": "ae.safetensors",
+            "sha256": sha256(VAE),
+            "uri": f"{hub.url}/files/ae.safetensors",
+        },
+    ]
+    entries = [
+        {
+            "name": "flat-ggml",
+            "tags": ["text-to-image"],
+            "url": "ggml.yaml",
+            "overrides": {"parameters": {"model": "model.gguf"}, "options": ["sampler:euler_a"]},
+            "files": ggml_files,
+        },
+        {
+            "name": "other-ggml",
+            "tags": ["text-to-image"],
+            "url": "ggml.yaml",
+            "overrides": {"parameters": {"model": "model.gguf"}},
+            "files": ggml_files,
+        },
+        {
+            "name": "bad-hash",
+            "tags": ["text-to-image"],
+            "url": "ggml.yaml",
+            "overrides": {"parameters": {"model": "model.gguf"}},
+            "files": [{**ggml_files[0], "sha256": "f" * 64}],
+        },
+        {
+            "name": "escape",
+            "tags": ["text-to-image"],
+            "url": "ggml.yaml",
+            "files": [{**ggml_files[0], "filename": "../../outside.gguf"}],
+        },
+        {
+            "name": "hub-snapshot",
+            "tags": ["text-to-image"],
+            "config_file": "backend: diffusers\n",
+            "overrides": {"parameters": {"model": "test/tiny-sd"}},
+        },
+        _tiny_entry(tiny_sd),
+    ]
+    return _write_index(tmp_path / "index", entries)
+
+
+def _catalog(index: Path) -> Catalog:
+    return Catalog.load([GallerySource("test", str(index))])
+
+
+def test_install_writes_yaml_record_and_verified_files(
+    index: Path, hub: FakeHosts, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    result = install(_catalog(index).find("flat-ggml"), models)
+    assert (models / "model.gguf").read_bytes() == GGUF
+    assert (models / "ae.safetensors").read_bytes() == VAE
+    config = load_config_file(result.yaml_path, models)
+    assert config.backend == "stablediffusion-ggml" and config.model == "model.gguf"
+    assert config.options == ["diffusion_model", "vae_path:ae.safetensors", "sampler:euler_a"]
+    record = read_record(models, "flat-ggml")
+    assert record is not None and record["gallery"] == "test"
+    assert [f["filename"] for f in record["files"]] == ["model.gguf", "ae.safetensors"]
+
+    # Installing again is a no-op that verifies: no new download, corrupted files fetched anew.
+    gets = len([r for r in hub.log if r.method == "GET"])
+    again = install(_catalog(index).find("flat-ggml"), models)
+    assert again.already_installed
+    assert len([r for r in hub.log if r.method == "GET"]) == gets
+    (models / "model.gguf").write_bytes(b"broken")
+    install(_catalog(index).find("flat-ggml"), models)
+    assert (models / "model.gguf").read_bytes() == GGUF
+
+
+def test_mismatch_refused_with_nothing_left(index: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    with pytest.raises(DownloadError, match=r"checksum mismatch for model\.gguf"):
+        install(_catalog(index).find("bad-hash"), models)
+    assert sorted(p.name for p in models.iterdir()) == []
+
+
+def test_path_traversal_refused_before_any_download(
+    index: Path, hub: FakeHosts, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    before = len(hub.log)
+    with pytest.raises(GalleryError, match=r"unsafe file name '\.\./\.\./outside\.gguf'"):
+        install(_catalog(index).find("escape"), models)
+    assert len(hub.log) == before
+    assert not (tmp_path / "outside.gguf").exists()
+
+
+def test_remove_purges_only_unshared_files(index: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    install(_catalog(index).find("flat-ggml"), models)
+    install(_catalog(index).find("other-ggml"), models)
+    result = remove("flat-ggml", models, purge_files=True)
+    assert not (models / "flat-ggml.yaml").exists()
+    assert result.removed == [] and len(result.kept_shared) == 2
+    result = remove("other-ggml", models, purge_files=True)
+    assert sorted(p.name for p in result.removed) == ["ae.safetensors", "model.gguf"]
+    assert sorted(p.name for p in models.iterdir()) == []
+
+
+def test_hub_repo_prefetched_into_the_hub_cache(
+    index: Path, hub: FakeHosts, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    result = install(_catalog(index).find("hub-snapshot"), models)
+    assert result.hub_repo == "test/tiny-sd"
+    cache = tmp_path / "hf-cache" / "models--test--tiny-sd"
+    assert (cache / "snapshots").is_dir()
+    fetched = {
+        p.relative_to(next((cache / "snapshots").iterdir())).as_posix()
+        for p in (cache / "snapshots").rglob("*")
+        if p.is_file()
+    }
+    assert "model_index.json" in fetched and "unet/diffusion_pytorch_model.safetensors" in fetched
+    assert load_config_file(result.yaml_path, models).model == "test/tiny-sd"
+
+
+def test_cli_install_show_list_remove(index: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    runner = CliRunner()
+    common = ["--models-path", str(models), "--gallery", str(index)]
+    out = runner.invoke(app, ["models", "install", "flat-ggml", "--json", *common])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)[0]["name"] == "flat-ggml"
+    out = runner.invoke(app, ["models", "show", "flat-ggml", "--json", *common])
+    shown = json.loads(out.stdout)
+    assert shown["installed"] and {f["state"] for f in shown["files"]} == {"present"}
+    out = runner.invoke(app, ["gallery", "search", "ggml", "--json", *common])
+    found = {e["name"]: e["installed"] for e in json.loads(out.stdout)}
+    assert found["flat-ggml"] is True and found["other-ggml"] is False
+    out = runner.invoke(app, ["models", "install", "flat-gml", *common])
+    assert out.exit_code == 3 and "Did you mean flat-ggml" in out.output
+    out = runner.invoke(
+        app, ["models", "remove", "flat-ggml", "--purge-files", "--json", *common[:2]]
+    )
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)["removed_files"]) == 2
+
+
+def test_run_with_prompt_installs_and_generates(index: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    output = tmp_path / "out.png"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "tiny-hub",
+            "--prompt",
+            "a red square",
+            "-o",
+            str(output),
+            "--size",
+            "64x64",
+            "--seed",
+            "3",
+            "--models-path",
+            str(models),
+            "--gallery",
+            str(index),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(output) as image:
+        assert image.size == (64, 64)
+    assert (models / "tiny-hub" / "model_index.json").is_file()
+    assert load_config_file(models / "tiny-hub.yaml", models).model == "tiny-hub"
