@@ -293,10 +293,12 @@ class ModelConfig(_Strict):
         if path.is_absolute():
             return path
         base = self.models_path or (self.source_file.parent if self.source_file else Path.cwd())
-        resolved = (base / path).resolve()
-        if not resolved.is_relative_to(base.resolve()):
+        # A lexical check: `..` may not climb out, but a symlink the user placed in the models
+        # dir (a common way to share weights between tools) is followed.
+        joined = Path(os.path.normpath(base.absolute() / path))
+        if not joined.is_relative_to(Path(os.path.normpath(base.absolute()))):
             raise ConfigError(f"{self.where}: {value!r} points outside the models directory {base}")
-        return resolved
+        return joined
 
     def warn_unused_keys(self) -> None:
         """Log a warning for each key localimg does not use."""
@@ -515,7 +517,8 @@ def _inside_or_explicit(ref: str, candidate: Path, models_path: Path) -> bool:
     """A relative reference resolved in the models dir must stay inside it."""
     if candidate == Path(ref).expanduser():
         return True
-    return candidate.resolve().is_relative_to(models_path.resolve())
+    inside = Path(os.path.normpath(candidate.absolute()))
+    return inside.is_relative_to(Path(os.path.normpath(models_path.absolute())))
 
 
 def default_model_ref(models_path: Path) -> str:

@@ -304,3 +304,30 @@ def test_hub_id_loads_from_the_hugging_face_cache(
 def test_pndm_refuses_too_few_steps(engine: Engine) -> None:
     with pytest.raises(InvalidRequest, match="needs at least 4 steps"):
         run(engine, scheduler="pndm", steps=2)
+
+
+def test_single_file_checkpoint_loads_with_from_single_file(tmp_path: Path, tiny_sd: Path) -> None:
+    """An original-layout .safetensors file gives the same pixels as the diffusers folder."""
+    from tests.tiny_single_file import write_ldm_checkpoint
+
+    models = tmp_path / "models"
+    write_ldm_checkpoint(tiny_sd, models / "tiny-ldm.safetensors")
+    (models / "folder-config").symlink_to(tiny_sd)
+    (models / "single.yaml").write_text(
+        "name: single\nparameters:\n  model: tiny-ldm.safetensors\nstep: 3\n"
+        "options:\n- config:folder-config\n"
+    )
+    (models / "noconfig.yaml").write_text(
+        "name: noconfig\nparameters:\n  model: tiny-ldm.safetensors\n"
+    )
+    (models / "folder.yaml").write_text(f"name: folder\nparameters:\n  model: {tiny_sd}\nstep: 3\n")
+    engine = Engine(EngineSettings(models_path=models))
+    try:
+        single = engine.generate("single", ImageRequest("otter", seed=5))
+        folder = engine.generate("folder", ImageRequest("otter", seed=5))
+        assert engine.slots["single"].backend.describe()["pipeline"] == "StableDiffusionPipeline"  # type: ignore[attr-defined]
+        assert np.array_equal(arr(single), arr(folder))
+        with pytest.raises(ModelUnavailable, match="config:"):
+            engine.generate("noconfig", ImageRequest("otter"))
+    finally:
+        engine.close()

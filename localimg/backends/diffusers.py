@@ -361,7 +361,13 @@ class DiffusersBackend:
             if source.kind == "hub":
                 raise _hub_error(source, exc) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelUnavailable(f"cannot load {source.location}: {first}") from None
+            hint = ""
+            if source.kind == "file" and not options.config:
+                hint = (
+                    " (a single file needs its model family's configs: from the hub once, or "
+                    'offline from options: ["config:/path/to/a/diffusers/folder"])'
+                )
+            raise ModelUnavailable(f"cannot load {source.location}: {first}{hint}") from None
         if getattr(pipe, "safety_checker", None) is not None:
             pipe.safety_checker = None
         _bridge_clip_text_model(pipe)
@@ -409,7 +415,8 @@ class DiffusersBackend:
                     "folder or hub id, or a pipeline type such as StableDiffusionPipeline"
                 )
             if options.config:
-                common["config"] = options.config
+                local = self.config.resolve_path(options.config) if self.config else None
+                common["config"] = str(local) if local and local.exists() else options.config
             if options.original_config:
                 common["original_config"] = options.original_config
             return cls.from_single_file(str(source.path), **common)
@@ -584,9 +591,23 @@ class DiffusersBackend:
         elif "max_guidance_scale" in params:
             kwargs["max_guidance_scale"] = request.cfg_scale
         kwargs.update(self._video_kwargs(request, pipeline, params))
+        self._check_denoising_steps(request, params)
         self._check_extra(dict(request.extra), where="extra parameters", pipe=pipe, params=params)
         kwargs.update(request.extra)
         return kwargs
+
+    @staticmethod
+    def _check_denoising_steps(request: ImageRequest, params: Any) -> None:
+        """img2img runs steps x strength steps; zero would fail deep inside diffusers."""
+        if "strength" not in params or request.init_image is None or not request.steps:
+            return
+        strength = request.strength if request.strength is not None else params["strength"].default
+        if isinstance(strength, int | float) and int(request.steps * strength) < 1:
+            raise InvalidRequest(
+                f"{request.steps} steps at strength {strength:g} leave no denoising step "
+                "(steps x strength must be at least 1): raise steps or strength",
+                param="steps",
+            )
 
     @staticmethod
     def _video_kwargs(request: ImageRequest, pipeline: str, params: Any) -> dict[str, Any]:
