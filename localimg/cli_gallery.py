@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from localimg.cli import ModelsPath, _fail, _prepare_runtime, app, models_app
@@ -411,9 +410,8 @@ def _ensure_installed(ref: str, root: Path, galleries: list[str] | None) -> str:
 
 def _serve(ctx: typer.Context, model_name: str, root: Path) -> None:
     """Hand over to `localimg serve` with the model preloaded and the extra options."""
-    root_command = ctx.find_root().command
-    assert isinstance(root_command, click.Group)
-    serve = root_command.get_command(ctx, "serve")
+    # The root command is Typer's group (Typer ships its own click): look `serve` up on it.
+    serve = ctx.find_root().command.get_command(ctx, "serve")  # type: ignore[attr-defined]
     if serve is None:  # pragma: no cover - serve is part of cli.py
         raise typer.Exit(1)
     args = [*ctx.args, "--models-path", str(root), "--preload", model_name]

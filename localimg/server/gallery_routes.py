@@ -1,0 +1,128 @@
+"""LocalAI's model-management routes: GET /models/available, POST /models/apply, GET /models/jobs.
+
+Installing takes minutes, so `/models/apply` answers at once with a job id and a status URL, and
+`/models/jobs/{uuid}` reports progress in LocalAI's shape. These routes change the models dir, so
+they always need the API key when one is configured (the /v1 key middleware does not cover them;
+the check here uses the same functions). The galleries are the shipped index plus
+`LOCALIMG_GALLERIES`; an installed model is served at once (the engine reads the models dir).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from localimg.errors import InvalidRequest, Unauthorized
+from localimg.server.security import bearer_token, key_matches
+
+APPLY_KEYS = ("id", "name")
+
+
+def _check_key(request: Request) -> None:
+    keys = request.app.state.settings.api_keys
+    if not keys:
+        return
+    token = bearer_token(request.headers.raw)
+    if token is None:
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not key_matches(token, keys):
+        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _catalog() -> Any:
+    from localimg.gallery import Catalog, default_sources
+
+    return Catalog.load(default_sources())
+
+
+def _jobs(request: Request) -> Any:
+    """The app's install jobs (created on first use; the event loop makes this race-free)."""
+    state = request.app.state
+    jobs = getattr(state, "install_jobs", None)
+    if jobs is None:
+        from localimg.installer import InstallJobs
+
+        jobs = InstallJobs(state.engine.settings.models_path, _catalog)
+        state.install_jobs = jobs
+    return jobs
+
+
+async def available(request: Request) -> Response:
+    """The image models of the galleries, each marked installed or not."""
+    _check_key(request)
+    from localimg.config import scan_models
+
+    models_path = request.app.state.engine.settings.models_path
+    catalog = await asyncio.to_thread(_catalog)
+    installed = {e.name for e in await asyncio.to_thread(scan_models, models_path)}
+    urls = {s.name: s.url for s in catalog.sources}
+    body = [
+        {
+            **entry.summary(),
+            "gallery": {"name": entry.gallery, "url": urls.get(entry.gallery)},
+            "id": entry.qualified,
+            "installed": entry.name in installed,
+        }
+        for entry in catalog.image_entries()
+    ]
+    return JSONResponse(body)
+
+
+async def apply(request: Request) -> Response:
+    """Start installing a gallery model: `{"id": "name" or "gallery@name", "name": optional}`."""
+    _check_key(request)
+    try:
+        body = json.loads(await request.body() or b"null")
+    except ValueError:
+        raise InvalidRequest('the body must be JSON: {"id": "<gallery model>"}') from None
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be a JSON object: {"id": "<gallery model>"}')
+    unknown = sorted(set(body) - set(APPLY_KEYS))
+    if unknown:
+        raise InvalidRequest(
+            f"unsupported field(s) {', '.join(unknown)}: localimg installs by gallery name; "
+            f"allowed fields: {', '.join(APPLY_KEYS)}",
+            param=unknown[0],
+        )
+    ref = body.get("id")
+    if not isinstance(ref, str) or not ref.strip():
+        raise InvalidRequest("id is required: a gallery model name or gallery@name", param="id")
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise InvalidRequest("name must be a non-empty string", param="name")
+    jobs = _jobs(request)
+    job = await asyncio.to_thread(jobs.submit, ref.strip(), name)
+    status_url = str(request.url_for("model_job", uuid=job.id))
+    return JSONResponse({"uuid": job.id, "status": status_url})
+
+
+async def job_status(request: Request) -> Response:
+    _check_key(request)
+    job = _jobs(request).get(request.path_params["uuid"])
+    if job is None:
+        from localimg.server.app import NotFound
+
+        raise NotFound(f"no install job {request.path_params['uuid']!r}")
+    return JSONResponse(job.to_localai())
+
+
+async def all_jobs(request: Request) -> Response:
+    _check_key(request)
+    return JSONResponse({job.id: job.to_localai() for job in _jobs(request).all()})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/models/available", available, methods=["GET"]),
+        Route("/models/apply", apply, methods=["POST"]),
+        Route("/models/jobs", all_jobs, methods=["GET"]),
+        Route("/models/jobs/{uuid}", job_status, methods=["GET"], name="model_job"),
+    ]
