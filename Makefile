@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 EXTRAS ?= test
 
-.PHONY: install install-ggml test lint format bench clean
+.PHONY: install install-ggml test lint format bench gallery gallery-check clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ format:
 
 bench:
 	$(BIN)/python bench/bench_generate.py
+
+gallery:  # regenerate gallery/index.yaml from gallery/models/*.yaml and gallery/templates/
+	$(BIN)/python -m localimg.gallery_build build
+
+gallery-check:  # schema, unique names, sha256 (or a reason), templates resolve, index fresh
+	$(BIN)/python -m localimg.gallery_build check
 
 clean:
 	rm -rf .test-cache .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
