@@ -231,7 +231,7 @@ BUILDERS: dict[str, Callable[[Path], Any]] = {
 
 
 def tiny_path(kind: str) -> Path:
-    """The cached tiny pipeline folder of `kind` (depth2img, img2vid, txt2vid), built on first use."""
+    """The cached tiny pipeline of `kind` (depth2img, img2vid, txt2vid), built on first use."""
     folder = cache_dir() / f"tiny-{kind}-v{CACHE_VERSION}"
     if not (folder / "model_index.json").is_file():
         _save(folder, BUILDERS[kind])

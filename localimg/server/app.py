@@ -29,7 +29,7 @@ from starlette.routing import Route
 from localimg.errors import LocalimgError
 from localimg.fetch import FetchPolicy
 from localimg.inputs import ImageLimits
-from localimg.server import gallery_routes, openai
+from localimg.server import gallery_routes, openai, videos
 from localimg.server.security import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -274,6 +274,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         Route(FILES_PATH + "/{name}", generated_file, methods=["GET"]),
         *gallery_routes.routes(),
         *openai.routes(),
+        *videos.routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from localimg import images
+from localimg import conditioning, images
 from localimg.config import default_model_ref, scan_models
 from localimg.errors import (
     Cancelled,
@@ -33,7 +33,7 @@ from localimg.errors import (
     ModelNotFound,
 )
 from localimg.inputs import ImageLimits, decode_image, image_from_text
-from localimg.server import schemas
+from localimg.server import schemas, videos
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -206,6 +206,8 @@ async def _submit(request: Request, config: ModelConfig, prepared: schemas.Prepa
 def _encode_items(
     result: ImageResult, prepared: schemas.Prepared, output_dir: Path, base_url: str
 ) -> list[dict[str, Any]]:
+    if videos.is_video_response(result, prepared):
+        return videos.encode_items(result, prepared, output_dir, base_url)
     items = []
     for index, image in enumerate(result.images):
         data = images.encode(
@@ -241,6 +243,7 @@ async def _respond(request: Request, config: ModelConfig, prepared: schemas.Prep
         _encode_items, result, prepared, state.output_dir, _base_url(request)
     )
     body = schemas.response_body(result, items, prepared)
+    videos.annotate(body, result, prepared)
     headers = {
         "X-Localimg-Seeds": ",".join(str(s) for s in result.seeds),
         "X-Localimg-Generation-Time": f"{generation:.3f}",
@@ -283,7 +286,8 @@ async def generations(request: Request) -> Response:
             state.settings.image_limits,
             state.settings.fetch_policy,
         )
-    prepared = schemas.prepare(params, config, init_image=init_image)
+        init_image = conditioning.as_init(init_image)  # EXIF orientation, alpha over white
+    prepared = schemas.prepare(params, config, init_image=init_image, strength=params.strength)
     return await _respond(request, config, prepared)
 
 
@@ -383,15 +387,27 @@ async def _image_conditioned(request: Request, what: str, needs_prompt: bool) ->
     form = await parse_image_form(request, state.settings.image_limits, needs_prompt=needs_prompt)
     config = await asyncio.to_thread(served_config, state, form.fields.model)
     check_available(state, config.name)
-    # Validate the rest of the fields now, so a client learns every mistake it can fix.
-    schemas.prepare(
-        form.fields,
-        config,
-        init_image=form.images[0],
-        mask=form.mask,
-        strength=form.fields.strength,
+    if len(form.images) > 1:
+        raise InvalidRequest(
+            f"this server's models take one input image; got {len(form.images)} in 'image[]'",
+            param="image",
+        )
+    image, mask = form.images[0], form.mask
+    mode: str | None = "variation"
+    if what == "edits":
+        # OpenAI's rule: the mask's (or else the image's own) transparent area is what changes;
+        # an opaque image with no mask is edited as a whole (img2img).
+        mode = None
+        if mask is not None or conditioning.has_transparency(image):
+            image, mask = conditioning.edit_inputs(image, mask)
+        else:
+            image = conditioning.as_init(image)
+    else:
+        image = conditioning.as_init(image)
+    prepared = schemas.prepare(
+        form.fields, config, init_image=image, mask=mask, strength=form.fields.strength, mode=mode
     )
-    raise image_conditioned_refusal(config, what)
+    return await _respond(request, config, prepared)
 
 
 async def edits(request: Request) -> Response:

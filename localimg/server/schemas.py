@@ -2,7 +2,7 @@
 
 Parsing is strict: an unknown field or a value out of range is a 400 that names the field and
 says what is allowed, so nothing a client sends is silently dropped. Fields that are accepted for
-compatibility but cannot change what localimg does (`style`, `moderation`, LocalAI's `mode`) are
+compatibility but cannot change what localimg does (`style`, `moderation`) are
 reported back in the `X-Localimg-Ignored` response header and documented in the README.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg.errors import InvalidRequest
-from localimg.requests import MAX_N, ImageRequest, parse_size
+from localimg.requests import MAX_N, ImageRequest, parse_mode, parse_size
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -48,7 +48,7 @@ class ImageParams(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N)
     size: str | None = None
     response_format: Literal["b64_json", "url"] = "b64_json"
-    output_format: Literal["png", "jpeg", "jpg", "webp"] = "png"
+    output_format: Literal["png", "jpeg", "jpg", "webp", "gif", "mp4"] = "png"
     output_compression: int | None = Field(default=None, ge=0, le=100)
     quality: Quality | None = None
     background: Literal["transparent", "opaque", "auto"] | None = None
@@ -69,7 +69,11 @@ class GenerationBody(ImageParams):
     """POST /v1/images/generations (JSON)."""
 
     file: str | None = None  # LocalAI: base64, data URL or http(s) URL of an input image
-    mode: Literal[0, 1] | None = None  # LocalAI's old stablediffusion-ncnn speed mode
+    # LocalAI's integer mode (0: default) or a task name; see requests.parse_mode.
+    mode: int | str | None = None
+    strength: float | None = Field(default=None, gt=0, le=1)
+    num_frames: int | None = Field(default=None, ge=1, le=256)
+    fps: float | None = Field(default=None, gt=0, le=120)
 
 
 class EditFields(ImageParams):
@@ -109,6 +113,10 @@ class Prepared:
     output_format: Literal["png", "jpeg", "webp"]
     compression: int | None
     ignored: tuple[str, ...]
+    # Video results (server/videos.py): the format asked for (mp4, webp, gif; None: mp4) and
+    # whether response_format was given (a video answers with a url unless asked otherwise).
+    video_format: str | None = None
+    response_format_given: bool = True
 
 
 def _steps(params: ImageParams, config: ModelConfig) -> int | None:
@@ -133,16 +141,20 @@ def prepare(
     init_image: Image | None = None,
     mask: Image | None = None,
     strength: float | None = None,
+    mode: str | None = None,
 ) -> Prepared:
     """Check the cross-field rules and build the engine's `ImageRequest`."""
     if not params.prompt.strip() and init_image is None:
         raise InvalidRequest("prompt is required (a non-empty string)", param="prompt")
+    asked = "jpeg" if params.output_format == "jpg" else params.output_format
+    given = params.model_fields_set
+    video_format = asked if asked in ("mp4", "gif", "webp") and "output_format" in given else None
     output_format: Literal["png", "jpeg", "webp"] = (
-        "jpeg" if params.output_format == "jpg" else params.output_format
+        asked if asked in ("png", "jpeg", "webp") else "png"
     )
-    if params.output_compression is not None and output_format == "png":
+    if params.output_compression is not None and asked in ("png", "gif"):
         raise InvalidRequest(
-            "output_compression applies to jpeg and webp output, not png",
+            f"output_compression applies to jpeg, webp and mp4 output, not {asked}",
             param="output_compression",
         )
     if params.background == "transparent":
@@ -155,8 +167,10 @@ def prepare(
     if params.size and params.size.strip().lower() != "auto":
         width, height = parse_size(params.size)
     ignored = tuple(
-        name for name in ("style", "moderation", "mode") if getattr(params, name, None) is not None
+        name for name in ("style", "moderation") if getattr(params, name, None) is not None
     )
+    if getattr(params, "mode", None) in (0, "0"):
+        ignored += ("mode",)  # LocalAI's default NCNN kernel choice: nothing to do here
     request = ImageRequest(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
@@ -171,6 +185,9 @@ def prepare(
         init_image=init_image,
         mask=mask,
         strength=strength,
+        mode=mode if mode is not None else parse_mode(getattr(params, "mode", None)),
+        num_frames=getattr(params, "num_frames", None),
+        fps=getattr(params, "fps", None),
     )
     return Prepared(
         request=request,
@@ -178,6 +195,8 @@ def prepare(
         output_format=output_format,
         compression=params.output_compression,
         ignored=ignored,
+        video_format=video_format,
+        response_format_given="response_format" in given,
     )
 
 
@@ -205,7 +224,9 @@ def response_body(
     """`{"created", "data": [...], "usage", ...}`; each item carries its seed."""
     request = result.request
     data = []
-    for item, seed in zip(items, result.seeds, strict=True):
+    # One video (or an mp4 of still images) comes back as one item: it carries the first seed.
+    seeds = result.seeds if len(items) == len(result.seeds) else result.seeds[:1] * len(items)
+    for item, seed in zip(items, seeds, strict=True):
         entry = dict(item)
         entry["revised_prompt"] = request.prompt if request is not None else None
         entry["seed"] = seed

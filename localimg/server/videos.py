@@ -1,0 +1,414 @@
+"""Video over HTTP: video results of the Images API, and OpenAI's video job API.
+
+The Images API (`/v1/images/generations`, LocalAI's img2vid and txt2vid examples) answers a video
+as one item: a `url` by default (a video is large for JSON) or `b64_json` when asked, with its
+`mime_type`. `output_format` picks mp4 (default), webp (animated) or gif.
+
+A long video should not hold one HTTP request open, so OpenAI's job API is here too:
+`POST /v1/videos` queues the job and answers at once with a video object (`status: queued`);
+`GET /v1/videos/{id}` reports `in_progress` with `progress` 0-100, then `completed` or `failed`;
+`GET /v1/videos/{id}/content` returns the MP4 (`?variant=thumbnail`: the first frame as WebP).
+`GET /v1/videos` lists the jobs and `DELETE /v1/videos/{id}` cancels one and frees its file.
+Finished files live in the server's output folder and expire like url-format images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from localimg import conditioning, images, video
+from localimg.errors import InvalidRequest, LocalimgError
+from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
+
+if TYPE_CHECKING:
+    from localimg.engine import Engine, Job
+    from localimg.requests import ImageResult, ProgressEvent
+    from localimg.server.schemas import Prepared
+
+log = logging.getLogger("localimg.server")
+
+DEFAULT_FPS = 8.0
+# Fields of POST /v1/videos: OpenAI's, then localimg's extensions (as in the Images API).
+VIDEO_FIELDS = (
+    "prompt",
+    "model",
+    "seconds",
+    "size",
+    "input_reference",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "cfg_scale",
+    "num_frames",
+    "fps",
+    "strength",
+    "scheduler",
+    "mode",
+)
+
+
+class VideoNotFound(LocalimgError):
+    http_status = 404
+    error_type = "invalid_request_error"
+    default_code = "video_not_found"
+
+
+class VideoNotReady(LocalimgError):
+    http_status = 409
+    error_type = "invalid_request_error"
+    default_code = "video_not_ready"
+
+
+# -- video results of the Images API -------------------------------------------------------------
+
+
+def is_video_response(result: ImageResult, prepared: Prepared) -> bool:
+    """A video result, or still images asked for as mp4 / gif."""
+    return result.fps is not None or prepared.video_format in ("mp4", "gif")
+
+
+def _format(result: ImageResult, prepared: Prepared) -> video.VideoFormat:
+    return video.video_format(prepared.video_format or "mp4")
+
+
+def encode_items(
+    result: ImageResult, prepared: Prepared, output_dir: Path, base_url: str
+) -> list[dict[str, Any]]:
+    """The response items of a video (one item) or of still GIFs (one per image)."""
+    fmt = _format(result, prepared)
+    quality = prepared.compression
+    if result.fps is not None or fmt == "mp4":
+        fps = result.fps or (result.request.fps if result.request else None) or 1.0
+        clips = [(result.images, fps, images.a1111_parameters(result, 0))]
+    else:  # still images as GIF files
+        clips = [
+            ([image], 1.0, images.a1111_parameters(result, index))
+            for index, image in enumerate(result.images)
+        ]
+    items = []
+    as_url = prepared.response_format == "url" or (
+        not prepared.response_format_given and result.fps is not None
+    )
+    for frames, fps, parameters in clips:
+        data = video.encode_video(
+            frames, fmt, fps, parameters=parameters, quality=None if fmt == "gif" else quality
+        )
+        item: dict[str, Any] = {"mime_type": video.VIDEO_MIME_TYPES[fmt]}
+        if as_url:
+            name = f"{secrets.token_urlsafe(16)}.{fmt}"
+            images.write_atomic(output_dir / name, data)
+            item["url"] = f"{base_url}/generated/{name}"
+        else:
+            item["b64_json"] = base64.b64encode(data).decode("ascii")
+        if result.fps is not None:
+            item["frames"] = len(frames)
+            item["fps"] = fps
+        items.append(item)
+    return items
+
+
+def annotate(body: dict[str, Any], result: ImageResult, prepared: Prepared) -> None:
+    """Fix the response's `output_format` for a video answer."""
+    if is_video_response(result, prepared):
+        body["output_format"] = _format(result, prepared)
+
+
+# -- the job API ---------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoJob:
+    """One POST /v1/videos and what became of it."""
+
+    id: str
+    model: str
+    prompt: str
+    size: str
+    seconds: str
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    status: str = "queued"
+    progress: int = 0
+    completed_at: int | None = None
+    expires_at: int | None = None
+    error: dict[str, str] | None = None
+    path: Path | None = None
+    thumbnail: Path | None = None
+    job: Job | None = None
+    seed: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "video",
+            "model": self.model,
+            "status": self.status,
+            "progress": self.progress,
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+            "expires_at": self.expires_at,
+            "prompt": self.prompt,
+            "size": self.size,
+            "seconds": self.seconds,
+            "error": self.error,
+            "remixed_from_video_id": None,
+            "seed": self.seed,
+        }
+
+
+def _jobs(state: Any) -> dict[str, VideoJob]:
+    jobs: dict[str, VideoJob] | None = getattr(state, "videos", None)
+    if jobs is None:
+        jobs = {}
+        state.videos = jobs
+    return jobs
+
+
+async def _fields(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
+    """POST /v1/videos as multipart (the openai client) or JSON (curl)."""
+    content_type = request.headers.get("content-type", "")
+    upload: UploadFile | None = None
+    data: dict[str, Any] = {}
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=2, max_fields=32)
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "input_reference":
+                    raise InvalidRequest(
+                        f"unexpected file field {key!r}; the image goes in 'input_reference'",
+                        param=key,
+                    )
+                upload = value
+            else:
+                data[key] = value
+    else:
+        import json
+
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"the request body is not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        data = body
+    unknown = sorted(set(data) - set(VIDEO_FIELDS))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field {unknown[0]!r}; POST /v1/videos accepts: {', '.join(VIDEO_FIELDS)}",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
+    return data, upload
+
+
+def _number(data: dict[str, Any], key: str, kind: type) -> Any:
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{key} must be a number, got {value!r}", param=key) from None
+
+
+def build_request(data: dict[str, Any], init_image: Any) -> tuple[ImageRequest, str]:
+    """The engine request of a video job, and its `seconds` as reported back."""
+    fps = _number(data, "fps", float)
+    frames = _number(data, "num_frames", int)
+    seconds = _number(data, "seconds", float)
+    if seconds is not None:
+        if seconds <= 0:
+            raise InvalidRequest(f"seconds must be positive, got {seconds:g}", param="seconds")
+        if frames is not None:
+            raise InvalidRequest("give seconds or num_frames, not both", param="seconds")
+        fps = fps or DEFAULT_FPS
+        frames = round(seconds * fps)
+        if frames > MAX_FRAMES:
+            raise InvalidRequest(
+                f"{seconds:g} s at {fps:g} fps is {frames} frames; the limit is {MAX_FRAMES}",
+                param="seconds",
+            )
+    width = height = None
+    if data.get("size"):
+        width, height = parse_size(str(data["size"]))
+    prompt = str(data.get("prompt") or "")
+    if not prompt.strip() and init_image is None:
+        raise InvalidRequest(
+            "prompt is required (or an input_reference image for image-to-video)",
+            param="prompt",
+        )
+    request = ImageRequest(
+        prompt=prompt,
+        negative_prompt=data.get("negative_prompt"),
+        width=width,
+        height=height,
+        steps=_number(data, "steps", int),
+        cfg_scale=_number(data, "cfg_scale", float),
+        seed=_number(data, "seed", int),
+        scheduler=data.get("scheduler"),
+        strength=_number(data, "strength", float),
+        init_image=init_image,
+        mode=parse_mode(data.get("mode")),
+        num_frames=frames,
+        fps=fps,
+    )
+    shown = f"{seconds:g}" if seconds is not None else ""
+    return request, shown
+
+
+async def create_video(request: Request) -> Response:
+    """POST /v1/videos: queue a video job and answer at once."""
+    from localimg.inputs import decode_image, image_from_text
+    from localimg.server.openai import check_available, served_config
+
+    state = request.app.state
+    data, upload = await _fields(request)
+    limits = state.settings.image_limits
+    init_image = None
+    if upload is not None:
+        raw = await upload.read()
+        init_image = await asyncio.to_thread(decode_image, raw, "input_reference", limits)
+    elif isinstance(data.get("input_reference"), str) and data["input_reference"]:
+        init_image = await asyncio.to_thread(
+            image_from_text,
+            data["input_reference"],
+            "input_reference",
+            limits,
+            state.settings.fetch_policy,
+        )
+    if init_image is not None:
+        init_image = conditioning.as_init(init_image)
+    config = await asyncio.to_thread(served_config, state, data.get("model"))
+    check_available(state, config.name)
+    engine_request, seconds = build_request(data, init_image)
+    engine: Engine = state.engine
+    entry = VideoJob(
+        id="video_" + secrets.token_hex(12),
+        model=config.name,
+        prompt=engine_request.prompt,
+        size=str(data.get("size") or ""),
+        seconds=seconds,
+    )
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.phase == "step" and event.total:
+            entry.status = "in_progress"
+            entry.progress = min(99, int(100 * event.step / event.total))
+        elif event.phase in ("load", "decode"):
+            entry.status = "in_progress"
+
+    job = await asyncio.to_thread(engine.submit, config.name, engine_request, on_progress)
+    entry.job = job
+    _jobs(state)[entry.id] = entry
+    task = asyncio.create_task(_finish(state, entry, job))
+    state.video_tasks = getattr(state, "video_tasks", set())
+    state.video_tasks.add(task)
+    task.add_done_callback(state.video_tasks.discard)
+    return JSONResponse(entry.public())
+
+
+async def _finish(state: Any, entry: VideoJob, job: Job) -> None:
+    """Wait for the job, encode the MP4 and a thumbnail, record the outcome."""
+    try:
+        result = await asyncio.wrap_future(job.future)
+        folder: Path = state.output_dir
+        path = folder / f"{entry.id}.mp4"
+        thumbnail = folder / f"{entry.id}.thumbnail.webp"
+        await asyncio.to_thread(_write_files, result, path, thumbnail)
+    except LocalimgError as exc:
+        entry.status = "failed"
+        entry.error = {"code": exc.code or "failed", "message": exc.message}
+        return
+    except Exception as exc:  # an unexpected failure must still end the job visibly
+        log.exception("video %s failed", entry.id)
+        entry.status = "failed"
+        entry.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+        return
+    entry.path, entry.thumbnail = path, thumbnail
+    entry.seed = result.seeds[0] if result.seeds else None
+    request = result.request
+    if request is not None:
+        entry.size = f"{request.width}x{request.height}"
+        if not entry.seconds and result.fps:
+            entry.seconds = f"{len(result.images) / result.fps:g}"
+    entry.completed_at = int(time.time())
+    entry.expires_at = entry.completed_at + int(state.settings.url_ttl)
+    entry.progress = 100
+    entry.status = "completed"
+
+
+def _write_files(result: ImageResult, path: Path, thumbnail: Path) -> None:
+    fps = result.fps or 1.0
+    parameters = images.a1111_parameters(result, 0)
+    images.write_atomic(path, video.encode_video(result.images, "mp4", fps, parameters=parameters))
+    images.write_atomic(thumbnail, images.encode(result.images[0], "webp", parameters=parameters))
+
+
+def _entry(request: Request) -> VideoJob:
+    video_id = request.path_params["video_id"]
+    entry = _jobs(request.app.state).get(video_id)
+    if entry is None:
+        raise VideoNotFound(f"no video {video_id!r} (unknown, deleted or expired)")
+    return entry
+
+
+async def get_video(request: Request) -> Response:
+    """GET /v1/videos/{id}."""
+    return JSONResponse(_entry(request).public())
+
+
+async def list_videos(request: Request) -> Response:
+    """GET /v1/videos: newest first."""
+    entries = sorted(_jobs(request.app.state).values(), key=lambda e: e.created_at, reverse=True)
+    return JSONResponse({"object": "list", "data": [e.public() for e in entries]})
+
+
+async def video_content(request: Request) -> Response:
+    """GET /v1/videos/{id}/content[?variant=video|thumbnail]."""
+    entry = _entry(request)
+    variant = request.query_params.get("variant", "video")
+    if variant not in ("video", "thumbnail"):
+        raise InvalidRequest(
+            f"variant {variant!r} is not available; use video or thumbnail", param="variant"
+        )
+    if entry.status != "completed":
+        detail = f": {entry.error['message']}" if entry.error else ""
+        raise VideoNotReady(f"video {entry.id} is {entry.status}{detail}")
+    path = entry.path if variant == "video" else entry.thumbnail
+    if path is None or not path.is_file():
+        raise VideoNotFound(f"video {entry.id} has expired")
+    media = "video/mp4" if variant == "video" else "image/webp"
+    return FileResponse(path, media_type=media)
+
+
+async def delete_video(request: Request) -> Response:
+    """DELETE /v1/videos/{id}: cancel it if running, delete its files."""
+    entry = _entry(request)
+    if entry.job is not None:
+        entry.job.cancel()
+    for path in (entry.path, entry.thumbnail):
+        if path is not None:
+            path.unlink(missing_ok=True)
+    _jobs(request.app.state).pop(entry.id, None)
+    return JSONResponse({"id": entry.id, "object": "video.deleted", "deleted": True})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/videos", create_video, methods=["POST"]),
+        Route("/v1/videos", list_videos, methods=["GET"]),
+        Route("/v1/videos/{video_id}", get_video, methods=["GET"]),
+        Route("/v1/videos/{video_id}", delete_video, methods=["DELETE"]),
+        Route("/v1/videos/{video_id}/content", video_content, methods=["GET"]),
+    ]
