@@ -165,3 +165,26 @@ def test_hub_missing_file_is_a_clear_error(hub: FakeHosts, tmp_path: Path) -> No
     hub.repos["owner/repo"] = {"model.gguf": DATA}
     with pytest.raises(DownloadError, match=r"no such file|not found"):
         download.download_files([FileSpec("x.gguf", "hf://owner/repo/missing.gguf")], tmp_path)
+
+
+def test_cancel_leaves_a_resumable_partial(hosts: FakeHosts, tmp_path: Path) -> None:
+    """Ctrl-C (the cancel event) stops at the next chunk and keeps what was fetched."""
+    import threading
+
+    hosts.files["big.bin"] = DATA * 4
+    cancel = threading.Event()
+
+    class StopAfterFirstChunk(download.NullProgress):
+        def advance(self, name: str, nbytes: int) -> None:
+            cancel.set()
+
+    spec = FileSpec("big.bin", f"{hosts.url}/files/big.bin", sha256(DATA * 4))
+    with pytest.raises(DownloadError, match="cancelled; run it again to resume"):
+        download.download_files([spec], tmp_path, StopAfterFirstChunk(), cancel=cancel)
+    kept = (tmp_path / ".big.bin.partial").stat().st_size
+    assert 0 < kept < len(DATA * 4)
+    download.download_files([spec], tmp_path)
+    assert (tmp_path / "big.bin").read_bytes() == DATA * 4
+    assert [r.range for r in hosts.requests("/files/big.bin") if r.method == "GET"][-1] == (
+        f"bytes={kept}-"
+    )
