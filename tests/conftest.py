@@ -56,7 +56,7 @@ def tiny_copy(tmp_path: Path, tiny_sd: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def conditioned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seed's img2img, depth2img, img2vid and txt2vid YAML files (+ tiny.yaml) on tiny models."""
+    """The seed's image and video YAML files plus tiny.yaml, all on tiny models."""
     from tests.conditioned_fixtures import write_models
 
     return write_models(tmp_path_factory.mktemp("conditioned") / "models")
