@@ -181,3 +181,28 @@ def test_gallery_check_reports_problems(tmp_path: Path) -> None:
     assert "unsafe file name" in text
     assert "names a file the entry does not ship" in text
     assert "stale or missing" in text
+
+
+def test_shipped_entries_pass_their_backends_checks() -> None:
+    """Each shipped YAML as the backend would read it: pipeline, scheduler, ggml options."""
+    from localimg.backends import diffusers as diffusers_backend
+    from localimg.backends import schedulers
+    from localimg.config import config_from_dict
+
+    catalog = Catalog.load(gallery.default_sources(builtin=True))
+    import importlib
+    import importlib.util
+
+    # The ggml option checks run where that backend's module is present.
+    has_ggml = importlib.util.find_spec("localimg.backends.ggml") is not None
+    ggml = importlib.import_module("localimg.backends.ggml") if has_ggml else None
+    for entry in catalog.entries:
+        config = config_from_dict(dict(resolve_entry(entry).config), where=entry.name)
+        if config.backend == "diffusers":
+            if config.diffusers.pipeline_type:
+                diffusers_backend._pipeline_class(config.diffusers.pipeline_type)
+            if config.diffusers.scheduler_type:
+                schedulers.lookup(config.diffusers.scheduler_type, param="scheduler_type")
+            diffusers_backend._parse_options(config)
+        elif ggml is not None:
+            ggml.parse_options(config)
