@@ -404,6 +404,15 @@ def _ensure_installed(ref: str, root: Path, galleries: list[str] | None) -> str:
     for entry in scan_models(root):
         if ref in (entry.name, entry.path.stem) and entry.config is not None:
             return entry.name
+    from localimg.config import HUB_ID
+    from localimg.errors import ModelNotFound
+
+    try:
+        _catalog(galleries).find(ref)
+    except ModelNotFound:
+        if HUB_ID.match(ref) or Path(ref).expanduser().exists():
+            return ref  # a hub id or a local model: served as `generate --model` would use it
+        raise
     results = install_models([ref], root, galleries)
     return str(results[0].name)
 

@@ -232,3 +232,18 @@ def test_run_with_prompt_installs_and_generates(index: Path, tmp_path: Path) -> 
         assert image.size == (64, 64)
     assert (models / "tiny-hub" / "model_index.json").is_file()
     assert load_config_file(models / "tiny-hub.yaml", models).model == "tiny-hub"
+
+
+def test_run_with_a_local_folder_needs_no_gallery_entry(tiny_sd: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out.png"
+    result = CliRunner().invoke(
+        app,
+        ["run", str(tiny_sd), "--prompt", "x", "-o", str(output), "--steps", "2",
+         "--models-path", str(tmp_path / "models")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert output.stat().st_size > 0
+    result = CliRunner().invoke(
+        app, ["run", "no-such-model", "--prompt", "x", "--models-path", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 3 and "no model 'no-such-model' in the gallery" in result.output
