@@ -206,3 +206,57 @@ def test_shipped_entries_pass_their_backends_checks() -> None:
             diffusers_backend._parse_options(config)
         elif ggml is not None:
             ggml.parse_options(config)
+
+
+def test_localai_flux_entry_installs_with_full_options(
+    hosts: FakeHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LocalAI's index format end to end: github: template, huggingface:// and https files."""
+    from huggingface_hub import constants
+
+    from localimg.config import load_config_file
+    from localimg.installer import install
+    from tests.fake_hosts import sha256
+
+    weights = {"flux1-dev-Q2_K.gguf": b"gguf" * 100, "ae.safetensors": b"vae" * 100}
+    hosts.repos["city96/FLUX.1-dev-gguf"] = {"flux1-dev-Q2_K.gguf": weights["flux1-dev-Q2_K.gguf"]}
+    hosts.files["ae.safetensors"] = weights["ae.safetensors"]
+    index = LOCALAI_INDEX.replace(
+        "https://huggingface.co/ChuckMcSneed/FLUX.1-dev/resolve/main/ae.safetensors",
+        f"{hosts.url}/files/ae.safetensors",
+    )
+    for name, data in weights.items():
+        real = "b8c464bc" if name.endswith("gguf") else "afc8e282"
+        start = index.index(real)
+        index = index[:start] + sha256(data) + index[start + 64 :]
+    hosts.pages["/mudler/LocalAI/master/gallery/index.yaml"] = index.encode()
+    hosts.pages["/mudler/LocalAI/master/gallery/flux-ggml.yaml"] = LOCALAI_FLUX_TEMPLATE.encode()
+    monkeypatch.setenv(GITHUB_RAW_ENV, hosts.url)
+    monkeypatch.setenv("HF_ENDPOINT", hosts.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+    catalog = Catalog.load([GallerySource("localai", gallery.LOCALAI_INDEX)])
+    models = tmp_path / "models"
+    # This excerpt ships two of the four files; the text encoders are already in the models dir.
+    models.mkdir()
+    (models / "clip_l.safetensors").write_bytes(b"clip")
+    (models / "t5xxl_fp16.safetensors").write_bytes(b"t5")
+    result = install(catalog.find("flux.1-dev-ggml"), models)
+    config = load_config_file(result.yaml_path, models)
+    assert config.options == FULL_FLUX_OPTIONS
+    assert result.notes == []
+    assert config.model == "flux1-dev-Q2_K.gguf"
+    for name, data in weights.items():
+        assert (models / name).read_bytes() == data
+
+    # Without them, the options naming files that will never arrive are dropped, with a note.
+    (models / "t5xxl_fp16.safetensors").unlink()
+    again = install(catalog.find("flux.1-dev-ggml"), models, name="flux-no-t5")
+    assert load_config_file(again.yaml_path, models).options == [
+        o for o in FULL_FLUX_OPTIONS if not o.startswith("t5xxl_path")
+    ]
+    assert again.notes == [
+        "dropped option 't5xxl_path:t5xxl_fp16.safetensors': the entry ships no file "
+        "'t5xxl_fp16.safetensors'"
+    ]
