@@ -45,13 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("localimg.server")
 
 MAX_UPLOADS = 16
-IMAGE_CONDITIONED_TYPES = (
-    "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionInpaintPipeline",
-    "StableDiffusionXLImg2ImgPipeline",
-    "StableDiffusionXLInpaintPipeline",
-    "StableDiffusionDepth2ImgPipeline",
-)
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -368,18 +361,6 @@ async def parse_image_form(
         return parsed
     finally:
         await form.close()
-
-
-def image_conditioned_refusal(config: ModelConfig, what: str) -> InvalidRequest:
-    """Why `model` cannot do `what` yet (the image-conditioned pipelines are a later issue)."""
-    pipeline = config.diffusers.pipeline_type or "a text-to-image pipeline"
-    return InvalidRequest(
-        f"image {what} need an image-to-image or inpainting model (backend diffusers with "
-        f"pipeline_type {', '.join(IMAGE_CONDITIONED_TYPES)}); model {config.name!r} is "
-        f"{pipeline} (backend {config.backend}), which cannot take an input image here",
-        param="model",
-        code="unsupported_for_model",
-    )
 
 
 async def _image_conditioned(request: Request, what: str, needs_prompt: bool) -> Response:
