@@ -293,6 +293,7 @@ def models_list(
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -303,10 +304,15 @@ def models_list(
     for column in ("name", "backend", "source", "file"):
         table.add_column(column)
     for row in rows:
-        source = row["model"] or ""
+        source = escape(str(row["model"] or ""))
         if row["error"]:
-            source = f"[red]{row['error']}[/]"
-        table.add_row(str(row["name"]), row["backend"] or "?", source, Path(str(row["file"])).name)
+            source = f"[red]{escape(str(row['error']))}[/]"
+        table.add_row(
+            escape(str(row["name"])),
+            escape(str(row["backend"] or "?")),
+            source,
+            escape(Path(str(row["file"])).name),
+        )
     console.print(table)
 
 

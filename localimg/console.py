@@ -14,6 +14,7 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -42,7 +43,8 @@ def setup_logging(level: str = "WARNING") -> None:
 
 
 def print_error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Messages are plain text: escape them, or rich would eat "[ggml]" in "localimg[ggml]".
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class GenerationProgress:

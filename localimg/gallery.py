@@ -31,7 +31,13 @@ from localimg import download
 from localimg.errors import ConfigError, GalleryError, ModelNotFound
 
 GALLERIES_ENV = "LOCALIMG_GALLERIES"
-BUILTIN_INDEX = Path(__file__).resolve().parent.parent / "gallery" / "index.yaml"
+# A checkout keeps the gallery at the repo root; a wheel ships it as localimg/gallery_data.
+_SOURCE_INDEX = Path(__file__).resolve().parent.parent / "gallery" / "index.yaml"
+BUILTIN_INDEX = (
+    _SOURCE_INDEX
+    if _SOURCE_INDEX.is_file()
+    else Path(__file__).resolve().parent / "gallery_data" / "index.yaml"
+)
 LOCALAI_INDEX = "github:mudler/LocalAI/gallery/index.yaml@master"
 SHORTCUTS = {"localai": LOCALAI_INDEX}
 IMAGE_BACKENDS = ("diffusers", "stablediffusion-ggml")

@@ -234,3 +234,15 @@ def test_env_default_model_and_explicit_model(
     )
     result = json.loads(out.stdout)
     assert result["steps"] == 3 and result["cfg_scale"] == 2.5 and result["scheduler"] == "Euler a"
+
+
+def test_error_text_in_brackets_is_shown(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import localimg.backends as registry
+
+    monkeypatch.setitem(registry.BUILTIN, "stablediffusion-ggml", "localimg.backends.absent:X")
+    write_yaml(
+        models_dir, "g", "name: g\nbackend: stablediffusion-ggml\nparameters:\n  model: m.gguf\n"
+    )
+    out = run_cli("generate", "otter", "-m", "g")
+    assert out.returncode == 4
+    assert "pip install 'localimg[ggml]'" in out.stderr
