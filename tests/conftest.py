@@ -55,6 +55,27 @@ def tiny_copy(tmp_path: Path, tiny_sd: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_ggml() -> dict[str, Path]:
+    """The random SD1 tiny-UNet checkpoint, TAESD and LoRA for stable-diffusion.cpp (cached)."""
+    pytest.importorskip("stable_diffusion_cpp")
+    from tests.tiny_ggml import tiny_checkpoint_path, tiny_lora_path, tiny_taesd_path
+
+    return {
+        "model": tiny_checkpoint_path(),
+        "taesd": tiny_taesd_path(),
+        "lora": tiny_lora_path(),
+    }
+
+
+@pytest.fixture(scope="session")
+def ggml_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ggml: dict[str, Path]) -> Path:
+    """A models dir with the ggml files (hard links where possible) and the seed's YAML shape."""
+    from tests.tiny_ggml import populate_models_dir
+
+    return populate_models_dir(tmp_path_factory.mktemp("ggml-models"), tiny_ggml)
+
+
+@pytest.fixture(scope="session")
 def conditioned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seed's image and video YAML files plus tiny.yaml, all on tiny models."""
     from tests.conditioned_fixtures import write_models

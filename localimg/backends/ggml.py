@@ -1,0 +1,519 @@
+"""The stablediffusion-ggml backend: stable-diffusion.cpp through stable-diffusion-cpp-python.
+
+It loads what stable-diffusion.cpp loads (SD1.x, SD2.x, SDXL, SD3/3.5, FLUX, ...) from .gguf,
+.safetensors or .ckpt, with optional separate text encoders, VAE or TAESD files, all named in the
+YAML's `options:` the way LocalAI's ggml backend names them. The native library's defects are
+contained in `ggml_native.py`; sampler names in `ggml_samplers.py`. The library is imported only
+inside methods, so `localimg --help` never loads it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from localimg.backends import ggml_native as native
+from localimg.backends import ggml_samplers as samplers
+from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
+from localimg.config import ModelConfig
+from localimg.errors import (
+    BackendError,
+    Cancelled,
+    ConfigError,
+    InvalidRequest,
+    ModelUnavailable,
+)
+from localimg.options import OPTION_ALIASES
+from localimg.requests import ImageRequest, ImageResult, ProgressEvent
+from localimg.system import physical_cores
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 20  # stable-diffusion.cpp's own default
+LORA_SUFFIXES = (".safetensors", ".gguf", ".pt", ".ckpt")
+LORA_TAG = re.compile(r"<lora:([^:>]+):([^>]*)>")
+# Weight types stable-diffusion.cpp can convert to on load (`wtype`).
+WTYPES = (
+    "f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1",
+    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
+)  # fmt: skip
+# Request modes this backend serves (video and depth models are other backends' work).
+MODES = (None, "txt2img", "img2img", "inpaint")
+# Keys a request's `extra` may carry: per-generation settings of this backend.
+EXTRA_KEYS = frozenset({"sampler", "guidance", "eta"})
+# Families stable-diffusion.cpp reports ("Version: ..." when loading) that are UNets: their sizes
+# must be multiples of 64 (VAE factor 8 x three downsamplings); the DiT families take 16.
+UNET_FAMILIES = ("SD 1.x", "SD 2.x", "SDXS", "SDXL", "SVD", "Instruct-Pix2Pix")
+
+
+class GgmlOptions(BaseModel):
+    """`options:` of a ggml model YAML (LocalAI's keys), typed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    diffusion_model: bool = False  # parameters.model is a standalone diffusion model (FLUX, SD3.5)
+    clip_l_path: str | None = None
+    clip_g_path: str | None = None
+    t5xxl_path: str | None = None
+    vae_path: str | None = None
+    taesd_path: str | None = None
+    lora_dir: str | None = None  # where <lora:name:weight> looks (default: the models dir)
+    sampler: str | None = None
+    scheduler: str | None = None  # the sigma schedule (discrete, karras, ...)
+    clip_skip: int | None = Field(default=None, ge=0, le=24)
+    strength: float | None = Field(default=None, gt=0, le=1)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    wtype: str | None = None
+    vae_tiling: bool = False
+    keep_clip_on_cpu: bool = False
+    keep_vae_on_cpu: bool = False
+    diffusion_flash_attn: bool = False
+    flash_attn: bool = False
+    offload_params_to_cpu: bool = False
+    guidance: float | None = Field(default=None, ge=0, le=100)  # FLUX distilled guidance
+    eta: float | None = Field(default=None, ge=0, le=10)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str | None) -> str | None:
+        if value is not None:
+            sampling = samplers.resolve(value, param="sampler")
+            if sampling.method is None:
+                raise ValueError(f"{value!r} is a schedule, not a sampler: use scheduler:{value}")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_schedule(cls, value: str | None) -> str | None:
+        return samplers.resolve_schedule(value) if value is not None else None
+
+    @field_validator("wtype")
+    @classmethod
+    def _known_wtype(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in WTYPES:
+            raise ValueError(f"unknown weight type; use one of {', '.join(WTYPES)}")
+        return value.lower() if value else None
+
+
+OPTION_KEYS = frozenset(GgmlOptions.model_fields)
+FILE_OPTIONS = ("clip_l_path", "clip_g_path", "t5xxl_path", "vae_path", "taesd_path")
+
+
+def parse_options(config: ModelConfig) -> GgmlOptions:
+    """The YAML's options as GgmlOptions; an unknown key or bad value names the file and key."""
+    raw = config.parsed_options()
+    unknown = sorted(k for k in raw if k not in OPTION_KEYS and k not in OPTION_ALIASES)
+    if unknown:
+        raise ConfigError(
+            f"{config.where}: options: unknown key {unknown[0]!r} for the stablediffusion-ggml "
+            f"backend; known keys: {', '.join(sorted(OPTION_KEYS))} (and the generation settings "
+            f"{', '.join(sorted(OPTION_ALIASES))})"
+        )
+    try:
+        return GgmlOptions.model_validate({k: v for k, v in raw.items() if k in OPTION_KEYS})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(
+            f"{config.where}: options: {key}: {msg} (got {err.get('input')!r})"
+        ) from None
+    except InvalidRequest as exc:
+        raise ConfigError(f"{config.where}: options: {exc.message}") from None
+
+
+def lora_dir(config: ModelConfig, options: GgmlOptions) -> Path:
+    if options.lora_dir:
+        return config.resolve_path(options.lora_dir)
+    return config.resolve_path(".")
+
+
+def find_lora(name: str, folder: Path) -> Path:
+    """`name` (with or without its extension) inside `folder`; a clear error when absent."""
+    candidate = (folder / name).resolve()
+    if not candidate.is_relative_to(folder.resolve()):
+        raise InvalidRequest(
+            f"LoRA {name!r} points outside the LoRA folder {folder}", param="prompt"
+        )
+    tries = [candidate, *(candidate.with_name(candidate.name + s) for s in LORA_SUFFIXES)]
+    for path in tries:
+        if path.is_file():
+            return path
+    known = sorted(p.stem for p in folder.glob("*") if p.suffix in LORA_SUFFIXES and p.is_file())[
+        :20
+    ]
+    raise InvalidRequest(
+        f"LoRA {name!r} not found in {folder} (tried {', '.join(p.name for p in tries)}); "
+        + (f"LoRA files there: {', '.join(known)}" if known else "there are no LoRA files there"),
+        param="prompt",
+    )
+
+
+def lora_tags(prompt: str, folder: Path) -> tuple[str, list[tuple[Path, float]]]:
+    """Split `<lora:name:weight>` tags out of a prompt, each resolved to a file (or an error)."""
+    found: list[tuple[Path, float]] = []
+    for match in LORA_TAG.finditer(prompt):
+        name, weight_text = match.group(1).strip(), match.group(2).strip()
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise InvalidRequest(
+                f"LoRA tag {match.group(0)!r}: the weight must be a number, e.g. <lora:{name}:0.8>",
+                param="prompt",
+            ) from None
+        found.append((find_lora(name, folder), weight))
+    return LORA_TAG.sub("", prompt).strip(), found
+
+
+class GgmlBackend:
+    """One model loaded in stable-diffusion.cpp."""
+
+    name: ClassVar[str] = "stablediffusion-ggml"
+    requirements: ClassVar[tuple[str, ...]] = ("stable_diffusion_cpp",)
+    extra: ClassVar[str] = "ggml"
+    option_keys: ClassVar[frozenset[str]] = OPTION_KEYS
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.model: Any = None
+        self.config: ModelConfig | None = None
+        self.options = GgmlOptions()
+        self.family = ""
+        self.threads = 1
+        self.yaml_loras: list[tuple[Path, float]] = []
+        self._sd: Any = None
+        self._defaults = BackendDefaults(
+            width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.0, size_multiple=64
+        )
+
+    # -- requests ---------------------------------------------------------------------------
+
+    @classmethod
+    def check_request(cls, request: ImageRequest, config: ModelConfig) -> None:
+        """Refuse before queueing what stable-diffusion.cpp cannot do or would silently change."""
+        options = parse_options(config)
+        if request.mode not in MODES:
+            raise InvalidRequest(
+                f"the stablediffusion-ggml backend does not do {request.mode}; it does "
+                "txt2img, img2img and inpaint",
+                param="mode",
+            )
+        for field in ("num_frames", "fps"):
+            if getattr(request, field) is not None:
+                raise InvalidRequest(
+                    f"{field} is for video models; stablediffusion-ggml makes images", param=field
+                )
+        if request.strength is not None and request.init_image is None:
+            raise InvalidRequest("strength needs an input image (img2img)", param="strength")
+        if request.scheduler is not None and request.scheduler != options.scheduler:
+            samplers.resolve(request.scheduler)
+        for side in ("width", "height"):
+            value = getattr(request, side)
+            if value is not None and value % 8:
+                raise InvalidRequest(
+                    f"{side} {value} is not a multiple of 8 (stable-diffusion.cpp models take "
+                    "multiples of 64 for SD1/SD2/SDXL, 16 for FLUX/SD3)",
+                    param="size",
+                )
+        cls._check_extra(request.extra)
+        lora_tags(request.prompt, lora_dir(config, options))
+
+    @staticmethod
+    def _check_extra(extra: Any) -> None:
+        for key, value in dict(extra).items():
+            if key not in EXTRA_KEYS:
+                raise InvalidRequest(
+                    f"stablediffusion-ggml does not take {key!r}; it takes: "
+                    + ", ".join(sorted(EXTRA_KEYS)),
+                    param=key,
+                )
+            if key == "sampler":
+                samplers.resolve(str(value), param="sampler")
+            elif not isinstance(value, int | float) or isinstance(value, bool):
+                raise InvalidRequest(f"{key} must be a number, got {value!r}", param=key)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _file(self, config: ModelConfig, key: str, value: str) -> str:
+        path = config.resolve_path(value)
+        if not path.is_file():
+            raise ModelUnavailable(f"{config.where}: {key}: file {value!r} not found ({path})")
+        return str(path)
+
+    def _check_device(self) -> None:
+        device = self.settings.device
+        if device in (None, "", "auto"):
+            return
+        raise ConfigError(
+            f"device {device!r}: stable-diffusion.cpp runs on the backend it was built for "
+            "(CPU, or CUDA/Metal/Vulkan through CMAKE_ARGS when installing); use --device auto"
+        )
+
+    def load(self, config: ModelConfig, progress: ProgressCallback) -> None:
+        self._check_device()
+        options = parse_options(config)
+        if not config.model:
+            raise ConfigError(f"{config.where}: parameters.model is missing (a .gguf/.safetensors)")
+        model_file = self._file(config, "parameters.model", config.model)
+        files = {
+            key: self._file(config, key, getattr(options, key))
+            for key in FILE_OPTIONS
+            if getattr(options, key)
+        }
+        folder = lora_dir(config, options)
+        if options.lora_dir and not folder.is_dir():
+            raise ModelUnavailable(f"{config.where}: lora_dir {str(folder)!r} is not a folder")
+        self.yaml_loras = []
+        for file, scale in config.loras():
+            path = config.resolve_path(file)
+            if not path.is_file():
+                raise ModelUnavailable(f"{config.where}: LoRA file {file!r} not found ({path})")
+            self.yaml_loras.append((path, scale))
+        if config.f16 and not options.wtype:
+            log.warning(
+                "%s: f16 does not change a ggml model (its weights keep the file's types); "
+                "set options wtype:f16 to convert them on load",
+                config.where,
+            )
+        self.threads = (
+            self.settings.threads or options.threads or config.threads or physical_cores()
+        )
+        sd = native.install()
+        cls = native.leak_free_class(sd)
+        kwargs: dict[str, Any] = {
+            ("diffusion_model_path" if options.diffusion_model else "model_path"): model_file,
+            **files,
+            "lora_model_dir": str(folder),
+            "n_threads": self.threads,
+            "wtype": options.wtype or "default",
+            "keep_clip_on_cpu": options.keep_clip_on_cpu,
+            "keep_vae_on_cpu": options.keep_vae_on_cpu,
+            "diffusion_flash_attn": options.diffusion_flash_attn,
+            "flash_attn": options.flash_attn,
+            "offload_params_to_cpu": options.offload_params_to_cpu,
+            "verbose": True,  # never False: it redirects the whole process's stdout/stderr
+        }
+        progress(ProgressEvent("load", message=f"loading {Path(model_file).name}"))
+        begin = time.monotonic()
+        with native.NATIVE_LOCK, native.capturing() as lines:
+            try:
+                model = cls(**kwargs)
+            except (ValueError, OSError) as exc:
+                raise ModelUnavailable(f"{config.where}: cannot load {model_file}: {exc}") from None
+            finally:
+                native.quiet_wrapper()
+                native.reset_progress(sd)
+            if not native.context_ok(model):
+                native.discard_failed(model)
+                errors = [text for level, text in lines if level >= 2]
+                reason = errors[-1] if errors else "stable-diffusion.cpp could not load it"
+                raise ModelUnavailable(
+                    f"{config.where}: cannot load {model_file} (is it a complete Stable "
+                    f"Diffusion / FLUX model file?): {reason}"
+                )
+        self.family = next(
+            (t.split("Version:", 1)[1].strip() for _, t in lines if "Version:" in t), ""
+        )
+        log.info("loaded %s (%s) in %.2fs", model_file, self.family, time.monotonic() - begin)
+        self._sd, self.model, self.config, self.options = sd, model, config, options
+        self._defaults = self._compute_defaults()
+
+    def _compute_defaults(self) -> BackendDefaults:
+        unet = self.family.startswith(UNET_FAMILIES) or not self.family
+        xl = self.family.startswith("SDXL") or not unet
+        side = 1024 if xl else 512
+        flux = self.family.startswith(("Flux", "Chroma", "Z-Image"))
+        cfg = 1.0 if flux else (7.0 if unet else 4.5)
+        return BackendDefaults(
+            width=side,
+            height=side,
+            steps=DEFAULT_STEPS,
+            cfg_scale=cfg,
+            size_multiple=64 if unet else 16,
+        )
+
+    @property
+    def defaults(self) -> BackendDefaults:
+        return self._defaults
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _sampling(self, request: ImageRequest) -> tuple[str | None, str | None]:
+        """(sample method, schedule): request > YAML options > the library's defaults (None)."""
+        method: str | None = None
+        schedule = self.options.scheduler
+        if self.options.sampler:
+            chosen = samplers.resolve(self.options.sampler, param="sampler")
+            method, schedule = chosen.method, schedule or chosen.schedule
+        # The engine copies the YAML's `scheduler` option into request.scheduler: that one is the
+        # schedule already applied; anything else the request names is resolved here.
+        if request.scheduler is not None and request.scheduler != self.options.scheduler:
+            chosen = samplers.resolve(request.scheduler)
+            method = chosen.method or method
+            schedule = chosen.schedule or schedule
+        extra_sampler = request.extra.get("sampler")
+        if extra_sampler is not None:
+            chosen = samplers.resolve(str(extra_sampler), param="sampler")
+            method = chosen.method or method
+            schedule = chosen.schedule or schedule
+        return method, schedule
+
+    def _check_size(self, request: ImageRequest) -> None:
+        multiple = self._defaults.size_multiple
+        width, height = request.width or 0, request.height or 0
+        if width % multiple or height % multiple:
+
+            def near(v: int) -> str:
+                low = max(multiple, v // multiple * multiple)
+                return f"{low} or {low + multiple}" if low != v else str(v)
+
+            raise InvalidRequest(
+                f"size {width}x{height}: this {self.family or 'model'} model takes sides that are "
+                f"multiples of {multiple} (width {near(width)}, height {near(height)}); "
+                "stable-diffusion.cpp would otherwise return a different size",
+                param="size",
+            )
+
+    def _prompt_with_loras(self, request: ImageRequest) -> str:
+        """The prompt with every LoRA (YAML + tags) as a tag naming its absolute file."""
+        assert self.config is not None
+        prompt, tagged = lora_tags(request.prompt, lora_dir(self.config, self.options))
+        tags = []
+        for path, weight in [*self.yaml_loras, *tagged]:
+            text = str(path)
+            if ":" in text or ">" in text:
+                raise InvalidRequest(
+                    f"LoRA path {text!r} contains ':' or '>', which stable-diffusion-cpp-python "
+                    "cannot pass on; move the file to a folder without them",
+                    param="prompt",
+                )
+            tags.append(f"<lora:{text}:{weight:g}>")
+        return " ".join([prompt, *tags]).strip()
+
+    def _steps_run(self, request: ImageRequest) -> int:
+        """Denoising steps stable-diffusion.cpp runs: fewer for img2img with strength < 1."""
+        steps = request.steps or DEFAULT_STEPS
+        strength = request.strength if request.strength is not None else 0.75
+        if request.init_image is None or strength >= 1:
+            return steps
+        t_enc = int(steps * strength)
+        if t_enc == steps:
+            t_enc -= 1
+        return t_enc + 1
+
+    def generate(
+        self, request: ImageRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> ImageResult:
+        if self.model is None or self._sd is None:
+            raise BackendError("the model is not loaded")
+        self._check_extra(request.extra)
+        self._check_size(request)
+        method, schedule = self._sampling(request)
+        prompt = self._prompt_with_loras(request)
+        per_image = self._steps_run(request)
+        total = per_image * request.n
+        guidance = request.extra.get("guidance", self.options.guidance)
+        eta = request.extra.get("eta", self.options.eta)
+        call: dict[str, Any] = {
+            "prompt": prompt,
+            "negative_prompt": request.negative_prompt or "",
+            "clip_skip": request.clip_skip or -1,
+            "width": request.width,
+            "height": request.height,
+            "cfg_scale": request.cfg_scale,
+            "sample_method": method or "default",
+            "scheduler": schedule or "default",
+            "sample_steps": request.steps,
+            "batch_count": 1,
+            "vae_tiling": self.options.vae_tiling,
+        }
+        if guidance is not None:
+            call["guidance"] = float(guidance)
+        if eta is not None:
+            call["eta"] = float(eta)
+        if request.init_image is not None:
+            call["init_image"] = request.init_image.convert("RGB")
+            call["strength"] = request.strength if request.strength is not None else 0.75
+        if request.mask is not None:
+            call["mask_image"] = request.mask.convert("L")
+        images: list[Any] = []
+        for index, seed in enumerate(request.seeds):
+            if cancel.is_set():
+                raise Cancelled("the request was cancelled")
+            images.append(self._one(call, seed, index, per_image, total, progress))
+            progress(
+                ProgressEvent(
+                    "decode", step=(index + 1) * per_image, total=total, image_index=index
+                )
+            )
+        if method is None:
+            method = self._default_method()
+        return ImageResult(
+            images=images, seeds=request.seeds, scheduler=samplers.label(method, schedule)
+        )
+
+    def _one(
+        self,
+        call: dict[str, Any],
+        seed: int,
+        index: int,
+        per_image: int,
+        total: int,
+        progress: ProgressCallback,
+    ) -> Any:
+        last = [0]
+
+        def on_step(step: int, steps: int) -> None:
+            # The same callback reports tensor loading (LoRA files) and VAE tiles; only the
+            # sampler's steps have the step count asked for, and they only go forward.
+            if steps != per_image or not 0 < step <= steps or step <= last[0]:
+                return
+            last[0] = step
+            progress(
+                ProgressEvent("step", step=index * per_image + step, total=total, image_index=index)
+            )
+
+        with native.NATIVE_LOCK, native.progress_to(on_step):
+            try:
+                output = self.model.generate_image(seed=seed, **call)
+            except (ValueError, RuntimeError) as exc:
+                raise BackendError(f"stable-diffusion.cpp failed: {exc}") from None
+            finally:
+                native.reset_progress(self._sd)
+        if not output:
+            raise BackendError("stable-diffusion.cpp returned no image (see the log)")
+        return output[0].convert("RGB")  # the library returns RGBA with an opaque alpha
+
+    def _default_method(self) -> str:
+        value = int(self._sd.sd_get_default_sample_method(self.model.model))
+        names = {int(v): k for k, v in _sample_method_map(self._sd).items() if v is not None}
+        return names.get(value, "default")
+
+    def unload(self) -> None:
+        model, self.model = self.model, None
+        if model is not None:
+            native.close(model)
+        del model
+        gc.collect()
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "device": "ggml",
+            "dtype": self.options.wtype or "as in the file",
+            "pipeline": f"stable-diffusion.cpp {self.family}".strip(),
+            "threads": str(self.threads),
+        }
+
+
+def _sample_method_map(sd: Any) -> dict[str, Any]:
+    from stable_diffusion_cpp import stable_diffusion as wrapper
+
+    table: dict[str, Any] = wrapper.SAMPLE_METHOD_MAP
+    return table

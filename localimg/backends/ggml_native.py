@@ -1,0 +1,175 @@
+"""Safe use of stable-diffusion-cpp-python 0.4.7: every defect seen in it, worked around here.
+
+- Progress: the library installs a temporary C callback per call and leaves the process-global
+  pointer dangling, so a later call without a callback segfaults, and without any callback the C
+  code prints progress bars to stdout (it would corrupt `--json`). Here one callback lives for
+  the whole process and dispatches to the current Python handler; it is re-installed after every
+  call, so a pointer set by anyone else never outlives its call.
+- Logging: `verbose=False` redirects file descriptors 1 and 2 of the whole process around each
+  call (a server would lose its own output). Always `verbose=True`, with the library's log callback
+  replaced by one that feeds Python logging (`localimg.ggml.native`), and the wrapper's own
+  `print()` of system info silenced.
+- A model that fails to load gives a context pointer that is NULL but not None: no exception, and
+  `close()` then frees NULL and segfaults. `load` checks the pointer and raises instead.
+- Each generated image's pixel buffer (malloc'd in C) and the array holding them are never freed:
+  `_LeakFreeModel` frees them once the pixels are copied into Python.
+- Callbacks and the context are process-global and not thread-safe: `NATIVE_LOCK` serialises every
+  native call in the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger("localimg.ggml.native")
+
+NATIVE_LOCK = threading.RLock()
+
+# stable-diffusion.cpp's sd_log_level_t → Python logging levels.
+_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+StepHandler = Callable[[int, int], None]
+
+_state: dict[str, Any] = {
+    "installed": False,
+    "handler": None,  # StepHandler for the running call, or None
+    "capture": None,  # list[tuple[int, str]] collecting log lines during a load
+    "log_cb": None,  # the ctypes callbacks: kept referenced for the life of the process
+    "progress_cb": None,
+}
+
+
+def _on_log(level: int, text: bytes | None, _data: Any) -> None:
+    try:
+        message = (text or b"").decode("utf-8", errors="replace").rstrip()
+        if not message:
+            return
+        capture = _state["capture"]
+        if capture is not None:
+            capture.append((level, message))
+        log.log(_LEVELS.get(level, logging.INFO), "%s", message)
+    except Exception:  # never let an exception cross into C
+        pass
+
+
+def _on_progress(step: int, steps: int, _time: float, _data: Any) -> None:
+    handler = _state["handler"]
+    if handler is None:
+        return
+    try:
+        handler(int(step), int(steps))
+    except Exception:
+        log.exception("progress handler failed")
+
+
+def install() -> Any:
+    """Import the library with localimg's log and progress callbacks; return the module."""
+    import stable_diffusion_cpp as sd
+
+    with NATIVE_LOCK:
+        if not _state["installed"]:
+            _state["log_cb"] = sd.sd_log_callback(_on_log)
+            _state["progress_cb"] = sd.sd_progress_callback(_on_progress)
+            sd.sd_set_log_callback(_state["log_cb"], ctypes.c_void_p(0))
+            _state["installed"] = True
+        reset_progress(sd)
+    return sd
+
+
+def reset_progress(sd: Any) -> None:
+    """Point the global progress callback at the process-lived dispatcher (never dangling)."""
+    sd.sd_set_progress_callback(_state["progress_cb"], ctypes.c_void_p(0))
+
+
+def quiet_wrapper() -> None:
+    """The wrapper `print()`s system info on every call when verbose: send that nowhere."""
+    logging.getLogger("stable-diffusion-cpp-python").setLevel(logging.CRITICAL + 10)
+
+
+@contextmanager
+def capturing() -> Iterator[list[tuple[int, str]]]:
+    """Collect the library's log lines (level, text) while loading, to explain a failure."""
+    lines: list[tuple[int, str]] = []
+    _state["capture"] = lines
+    try:
+        yield lines
+    finally:
+        _state["capture"] = None
+
+
+@contextmanager
+def progress_to(handler: StepHandler) -> Iterator[None]:
+    _state["handler"] = handler
+    try:
+        yield
+    finally:
+        _state["handler"] = None
+
+
+def _libc_free() -> Callable[[int | None], None] | None:
+    """libc's free(), where the library's malloc is the same C runtime's (Linux, macOS)."""
+    if sys.platform not in ("linux", "darwin"):
+        return None
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else ctypes.CDLL(None)
+    except OSError:
+        return None
+    free = libc.free
+    free.argtypes = [ctypes.c_void_p]
+    free.restype = None
+    return free
+
+
+_FREE = _libc_free()
+
+
+def leak_free_class(sd: Any) -> type:
+    """A StableDiffusion subclass that frees the C image buffers after copying their pixels."""
+    cached = _state.get("model_cls")
+    if cached is not None:
+        return cached
+
+    class _LeakFreeModel(sd.StableDiffusion):
+        def _sd_image_t_p_to_images(self, c_images: Any, count: int, upscale_factor: int) -> Any:
+            if not c_images:
+                raise RuntimeError("stable-diffusion.cpp returned no images (see the log)")
+            images = super()._sd_image_t_p_to_images(c_images, count, upscale_factor)
+            if _FREE is not None and upscale_factor <= 1:
+                array = ctypes.cast(c_images, ctypes.POINTER(sd.sd_image_t * count)).contents
+                for item in array:
+                    if item.data:
+                        _FREE(ctypes.cast(item.data, ctypes.c_void_p).value)
+                        item.data = None
+                _FREE(ctypes.cast(c_images, ctypes.c_void_p).value)
+            return images
+
+    _state["model_cls"] = _LeakFreeModel
+    return _LeakFreeModel
+
+
+def context_ok(model: Any) -> bool:
+    """True when the model's native context really exists (a failed load leaves NULL)."""
+    inner = getattr(model, "_model", None)
+    return bool(inner is not None and inner.model)
+
+
+def discard_failed(model: Any) -> None:
+    """Make a failed model safe to drop: never let its close() free a NULL context."""
+    inner = getattr(model, "_model", None)
+    if inner is not None:
+        inner.model = None
+
+
+def close(model: Any) -> None:
+    with NATIVE_LOCK:
+        if not context_ok(model):
+            discard_failed(model)
+        model.close()
