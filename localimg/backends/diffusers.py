@@ -639,7 +639,8 @@ class DiffusersBackend:
         if self.pipe is None:
             raise BackendError("the model is not loaded")
         pipe, _mode = self._pipe_for(request)
-        params = tasks.call_params(pipe)
+        # The loaded pipeline's signature was read at load time; a sibling's on first use.
+        params = self._call_params if pipe is self.pipe else tasks.call_params(pipe)
         kwargs = self._call_kwargs(request, pipe, params)
         label = self._set_scheduler(request.scheduler, pipe)
         steps = request.steps or 1
