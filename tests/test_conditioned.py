@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,6 +233,56 @@ def test_requests_a_model_cannot_serve(
     fields = {"prompt": "x" if model != "img2vid" else "", **fields}
     with pytest.raises(InvalidRequest, match=match):
         engine.generate(model, ImageRequest(**fields))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "pipeline_type,loaded",
+    [
+        ("AutoPipelineForImage2Image", "StableDiffusionImg2ImgPipeline"),
+        ("StableDiffusionInpaintPipeline", "StableDiffusionInpaintPipeline"),
+    ],
+)
+def test_image_pipeline_types_in_yaml(
+    tmp_path: Path, tiny_sd: Path, pipeline_type: str, loaded: str
+) -> None:
+    (tmp_path / "m.yaml").write_text(
+        f"name: m\nparameters:\n  model: {tiny_sd}\nstep: 3\n"
+        f"diffusers:\n  pipeline_type: {pipeline_type}\n",
+        encoding="utf-8",
+    )
+    engine = Engine(EngineSettings(models_path=tmp_path))
+    try:
+        source = noise_image(64, 64, seed=6)
+        edited = engine.generate("m", ImageRequest("x", init_image=source, mask=half_mask()))
+        assert type(engine.slots["m"].backend.pipe).__name__ == loaded  # type: ignore[attr-defined]
+        assert np.abs(pixels(edited.images[0])[:, 33:] - pixels(source)[:, 33:]).max() <= 1
+        plain = engine.generate("m", ImageRequest("x", seed=1))  # text only: txt2img sibling
+        assert plain.images[0].size == (64, 64)
+    finally:
+        engine.close()
+
+
+def test_cancel_stops_a_video_between_steps(engine: Engine) -> None:
+    from localimg.errors import Cancelled
+
+    steps: list[int] = []
+    holder: dict[str, object] = {}
+    submitted = threading.Event()
+
+    def on_progress(event: object) -> None:
+        if getattr(event, "phase", "") == "step":
+            steps.append(event.step)  # type: ignore[attr-defined]
+            submitted.wait(30)  # the job may start before submit() has returned it
+            holder["job"].cancel()  # type: ignore[attr-defined]
+
+    job = engine.submit(
+        "txt2vid", ImageRequest("surf", num_frames=2, steps=6), progress=on_progress
+    )
+    holder["job"] = job
+    submitted.set()
+    with pytest.raises(Cancelled):
+        job.result(timeout=120)
+    assert steps == [1]  # the text-to-video pipeline stopped at the first step
 
 
 def test_enable_parameters_gate_the_mask(engine: Engine) -> None:
