@@ -59,7 +59,7 @@ def exit_description(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = "; out of memory?" if -code == signal.SIGKILL else ""
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
         return f"was killed by {name}{hint}"
     return f"exited with status {code}"
 
@@ -80,6 +80,7 @@ class WorkerSlot(InProcessSlot):
         self._worker_state = "stopped"
         self._describe: dict[str, str] = {}
         self._current: Job | None = None
+        self._heard = False  # whether the child has answered anything about the current job
         self.restarts = 0
         super().__init__(config, settings)
 
@@ -219,9 +220,21 @@ class WorkerSlot(InProcessSlot):
         with self._io_lock:
             self._current = job
             try:
-                conn = self._ensure_process()
-                self._send(conn, ("job", job.id, job.request))
-                return self._await(conn, job)
+                for attempt in (1, 2):
+                    conn = self._ensure_process()
+                    self._heard = False
+                    self._send(conn, ("job", job.id, job.request))
+                    try:
+                        return self._await(conn, job)
+                    except BackendError as exc:
+                        # A worker that died before it said a word about this job (killed while
+                        # idle, say) cost the job nothing: run it once more on the fresh worker.
+                        if exc.code != "worker_crashed" or self._heard or attempt == 2:
+                            raise
+                        log.warning(
+                            "model %s: retrying %s on a new worker", self.config.name, job.id
+                        )
+                raise AssertionError("unreachable")
             finally:
                 self._current = None
 
@@ -250,6 +263,8 @@ class WorkerSlot(InProcessSlot):
             if message is None:
                 continue
             kind = message[0]
+            if message[1:2] == (job.id,):
+                self._heard = True
             if kind == "progress" and message[1] == job.id:
                 job.emit(message[2])
             elif kind == "result" and message[1] == job.id:
@@ -291,6 +306,18 @@ class WorkerSlot(InProcessSlot):
             current.cancel()
         self._thread.join(timeout=self.options.cancel_grace + 2)
         self.unload()
+
+
+def load_now(slot: object) -> None:
+    """Load a slot's model now (blocking): `--preload`, for worker and in-process slots alike.
+
+    The server answers 503 for a model while it preloads, so no job races this load.
+    """
+    if isinstance(slot, WorkerSlot):
+        slot.preload()
+    elif isinstance(slot, InProcessSlot):
+        config = slot.config
+        slot._ensure_loaded(Job(id="preload", model=config.name, request=ImageRequest(prompt="")))
 
 
 def worker_slot_factory(

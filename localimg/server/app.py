@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from localimg.engine import as_backend_error
 from localimg.errors import LocalimgError
 from localimg.fetch import FetchPolicy
 from localimg.inputs import ImageLimits
@@ -38,6 +39,7 @@ from localimg.server.security import (
     Scope,
     Send,
 )
+from localimg.workers import load_now
 
 if TYPE_CHECKING:
     from localimg.engine import Engine
@@ -213,13 +215,14 @@ async def _preload(app: Starlette, name: str) -> None:
     try:
         config = await asyncio.to_thread(state.engine.resolve, name)
         slot = state.engine.slot_for(config)
-        load = getattr(slot, "preload", None)
-        if load is not None:
-            await asyncio.to_thread(load)
+        await asyncio.to_thread(load_now, slot)
         log.info("model %s is loaded", name)
     except LocalimgError as exc:
         log.error("preloading %s failed: %s", name, exc.message)
         state.failed[name] = exc.message
+    except Exception as exc:
+        log.exception("preloading %s failed", name)
+        state.failed[name] = as_backend_error(exc).message
     finally:
         state.preloading.discard(name)
 
@@ -248,6 +251,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(state.engine.close)
         if temp is not None:
             temp.cleanup()
+        log.info("localimg serve stopped")
 
 
 def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
