@@ -34,13 +34,17 @@ def check_output(output: Path | None, quality: int | None, param: str = "--outpu
     suffix = suffix_of(output)
     if output is not None and suffix not in OUTPUT_SUFFIXES:
         raise InvalidRequest(
-            f"{param}: unsupported output {output.name!r}; use .png, .jpg, .webp, .gif or .mp4",
+            f"{param}: unsupported image format {output.name!r}; use .png, .jpg, .webp, .gif "
+            "or .mp4 (videos: .mp4, .webp, .gif)",
             param=param,
         )
     if quality is not None and not 1 <= quality <= 100:
         raise InvalidRequest("--quality must be between 1 and 100", param="--quality")
     if quality is not None and suffix not in QUALITY_SUFFIXES:
-        raise InvalidRequest("--quality applies to .jpg, .webp and .mp4 outputs", param="--quality")
+        raise InvalidRequest(
+            "--quality applies to .jpg and .webp outputs (and .mp4 videos), not .png or .gif",
+            param="--quality",
+        )
 
 
 def default_output(result: ImageResult) -> Path:

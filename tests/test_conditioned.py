@@ -393,7 +393,7 @@ def test_cli_video_outputs(conditioned_models: Path, tmp_path: Path, suffix: str
         (["--mode", "outpaint"], "mode 'outpaint'"),
         (["--mode", "1"], "NCNN"),
         (["--fps", "5"], "video models only"),
-        (["-o", "out.bmp"], "unsupported output"),
+        (["-o", "out.bmp"], "unsupported image format"),
         (["--quality", "50", "-o", "x.png"], "--quality applies"),
         (["--strength", "0"], "strength"),
     ],
