@@ -199,6 +199,7 @@ class ModelConfig(_Strict):
     f16: bool = False
     cuda: bool | None = None
     threads: int | None = Field(default=None, ge=1, le=1024)
+    keep_alive: str | float | None = None  # localimg: idle time before unloading (5m, 300, -1)
     diffusers: DiffusersSection = Field(default_factory=DiffusersSection)
     lora_adapter: str | None = None  # LocalAI's single-adapter form
     lora_scale: float | None = None
@@ -215,6 +216,15 @@ class ModelConfig(_Strict):
     def _name_is_safe(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive_form(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            from localimg.units import parse_duration
+
+            parse_duration(value)
         return value
 
     @field_validator("size")

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from localimg import conditioning
+from localimg import batching, conditioning, memory
 from localimg.backends import canonical_name, get_backend_class
 from localimg.backends.base import BackendDefaults, RuntimeSettings
 from localimg.config import ModelConfig, default_model_ref, default_models_path, resolve_model
 from localimg.errors import BackendError, Busy, Cancelled, LocalimgError, ModelLoading
+from localimg.lifecycle import Budget, Lifecycle
 from localimg.options import OPTION_ALIASES
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent, random_seed, split_prompt
 
@@ -166,6 +167,21 @@ class Slot(Protocol):
 
     def close(self) -> None: ...
 
+    # Lifecycle (lifecycle.py): keep-alive, LRU and the memory budget.
+    last_used: float
+    memory_need: memory.Need | None
+    before_load: Callable[[Any], None] | None
+
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def memory_bytes(self) -> int | None: ...
+
+    def unload_if_idle(self) -> bool: ...
+
+    def load(self) -> None: ...
+
 
 class InProcessSlot:
     """A model loaded in this process, driven by one runner thread with a bounded queue."""
@@ -179,6 +195,14 @@ class InProcessSlot:
         self._cond = threading.Condition()
         self._closed = False
         self._state = "unloaded"
+        # Held while a job (or a load) runs: the keep-alive reaper and LRU eviction only unload
+        # a slot whose lock they get without waiting, so a model is never unloaded mid-job.
+        self._busy_lock = threading.RLock()
+        self._running = 0
+        self.last_used = time.monotonic()
+        self.memory_need: memory.Need | None = None  # set when admitted, cleared on unload
+        self.before_load: Callable[[Any], None] | None = None  # the engine's admission check
+        self.loads = 0  # how many times the model was loaded (tests, /v1/models)
         self._thread = threading.Thread(
             target=self._run, name=f"localimg-slot-{config.name}", daemon=True
         )
@@ -192,6 +216,18 @@ class InProcessSlot:
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def busy(self) -> bool:
+        """A job is running or waiting: not a candidate for unloading."""
+        with self._cond:
+            return self._running > 0 or any(not j.future.done() for j in self._queue)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """The model's memory: its admission estimate (a worker measures its process instead)."""
+        need = self.memory_need
+        return need.bytes if need is not None else None
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -208,30 +244,108 @@ class InProcessSlot:
             self._cond.notify()
         job.emit(ProgressEvent("queued", message=f"{len(self._queue)} in queue"))
 
-    def _next_job(self) -> Job | None:
+    def _next_jobs(self) -> list[Job]:
+        """The next job, plus queued jobs that can share its pipeline call (batching.py)."""
         with self._cond:
             while not self._closed:
                 while self._queue:
                     job = self._queue.popleft()
                     if job.start():
-                        return job
+                        self._running += 1
+                        return [job, *self._take_batch(job)]
                 self._cond.wait()
-            return None
+            return []
+
+    def _take_batch(self, first: Job) -> list[Job]:
+        """Called with `_cond` held: pull compatible jobs off the queue (max_batch images)."""
+        if self.settings.max_batch <= 1 or not self.batches:
+            return []
+        queued = [j for j in self._queue if not j.future.done()]
+        picked = batching.take_compatible(
+            first.request, [j.request for j in queued], self.settings.max_batch
+        )
+        jobs = []
+        for index in picked:
+            job = queued[index]
+            self._queue.remove(job)
+            if job.start():
+                jobs.append(job)
+        return jobs
+
+    @property
+    def batches(self) -> bool:
+        """Whether this slot can run several jobs in one call (its backend has generate_batch)."""
+        return hasattr(self.backend_cls, "generate_batch")
 
     def _run(self) -> None:
-        while (job := self._next_job()) is not None:
+        while jobs := self._next_jobs():
             try:
-                result = self.run_job(job)
-            except LocalimgError as exc:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            except Exception as exc:
-                log.exception("model %s failed", self.config.name)
-                if not job.future.done():
-                    job.future.set_exception(as_backend_error(exc))
-            else:
-                if not job.future.done():
-                    job.future.set_result(result)
+                with self._busy_lock:
+                    if len(jobs) == 1:
+                        outcomes: list[ImageResult | BaseException] = [self._attempt(jobs[0])]
+                    else:
+                        outcomes = self._attempt_batch(jobs)
+            finally:
+                self.last_used = time.monotonic()
+                with self._cond:
+                    self._running = 0
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+
+    def _attempt(self, job: Job) -> ImageResult | BaseException:
+        try:
+            return self.run_job(job)
+        except LocalimgError as exc:
+            return exc
+        except Exception as exc:
+            log.exception("model %s failed", self.config.name)
+            return as_backend_error(exc)
+
+    def _attempt_batch(self, jobs: list[Job]) -> list[ImageResult | BaseException]:
+        try:
+            return list(self.run_batch(jobs))
+        except LocalimgError as exc:
+            return [exc] * len(jobs)
+        except Exception as exc:
+            log.exception("model %s failed", self.config.name)
+            return [as_backend_error(exc)] * len(jobs)
+
+    def run_batch(self, jobs: list[Job]) -> list[ImageResult | BaseException]:
+        """Load if needed, merge each request, generate all in one call (on the slot's thread)."""
+        started = time.monotonic()
+        backend = self._ensure_loaded(jobs[0])
+        loaded = time.monotonic() - started
+        requests = [
+            merge_request(j.request, self.config, backend.defaults, self.backend_cls.option_keys)
+            for j in jobs
+        ]
+        begin = time.monotonic()
+        cancel = batching.AllCancelled([j.cancel_event for j in jobs])
+        results = backend.generate_batch(requests, [j.emit for j in jobs], cancel)  # type: ignore[attr-defined]
+        inference = time.monotonic() - begin
+        outcomes: list[ImageResult | BaseException] = []
+        for job, request, result in zip(jobs, requests, results, strict=True):
+            if job.cancel_event.is_set():
+                outcomes.append(Cancelled("the request was cancelled"))
+                continue
+            result.timings = {
+                "queue": started - job.submitted,
+                "load": loaded,
+                "inference": inference,
+                "batch": float(len(jobs)),
+                **result.timings,
+            }
+            result.request = request
+            result.model = self.config.name
+            steps = request.steps or 0
+            job.emit(ProgressEvent("done", step=steps, total=steps))
+            outcomes.append(result)
+        return outcomes
 
     def run_job(self, job: Job) -> ImageResult:
         """Load if needed, merge, generate. Runs on the slot's thread."""
@@ -257,27 +371,54 @@ class InProcessSlot:
         return result
 
     def _ensure_loaded(self, job: Job) -> Backend:
-        if self.backend is not None:
-            return self.backend
-        self._state = "loading"
-        job.emit(ProgressEvent("load", message=f"loading {self.config.name}"))
-        backend = self.backend_cls(self.settings.runtime)
-        try:
-            backend.load(self.config, job.emit)
-        except BaseException:
-            self._state = "unloaded"
-            raise
-        self.backend = backend
-        self._state = "loaded"
-        return backend
+        with self._busy_lock:  # one load at a time, even with a preload racing the first job
+            if self.backend is not None:
+                return self.backend
+            if self.before_load is not None:
+                self.before_load(self)  # may evict idle models, or refuse (lifecycle.py)
+            self._state = "loading"
+            job.emit(ProgressEvent("load", message=f"loading {self.config.name}"))
+            backend = self.backend_cls(self.settings.runtime)
+            try:
+                backend.load(self.config, job.emit)
+            except BaseException:
+                self._state = "unloaded"
+                self.memory_need = None
+                raise
+            self.backend = backend
+            self.loads += 1
+            self._state = "loaded"
+            self.last_used = time.monotonic()
+            return backend
+
+    def load(self) -> None:
+        """Load the model now (blocking): `--preload` and `POST /models/{name}/load`."""
+        probe = Job(id="load", model=self.config.name, request=ImageRequest(prompt=""))
+        self._ensure_loaded(probe)
 
     def unload(self) -> None:
         """Free the model's memory (after the running job, if any)."""
-        with self._cond:
-            backend, self.backend = self.backend, None
-            self._state = "unloaded"
-        if backend is not None:
-            backend.unload()
+        with self._busy_lock:
+            with self._cond:
+                backend, self.backend = self.backend, None
+                self._state = "unloaded"
+                self.memory_need = None
+            if backend is not None:
+                backend.unload()
+                del backend
+                memory.release_free_memory()
+
+    def unload_if_idle(self) -> bool:
+        """Unload unless a job is running or queued (never waits); whether it unloaded."""
+        if not self._busy_lock.acquire(blocking=False):
+            return False
+        try:
+            if self.busy:
+                return False
+            self.unload()
+            return True
+        finally:
+            self._busy_lock.release()
 
     def close(self) -> None:
         with self._cond:
@@ -299,6 +440,10 @@ class EngineSettings:
     models_path: Path = field(default_factory=default_models_path)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     max_queue: int = 16
+    keep_alive: float | None = 300.0  # seconds an idle model stays loaded; None: forever
+    max_loaded_models: int | None = None  # None: no limit; else LRU eviction of idle models
+    memory_budget: Budget = field(default_factory=Budget)  # checked before each load
+    max_batch: int = 1  # images per pipeline call across queued requests (batching.py)
 
 
 class Engine:
@@ -312,6 +457,14 @@ class Engine:
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self.lifecycle = Lifecycle(
+            lambda: self.slots,
+            keep_alive=self.settings.keep_alive,
+            max_loaded=self.settings.max_loaded_models,
+            budget=self.settings.memory_budget,
+            runtime=self.settings.runtime,
+        )
+        self.lifecycle.start()
 
     def resolve(self, ref: str | None) -> ModelConfig:
         """The config for a model reference (None: the default model)."""
@@ -323,6 +476,7 @@ class Engine:
             slot = self._slots.get(config.name)
             if slot is None:
                 slot = self._slot_factory(config, self.settings)
+                slot.before_load = self.lifecycle.admit
                 self._slots[config.name] = slot
             return slot
 
@@ -365,7 +519,14 @@ class Engine:
         except LocalimgError:
             raise
 
+    def load(self, model: str | None) -> Slot:
+        """Load a model now (blocking), making room for it as a request would; its slot."""
+        slot = self.slot_for(self.resolve(model))
+        slot.load()
+        return slot
+
     def unload(self, name: str) -> bool:
+        """Unload a model now (after its running job); False if it has no slot."""
         slot = self.slots.get(name)
         if slot is None:
             return False
@@ -373,6 +534,7 @@ class Engine:
         return True
 
     def close(self) -> None:
+        self.lifecycle.stop()
         with self._lock:
             slots, self._slots = list(self._slots.values()), {}
         for slot in slots:

@@ -193,3 +193,15 @@ class DownloadError(LocalimgError):
     http_status = 502
     error_type = "server_error"
     default_code = "download_failed"
+
+
+class InsufficientMemory(LocalimgError):
+    """A model does not fit in the memory budget (or the machine) even with idle models evicted.
+
+    Raised before loading, so the request fails cleanly instead of the process being OOM-killed.
+    """
+
+    exit_code = 9
+    http_status = 507
+    error_type = "server_error"
+    default_code = "insufficient_memory"

@@ -36,3 +36,27 @@ def physical_cores() -> int:
         if cores:
             return max(1, min(len(cores), usable))
     return max(1, usable)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return frozenset()
+    for line in cpuinfo.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, or Arm's BF16).
+
+    Only there is bfloat16 faster than float32 on the CPU; elsewhere it is emulated and slower,
+    so `f16: true` stays float32 (with a warning). LOCALIMG_CPU_BF16=1/0 overrides the check.
+    """
+    forced = os.environ.get("LOCALIMG_CPU_BF16")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true", "yes", "on")
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})

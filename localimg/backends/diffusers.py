@@ -695,6 +695,76 @@ class DiffusersBackend:
             fps = request.fps or tasks.default_fps(params)
         return ImageResult(images=images, seeds=request.seeds, scheduler=label, fps=fps)
 
+    def generate_batch(
+        self,
+        requests: list[ImageRequest],
+        progress: list[ProgressCallback],
+        cancel: threading.Event,
+    ) -> list[ImageResult]:
+        """Several merged text-to-image requests in one pipeline call (see batching.py).
+
+        Every image gets its own prompt, negative prompt and seeded generator, as it would alone;
+        the results are split back per request in order.
+        """
+        import torch
+
+        if self.pipe is None:
+            raise BackendError("the model is not loaded")
+        first = requests[0]
+        pipe, mode = self._pipe_for(first)
+        params = tasks.call_params(pipe)
+        if mode != "txt2img" or "num_frames" in params or "prompt" not in params:
+            raise InvalidRequest("only text-to-image requests can be batched")
+        kwargs = self._call_kwargs(first, pipe, params)
+        label = self._set_scheduler(first.scheduler, pipe)
+        steps = first.steps or 1
+        if getattr(pipe, "scheduler", None) is not None:
+            schedulers.check_steps(pipe.scheduler, steps, label)
+        prompts: list[str] = []
+        negatives: list[str] = []
+        generators = []
+        for request in requests:
+            for seed in request.seeds:
+                prompts.append(request.prompt)
+                negatives.append(request.negative_prompt or "")
+                generators.append(torch.Generator("cpu").manual_seed(seed))
+        kwargs["prompt"] = prompts
+        if any(r.negative_prompt is not None for r in requests):
+            kwargs["negative_prompt"] = negatives
+        kwargs["generator"] = generators
+
+        def on_step(p: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            for emit in progress:
+                emit(ProgressEvent("step", step=step + 1, total=steps))
+            if cancel.is_set():
+                p._interrupt = True
+            return tensors
+
+        if "callback_on_step_end" in params:
+            kwargs["callback_on_step_end"] = on_step
+        try:
+            with torch.inference_mode():
+                output = pipe(**kwargs)
+        except torch.OutOfMemoryError:
+            raise BackendError(
+                f"out of memory for a batch of {len(prompts)} at {first.width}x{first.height}: "
+                "lower --max-batch"
+            ) from None
+        except ValueError as exc:
+            raise InvalidRequest(f"{type(pipe).__name__}: {exc}") from None
+        except RuntimeError as exc:
+            raise BackendError(f"generation failed: {exc}") from None
+        if cancel.is_set():
+            raise Cancelled("the request was cancelled")
+        results = []
+        images = list(output.images)
+        for request, emit in zip(requests, progress, strict=True):
+            count = len(request.seeds)
+            mine, images = images[:count], images[count:]
+            emit(ProgressEvent("decode", step=steps, total=steps))
+            results.append(ImageResult(images=mine, seeds=request.seeds, scheduler=label))
+        return results
+
     def _set_scheduler(self, name: str | None, pipe: Any = None) -> str:
         """Install the request's scheduler (or the model's), return its display name."""
         pipe = pipe if pipe is not None else self.pipe

@@ -1,0 +1,87 @@
+"""Batching: queued requests that differ only in prompt and seed run as one pipeline call.
+
+A denoiser step on a batch of N latents costs less than N steps of one (the weights are read once,
+the matrix products are larger), so under load `--max-batch N` raises throughput. Each request
+keeps its own prompt, negative prompt, seeds and progress events, and its images come from its own
+seeded generator, so they are the images it would get alone, up to floating-point rounding: on CPU
+a batched matrix product may sum in a different order, which moves a few pixels by one level
+(measured on the tiny model: at most 1/255). That is why batching is off (`--max-batch 1`) unless
+asked for.
+
+Only plain text-to-image requests batch: anything with an input image, a mask, video frames or
+extra pipeline keywords runs alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localimg.requests import ImageRequest
+
+
+def batch_key(request: ImageRequest) -> Hashable | None:
+    """Requests with equal keys can share one pipeline call; None: this one runs alone.
+
+    Computed on the request as submitted (before YAML defaults are merged, which are the same for
+    every request of a model), so the queue can be searched without the model loaded.
+    """
+    if (
+        request.init_image is not None
+        or request.mask is not None
+        or request.num_frames is not None
+        or request.fps is not None
+        or request.extra
+        or request.mode not in (None, "txt2img")
+    ):
+        return None
+    has_negative = request.negative_prompt is not None or "|" in request.prompt
+    return (
+        request.width,
+        request.height,
+        request.steps,
+        request.cfg_scale,
+        request.scheduler,
+        request.clip_skip,
+        request.strength,
+        has_negative,  # "no negative" and "" differ for some pipelines (SDXL zeroes the former)
+    )
+
+
+def take_compatible(
+    first: ImageRequest, queued: Sequence[ImageRequest], max_images: int
+) -> list[int]:
+    """Indexes into `queued` of the requests that join `first`'s batch, in queue order.
+
+    The batch holds at most `max_images` images in all (a request of n images counts n); a request
+    that would overflow it is left for the next batch, and so are all that differ.
+    """
+    key = batch_key(first)
+    if key is None or max_images <= first.n:
+        return []
+    room = max_images - first.n
+    chosen = []
+    for index, request in enumerate(queued):
+        if request.n <= room and batch_key(request) == key:
+            chosen.append(index)
+            room -= request.n
+            if room == 0:
+                break
+    return chosen
+
+
+class AllCancelled(threading.Event):
+    """A cancel flag for a batch: set only when every job in it is cancelled.
+
+    A job cancelled alone keeps running inside its batch (its images are dropped and it answers
+    Cancelled); stopping the pipeline would cost the others their results.
+    """
+
+    def __init__(self, events: Sequence[threading.Event]) -> None:
+        super().__init__()
+        self._events = list(events)
+
+    def is_set(self) -> bool:
+        return all(event.is_set() for event in self._events)

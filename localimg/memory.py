@@ -1,0 +1,208 @@
+"""How much memory a model needs, how much a worker uses, and how much the machine has left.
+
+The engine checks a model against the memory budget *before* loading it (lifecycle.py), so a
+model that does not fit evicts idle ones or gets a clear error instead of the kernel's OOM killer.
+The estimate reads only safetensors headers (a few KiB per file), never the weights: the
+tensors' element counts times the bytes per element of the dtype the model will load in, plus a
+margin for activations and the runtime.
+
+Everything here is standard library; /proc is read on Linux and other systems get `None`
+("unknown"), which the budget treats as "no information", never as zero.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from localimg.config import WEIGHT_SUFFIXES, model_source
+
+if TYPE_CHECKING:
+    from localimg.backends.base import RuntimeSettings
+    from localimg.config import ModelConfig
+
+ACTIVATION_MARGIN = 0.2  # of the weights: latents, attention maps, the VAE decode
+RUNTIME_OVERHEAD = 256 * 1024**2  # a process with torch imported, its allocator's slack
+HALF_DTYPES = frozenset({"float16", "fp16", "half", "bfloat16", "bf16"})
+SAFETENSORS_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+@dataclass(frozen=True)
+class Need:
+    """What loading a model will take, and where (RAM, or VRAM on a GPU)."""
+
+    bytes: int
+    where: str  # "ram" or "vram"
+
+
+def safetensors_bytes(path: Path, float_itemsize: int | None) -> int:
+    """Bytes the tensors of a .safetensors file take once loaded.
+
+    Floating-point tensors are counted at `float_itemsize` (the dtype the backend casts them to;
+    None keeps the file's own); others at their own size. Falls back to the file size if the
+    header cannot be read.
+    """
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100 * 1024**2:
+                return path.stat().st_size
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, struct.error):
+        return path.stat().st_size
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__" or not isinstance(info, dict):
+            continue
+        count = 1
+        for dim in info.get("shape", []):
+            count *= int(dim)
+        dtype = str(info.get("dtype", "F32"))
+        size = SAFETENSORS_ITEMSIZE.get(dtype, 4)
+        if float_itemsize is not None and dtype in FLOAT_DTYPES:
+            size = float_itemsize
+        total += count * size
+    return total
+
+
+def _weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The weight files a diffusers folder loads: one set per component folder.
+
+    A component folder may hold several copies (fp32 and `.fp16.` variants, .bin and
+    .safetensors); the variant asked for wins, then safetensors, as in diffusers.
+    """
+    chosen: list[Path] = []
+    by_folder: dict[Path, list[Path]] = {}
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES:
+            by_folder.setdefault(path.parent, []).append(path)
+    for files in by_folder.values():
+        tagged = [p for p in files if variant and f".{variant}." in p.name]
+        plain = [p for p in files if p not in tagged and not _has_variant_tag(p)]
+        group = tagged or plain or files
+        safetensors = [p for p in group if p.suffix.lower() == ".safetensors"]
+        chosen += safetensors or group
+    return chosen
+
+
+def _has_variant_tag(path: Path) -> bool:
+    """`model.fp16.safetensors`, `x.non_ema.bin`: a second suffix names a variant."""
+    parts = path.name.split(".")
+    sharded = "-of-" in path.name
+    return len(parts) > 2 and not sharded
+
+
+def load_itemsize(config: ModelConfig, device_kind: str) -> int | None:
+    """Bytes per float element once loaded (None: as stored, e.g. ggml's quantized files)."""
+    from localimg.backends import canonical_name
+    from localimg.system import cpu_has_bf16
+
+    if canonical_name(config.backend) != "diffusers":
+        return None
+    dtype = None
+    for key, value in config.parsed_options().items():
+        if key == "dtype":
+            dtype = str(value).lower()
+    if dtype is not None:
+        return 2 if dtype in HALF_DTYPES else 4
+    if config.f16 and (device_kind == "vram" or cpu_has_bf16()):
+        return 2
+    return 4
+
+
+def device_kind(config: ModelConfig, runtime: RuntimeSettings) -> str:
+    """Where a model's weights will live, decided without importing torch."""
+    device = (runtime.device or "auto").lower()
+    if device.startswith(("cuda", "mps")):
+        return "vram"
+    if device == "cpu" or config.use_cuda is False:
+        return "ram"
+    return "vram" if Path("/proc/driver/nvidia/version").exists() else "ram"
+
+
+def estimate(config: ModelConfig, runtime: RuntimeSettings) -> Need | None:
+    """What loading `config` will take; None when the files cannot be seen (a hub id not yet
+    in the cache, say), in which case only the loaded-model count limits it."""
+    kind = device_kind(config, runtime)
+    try:
+        source = model_source(config)
+    except Exception:  # a missing model fails clearly when it loads; not the budget's business
+        return None
+    if source.kind == "hub":
+        return None
+    itemsize = load_itemsize(config, kind)
+    variant = None
+    for key, value in config.parsed_options().items():
+        if key == "variant":
+            variant = str(value)
+    files = [source.path] if source.kind == "file" else _weight_files(source.path, variant)
+    weights = 0
+    for path in files:
+        if path.suffix.lower() == ".safetensors":
+            weights += safetensors_bytes(path, itemsize)
+        else:
+            weights += path.stat().st_size
+    for file, _scale in config.loras():
+        lora = config.resolve_path(file)
+        if lora.is_file():
+            weights += lora.stat().st_size
+    total = int(weights * (1 + ACTIVATION_MARGIN)) + RUNTIME_OVERHEAD
+    return Need(bytes=total, where=kind)
+
+
+def process_rss(pid: int) -> int | None:
+    """Resident memory of a process (Linux /proc; None elsewhere or if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def available_ram() -> int | None:
+    """MemAvailable: what can be allocated without swapping (Linux; None elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc's malloc_trim).
+
+    Without the trim, memory freed by an in-process unload stays in the allocator's free lists
+    and the RSS does not go down.
+    """
+    gc.collect()
+    if os.name != "posix":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
