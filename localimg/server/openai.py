@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from localimg import conditioning, images
-from localimg.config import default_model_ref, scan_models
+from localimg.config import DEFAULT_MODEL_ENV, default_model_ref, scan_models
 from localimg.errors import (
     Cancelled,
     InvalidRequest,
@@ -72,7 +73,15 @@ def served_config(state: Any, ref: str | None) -> ModelConfig:
                 f"no models are configured in {engine.settings.models_path}; add a YAML file",
                 param="model",
             )
-        ref = default_model_ref(engine.settings.models_path) if len(names) != 1 else names[0]
+        if len(names) == 1:
+            ref = names[0]
+        elif os.environ.get(DEFAULT_MODEL_ENV):
+            ref = default_model_ref(engine.settings.models_path)
+        else:
+            raise InvalidRequest(
+                f"several models are served ({', '.join(names)}): name one in the 'model' field",
+                param="model",
+            )
     if ref not in names:
         known = ", ".join(names) if names else "none"
         raise ModelNotFound(
