@@ -16,11 +16,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from localimg.engine import Engine, EngineSettings, InProcessSlot
+from localimg.engine import Engine, EngineSettings, InProcessSlot, Job
+from localimg.errors import Cancelled
 from localimg.server.app import ServerSettings, create_app
 from localimg.workers import WorkerOptions, worker_slot_factory
 from tests.server_support import (
@@ -254,3 +256,36 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_request_past_its_timeout_is_504_and_its_job_cancelled(
+    tmp_path: Path, tiny_sd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    write_model(models, "tiny", tiny_sd)
+    engine = Engine(EngineSettings(models_path=models))
+    jobs: list[Job] = []
+    submit = engine.submit
+
+    def keep(*args: Any, **kwargs: Any) -> Job:
+        job = submit(*args, **kwargs)
+        jobs.append(job)
+        return job
+
+    monkeypatch.setattr(engine, "submit", keep)
+    app = create_app(ServerSettings(request_timeout=1, output_dir=tmp_path / "out"), engine)
+    with serve_in_thread(app) as url:
+        late = httpx.post(
+            f"{url}/v1/images/generations",
+            json={"prompt": "x", "size": "64x64", "steps": 500},
+            timeout=300,
+        )
+        error = assert_openai_error(late, 504)
+        assert error["code"] == "timeout" and "--timeout" in error["message"]
+        (job,) = jobs
+        assert job.cancel_event.is_set()
+        wait_until(job.future.done, what="the timed-out job to stop")
+        assert isinstance(job.future.exception(), Cancelled)
+        last = job.last_event
+        assert last is None or last.step < 500
