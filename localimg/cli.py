@@ -85,6 +85,29 @@ def _engine_settings(
     )
 
 
+def _lifecycle_settings(
+    keep_alive: str, max_loaded_models: int, max_memory: str | None, max_batch: int
+) -> dict[str, Any]:
+    """`serve`'s model lifecycle options as EngineSettings fields (bad values: a clear error)."""
+    from localimg.lifecycle import Budget, parse_budget
+    from localimg.units import parse_duration
+
+    try:
+        keep = parse_duration(keep_alive)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--keep-alive") from None
+    try:
+        budget = parse_budget(max_memory) if max_memory else Budget()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-memory") from None
+    return {
+        "keep_alive": keep,
+        "max_loaded_models": max_loaded_models or None,
+        "memory_budget": budget,
+        "max_batch": max_batch,
+    }
+
+
 def _prepare_runtime() -> None:
     """Quiet third-party chatter that is not meant for localimg's users."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -377,6 +400,41 @@ def serve(
         bool,
         typer.Option("--in-process", help="Run models in this process (no crash isolation)."),
     ] = False,
+    keep_alive: Annotated[
+        str,
+        typer.Option(
+            "--keep-alive",
+            help="Unload a model idle this long (300, 90s, 5m, 1h; 0: after each request; "
+            "-1: never). A model's YAML `keep_alive:` wins.",
+        ),
+    ] = "5m",
+    max_loaded_models: Annotated[
+        int,
+        typer.Option(
+            "--max-loaded-models",
+            min=0,
+            help="Most models loaded at once; the least recently used idle one is unloaded "
+            "to make room (0: no limit).",
+        ),
+    ] = 0,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory budget checked before loading: 12G (RAM) or ram=12G,vram=8G. Idle "
+            "models are unloaded to make room, else the request gets 507. [default: the "
+            "machine's free RAM]",
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            "--max-batch",
+            min=1,
+            max=64,
+            help="Run up to N queued same-size text-to-image requests as one batch (1: off).",
+        ),
+    ] = 1,
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
     ] = None,
@@ -401,7 +459,11 @@ def serve(
     from localimg.server.run import build_server, startup_line
     from localimg.workers import WorkerOptions, worker_slot_factory
 
-    engine_settings = replace(_engine_settings(models_path, device, threads), max_queue=max_queue)
+    engine_settings = replace(
+        _engine_settings(models_path, device, threads),
+        max_queue=max_queue,
+        **_lifecycle_settings(keep_alive, max_loaded_models, max_memory, max_batch),
+    )
     keys = tuple(k for k in (api_key or []) if k)
     settings = ServerSettings(
         api_keys=keys,

@@ -10,7 +10,8 @@ runner thread (inherited from `InProcessSlot`), but `run_job` ships the request 
 waits for progress events and the result. The child runs an ordinary `InProcessSlot`, so request
 merging, timings and cancellation are the same code as in the CLI.
 
-Messages, parent → child: ("load",), ("job", id, request), ("cancel", id), ("stop",).
+Messages, parent → child: ("load",), ("job", id, request), ("batch", [(id, request), ...]),
+("cancel", id), ("stop",).
 Child → parent: ("loaded", describe), ("progress", id, event), ("result", id, result),
 ("error", id or None, LocalimgError).
 """
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from localimg import memory
 from localimg.config import ModelConfig
 from localimg.engine import EngineSettings, InProcessSlot, Job, as_backend_error
 from localimg.errors import BackendError, Cancelled, LocalimgError
@@ -103,6 +105,21 @@ class WorkerSlot(InProcessSlot):
     def info(self) -> dict[str, Any]:
         return {"state": self.state, "pid": self.pid, "restarts": self.restarts, **self._describe}
 
+    @property
+    def memory_bytes(self) -> int | None:
+        """The worker process's resident memory (measured), or the admission estimate."""
+        pid = self.pid
+        measured = memory.process_rss(pid) if pid is not None else None
+        need = self.memory_need
+        if need is not None and need.where == "vram":
+            return need.bytes
+        return measured if measured is not None else super().memory_bytes
+
+    def _admit(self) -> None:
+        """The engine's admission check (lifecycle.py) before the child loads the model."""
+        if self._worker_state != "loaded" and self.before_load is not None:
+            self.before_load(self)
+
     # -- process management ------------------------------------------------------------------
 
     def _start_process(self) -> None:
@@ -161,7 +178,10 @@ class WorkerSlot(InProcessSlot):
 
     def preload(self) -> None:
         """Start the worker and load the model now (blocking); errors are raised."""
-        with self._io_lock:
+        with self._busy_lock, self._io_lock:  # the keep-alive reaper waits for the load
+            if self._worker_state == "loaded" and self.pid is not None:
+                return
+            self._admit()
             conn = self._ensure_process()
             self._worker_state = "loading"
             self._send(conn, ("load",))
@@ -170,10 +190,16 @@ class WorkerSlot(InProcessSlot):
                 if message is None:
                     continue
                 if message[0] == "loaded":
+                    self.last_used = time.monotonic()
                     return
                 if message[0] == "error" and message[1] is None:
                     self._worker_state = "failed"
+                    self.memory_need = None
                     raise message[2]
+
+    def load(self) -> None:
+        """Load the model in the worker process now (not in this one)."""
+        self.preload()
 
     def _receive(self, conn: Connection, job: Job | None) -> tuple[Any, ...] | None:
         """The next message from the child, None after a quiet poll; raises if it died."""
@@ -206,6 +232,7 @@ class WorkerSlot(InProcessSlot):
         if kind == "loaded":
             self._worker_state = "loaded"
             self._describe = dict(message[1])
+            self.loads += 1
         elif kind == "progress":
             phase = message[2].phase
             if phase == "load":
@@ -220,6 +247,7 @@ class WorkerSlot(InProcessSlot):
         with self._io_lock:
             self._current = job
             try:
+                self._admit()
                 for attempt in (1, 2):
                     conn = self._ensure_process()
                     self._heard = False
@@ -291,6 +319,50 @@ class WorkerSlot(InProcessSlot):
         with self._io_lock:
             self._stop_process()
             self._describe = {}
+            self.memory_need = None
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def run_batch(self, jobs: list[Job]) -> list[ImageResult | BaseException]:
+        """Send a batch (batching.py) to the child; relay each job's events and outcome."""
+        with self._io_lock:
+            self._current = jobs[0]
+            try:
+                self._admit()
+                conn = self._ensure_process()
+                self._send(conn, ("batch", [(job.id, job.request) for job in jobs]))
+                return self._await_batch(conn, jobs)
+            finally:
+                self._current = None
+
+    def _await_batch(self, conn: Connection, jobs: list[Job]) -> list[ImageResult | BaseException]:
+        by_id = {job.id: job for job in jobs}
+        outcomes: dict[str, ImageResult | BaseException] = {}
+        cancels_sent: set[str] = set()
+        all_cancelled: float | None = None
+        while len(outcomes) < len(jobs):
+            for job in jobs:
+                if job.cancel_event.is_set() and job.id not in cancels_sent:
+                    self._send(conn, ("cancel", job.id))
+                    cancels_sent.add(job.id)
+            if len(cancels_sent) == len(jobs) and all_cancelled is None:
+                all_cancelled = time.monotonic()
+            if all_cancelled and time.monotonic() - all_cancelled > self.options.cancel_grace:
+                self._reap()
+                self._restart(reload=False)
+                raise Cancelled("the batch was cancelled; its worker did not stop in time")
+            message = self._receive(conn, jobs[0])
+            if message is None:
+                continue
+            kind, job_id = message[0], message[1]
+            target = by_id.get(job_id) if isinstance(job_id, str) else None
+            if target is None:
+                continue
+            if kind == "progress":
+                target.emit(message[2])
+            elif kind in ("result", "error"):
+                outcomes[job_id] = message[2]
+        return [outcomes[job.id] for job in jobs]
 
     def close(self) -> None:
         """Drop queued jobs, cancel the running one, stop the worker."""
@@ -368,6 +440,9 @@ def worker_main(
                 continue
             if message[0] == "job":
                 jobs[message[1]] = Job(id=message[1], model=config.name, request=message[2])
+            if message[0] == "batch":
+                for job_id, request in message[1]:
+                    jobs[job_id] = Job(id=job_id, model=config.name, request=request)
             inbox.put(message)
             if message[0] == "stop":
                 for job in list(jobs.values()):
@@ -397,6 +472,9 @@ def worker_main(
                 log.exception("loading failed")
                 send(("error", None, as_backend_error(exc)))
             continue
+        if kind == "batch":
+            run_batch_here(slot, [jobs[job_id] for job_id, _ in message[1]], jobs, send, loaded)
+            continue
         if kind != "job":
             continue
         job = jobs[message[1]]
@@ -421,3 +499,36 @@ def worker_main(
         send(reply)
     slot.close()
     conn.close()
+
+
+def run_batch_here(
+    slot: InProcessSlot,
+    batch: list[Job],
+    jobs: dict[str, Job],
+    send: Callable[[tuple[Any, ...]], None],
+    loaded: Callable[[], None],
+) -> None:
+    """The child's side of a batch: run it on the slot, answer each job by id."""
+    was_loaded = slot.backend is not None
+    for job in batch:
+
+        def relay(event: ProgressEvent, job_id: str = job.id) -> None:
+            send(("progress", job_id, event))
+
+        job.listeners.append(relay)
+        job.start()
+    outcomes: list[ImageResult | BaseException]
+    try:
+        with slot._busy_lock:
+            outcomes = slot.run_batch(batch)
+    except LocalimgError as exc:
+        outcomes = [exc] * len(batch)
+    except Exception as exc:
+        log.exception("batch generation failed")
+        outcomes = [as_backend_error(exc)] * len(batch)
+    if not was_loaded and slot.backend is not None:
+        loaded()
+    for job, outcome in zip(batch, outcomes, strict=True):
+        jobs.pop(job.id, None)
+        kind = "error" if isinstance(outcome, BaseException) else "result"
+        send((kind, job.id, outcome))

@@ -30,7 +30,7 @@ from localimg.engine import as_backend_error
 from localimg.errors import LocalimgError
 from localimg.fetch import FetchPolicy
 from localimg.inputs import ImageLimits
-from localimg.server import gallery_routes, openai, videos
+from localimg.server import gallery_routes, lifecycle_routes, openai, videos
 from localimg.server.security import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -277,6 +277,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route(FILES_PATH + "/{name}", generated_file, methods=["GET"]),
         *gallery_routes.routes(),
+        *lifecycle_routes.routes(),
         *openai.routes(),
         *videos.routes(),
     ]

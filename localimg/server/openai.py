@@ -118,7 +118,27 @@ def _model_entry(state: Any, name: str, created: int, backend: str | None) -> di
     info = getattr(slot, "info", None)
     if callable(info):
         entry["worker"] = info()
+    entry.update(_lifecycle_facts(engine, slot))
     return entry
+
+
+def _lifecycle_facts(engine: Engine, slot: Any) -> dict[str, Any]:
+    """Memory, keep-alive and use of a model's slot (lifecycle.py), for /v1/models."""
+    from localimg.lifecycle import keep_alive_for
+
+    if slot is None:
+        return {"memory_bytes": None, "keep_alive": engine.settings.keep_alive}
+    need = getattr(slot, "memory_need", None)
+    loaded = need is not None or slot.state == "loaded"
+    idle = time.monotonic() - slot.last_used if loaded and not slot.busy else 0.0
+    return {
+        "memory_bytes": slot.memory_bytes if loaded else None,
+        "memory_device": need.where if need is not None else None,
+        "keep_alive": keep_alive_for(slot.config, engine.settings.keep_alive),
+        "idle_seconds": round(idle, 1),
+        "busy": slot.busy,
+        "loads": getattr(slot, "loads", None),
+    }
 
 
 def _model_list(state: Any) -> list[dict[str, Any]]:
