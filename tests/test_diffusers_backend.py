@@ -206,8 +206,9 @@ def test_enable_parameters_gate_is_enforced(engine: Engine) -> None:
 
 
 def test_f16_on_cpu_falls_back_to_float32_with_a_warning(
-    engine: Engine, caplog: pytest.LogCaptureFixture
+    engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LOCALIMG_CPU_BF16", "0")  # a CPU without native bfloat16
     with caplog.at_level(logging.WARNING, logger="localimg"):
         result = run(engine, "tiny-f16")
     assert "float32" in caplog.text

@@ -30,7 +30,7 @@ from localimg.errors import (
 )
 from localimg.options import OPTION_ALIASES
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
-from localimg.system import physical_cores
+from localimg.system import cpu_has_bf16, physical_cores
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +104,8 @@ class DiffusersOptions(BaseModel):
     vae_tiling: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = False
+    channels_last: bool = False  # NHWC weights for the UNet/VAE convolutions (faster on many CPUs)
+    compile: bool = False  # torch.compile the denoiser: the first generation pays a warm-up
 
 
 OPTION_KEYS = frozenset(DiffusersOptions.model_fields)
@@ -158,9 +160,12 @@ def _choose_dtype(device: str, config: ModelConfig, options: DiffusersOptions) -
         return torch.float32
     if device.startswith(("cuda", "mps")):
         return torch.float16
+    if cpu_has_bf16():
+        log.info("%s: f16 on a CPU with native bfloat16 (AVX512-BF16/AMX): bfloat16", config.where)
+        return torch.bfloat16
     log.warning(
-        "%s: f16 is set but float16 is not usable on the CPU (slow and unstable): using float32; "
-        'set `options: ["dtype:bfloat16"]` for bfloat16',
+        "%s: f16 is set but this CPU has neither float16 nor native bfloat16 arithmetic "
+        '(AVX512-BF16/AMX): using float32; set `options: ["dtype:bfloat16"]` to force bfloat16',
         config.where,
     )
     return torch.float32
@@ -204,6 +209,35 @@ def _single_file_class(path: Path) -> str:
     if found & {"double_blocks.", "model.diffusion_model.double_blocks."}:
         return "FluxPipeline"
     return "StableDiffusionPipeline"
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU code generator would use, if there is one."""
+    import os
+    import shutil
+
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _denoiser(pipe: Any) -> Any:
+    """The UNet or transformer (tested with `is None`: a compiled module has no truth value)."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else getattr(pipe, "transformer", None)
+
+
+def _attention_kind(pipe: Any) -> str:
+    """Return "sdpa" when every attention layer uses torch's scaled_dot_product_attention."""
+    denoiser = _denoiser(pipe)
+    processors = getattr(denoiser, "attn_processors", None)
+    if not processors:
+        return ""
+    names = {type(p).__name__ for p in processors.values()}
+    if names <= {"AttnProcessor2_0", "FluxAttnProcessor", "FluxAttnProcessor2_0"}:
+        return "sdpa"
+    return ",".join(sorted(names))
 
 
 def _dtype_key() -> str:
@@ -300,6 +334,7 @@ class DiffusersBackend:
         self._scheduler_config: Any = None
         self._default_scheduler: Any = None
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
+        self._compiled = False
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -492,12 +527,42 @@ class DiffusersBackend:
             if vae is None or not hasattr(vae, "enable_slicing"):
                 raise ConfigError("options: vae_slicing is not supported by this pipeline's VAE")
             vae.enable_slicing()
+        self._speed_up(pipe, options)
+
+    def _speed_up(self, pipe: Any, options: DiffusersOptions) -> None:
+        """channels_last and torch.compile (options), each applied or refused, never ignored."""
+        import torch
+
+        denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        denoiser = getattr(pipe, denoiser_name, None)
+        if options.channels_last:
+            convolutional = [
+                m
+                for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None))
+                if isinstance(m, torch.nn.Module)
+            ]
+            if not convolutional:
+                raise ConfigError("options: channels_last needs a pipeline with a UNet or a VAE")
+            for module in convolutional:
+                module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._compiled = False
+        if options.compile:
+            if not isinstance(denoiser, torch.nn.Module):
+                raise ConfigError("options: compile needs a pipeline with a UNet or transformer")
+            if options.cpu_offload:
+                raise ConfigError("options: compile cannot be combined with cpu_offload")
+            if self.device == "cpu" and not _cpp_compiler():
+                raise ConfigError(
+                    "options: compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX)"
+                )
+            setattr(pipe, denoiser_name, torch.compile(denoiser))
+            self._compiled = True
 
     def _compute_defaults(self, pipe: Any) -> BackendDefaults:
         scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
         sample = getattr(pipe, "default_sample_size", None)
         if sample is None:
-            denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+            denoiser = _denoiser(pipe)
             sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
         side = int(sample) * scale if isinstance(sample, int) else 512
         guidance = self._call_params.get("guidance_scale") or self._call_params.get(
@@ -800,4 +865,6 @@ class DiffusersBackend:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "pipeline": type(self.pipe).__name__ if self.pipe is not None else "",
+            "attention": _attention_kind(self.pipe) if self.pipe is not None else "",
+            "compiled": "yes" if self._compiled else "no",
         }
