@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import statistics
 import sys
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+print = functools.partial(print, flush=True)  # progress shows as it happens
 sys.path.insert(0, str(ROOT))
 
 
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--per-client", type=int, default=2, help="requests per client")
     args = parser.parse_args()
 
     import httpx
@@ -175,7 +178,7 @@ def main() -> None:
         print(f"  ratio HTTP / direct: {h / d:.4f}  (server overhead {100 * (h / d - 1):+.2f}%)")
 
         direct.close()  # free the in-process copy before the throughput run
-        total = args.clients * 2
+        total = args.clients * args.per_client
         errors: list[BaseException] = []
 
         def client_loop(count: int) -> None:
@@ -186,7 +189,10 @@ def main() -> None:
                 errors.append(exc)
 
         begin = time.perf_counter()
-        threads = [threading.Thread(target=client_loop, args=(2,)) for _ in range(args.clients)]
+        threads = [
+            threading.Thread(target=client_loop, args=(args.per_client,))
+            for _ in range(args.clients)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
