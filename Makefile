@@ -29,8 +29,8 @@ format:
 	$(BIN)/ruff format localimg tests bench
 	$(BIN)/ruff check --fix localimg tests bench
 
-bench:
-	$(BIN)/python bench/bench_generate.py
+bench:  # every benchmark; writes bench/RESULTS.md (BENCH_ARGS=--quick: tiny models, minutes)
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 gallery:  # regenerate gallery/index.yaml from gallery/models/*.yaml and gallery/templates/
 	$(BIN)/python -m localimg.gallery_build build

@@ -29,7 +29,8 @@ import sys, torch
 from diffusers import StableDiffusionPipeline
 pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1], safety_checker=None)
 pipe.set_progress_bar_config(disable=True)
-image = pipe("a cute baby sea otter", negative_prompt="blurry", num_inference_steps=int(sys.argv[2]),
+image = pipe("a cute baby sea otter", negative_prompt="blurry",
+             num_inference_steps=int(sys.argv[2]),
              width=int(sys.argv[3]), height=int(sys.argv[3]), guidance_scale=7.5,
              generator=torch.Generator("cpu").manual_seed(42)).images[0]
 image.save(sys.argv[4])
@@ -141,16 +142,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "sd15"],
+        default="tiny",
+        help="sd15: bench_server.py's random-weight pipeline with SD1.5's shapes",
+    )
     args = parser.parse_args()
-    from tests.tiny_models import tiny_sd_path
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_server import model_folder
 
-    model = tiny_sd_path()
+    model = model_folder(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         cli_s, bare_s = bench_processes(model, args.runs, args.steps, args.size, Path(tmp))
     engine_s, pipe_s = bench_in_process(model, args.runs * 4, args.steps, args.size)
     help_s, help_torch = bench_help(args.runs)
     print(
-        f"model: tiny random SD pipeline, {args.size}x{args.size}, {args.steps} steps, "
+        f"model: {args.model} random SD pipeline, {args.size}x{args.size}, {args.steps} steps, "
         f"median of {args.runs} (in-process: {args.runs * 4}) runs"
     )
     print(
@@ -158,8 +166,8 @@ def main() -> None:
         f"| ratio {cli_s / bare_s:.3f}"
     )
     print(
-        f"in process     Engine.generate   {engine_s:7.3f} s | bare pipe() call      {pipe_s:7.3f} s "
-        f"| ratio {engine_s / pipe_s:.3f}"
+        f"in process     Engine.generate   {engine_s:7.3f} s | bare pipe() call      "
+        f"{pipe_s:7.3f} s | ratio {engine_s / pipe_s:.3f}"
     )
     print(f"start-up       localimg --help   {help_s:7.3f} s | imports torch: {help_torch}")
 
