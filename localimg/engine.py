@@ -199,6 +199,7 @@ class InProcessSlot:
         # a slot whose lock they get without waiting, so a model is never unloaded mid-job.
         self._busy_lock = threading.RLock()
         self._running = 0
+        self._active: list[Job] = []  # the jobs running now (cancelled by close)
         self.last_used = time.monotonic()
         self.memory_need: memory.Need | None = None  # set when admitted, cleared on unload
         self.before_load: Callable[[Any], None] | None = None  # the engine's admission check
@@ -252,7 +253,8 @@ class InProcessSlot:
                     job = self._queue.popleft()
                     if job.start():
                         self._running += 1
-                        return [job, *self._take_batch(job)]
+                        self._active = [job, *self._take_batch(job)]
+                        return list(self._active)
                 self._cond.wait()
             return []
 
@@ -289,6 +291,7 @@ class InProcessSlot:
                 self.last_used = time.monotonic()
                 with self._cond:
                     self._running = 0
+                    self._active = []
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():
                     continue
@@ -423,11 +426,11 @@ class InProcessSlot:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            pending = list(self._queue)
+            pending = list(self._queue) + self._active
             self._queue.clear()
             self._cond.notify_all()
         for job in pending:
-            job.cancel()
+            job.cancel()  # a running job stops at its next step
         self._thread.join(timeout=5)
         self.unload()
 
