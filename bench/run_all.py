@@ -53,7 +53,8 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
         ),
     ]
     if (BENCH / "bench_ggml.py").is_file():
-        runs.append(("ggml backend", ["bench_ggml.py", *(["--quick"] if quick else [])]))
+        quick_ggml = ["--size", "64", "--runs", "2"] if quick else []
+        runs.append(("ggml backend", ["bench_ggml.py", *quick_ggml]))
     return runs
 
 
