@@ -436,8 +436,9 @@ class GgmlBackend:
         }
         if guidance is not None:
             call["guidance"] = float(guidance)
-        if eta is not None:
-            call["eta"] = float(eta)
+        # The wrapper's default eta is 0.0, which turns euler_a and dpm++2s_a into non-ancestral
+        # samplers; infinity is the C library's own "per-sampler default" (1 for ancestral ones).
+        call["eta"] = float(eta) if eta is not None else float("inf")
         if request.init_image is not None:
             call["init_image"] = request.init_image.convert("RGB")
             call["strength"] = request.strength if request.strength is not None else 0.75
@@ -489,7 +490,9 @@ class GgmlBackend:
                 native.reset_progress(self._sd)
         if not output:
             raise BackendError("stable-diffusion.cpp returned no image (see the log)")
-        return output[0].convert("RGB")  # the library returns RGBA with an opaque alpha
+        image = output[0].convert("RGB")  # the library returns RGBA with an opaque alpha
+        image.info = {}  # it also attaches every call argument (ctypes arrays: not picklable)
+        return image
 
     def _default_method(self) -> str:
         value = int(self._sd.sd_get_default_sample_method(self.model.model))

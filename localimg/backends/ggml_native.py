@@ -13,6 +13,9 @@
   `close()` then frees NULL and segfaults. `load` checks the pointer and raises instead.
 - Each generated image's pixel buffer (malloc'd in C) and the array holding them are never freed:
   `_LeakFreeModel` frees them once the pixels are copied into Python.
+- The wrapper passes `eta=0.0` unless told otherwise, where the C library's default (infinity)
+  means "1 for ancestral samplers": euler_a was silently plain euler. The backend always passes
+  eta (infinity unless the YAML or request sets one).
 - Callbacks and the context are process-global and not thread-safe: `NATIVE_LOCK` serialises every
   native call in the process.
 """
