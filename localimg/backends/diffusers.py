@@ -55,6 +55,17 @@ PIPELINE_TYPES: dict[str, str] = {
     "FluxTransformer2DModel": "FluxPipeline",  # a standalone FLUX transformer + a base repo
     "SanaPipeline": "SanaPipeline",
 }
+# Repo classes that are text-to-image pipelines themselves: AutoPipelineForText2Image loads them
+# as they are, so localimg can too (and skip importing the auto-pipeline tables).
+TEXT_TO_IMAGE_CLASSES = frozenset(
+    {
+        "StableDiffusionPipeline",
+        "StableDiffusionXLPipeline",
+        "StableDiffusion3Pipeline",
+        "FluxPipeline",
+        "SanaPipeline",
+    }
+)
 AUTO_TYPES = frozenset({"AutoPipelineForText2Image", "DiffusionPipeline", "VideoDiffusionPipeline"})
 FLUX_BASE_REPO = "black-forest-labs/FLUX.1-dev"
 
@@ -461,7 +472,13 @@ class DiffusersBackend:
             common["requires_safety_checker"] = False
         if options.variant:
             common["variant"] = options.variant
-        cls = _pipeline_class(pipeline_type)
+        own = index.get("_class_name")
+        if pipeline_type == DEFAULT_PIPELINE and own in TEXT_TO_IMAGE_CLASSES:
+            # What AutoPipelineForText2Image would pick, without importing every pipeline
+            # diffusers has (auto_pipeline.py costs ~9 s of imports on a 2-core CPU).
+            cls = _pipeline_class(str(own))
+        else:
+            cls = _pipeline_class(pipeline_type)
         if pipeline_type in AUTO_TYPES and not hasattr(diffusers, "AutoPipelineForText2Image"):
             cls = diffusers.DiffusionPipeline
         return cls.from_pretrained(source.location, **common)
