@@ -39,7 +39,7 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             ["bench_server.py", "--model", model, "--size", size, "--steps", "4", "--runs", "3"],
         ),
         (
-            f"lifecycle and throughput ({model}, {size}px)",
+            f"memory: peak, unload, in-process ({model}, {size}px)",
             [
                 "bench_lifecycle.py",
                 "--model",
@@ -48,6 +48,25 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
                 size,
                 "--steps",
                 "4",
+                "--skip",
+                "throughput,leak",
+            ],
+        ),
+        # On 2 CPU cores an SD1.5-size image at 256px takes about a minute, so the 48 images of
+        # the throughput runs and the 100 of the leak run use the tiny model there; with more
+        # cores pass `--model sd15` to bench_lifecycle.py directly.
+        (
+            "throughput with batching on/off, RSS over 100 generations (tiny, 64px)",
+            [
+                "bench_lifecycle.py",
+                "--model",
+                "tiny",
+                "--size",
+                "64",
+                "--steps",
+                "4",
+                "--skip",
+                "memory",
                 *(["--clients", "4", "--leak-runs", "20"] if quick else []),
             ],
         ),
