@@ -33,12 +33,7 @@ def models_dir(tmp_path: Path, tiny_sd: Path, monkeypatch: pytest.MonkeyPatch) -
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "tiny.yaml").write_text(
-        "name: tiny\n"
-        "backend: diffusers\n"
-        "parameters:\n"
-        f"  model: {tiny_sd}\n"
-        "step: 4\n"
-        "cfg_scale: 7\n",
+        f"name: tiny\nbackend: diffusers\nparameters:\n  model: {tiny_sd}\nstep: 4\ncfg_scale: 7\n",
         encoding="utf-8",
     )
     monkeypatch.setenv("LOCALIMG_MODELS_PATH", str(folder))
