@@ -7,10 +7,12 @@ inside methods, so importing this module (and `localimg --help`) stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -249,6 +251,21 @@ def _attention_kind(pipe: Any) -> str:
     if names <= {"AttnProcessor2_0", "FluxAttnProcessor", "FluxAttnProcessor2_0"}:
         return "sdpa"
     return ",".join(sorted(names))
+
+
+@contextlib.contextmanager
+def _pipeline_errors(pipe: Any, out_of_memory: str) -> Iterator[None]:
+    """Turn what a pipeline call raises into localimg errors (one place for every call site)."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise BackendError(out_of_memory) from None
+    except ValueError as exc:
+        raise InvalidRequest(f"{type(pipe).__name__}: {exc}") from None
+    except RuntimeError as exc:
+        raise BackendError(f"generation failed: {exc}") from None
 
 
 def _dtype_key() -> str:
@@ -751,20 +768,15 @@ class DiffusersBackend:
             elif "callback" in params:  # older pipelines (text-to-video): stop by raising
                 call["callback"] = tasks.legacy_callback(pipe, on_step, cancel)
                 call["callback_steps"] = 1
+            oom = (
+                f"out of memory at {request.width}x{request.height}: try a smaller size, "
+                "f16, or options vae_tiling / attention_slicing / cpu_offload"
+            )
             try:
-                with torch.inference_mode():
+                with _pipeline_errors(pipe, oom), torch.inference_mode():
                     output = pipe(**call)
             except tasks.Interrupted:
                 raise Cancelled("the request was cancelled") from None
-            except torch.OutOfMemoryError:
-                raise BackendError(
-                    f"out of memory at {request.width}x{request.height}: try a smaller size, "
-                    "f16, or options vae_tiling / attention_slicing / cpu_offload"
-                ) from None
-            except ValueError as exc:
-                raise InvalidRequest(f"{type(pipe).__name__}: {exc}") from None
-            except RuntimeError as exc:
-                raise BackendError(f"generation failed: {exc}") from None
             if cancel.is_set():
                 raise Cancelled("the request was cancelled")
             progress(
@@ -824,18 +836,12 @@ class DiffusersBackend:
 
         if "callback_on_step_end" in params:
             kwargs["callback_on_step_end"] = on_step
-        try:
-            with torch.inference_mode():
-                output = pipe(**kwargs)
-        except torch.OutOfMemoryError:
-            raise BackendError(
-                f"out of memory for a batch of {len(prompts)} at {first.width}x{first.height}: "
-                "lower --max-batch"
-            ) from None
-        except ValueError as exc:
-            raise InvalidRequest(f"{type(pipe).__name__}: {exc}") from None
-        except RuntimeError as exc:
-            raise BackendError(f"generation failed: {exc}") from None
+        oom = (
+            f"out of memory for a batch of {len(prompts)} at {first.width}x{first.height}: "
+            "lower --max-batch"
+        )
+        with _pipeline_errors(pipe, oom), torch.inference_mode():
+            output = pipe(**kwargs)
         if cancel.is_set():
             raise Cancelled("the request was cancelled")
         results = []
