@@ -18,36 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.tiny_models import cache_dir, write_tokenizer
+from tests.tiny_models import cache_dir, tiny_text_encoder, tiny_tokenizer, tiny_vae
 
 CACHE_VERSION = "2"
-
-
-def _text_encoder(hidden: int) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-            hidden_size=hidden,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=1000,
-            max_position_embeddings=77,
-            projection_dim=32,
-        )
-    )
-
-
-def _tokenizer(tmp: Path) -> Any:
-    from transformers import CLIPTokenizer
-
-    write_tokenizer(tmp / "tokenizer-src")
-    return CLIPTokenizer.from_pretrained(str(tmp / "tokenizer-src"))
 
 
 def _save(folder: Path, make: Callable[[Path], Any]) -> Path:
@@ -68,7 +41,6 @@ def _save(folder: Path, make: Callable[[Path], Any]) -> Path:
 
 def _depth2img(tmp: Path) -> Any:
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionDepth2ImgPipeline,
         UNet2DConditionModel,
@@ -87,15 +59,7 @@ def _depth2img(tmp: Path) -> Any:
         attention_head_dim=4,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=32,
-    )
+    vae = tiny_vae(width=32, groups=32)
     depth = DPTForDepthEstimation(
         DPTConfig(
             image_size=32,
@@ -118,8 +82,8 @@ def _depth2img(tmp: Path) -> Any:
     )
     return StableDiffusionDepth2ImgPipeline(
         vae=vae,
-        text_encoder=_text_encoder(32),
-        tokenizer=_tokenizer(tmp),
+        text_encoder=tiny_text_encoder(32),
+        tokenizer=tiny_tokenizer(tmp),
         unet=unet,
         scheduler=scheduler,
         depth_estimator=depth,
@@ -188,7 +152,7 @@ def _img2vid(tmp: Path) -> Any:
 
 
 def _txt2vid(tmp: Path) -> Any:
-    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
 
     unet = UNet3DConditionModel(
         block_out_channels=(8, 16),
@@ -202,22 +166,14 @@ def _txt2vid(tmp: Path) -> Any:
         attention_head_dim=4,
         norm_num_groups=4,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-    )
+    vae = tiny_vae(width=8, groups=4)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False
     )
     return TextToVideoSDPipeline(
         vae=vae,
-        text_encoder=_text_encoder(8),
-        tokenizer=_tokenizer(tmp),
+        text_encoder=tiny_text_encoder(8),
+        tokenizer=tiny_tokenizer(tmp),
         unet=unet,
         scheduler=scheduler,
     )

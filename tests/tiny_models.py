@@ -65,16 +65,54 @@ def write_tokenizer(folder: Path) -> None:
     )
 
 
+def tiny_vae(width: int, groups: int) -> Any:
+    """A two-level KL VAE (scale factor 2) with `width`/`2*width` channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[width, 2 * width],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=groups,
+    )
+
+
+def tiny_text_encoder(hidden: int) -> Any:
+    """A 2-layer CLIP text encoder matching the tokenizer of `write_tokenizer`."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+            hidden_size=hidden,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=1000,
+            max_position_embeddings=77,
+            projection_dim=32,
+        )
+    )
+
+
+def tiny_tokenizer(tmp: Path) -> Any:
+    """The byte-level CLIP tokenizer, written under `tmp` and loaded."""
+    from transformers import CLIPTokenizer
+
+    write_tokenizer(tmp / "tokenizer-src")
+    return CLIPTokenizer.from_pretrained(str(tmp / "tokenizer-src"))
+
+
 def build_tiny_sd(folder: Path) -> Path:
     """Save a tiny random StableDiffusionPipeline (64x64 default size) to `folder`."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -89,29 +127,8 @@ def build_tiny_sd(folder: Path) -> Path:
         attention_head_dim=4,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    text_config = CLIPTextConfig(
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=1000,
-        max_position_embeddings=77,
-        projection_dim=32,
-    )
-    text_encoder = CLIPTextModel(text_config)
+    vae = tiny_vae(width=32, groups=32)
+    text_encoder = tiny_text_encoder(hidden=32)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -121,8 +138,7 @@ def build_tiny_sd(folder: Path) -> Path:
     )
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_tokenizer(tmp / "tokenizer-src")
-    tokenizer = CLIPTokenizer.from_pretrained(str(tmp / "tokenizer-src"))
+    tokenizer = tiny_tokenizer(tmp)
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
