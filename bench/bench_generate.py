@@ -146,11 +146,11 @@ def main() -> None:
         "--model",
         choices=["tiny", "sd15"],
         default="tiny",
-        help="sd15: bench_server.py's random-weight pipeline with SD1.5's shapes",
+        help="sd15: bench/sd15.py's random-weight pipeline with SD1.5's shapes",
     )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from bench_server import model_folder
+    from sd15 import model_folder
 
     model = model_folder(args.model)
     with tempfile.TemporaryDirectory() as tmp:

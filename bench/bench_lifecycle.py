@@ -12,7 +12,7 @@ Run: `python bench/bench_lifecycle.py [--model sd15|tiny] [--size 256] [--steps 
    the pipeline and trims the heap);
 4. leaks: the worker's RSS over `--leak-runs` generations (start, every tenth, end).
 
-`--model sd15` is bench_server.py's random-weight pipeline with Stable Diffusion 1.5's shapes.
+`--model sd15` is bench/sd15.py's random-weight pipeline with Stable Diffusion 1.5's shapes.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the lines here")
     args = parser.parse_args()
 
-    from bench_server import model_folder
+    from sd15 import model_folder
 
     from tests.server_support import write_model
 

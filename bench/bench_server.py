@@ -9,9 +9,10 @@ Run: `python bench/bench_server.py [--model sd15|tiny] [--runs 3] [--steps 4] [-
 2. throughput: 4 concurrent clients against the server (one generation at a time per model, so
    this measures that queueing adds nothing), in images per second, next to the sequential rate.
 
-`--model sd15` builds (once, cached in .test-cache/) a pipeline with Stable Diffusion 1.5's
-shapes (UNet 860M, VAE 84M, CLIP ViT-L text encoder 123M) and random weights: real compute, no
-download. `--model tiny` is the test suite's toy pipeline (fast; overhead dominates there).
+`--model sd15` (bench/sd15.py) builds (once, cached in .test-cache/) a pipeline with Stable
+Diffusion 1.5's shapes (UNet 860M, VAE 84M, CLIP ViT-L text encoder 123M) and random weights: real
+compute, no download. `--model tiny` is the test suite's toy pipeline (fast; overhead dominates
+there).
 """
 
 from __future__ import annotations
@@ -30,77 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 print = functools.partial(print, flush=True)  # progress shows as it happens
 sys.path.insert(0, str(ROOT))
-
-
-def build_sd15(folder: Path) -> Path:
-    """An SD1.5-shaped StableDiffusionPipeline with random weights (float32)."""
-    if (folder / "model_index.json").is_file():
-        return folder
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from tests.tiny_models import write_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        block_out_channels=(320, 640, 1280, 1280),
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    tokenizer_dir = folder / "tokenizer"
-    write_tokenizer(tokenizer_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(str(folder))
-    return folder
-
-
-def model_folder(kind: str) -> Path:
-    from tests.tiny_models import cache_dir, tiny_sd_path
-
-    if kind == "tiny":
-        return tiny_sd_path()
-    return build_sd15(cache_dir() / "bench-sd15-v1")
 
 
 def main() -> None:
@@ -123,6 +53,8 @@ def main() -> None:
     from tests.server_support import serve_in_thread, write_model
 
     started = time.perf_counter()
+    from sd15 import model_folder
+
     folder = model_folder(args.model)
     print(f"model: {args.model} ({folder}), ready in {time.perf_counter() - started:.1f} s")
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,23 +66,35 @@ def write_tokenizer(folder: Path) -> None:
     )
 
 
-def tiny_vae(width: int, groups: int) -> Any:
-    """A two-level KL VAE (scale factor 2) with `width`/`2*width` channels."""
+def kl_vae(channels: Sequence[int], groups: int, layers_per_block: int = 1) -> Any:
+    """A KL VAE with one level per entry of `channels` (scale factor 2 per extra level)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=[width, 2 * width],
+        block_out_channels=list(channels),
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        down_block_types=["DownEncoderBlock2D"] * len(channels),
+        up_block_types=["UpDecoderBlock2D"] * len(channels),
+        layers_per_block=layers_per_block,
         latent_channels=4,
         norm_num_groups=groups,
     )
 
 
-def tiny_text_encoder(hidden: int) -> Any:
-    """A 2-layer CLIP text encoder matching the tokenizer of `write_tokenizer`."""
+def tiny_vae(width: int, groups: int) -> Any:
+    """A two-level KL VAE (scale factor 2) with `width`/`2*width` channels."""
+    return kl_vae([width, 2 * width], groups)
+
+
+def tiny_text_encoder(
+    hidden: int, *, layers: int = 2, heads: int = 4, intermediate: int = 37, vocab: int = 1000
+) -> Any:
+    """A CLIP text encoder matching the tokenizer of `write_tokenizer` (2 layers by default).
+
+    The vocabulary may be larger than the tokenizer's: an SD1-shaped encoder has 49408 rows, which
+    stable-diffusion.cpp (with its own tokenizer) requires of a checkpoint.
+    """
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(
@@ -90,11 +103,11 @@ def tiny_text_encoder(hidden: int) -> Any:
             eos_token_id=513,
             pad_token_id=513,
             hidden_size=hidden,
-            intermediate_size=37,
+            intermediate_size=intermediate,
             layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=1000,
+            num_attention_heads=heads,
+            num_hidden_layers=layers,
+            vocab_size=vocab,
             max_position_embeddings=77,
             projection_dim=32,
         )
