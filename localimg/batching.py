@@ -3,10 +3,12 @@
 A denoiser step on a batch of N latents costs less than N steps of one (the weights are read once,
 the matrix products are larger), so under load `--max-batch N` raises throughput. Each request
 keeps its own prompt, negative prompt, seeds and progress events, and its images come from its own
-seeded generator, so they are the images it would get alone, up to floating-point rounding: on CPU
-a batched matrix product may sum in a different order, which moves a few pixels by one level
-(measured on the tiny model: at most 1/255). That is why batching is off (`--max-batch 1`) unless
-asked for.
+seeded generator. On the CPU they are the images it would get alone, bit for bit: the few layers
+whose rounding depends on the batch size run per sample (backends/batch_invariance.py). On a GPU
+the libraries pick kernels by shape, so a batched image may differ from a lone one by float
+rounding. Batching stays off (`--max-batch 1`) unless asked for: a batch of N needs about N times
+the activation memory of one image, and the first request of a batch finishes later than it
+would alone (the batch as a whole finishes sooner).
 
 Only plain text-to-image requests batch: anything with an input image, a mask, video frames or
 extra pipeline keywords runs alone.

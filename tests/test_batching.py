@@ -102,13 +102,11 @@ def test_queued_requests_run_as_one_batch_with_their_own_prompts_and_seeds(
 
     alone = [engine.generate("tiny", request) for request in requests[:3]]
     assert all("batch" not in r.timings for r in alone)
-    worst = 0
     for together, single in zip(batched, alone, strict=False):
         for a, b in zip(pixels(together), pixels(single), strict=True):
-            worst = max(worst, int(np.abs(a - b).max()))
-    # The same images up to float rounding of batched matrix products on the CPU (see
-    # batching.py): the measured worst case is one level out of 255.
-    assert worst <= 2, worst
+            # Bit for bit: the pipeline's per-sample linear layers and the VAE decode do not
+            # depend on the batch size (localimg/backends/batch_invariance.py).
+            assert np.array_equal(a, b), int(np.abs(a - b).max())
     # ...and each request really got its own prompt and seed.
     first, third = pixels(batched[0])[0], pixels(batched[2])[0]
     assert np.abs(first - third).mean() > 5

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from localimg.backends import schedulers, tasks
 from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
+from localimg.backends.batch_invariance import BatchGrouping, make_linear_layers_batch_invariant
 from localimg.config import ModelConfig, ModelSource, model_source
 from localimg.errors import (
     BackendError,
@@ -363,6 +364,7 @@ class DiffusersBackend:
         self._default_scheduler: Any = None
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
         self._compiled = False
+        self._grouping = BatchGrouping()  # replaced on load (backends/batch_invariance.py)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -561,6 +563,7 @@ class DiffusersBackend:
             if vae is None or not hasattr(vae, "enable_slicing"):
                 raise ConfigError("options: vae_slicing is not supported by this pipeline's VAE")
             vae.enable_slicing()
+        self._grouping = make_linear_layers_batch_invariant(pipe)  # before compile traces it
         self._speed_up(pipe, options)
 
     def _speed_up(self, pipe: Any, options: DiffusersOptions) -> None:
@@ -840,7 +843,8 @@ class DiffusersBackend:
             f"out of memory for a batch of {len(prompts)} at {first.width}x{first.height}: "
             "lower --max-batch"
         )
-        with _pipeline_errors(pipe, oom), torch.inference_mode():
+        grouped = self._grouping.images_per_call(pipe, len(prompts))
+        with _pipeline_errors(pipe, oom), torch.inference_mode(), grouped:
             output = pipe(**kwargs)
         if cancel.is_set():
             raise Cancelled("the request was cancelled")
