@@ -243,7 +243,7 @@ def generate(
             with GenerationProgress(config.name, enabled=None if not as_json else False) as bar:
                 result = engine.generate(model, request, progress=bar.update)
         finally:
-            engine.close()
+            engine.close(release_memory=False)  # the process ends next: no need to trim
         paths = results.write_result(result, output, quality)
     except LocalimgError as exc:
         _fail(exc)

@@ -165,7 +165,7 @@ class Slot(Protocol):
 
     def unload(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, release_memory: bool = True) -> None: ...
 
     # Lifecycle (lifecycle.py): keep-alive, LRU and the memory budget.
     last_used: float
@@ -399,8 +399,12 @@ class InProcessSlot:
         probe = Job(id="load", model=self.config.name, request=ImageRequest(prompt=""))
         self._ensure_loaded(probe)
 
-    def unload(self) -> None:
-        """Free the model's memory (after the running job, if any)."""
+    def unload(self, release_memory: bool = True) -> None:
+        """Free the model's memory (after the running job, if any).
+
+        `release_memory=False` skips the garbage collection and the heap trim (a few hundred
+        ms): for a process that is about to exit, whose memory the OS takes back anyway.
+        """
         with self._busy_lock:
             with self._cond:
                 backend, self.backend = self.backend, None
@@ -409,7 +413,8 @@ class InProcessSlot:
             if backend is not None:
                 backend.unload()
                 del backend
-                memory.release_free_memory()
+                if release_memory:
+                    memory.release_free_memory()
 
     def unload_if_idle(self) -> bool:
         """Unload unless a job is running or queued (never waits); whether it unloaded."""
@@ -423,7 +428,7 @@ class InProcessSlot:
         finally:
             self._busy_lock.release()
 
-    def close(self) -> None:
+    def close(self, release_memory: bool = True) -> None:
         with self._cond:
             self._closed = True
             pending = list(self._queue) + self._active
@@ -432,7 +437,7 @@ class InProcessSlot:
         for job in pending:
             job.cancel()  # a running job stops at its next step
         self._thread.join(timeout=5)
-        self.unload()
+        self.unload(release_memory)
 
 
 SlotFactory = Callable[[ModelConfig, "EngineSettings"], Slot]
@@ -536,9 +541,10 @@ class Engine:
         slot.unload()
         return True
 
-    def close(self) -> None:
+    def close(self, release_memory: bool = True) -> None:
+        """Stop every slot and unload its model; `release_memory=False` when the process exits."""
         self.lifecycle.stop()
         with self._lock:
             slots, self._slots = list(self._slots.values()), {}
         for slot in slots:
-            slot.close()
+            slot.close(release_memory)

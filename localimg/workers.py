@@ -314,8 +314,8 @@ class WorkerSlot(InProcessSlot):
         process.join(timeout=self.options.stop_grace)
         self._reap()
 
-    def unload(self) -> None:
-        """End the worker process: the model's memory goes back to the system."""
+    def unload(self, release_memory: bool = True) -> None:
+        """End the worker process: the model's memory goes back to the system (always)."""
         with self._io_lock:
             self._stop_process()
             self._describe = {}
@@ -364,8 +364,8 @@ class WorkerSlot(InProcessSlot):
                 outcomes[job_id] = message[2]
         return [outcomes[job.id] for job in jobs]
 
-    def close(self) -> None:
-        """Drop queued jobs, cancel the running one, stop the worker."""
+    def close(self, release_memory: bool = True) -> None:
+        """Drop queued jobs, cancel the running one, stop the worker (its memory goes with it)."""
         with self._cond:
             self._closed = True
             pending = list(self._queue)

@@ -35,7 +35,7 @@ class BatchGrouping:
     @contextlib.contextmanager
     def images_per_call(self, pipe: Any, images: int) -> Iterator[None]:
         """Group linear inputs per image and decode one image at a time for this call."""
-        vae = getattr(pipe, "vae", None)
+        vae: Any = getattr(pipe, "vae", None)
         slicing = getattr(vae, "use_slicing", None)
         self.images = images
         if slicing is not None:
@@ -85,7 +85,7 @@ def make_linear_layers_batch_invariant(pipe: Any) -> BatchGrouping:
                 type(module).forward is torch.nn.Linear.forward
             )
             if plain and "_localimg_grouping" not in module.__dict__:
-                module._localimg_grouping = grouping
-                module.forward = types.MethodType(_grouped_linear, module)  # type: ignore[method-assign]
+                module.__dict__["_localimg_grouping"] = grouping
+                module.forward = types.MethodType(_grouped_linear, module)
                 grouping.layers += 1
     return grouping

@@ -496,10 +496,11 @@ class DiffusersBackend:
             # What AutoPipelineForText2Image would pick, without importing every pipeline
             # diffusers has (auto_pipeline.py costs ~9 s of imports on a 2-core CPU).
             cls = _pipeline_class(str(own))
+        elif pipeline_type in AUTO_TYPES and "AutoPipelineForText2Image" not in dir(diffusers):
+            cls = diffusers.DiffusionPipeline  # a diffusers without AutoPipelines
+            # (`dir`, not `hasattr`: asking the lazy module for the attribute imports it)
         else:
             cls = _pipeline_class(pipeline_type)
-        if pipeline_type in AUTO_TYPES and not hasattr(diffusers, "AutoPipelineForText2Image"):
-            cls = diffusers.DiffusionPipeline
         return cls.from_pretrained(source.location, **common)
 
     def _load_flux_transformer(
@@ -873,12 +874,10 @@ class DiffusersBackend:
         return type(self._default_scheduler).__name__
 
     def unload(self) -> None:
+        """Drop the pipeline; the slot collects the garbage and trims the heap after."""
         self._siblings = {}
         pipe, self.pipe = self.pipe, None
         del pipe
-        import gc
-
-        gc.collect()
         try:
             import torch
 
