@@ -148,18 +148,20 @@ def main() -> None:
         default="tiny",
         help="sd15: bench/sd15.py's random-weight pipeline with SD1.5's shapes",
     )
+    parser.add_argument("--in-process-runs", type=int, default=None, help="[default: 4 x --runs]")
     args = parser.parse_args()
+    in_process_runs = args.in_process_runs or args.runs * 4
     sys.path.insert(0, str(ROOT / "bench"))
     from sd15 import model_folder
 
     model = model_folder(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         cli_s, bare_s = bench_processes(model, args.runs, args.steps, args.size, Path(tmp))
-    engine_s, pipe_s = bench_in_process(model, args.runs * 4, args.steps, args.size)
+    engine_s, pipe_s = bench_in_process(model, in_process_runs, args.steps, args.size)
     help_s, help_torch = bench_help(args.runs)
     print(
         f"model: {args.model} random SD pipeline, {args.size}x{args.size}, {args.steps} steps, "
-        f"median of {args.runs} (in-process: {args.runs * 4}) runs"
+        f"median of {args.runs} (in-process: {in_process_runs}) runs"
     )
     print(
         f"whole process  localimg generate {cli_s:7.3f} s | bare diffusers script {bare_s:7.3f} s "

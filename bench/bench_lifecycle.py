@@ -1,7 +1,7 @@
 """Model lifecycle and throughput of `localimg serve`, measured side by side in one run.
 
 Run: `python bench/bench_lifecycle.py [--model sd15|tiny] [--size 256] [--steps 4]
-[--leak-model tiny] [--leak-runs 100]`.
+[--leak-model tiny|sd15] [--leak-runs 100] [--leak-size 128]`.
 
 1. throughput: 4 and 16 concurrent clients against a real server (worker processes), batching
    off (`--max-batch 1`) vs on (`--max-batch 4`), in images per second;
@@ -240,6 +240,9 @@ def main() -> None:
     parser.add_argument("--clients", default="4,16")
     parser.add_argument("--leak-model", choices=["sd15", "tiny"], default="tiny")
     parser.add_argument("--leak-runs", type=int, default=100)
+    parser.add_argument(
+        "--leak-size", type=int, default=None, help="[default: 64 on tiny, else --size]"
+    )
     parser.add_argument("--skip", default="", help="comma list of: throughput,memory,leak")
     parser.add_argument("--json", type=Path, help="also write the lines here")
     args = parser.parse_args()
@@ -274,7 +277,7 @@ def main() -> None:
         leak_models = work / "leak"
         leak_models.mkdir()
         write_model(leak_models, "leak", model_folder(args.leak_model))
-        leak_size = 64 if args.leak_model == "tiny" else args.size
+        leak_size = args.leak_size or (64 if args.leak_model == "tiny" else args.size)
         leak_body = {**body, "model": "leak", "size": f"{leak_size}x{leak_size}", "steps": 2}
         name = f"RSS over {args.leak_runs} generations ({args.leak_model}, {leak_size}px, 2 steps)"
         print(name + ":", flush=True)

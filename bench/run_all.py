@@ -25,56 +25,105 @@ sys.path.insert(0, str(ROOT))
 
 
 def suite(quick: bool) -> list[tuple[str, list[str]]]:
-    """(name, arguments of `python bench/...`) in the order they run."""
-    model = "tiny" if quick else "sd15"
-    size = "64" if quick else "256"
-    runs = [
-        ("start-up and overhead, tiny model", ["bench_generate.py", "--runs", "5"]),
+    """(name, arguments of `python bench/...`) in the order they run.
+
+    The full suite runs the SD1.5-size model at 256x256 and 512x512, with fewer repeats at 512
+    (about 50 s per image on 2 CPU cores; seconds on a GPU). `--quick` runs the tiny model.
+    """
+    if quick:
+        tiny = ["--model", "tiny", "--size", "64", "--steps", "4"]
+        return [
+            ("start-up and overhead, tiny model", ["bench_generate.py", "--runs", "2"]),
+            ("server overhead (tiny, 64px)", ["bench_server.py", *tiny, "--runs", "2"]),
+            ("memory (tiny, 64px)", ["bench_lifecycle.py", *tiny, "--skip", "throughput,leak"]),
+            (
+                "throughput with batching on/off, RSS over 20 generations (tiny, 64px)",
+                [
+                    "bench_lifecycle.py",
+                    *tiny,
+                    "--skip",
+                    "memory",
+                    "--clients",
+                    "4",
+                    "--leak-runs",
+                    "20",
+                ],
+            ),
+            ("ggml backend (tiny SD1, 64px)", ["bench_ggml.py", "--size", "64", "--runs", "2"]),
+        ]
+    sd15 = ["--model", "sd15", "--steps", "4"]
+    return [
+        ("start-up and overhead, tiny model", ["bench_generate.py", "--runs", "3"]),
         (
-            f"localimg vs bare diffusers, cold start ({model}, {size}px)",
-            ["bench_generate.py", "--model", model, "--size", size, "--steps", "4", "--runs", "2"],
+            "localimg vs bare diffusers, cold start and in process (sd15, 256px)",
+            ["bench_generate.py", *sd15, "--size", "256", "--runs", "2"],
         ),
         (
-            f"server overhead ({model}, {size}px)",
-            ["bench_server.py", "--model", model, "--size", size, "--steps", "4", "--runs", "3"],
+            "localimg vs bare diffusers, cold start and in process (sd15, 512px)",
+            ["bench_generate.py", *sd15, "--size", "512", "--runs", "1", "--in-process-runs", "2"],
         ),
         (
-            f"memory: peak, unload, in-process ({model}, {size}px)",
+            "server overhead (sd15, 256px)",
+            ["bench_server.py", *sd15, "--size", "256", "--runs", "3"],
+        ),
+        (
+            "server overhead (sd15, 512px)",
             [
-                "bench_lifecycle.py",
-                "--model",
-                model,
+                "bench_server.py",
+                *sd15,
                 "--size",
-                size,
-                "--steps",
-                "4",
-                "--skip",
-                "throughput,leak",
+                "512",
+                "--runs",
+                "1",
+                "--clients",
+                "2",
+                "--per-client",
+                "1",
             ],
         ),
-        # On 2 CPU cores an SD1.5-size image at 256px takes about a minute, so the 48 images of
-        # the throughput runs and the 100 of the leak run use the tiny model there; with more
-        # cores pass `--model sd15` to bench_lifecycle.py directly.
         (
-            "throughput with batching on/off, RSS over 100 generations (tiny, 64px)",
+            "memory: peak, unload, in-process (sd15, 256px)",
+            ["bench_lifecycle.py", *sd15, "--size", "256", "--skip", "throughput,leak"],
+        ),
+        (
+            "throughput with batching on/off (sd15, 256px), RSS over 100 generations (sd15, 128px)",
             [
                 "bench_lifecycle.py",
-                "--model",
-                "tiny",
+                *sd15,
                 "--size",
-                "64",
-                "--steps",
-                "4",
+                "256",
                 "--skip",
                 "memory",
-                *(["--clients", "4", "--leak-runs", "20"] if quick else []),
+                "--leak-model",
+                "sd15",
+                "--leak-size",
+                "128",
             ],
         ),
+        (
+            "ggml backend vs bare stable_diffusion_cpp and sd-cli (tiny SD1, 128px)",
+            ["bench_ggml.py", "--size", "128", "--runs", "3"],
+        ),
+        (
+            "diffusers vs stablediffusion-ggml on the same weights (sd15, 256px)",
+            ["bench_backends.py", "--size", "256", "--steps", "4", "--runs", "3"],
+        ),
     ]
-    if (BENCH / "bench_ggml.py").is_file():
-        quick_ggml = ["--size", "64", "--runs", "2"] if quick else []
-        runs.append(("ggml backend", ["bench_ggml.py", *quick_ggml]))
-    return runs
+
+
+def gpu() -> str:
+    """The CUDA device torch sees, or a sentence saying there is none."""
+    try:
+        import torch
+    except ImportError:
+        return "unknown (torch not installed)"
+    if not torch.cuda.is_available():
+        return (
+            "none. No GPU was available for this run, so the GPU table (fp16, batching, "
+            "torch.compile) is not measured here."
+        )
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name}, {props.total_memory / 1024**3:.0f} GiB (CUDA {torch.version.cuda})"
 
 
 def machine() -> list[str]:
@@ -104,8 +153,7 @@ def machine() -> list[str]:
         f"- CPU: {cpu}; {physical_cores()} physical cores usable ({usable_cpus()} logical); "
         f"native bfloat16: {'yes' if cpu_has_bf16() else 'no'}",
         f"- RAM: {ram}",
-        "- GPU: none. No GPU was lent for this run, so the GPU table (fp16, batching, "
-        "torch.compile) is not measured here.",
+        f"- GPU: {gpu()}",
         f"- OS: {platform.platform()}; Python {platform.python_version()}",
         f"- {', '.join(versions)}",
         f"- load average when the suite started: {load[0]:.2f} (other work on the machine "
