@@ -33,6 +33,9 @@ print = functools.partial(print, flush=True)  # progress shows as it happens
 sys.path.insert(0, str(ROOT))
 
 
+SETTLE = 1.0  # seconds between contenders (see the loop in main)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["sd15", "tiny"], default="sd15")
@@ -101,7 +104,11 @@ def main() -> None:
         over_http()
         http_times, direct_times = [], []
         for _ in range(args.runs):
+            # A pause before each contender: torch's OpenMP threads spin for a while after a
+            # generation, and in this process they would steal cores from the worker's.
+            time.sleep(SETTLE)
             direct_times.append(in_process())
+            time.sleep(SETTLE)
             http_times.append(over_http())
         d, h = statistics.median(direct_times), statistics.median(http_times)
         print(f"\nlatency, {size}, {args.steps} steps, median of {args.runs}:")
