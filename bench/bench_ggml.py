@@ -5,15 +5,20 @@ threads, measured side by side in one run and printed as ratios (target: within 
 
 - in process: `Engine.generate` vs `StableDiffusion.generate_image` on loaded models (median of
   --runs generations each, interleaved);
+- over HTTP: POST /v1/images/generations to a real `localimg serve` app (model loaded in its
+  worker process) vs the same bare call;
 - whole command: `localimg generate` vs a bare Python script vs stable-diffusion.cpp's own `sd-cli`
-  (built from the same source; pass --sd-cli PATH), each a fresh process that loads the model.
+  (built from the same source, see README's Benchmarks; `--sd-cli PATH` or $LOCALIMG_SD_CLI),
+  each a fresh process that loads the model.
 
-    python bench/bench_ggml.py --size 128 --steps 4 --runs 5 --sd-cli /tmp/sdsrc/build/bin/sd-cli
+    python bench/bench_ggml.py --size 128 --steps 4 --runs 5 --sd-cli /tmp/sdsrc/.../sd-cli
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import os
 import statistics
 import subprocess
@@ -34,6 +39,9 @@ m.generate_image(prompt="a red fox", width=int(sys.argv[4]), height=int(sys.argv
 """
 
 
+SETTLE = 1.0  # seconds of pause between contenders, so one's idle threads do not slow the other
+
+
 def timed(command: list[str]) -> float:
     begin = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
@@ -46,7 +54,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--sd-cli", type=Path, default=None, help="stable-diffusion.cpp's sd-cli")
+    parser.add_argument(
+        "--sd-cli",
+        type=Path,
+        default=Path(os.environ["LOCALIMG_SD_CLI"]) if os.environ.get("LOCALIMG_SD_CLI") else None,
+        help="stable-diffusion.cpp's sd-cli [default: $LOCALIMG_SD_CLI]",
+    )
     args = parser.parse_args()
 
     import stable_diffusion_cpp as sd
@@ -86,16 +99,68 @@ def main() -> None:
     bare.generate_image(**call)
     ours, theirs = [], []
     for _ in range(args.runs):
+        time.sleep(SETTLE)
         begin = time.perf_counter()
         engine.generate("stablediffusion", request)
         ours.append(time.perf_counter() - begin)
+        time.sleep(SETTLE)
         begin = time.perf_counter()
         bare.generate_image(**call)
         theirs.append(time.perf_counter() - begin)
     engine.close()
-    bare.close()
     a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"in process   Engine.generate {a:.3f}s  bare generate_image {b:.3f}s  ratio {a / b:.3f}")
+    print(
+        f"in process   Engine.generate    {a:.3f}s  bare generate_image {b:.3f}s  ratio {a / b:.3f}"
+    )
+
+    # -- over HTTP ---------------------------------------------------------------------------
+    import httpx
+    from PIL import Image
+
+    from localimg.server.app import ServerSettings, create_app
+    from localimg.workers import worker_slot_factory
+    from tests.server_support import serve_in_thread
+
+    served = Engine(
+        EngineSettings(models_path=models, runtime=RuntimeSettings(threads=threads)),
+        slot_factory=worker_slot_factory(),
+    )
+    body = {
+        "model": "stablediffusion",
+        "prompt": "a red fox",
+        "size": f"{size}x{size}",
+        "steps": steps,
+        "seed": 1,
+        "scheduler": "euler",
+        "response_format": "b64_json",
+    }
+    app = create_app(ServerSettings(output_dir=models / "out"), served)
+    with serve_in_thread(app) as url, httpx.Client(timeout=3600) as client:
+
+        def over_http() -> float:
+            begin = time.perf_counter()
+            reply = client.post(f"{url}/v1/images/generations", json=body)
+            elapsed = time.perf_counter() - begin
+            reply.raise_for_status()
+            image = Image.open(io.BytesIO(base64.b64decode(reply.json()["data"][0]["b64_json"])))
+            assert image.size == (size, size), image.size
+            return elapsed
+
+        over_http()  # loads the model in the worker
+        http, direct = [], []
+        for _ in range(args.runs):
+            time.sleep(SETTLE)
+            http.append(over_http())
+            time.sleep(SETTLE)
+            begin = time.perf_counter()
+            bare.generate_image(**call)
+            direct.append(time.perf_counter() - begin)
+    served.close()
+    bare.close()
+    a, b = statistics.median(http), statistics.median(direct)
+    print(
+        f"over HTTP    localimg serve     {a:.3f}s  bare generate_image {b:.3f}s  ratio {a / b:.3f}"
+    )
 
     # -- whole commands ----------------------------------------------------------------------
     env = {**os.environ, "LOCALIMG_MODELS_PATH": str(models)}
@@ -120,6 +185,8 @@ def main() -> None:
         rows["bare python"].append(timed(script))
         if sd_cmd:
             rows["sd-cli"].append(timed(sd_cmd))
+    if not sd_cmd:
+        print("sd-cli: not given (set LOCALIMG_SD_CLI or --sd-cli)")
     base = statistics.median(rows["bare python"])
     for name, values in rows.items():
         median = statistics.median(values)
