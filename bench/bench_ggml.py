@@ -1,23 +1,42 @@
-"""stablediffusion-ggml overhead: localimg vs the bare stable_diffusion_cpp call vs the `sd` CLI.
+"""stablediffusion-ggml overhead: localimg vs the bare stable_diffusion_cpp call vs `sd-cli`.
 
-All on the random SD1 tiny-UNet model of tests/tiny_ggml.py, same size, steps, seed, sampler and
-threads, measured side by side in one run and printed as ratios (target: within 2%):
+All on the random SD1 tiny-UNet model of tests/tiny_ggml.py, with the same prompt, size, steps,
+seed (1), sampler (euler, the default "discrete" schedule), cfg scale (4.5) and threads, measured
+side by side in one run and printed as ratios (target: within 2%):
 
 - in process: `Engine.generate` vs `StableDiffusion.generate_image` on loaded models (median of
-  --runs generations each, interleaved);
-- over HTTP: POST /v1/images/generations to a real `localimg serve` app (model loaded in its
-  worker process) vs the same bare call;
-- whole command: `localimg generate` vs a bare Python script vs stable-diffusion.cpp's own `sd-cli`
-  (built from the same source, see README's Benchmarks; `--sd-cli PATH` or $LOCALIMG_SD_CLI),
-  each a fresh process that loads the model.
+  --runs generations each, interleaved, after a warm-up of each);
+- over HTTP: POST /v1/images/generations to a real uvicorn `localimg serve` app whose model is
+  loaded in its worker process (started with the same thread count) vs the same bare call in this
+  process (the returned b64 PNG is decoded and checked);
+- whole command: `localimg generate` vs a bare Python script vs stable-diffusion.cpp's own `sd-cli`,
+  each a fresh process that loads the model, generates and writes a PNG (the three images are
+  compared pixel for pixel, which checks that they really ran the same generation).
 
-    python bench/bench_ggml.py --size 128 --steps 4 --runs 5 --sd-cli /tmp/sdsrc/.../sd-cli
+The in-process bare model is built with localimg's `ggml_native` callbacks (one process can have
+only one set) and its leak-free subclass; the bare script in the whole-command leg is plain
+`stable_diffusion_cpp`.
+
+    python bench/bench_ggml.py --size 128 --steps 4 --runs 5 --sd-cli /path/to/sd-cli
+
+`sd-cli` is not part of the Python package; build it from the package's own vendored source, so
+both run the same stable-diffusion.cpp (never commit the binary), and pass it with `--sd-cli` or
+$LOCALIMG_SD_CLI (which `make bench` forwards):
+
+    pip download --no-deps --no-binary :all: stable-diffusion-cpp-python==0.4.7 -d /tmp/sdsrc
+    tar xzf /tmp/sdsrc/stable_diffusion_cpp_python-0.4.7.tar.gz -C /tmp/sdsrc
+    cd /tmp/sdsrc/stable_diffusion_cpp_python-0.4.7
+    cmake -S vendor/stable-diffusion.cpp -B build -DCMAKE_BUILD_TYPE=Release \\
+        -DSD_BUILD_EXAMPLES=ON -DSD_WEBP=OFF -DSD_WEBM=OFF
+    cmake --build build -j --target sd-cli        # the binary is build/bin/sd-cli
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import functools
 import io
 import os
 import statistics
@@ -25,50 +44,98 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+print = functools.partial(print, flush=True)  # progress shows as it happens
 
-BARE = """
+PROMPT = "a red fox"
+SEED = 1
+CFG = 4.5
+SAMPLER = "euler"
+
+BARE = f"""
 import sys, stable_diffusion_cpp as sd
-m = sd.StableDiffusion(model_path=sys.argv[1], taesd_path=sys.argv[2], n_threads=int(sys.argv[3]),
-                       verbose=True)
-m.generate_image(prompt="a red fox", width=int(sys.argv[4]), height=int(sys.argv[4]),
-                 sample_steps=int(sys.argv[5]), seed=1, cfg_scale=4.5, sample_method="euler",
-                 eta=float("inf"))
+model, taesd, threads, size, steps, out = sys.argv[1:]
+m = sd.StableDiffusion(model_path=model, taesd_path=taesd, n_threads=int(threads), verbose=True)
+images = m.generate_image(prompt={PROMPT!r}, width=int(size), height=int(size),
+                          sample_steps=int(steps), seed={SEED}, cfg_scale={CFG},
+                          sample_method={SAMPLER!r}, eta=float("inf"))
+images[0].save(out)
 """
 
 
 SETTLE = 1.0  # seconds of pause between contenders, so one's idle threads do not slow the other
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], env: dict[str, str] | None = None) -> float:
     begin = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - begin
+    done = subprocess.run(command, capture_output=True, env=env)
+    elapsed = time.perf_counter() - begin
+    if done.returncode:
+        tail = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+        raise SystemExit(f"{command[0]} failed (exit {done.returncode}):\n{tail}")
+    return elapsed
+
+
+def interleaved(runs: int, first: Callable[[], float], second: Callable[[], float]) -> tuple:
+    """Median seconds of `first` and `second`, alternated, with a pause before each."""
+    a, b = [], []
+    for _ in range(runs):
+        time.sleep(SETTLE)
+        a.append(first())
+        time.sleep(SETTLE)
+        b.append(second())
+    return statistics.median(a), statistics.median(b)
+
+
+def row(leg: str, name: str, a: float, other: str, b: float, note: str = "") -> None:
+    print(f"{leg:12s} {name:18s} {a:7.3f}s  {other:19s} {b:7.3f}s  ratio {a / b:.3f}{note}")
+
+
+def same_pixels(first: Any, second: Any) -> str:
+    import numpy as np
+
+    x = np.asarray(first.convert("RGB"), dtype=np.int16)
+    y = np.asarray(second.convert("RGB"), dtype=np.int16)
+    if x.shape != y.shape:
+        return f"  (images differ: {x.shape} vs {y.shape})"
+    diff = int(np.abs(x - y).max())
+    return "  (same pixels)" if diff == 0 else f"  (pixels differ, max {diff}/255)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=128, help="width = height (multiple of 64)")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per contender and leg")
+    parser.add_argument("--threads", type=int, default=None, help="[default: physical cores]")
     parser.add_argument(
         "--sd-cli",
         type=Path,
         default=Path(os.environ["LOCALIMG_SD_CLI"]) if os.environ.get("LOCALIMG_SD_CLI") else None,
-        help="stable-diffusion.cpp's sd-cli [default: $LOCALIMG_SD_CLI]",
+        help="stable-diffusion.cpp's sd-cli binary [default: $LOCALIMG_SD_CLI]",
     )
     args = parser.parse_args()
+    if args.size % 64:
+        parser.error("--size must be a multiple of 64 (SD1)")
+    if args.sd_cli is not None and not os.access(args.sd_cli, os.X_OK):
+        parser.error(f"--sd-cli {args.sd_cli}: not an executable file")
 
+    import httpx
     import stable_diffusion_cpp as sd
+    from PIL import Image
 
     from localimg.backends import ggml_native
     from localimg.backends.base import RuntimeSettings
     from localimg.engine import Engine, EngineSettings
     from localimg.requests import ImageRequest
+    from localimg.server.app import ServerSettings, create_app
     from localimg.system import physical_cores
+    from localimg.workers import worker_slot_factory
+    from tests.server_support import serve_in_thread
     from tests.tiny_ggml import (
         populate_models_dir,
         tiny_checkpoint_path,
@@ -78,64 +145,75 @@ def main() -> None:
 
     threads = args.threads or physical_cores()
     files = {"model": tiny_checkpoint_path(), "taesd": tiny_taesd_path(), "lora": tiny_lora_path()}
-    models = populate_models_dir(Path(tempfile.mkdtemp(prefix="bench-ggml-")), files)
+    work = Path(tempfile.mkdtemp(prefix="bench-ggml-"))
+    models = populate_models_dir(work / "models", files)
     model, taesd = str(models / "gguf_model.safetensors"), str(models / "taesd.safetensors")
     size, steps = args.size, args.steps
-    print(f"tiny SD1 (random), {size}x{size}, {steps} steps, euler, {threads} threads")
+    print(
+        f"model tiny SD1 (random weights), {size}x{size}, {steps} steps, sampler {SAMPLER}, "
+        f"cfg {CFG}, seed {SEED}, {threads} threads, median of {args.runs} runs, "
+        f"stable-diffusion-cpp-python {sd.__version__}"
+    )
+    settings = EngineSettings(
+        models_path=models,
+        runtime=RuntimeSettings(threads=threads),
+        max_queue=16,
+        keep_alive=None,  # never unloaded between runs
+    )
 
-    # -- in process ------------------------------------------------------------------------
-    engine = Engine(EngineSettings(models_path=models, runtime=RuntimeSettings(threads=threads)))
-    request = ImageRequest(
-        prompt="a red fox", width=size, height=size, steps=steps, seed=1, scheduler="euler"
-    )
-    engine.generate("stablediffusion", request)  # load + warm up
+    # The bare model, in this process.
     native = ggml_native.install()
-    bare = ggml_native.leak_free_class(native)(
-        model_path=model, taesd_path=taesd, n_threads=threads, verbose=True
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the wrapper print()s a blank line on load
+        bare = ggml_native.leak_free_class(native)(
+            model_path=model, taesd_path=taesd, n_threads=threads, verbose=True
+        )
     ggml_native.quiet_wrapper()
-    call = dict(prompt="a red fox", width=size, height=size, sample_steps=steps, seed=1,
-                cfg_scale=4.5, sample_method="euler", eta=float("inf"))  # fmt: skip
-    bare.generate_image(**call)
-    ours, theirs = [], []
-    for _ in range(args.runs):
-        time.sleep(SETTLE)
-        begin = time.perf_counter()
-        engine.generate("stablediffusion", request)
-        ours.append(time.perf_counter() - begin)
-        time.sleep(SETTLE)
+    call = dict(prompt=PROMPT, width=size, height=size, sample_steps=steps, seed=SEED,
+                cfg_scale=CFG, sample_method=SAMPLER, eta=float("inf"))  # fmt: skip
+    reference = bare.generate_image(**call)[0]  # warm-up
+    assert reference.size == (size, size), reference.size
+
+    def bare_call() -> float:
         begin = time.perf_counter()
         bare.generate_image(**call)
-        theirs.append(time.perf_counter() - begin)
-    engine.close()
-    a, b = statistics.median(ours), statistics.median(theirs)
-    print(
-        f"in process   Engine.generate    {a:.3f}s  bare generate_image {b:.3f}s  ratio {a / b:.3f}"
-    )
+        return time.perf_counter() - begin
+
+    # -- in process ------------------------------------------------------------------------
+    engine = Engine(settings)
+    request = ImageRequest(
+        prompt=PROMPT, width=size, height=size, steps=steps, seed=SEED, cfg_scale=CFG,
+        scheduler=SAMPLER,
+    )  # fmt: skip
+    ours = engine.generate("stablediffusion", request)  # load + warm up
+    assert ours.images[0].size == (size, size), ours.images[0].size
+    slot: Any = engine.slots["stablediffusion"]
+    assert slot.backend.threads == threads, (slot.backend.threads, threads)
+
+    def engine_call() -> float:
+        begin = time.perf_counter()
+        engine.generate("stablediffusion", request)
+        return time.perf_counter() - begin
+
+    a, b = interleaved(args.runs, engine_call, bare_call)
+    engine.close()  # only one localimg copy of the model at a time
+    row("in process", "Engine.generate", a, "bare generate_image", b,
+        same_pixels(ours.images[0], reference))  # fmt: skip
 
     # -- over HTTP ---------------------------------------------------------------------------
-    import httpx
-    from PIL import Image
-
-    from localimg.server.app import ServerSettings, create_app
-    from localimg.workers import worker_slot_factory
-    from tests.server_support import serve_in_thread
-
-    served = Engine(
-        EngineSettings(models_path=models, runtime=RuntimeSettings(threads=threads)),
-        slot_factory=worker_slot_factory(),
-    )
+    served = Engine(settings, slot_factory=worker_slot_factory())
     body = {
         "model": "stablediffusion",
-        "prompt": "a red fox",
+        "prompt": PROMPT,
         "size": f"{size}x{size}",
         "steps": steps,
-        "seed": 1,
-        "scheduler": "euler",
+        "seed": SEED,
+        "cfg_scale": CFG,
+        "scheduler": SAMPLER,
         "response_format": "b64_json",
     }
-    app = create_app(ServerSettings(output_dir=models / "out"), served)
+    app = create_app(ServerSettings(output_dir=work / "out"), served)
     with serve_in_thread(app) as url, httpx.Client(timeout=3600) as client:
+        last: list[Any] = []
 
         def over_http() -> float:
             begin = time.perf_counter()
@@ -143,55 +221,59 @@ def main() -> None:
             elapsed = time.perf_counter() - begin
             reply.raise_for_status()
             image = Image.open(io.BytesIO(base64.b64decode(reply.json()["data"][0]["b64_json"])))
+            image.load()
             assert image.size == (size, size), image.size
+            last[:] = [image]
             return elapsed
 
-        over_http()  # loads the model in the worker
-        http, direct = [], []
-        for _ in range(args.runs):
-            time.sleep(SETTLE)
-            http.append(over_http())
-            time.sleep(SETTLE)
-            begin = time.perf_counter()
-            bare.generate_image(**call)
-            direct.append(time.perf_counter() - begin)
+        over_http()  # starts the worker, loads the model there, warms it up
+        worker = served.slots["stablediffusion"].info()  # type: ignore[attr-defined]
+        assert worker.get("threads") == str(threads), worker
+        a, b = interleaved(args.runs, over_http, bare_call)
     served.close()
-    bare.close()
-    a, b = statistics.median(http), statistics.median(direct)
-    print(
-        f"over HTTP    localimg serve     {a:.3f}s  bare generate_image {b:.3f}s  ratio {a / b:.3f}"
-    )
+    bare.close()  # the whole-command leg runs fresh processes only
+    row("over HTTP", "localimg serve", a, "bare generate_image", b,
+        same_pixels(last[0], reference))  # fmt: skip
 
     # -- whole commands ----------------------------------------------------------------------
     env = {**os.environ, "LOCALIMG_MODELS_PATH": str(models)}
-    out = models / "bench.png"
-    cli = [sys.executable, "-m", "localimg", "generate", "a red fox", "-m", "stablediffusion",
-           "--size", f"{size}x{size}", "--steps", str(steps), "--seed", "1", "--scheduler",
-           "euler", "--threads", str(threads), "-o", str(out)]  # fmt: skip
-    script = [sys.executable, "-c", BARE, model, taesd, str(threads), str(size), str(steps)]
-    rows: dict[str, list[float]] = {"localimg generate": [], "bare python": []}
-    sd_cli = args.sd_cli
-    sd_cmd = []
-    if sd_cli is not None and sd_cli.exists():
-        rows["sd-cli"] = []
-        sd_cmd = [str(sd_cli), "-m", model, "--taesd", taesd, "-p", "a red fox", "-W", str(size),
-                  "-H", str(size), "--steps", str(steps), "-s", "1", "--cfg-scale", "4.5",
-                  "--sampling-method", "euler", "-t", str(threads),
-                  "-o", str(models / "sd.png")]  # fmt: skip
-    for _ in range(max(1, args.runs // 2)):
-        begin = time.perf_counter()
-        subprocess.run(cli, check=True, capture_output=True, env=env)
-        rows["localimg generate"].append(time.perf_counter() - begin)
-        rows["bare python"].append(timed(script))
+    outputs = {name: work / f"{name}.png" for name in ("localimg", "bare", "sd-cli")}
+    cli = [sys.executable, "-m", "localimg", "generate", PROMPT, "-m", "stablediffusion",
+           "--size", f"{size}x{size}", "--steps", str(steps), "--seed", str(SEED),
+           "--cfg-scale", str(CFG), "--scheduler", SAMPLER, "--threads", str(threads),
+           "-o", str(outputs["localimg"])]  # fmt: skip
+    script = [sys.executable, "-c", BARE, model, taesd, str(threads), str(size), str(steps),
+              str(outputs["bare"])]  # fmt: skip
+    # Flags as in `sd-cli -h` of this version. Its defaults match the wrapper's (rng cuda, discrete
+    # schedule, eta per sampler, no mmap, no flash attention); it differs only in loading: a
+    # decode-only VAE and weights freed once used (a one-shot program). Same pixels either way.
+    sd_cmd = (
+        [str(args.sd_cli), "-m", model, "--taesd", taesd, "-p", PROMPT, "-W", str(size),
+         "-H", str(size), "--steps", str(steps), "-s", str(SEED), "--cfg-scale", str(CFG),
+         "--sampling-method", SAMPLER, "-t", str(threads), "-o", str(outputs["sd-cli"])]
+        if args.sd_cli is not None else []
+    )  # fmt: skip
+    times: dict[str, list[float]] = {"localimg": [], "bare": [], "sd-cli": []}
+    for _ in range(args.runs):
+        time.sleep(SETTLE)
+        times["localimg"].append(timed(cli, env))
+        time.sleep(SETTLE)
+        times["bare"].append(timed(script))
         if sd_cmd:
-            rows["sd-cli"].append(timed(sd_cmd))
-    if not sd_cmd:
+            time.sleep(SETTLE)
+            times["sd-cli"].append(timed(sd_cmd))
+    images = {name: Image.open(path) for name, path in outputs.items() if path.exists()}
+    for name in ("localimg", "bare") + (("sd-cli",) if sd_cmd else ()):
+        assert name in images, f"{name} wrote no image at {outputs[name]}"
+        assert images[name].size == (size, size), (name, images[name].size)
+    base = statistics.median(times["bare"])
+    row("process", "localimg generate", statistics.median(times["localimg"]), "bare python", base,
+        same_pixels(images["localimg"], images["bare"]))  # fmt: skip
+    if sd_cmd:
+        row("process", "sd-cli", statistics.median(times["sd-cli"]), "bare python", base,
+            same_pixels(images["sd-cli"], images["bare"]))  # fmt: skip
+    else:
         print("sd-cli: not given (set LOCALIMG_SD_CLI or --sd-cli)")
-    base = statistics.median(rows["bare python"])
-    for name, values in rows.items():
-        median = statistics.median(values)
-        print(f"process      {name:18s} {median:.3f}s  ratio to bare python {median / base:.3f}")
-    print(f"(library {sd.__version__})")
 
 
 if __name__ == "__main__":
