@@ -8,7 +8,6 @@ stable-diffusion.cpp loads, so the diffusers and ggml backends can be timed on i
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,9 +22,9 @@ def build_sd15(folder: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 
-    from tests.tiny_models import kl_vae, tiny_text_encoder, tiny_tokenizer
+    from tests.tiny_models import kl_vae, save_sd_pipeline, tiny_text_encoder
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -39,23 +38,7 @@ def build_sd15(folder: Path) -> Path:
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tiny_tokenizer(tmp),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(str(tmp))
-    shutil.rmtree(tmp / "tokenizer-src")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    return save_sd_pipeline(folder, unet, vae, text_encoder, scheduler)
 
 
 def sd15_folder() -> Path:

@@ -125,7 +125,7 @@ def tiny_tokenizer(tmp: Path) -> Any:
 def build_tiny_sd(folder: Path) -> Path:
     """Save a tiny random StableDiffusionPipeline (64x64 default size) to `folder`."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -149,14 +149,20 @@ def build_tiny_sd(folder: Path) -> Path:
         num_train_timesteps=1000,
         steps_offset=1,
     )
+    return save_sd_pipeline(folder, unet, vae, text_encoder, scheduler)
+
+
+def save_sd_pipeline(folder: Path, unet: Any, vae: Any, text_encoder: Any, scheduler: Any) -> Path:
+    """Save a StableDiffusionPipeline with the local tokenizer to `folder`, all or nothing."""
+    from diffusers import StableDiffusionPipeline
+
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = tiny_tokenizer(tmp)
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=tiny_tokenizer(tmp),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
