@@ -81,13 +81,15 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def interleaved(runs: int, first: Callable[[], float], second: Callable[[], float]) -> tuple:
-    """Median seconds of `first` and `second`, alternated, with a pause before each."""
-    a, b = [], []
-    for _ in range(runs):
-        time.sleep(SETTLE)
-        a.append(first())
-        time.sleep(SETTLE)
-        b.append(second())
+    """Median seconds of `first` and `second`, alternated (which goes first swaps every round, so
+    neither always follows the other), with a pause before each."""
+    a: list[float] = []
+    b: list[float] = []
+    for index in range(runs):
+        order = ((first, a), (second, b)) if index % 2 == 0 else ((second, b), (first, a))
+        for contender, times in order:
+            time.sleep(SETTLE)
+            times.append(contender())
     return statistics.median(a), statistics.median(b)
 
 
@@ -253,15 +255,15 @@ def main() -> None:
          "--sampling-method", SAMPLER, "-t", str(threads), "-o", str(outputs["sd-cli"])]
         if args.sd_cli is not None else []
     )  # fmt: skip
-    times: dict[str, list[float]] = {"localimg": [], "bare": [], "sd-cli": []}
-    for _ in range(args.runs):
-        time.sleep(SETTLE)
-        times["localimg"].append(timed(cli, env))
-        time.sleep(SETTLE)
-        times["bare"].append(timed(script))
-        if sd_cmd:
+    commands = {"localimg": (cli, env), "bare": (script, None)}
+    if sd_cmd:
+        commands["sd-cli"] = (sd_cmd, None)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    names = list(commands)
+    for index in range(args.runs):
+        for name in names[index % len(names) :] + names[: index % len(names)]:  # rotated
             time.sleep(SETTLE)
-            times["sd-cli"].append(timed(sd_cmd))
+            times[name].append(timed(*commands[name]))
     images = {name: Image.open(path) for name, path in outputs.items() if path.exists()}
     for name in ("localimg", "bare") + (("sd-cli",) if sd_cmd else ()):
         assert name in images, f"{name} wrote no image at {outputs[name]}"
