@@ -84,6 +84,7 @@ def test_cli_subprocess_json_is_clean_on_stdout(ggml_models_dir: Path, tmp_path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["images"][0]["path"] == str(out)
+    assert proc.stdout.startswith("{"), repr(proc.stdout[:40])  # not even the C library's newline
     assert "generate_image completed" not in proc.stdout + proc.stderr  # library chatter: debug
 
 

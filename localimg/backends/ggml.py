@@ -304,7 +304,8 @@ class GgmlBackend:
         begin = time.monotonic()
         with native.NATIVE_LOCK, native.capturing() as lines:
             try:
-                model = cls(**kwargs)
+                with native.stdout_to_stderr():
+                    model = cls(**kwargs)
             except (ValueError, OSError) as exc:
                 raise ModelUnavailable(f"{config.where}: cannot load {model_file}: {exc}") from None
             finally:

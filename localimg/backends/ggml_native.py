@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -94,6 +95,28 @@ def reset_progress(sd: Any) -> None:
 def quiet_wrapper() -> None:
     """The wrapper `print()`s system info on every call when verbose: send that nowhere."""
     logging.getLogger("stable-diffusion-cpp-python").setLevel(logging.CRITICAL + 10)
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what the C library writes to stdout (a bare newline after loading) to stderr.
+
+    Only file descriptor 1 moves, and only for the duration: nothing is lost, and
+    `localimg generate --json` keeps a clean stdout. (Not the wrapper's verbose=False, which
+    silences both streams of the whole process.)
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextmanager
