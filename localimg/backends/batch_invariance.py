@@ -30,7 +30,6 @@ class BatchGrouping:
 
     def __init__(self) -> None:
         self.images = 1
-        self.layers = 0
 
     @contextlib.contextmanager
     def images_per_call(self, pipe: Any, images: int) -> Iterator[None]:
@@ -87,5 +86,4 @@ def make_linear_layers_batch_invariant(pipe: Any) -> BatchGrouping:
             if plain and "_localimg_grouping" not in module.__dict__:
                 module.__dict__["_localimg_grouping"] = grouping
                 module.forward = types.MethodType(_grouped_linear, module)
-                grouping.layers += 1
     return grouping

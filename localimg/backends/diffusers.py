@@ -874,17 +874,11 @@ class DiffusersBackend:
         return type(self._default_scheduler).__name__
 
     def unload(self) -> None:
-        """Drop the pipeline; the slot collects the garbage and trims the heap after."""
+        """Drop the pipeline; the slot then collects the garbage, empties CUDA's cache and trims
+        the heap (memory.release_free_memory), in that order, so the cache is emptied after the
+        tensors are really freed."""
         self._siblings = {}
-        pipe, self.pipe = self.pipe, None
-        del pipe
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        self.pipe = None
 
     def describe(self) -> dict[str, str]:
         return {
