@@ -33,10 +33,10 @@ bench:  # every benchmark; writes bench/RESULTS.md (BENCH_ARGS=--quick: tiny mod
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 gallery:  # regenerate gallery/index.yaml from gallery/models/*.yaml and gallery/templates/
-	$(BIN)/python -m localimg.gallery_build build
+	$(BIN)/python -m localimg.gallery.build build
 
 gallery-check:  # schema, unique names, sha256 (or a reason), templates resolve, index fresh
-	$(BIN)/python -m localimg.gallery_build check
+	$(BIN)/python -m localimg.gallery.build check
 
 clean:
 	rm -rf .test-cache .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -44,11 +44,11 @@ def main() -> None:
 
     from sd15 import sd15_checkpoint, sd15_folder
 
+    from localimg._util.system import physical_cores
     from localimg.backends.base import RuntimeSettings
-    from localimg.engine import Engine, EngineSettings
+    from localimg.engine.engine import Engine, EngineSettings
+    from localimg.engine.worker_parent import worker_slot_factory
     from localimg.requests import ImageRequest
-    from localimg.system import physical_cores
-    from localimg.workers import worker_slot_factory
 
     threads = args.threads or physical_cores()
     started = time.perf_counter()

@@ -130,13 +130,13 @@ def main() -> None:
     import stable_diffusion_cpp as sd
     from PIL import Image
 
-    from localimg.backends import ggml_native
+    from localimg._util.system import physical_cores
     from localimg.backends.base import RuntimeSettings
-    from localimg.engine import Engine, EngineSettings
+    from localimg.backends.ggml import native as ggml_native
+    from localimg.engine.engine import Engine, EngineSettings
+    from localimg.engine.worker_parent import worker_slot_factory
     from localimg.requests import ImageRequest
     from localimg.server.app import ServerSettings, create_app
-    from localimg.system import physical_cores
-    from localimg.workers import worker_slot_factory
     from tests.server_support import serve_in_thread
     from tests.tiny_ggml import (
         populate_models_dir,

@@ -162,7 +162,7 @@ def bench_throughput(models: Path, body: dict, client_counts: list[int]) -> list
 def bench_memory(models: Path, folder: Path, body: dict, size: int, steps: int) -> list[str]:
     import httpx
 
-    from localimg.system import physical_cores
+    from localimg._util.system import physical_cores
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:

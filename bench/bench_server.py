@@ -49,10 +49,10 @@ def main() -> None:
     import httpx
     from PIL import Image
 
-    from localimg.engine import Engine, EngineSettings
+    from localimg.engine.engine import Engine, EngineSettings
+    from localimg.engine.worker_parent import worker_slot_factory
     from localimg.requests import ImageRequest
     from localimg.server.app import ServerSettings, create_app
-    from localimg.workers import worker_slot_factory
     from tests.server_support import serve_in_thread, write_model
 
     started = time.perf_counter()

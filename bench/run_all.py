@@ -127,7 +127,7 @@ def gpu() -> str:
 
 
 def machine() -> list[str]:
-    from localimg.system import cpu_has_bf16, physical_cores, usable_cpus
+    from localimg._util.system import cpu_has_bf16, physical_cores, usable_cpus
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")

@@ -24,6 +24,20 @@ MAX_STEPS = 500
 MAX_SEED = 2**32 - 1  # the range every backend (torch generators, sd.cpp) accepts
 MAX_FRAMES = 256
 MAX_FPS = 120
+# OpenAI's limit for gpt-image prompts; longer text is refused rather than copied into every
+# image's metadata (and a text encoder reads at most a few hundred tokens of it anyway).
+MAX_PROMPT_CHARS = 32_000
+
+# OpenAI's `quality` → a multiple of the model's own step count (its YAML `step`, else the
+# backend's default). `engine.merge` applies it, where the backend's default is known.
+QUALITY_STEP_FACTORS: dict[str, float] = {
+    "low": 0.5,
+    "medium": 0.75,
+    "standard": 1.0,
+    "auto": 1.0,
+    "high": 1.0,
+    "hd": 1.5,
+}
 
 # What a request asks a model to do (`mode`). None lets the backend choose from the inputs: a
 # mask means inpaint, an image means the model's image task (img2img, depth2img or img2vid), no
@@ -111,6 +125,7 @@ class ImageRequest:
     mode: str | None = None  # one of MODES; None: chosen from the inputs
     num_frames: int | None = None  # video models: frames per video
     fps: float | None = None  # video models: frames per second (SVD also conditions on it)
+    quality: str | None = None  # OpenAI's quality: scales the model's steps when steps is unset
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +134,18 @@ class ImageRequest:
         """Check every field's range; raise `InvalidRequest` naming the field."""
         if not isinstance(self.prompt, str):
             raise InvalidRequest("prompt must be a string", param="prompt")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if text is not None and len(text) > MAX_PROMPT_CHARS:
+                raise InvalidRequest(
+                    f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}",
+                    param=name,
+                )
+        if self.quality is not None and self.quality not in QUALITY_STEP_FACTORS:
+            raise InvalidRequest(
+                f"quality {self.quality!r} is not one of {', '.join(QUALITY_STEP_FACTORS)}",
+                param="quality",
+            )
         if not 1 <= self.n <= MAX_N:
             raise InvalidRequest(f"n must be between 1 and {MAX_N}, got {self.n}", param="n")
         if self.width is not None:

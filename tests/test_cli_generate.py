@@ -100,7 +100,7 @@ def test_output_format_by_extension(
     assert proc.returncode == 0, proc.stderr
     image = Image.open(out)
     assert image.format == fmt and image.size == (72, 48)
-    from localimg.images import read_parameters
+    from localimg.media.encode import read_parameters
 
     assert "Seed: 1," in (read_parameters(out) or "")
 

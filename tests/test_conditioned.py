@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from localimg import conditioning
-from localimg.engine import Engine, EngineSettings
+from localimg.engine.engine import Engine, EngineSettings
 from localimg.errors import InvalidRequest, LocalimgError, PayloadTooLarge, UnreadableImage
-from localimg.inputs import ImageLimits, decode_image
+from localimg.media import conditioning
+from localimg.media.decode import ImageLimits, decode_image
 from localimg.requests import ImageRequest, parse_mode
 from tests.conditioned_fixtures import file_server, half_mask, noise_image, png_bytes
 

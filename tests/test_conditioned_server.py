@@ -22,9 +22,9 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings
-from localimg.fetch import FetchPolicy
-from localimg.inputs import ImageLimits
+from localimg.engine.engine import Engine, EngineSettings
+from localimg.media.decode import ImageLimits
+from localimg.media.fetch import FetchPolicy
 from localimg.server.app import ServerSettings, create_app
 from tests.conditioned_fixtures import file_server, half_mask, noise_image, png_bytes
 

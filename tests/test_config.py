@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localimg.config import (
+from localimg.config.model import (
     DEFAULT_HUB_MODEL,
     default_model_ref,
     load_config_file,
@@ -16,8 +16,8 @@ from localimg.config import (
     save_config,
     scan_models,
 )
+from localimg.config.options import parse_options
 from localimg.errors import ConfigError, ModelNotFound, ModelUnavailable
-from localimg.options import parse_options
 
 SEED_DIR = Path(__file__).parent / "data" / "seed"
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from localimg.backends import schedulers
-from localimg.engine import Engine, EngineSettings
+from localimg.backends.diffusers import schedulers
+from localimg.engine.engine import Engine, EngineSettings
 from localimg.errors import (
     BackendNotInstalled,
     Cancelled,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from localimg import download
-from localimg.download import FileSpec
+from localimg.download import transfer as download
+from localimg.download.transfer import FileSpec
 from localimg.errors import DownloadError, GalleryError
 from tests.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
 

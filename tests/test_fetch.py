@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from localimg.errors import InvalidRequest, PayloadTooLarge
-from localimg.fetch import FetchPolicy, check_url, fetch
+from localimg.media.fetch import FetchPolicy, check_url, fetch
 from tests.server_support import png_bytes
 
 PNG = png_bytes((8, 8))

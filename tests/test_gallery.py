@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from localimg import gallery, gallery_build
-from localimg.download import GITHUB_RAW_ENV
+from localimg.download.transfer import GITHUB_RAW_ENV
 from localimg.errors import GalleryError, ModelNotFound
-from localimg.gallery import Catalog, GallerySource, merge_config, merge_options, resolve_entry
+from localimg.gallery import build as gallery_build
+from localimg.gallery import catalog as gallery
+from localimg.gallery.catalog import (
+    Catalog,
+    GallerySource,
+    merge_config,
+    merge_options,
+    resolve_entry,
+)
 from tests.fake_hosts import FakeHosts, hosts  # noqa: F401
 
 # LocalAI's gallery/flux-ggml.yaml and its flux.1-dev-ggml entry, in their published shape.
@@ -185,17 +192,17 @@ def test_gallery_check_reports_problems(tmp_path: Path) -> None:
 
 def test_shipped_entries_pass_their_backends_checks() -> None:
     """Each shipped YAML as the backend would read it: pipeline, scheduler, ggml options."""
-    from localimg.backends import diffusers as diffusers_backend
-    from localimg.backends import schedulers
-    from localimg.config import config_from_dict
+    from localimg.backends.diffusers import backend as diffusers_backend
+    from localimg.backends.diffusers import schedulers
+    from localimg.config.model import config_from_dict
 
     catalog = Catalog.load(gallery.default_sources(builtin=True))
     import importlib
     import importlib.util
 
     # The ggml option checks run where that backend's module is present.
-    has_ggml = importlib.util.find_spec("localimg.backends.ggml") is not None
-    ggml = importlib.import_module("localimg.backends.ggml") if has_ggml else None
+    has_ggml = importlib.util.find_spec("stable_diffusion_cpp") is not None
+    ggml = importlib.import_module("localimg.backends.ggml.backend") if has_ggml else None
     for entry in catalog.entries:
         config = config_from_dict(dict(resolve_entry(entry).config), where=entry.name)
         if config.backend == "diffusers":
@@ -214,8 +221,8 @@ def test_localai_flux_entry_installs_with_full_options(
     """LocalAI's index format end to end: github: template, huggingface:// and https files."""
     from huggingface_hub import constants
 
-    from localimg.config import load_config_file
-    from localimg.installer import install
+    from localimg.config.model import load_config_file
+    from localimg.gallery.install import install
     from tests.fake_hosts import sha256
 
     weights = {"flux1-dev-Q2_K.gguf": b"gguf" * 100, "ae.safetensors": b"vae" * 100}

@@ -13,10 +13,10 @@ import yaml
 from typer.testing import CliRunner
 
 from localimg.cli import app
-from localimg.config import load_config_file
+from localimg.config.model import load_config_file
 from localimg.errors import DownloadError, GalleryError
-from localimg.gallery import Catalog, GallerySource
-from localimg.installer import install, read_record, remove
+from localimg.gallery.catalog import Catalog, GallerySource
+from localimg.gallery.install import install, read_record, remove
 from tests.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
 
 GGUF = b"GGUF" + bytes(range(256)) * 64

@@ -17,11 +17,11 @@ from PIL import Image
 
 pytest.importorskip("stable_diffusion_cpp")
 
-from localimg.backends import ggml_samplers
 from localimg.backends.base import RuntimeSettings
-from localimg.backends.ggml import GgmlBackend
-from localimg.config import load_config_file
-from localimg.engine import Engine, EngineSettings, merge_request
+from localimg.backends.ggml import samplers as ggml_samplers
+from localimg.backends.ggml.backend import GgmlBackend
+from localimg.config.model import load_config_file
+from localimg.engine.engine import Engine, EngineSettings, merge_request
 from localimg.errors import (
     Cancelled,
     ConfigError,
@@ -242,7 +242,7 @@ def test_a_bare_library_call_after_ours_does_not_crash(engine: Engine, tiny_ggml
     """0.4.7 left the progress callback dangling: the next call without one segfaulted."""
     import stable_diffusion_cpp as sd
 
-    from localimg.backends import ggml_native
+    from localimg.backends.ggml import native as ggml_native
 
     generate(engine, seed=1)
 

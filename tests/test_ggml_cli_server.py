@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 pytest.importorskip("stable_diffusion_cpp")
 
 from localimg.cli import app
-from localimg.engine import Engine, EngineSettings
+from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine.worker_parent import WorkerOptions, WorkerSlot, worker_slot_factory
 from localimg.server.app import ServerSettings, create_app
-from localimg.workers import WorkerOptions, WorkerSlot, worker_slot_factory
 from tests.server_support import (
     assert_openai_error,
     b64_image,

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from localimg import memory
+from localimg._util.units import format_duration, parse_bytes, parse_duration
 from localimg.backends.base import RuntimeSettings
-from localimg.config import ConfigError, resolve_model
-from localimg.engine import Engine, EngineSettings, InProcessSlot
+from localimg.config.model import ConfigError, resolve_model
+from localimg.engine import memory
+from localimg.engine.engine import Engine, EngineSettings, InProcessSlot
+from localimg.engine.lifecycle import Budget, parse_budget
 from localimg.errors import InsufficientMemory, ModelLoading
-from localimg.lifecycle import Budget, parse_budget
 from localimg.requests import ImageRequest, ProgressEvent
-from localimg.units import format_duration, parse_bytes, parse_duration
 from tests.server_support import wait_until, write_model
 
 REQUEST = ImageRequest(prompt="a lighthouse", seed=3, steps=2)

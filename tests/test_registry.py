@@ -12,8 +12,8 @@ from PIL import Image
 
 import localimg.backends as registry
 from localimg.backends.base import BackendDefaults, RuntimeSettings
-from localimg.config import ModelConfig
-from localimg.engine import Engine, EngineSettings
+from localimg.config.model import ModelConfig
+from localimg.engine.engine import Engine, EngineSettings
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult
 
@@ -85,7 +85,7 @@ def test_aliases_and_unknown_names() -> None:
 
 
 def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
-    from localimg.backends.diffusers import PIPELINE_TYPES, _pipeline_class
+    from localimg.backends.diffusers.backend import PIPELINE_TYPES, _pipeline_class
 
     assert len(PIPELINE_TYPES) == 12
     for name in PIPELINE_TYPES:

@@ -23,10 +23,10 @@ import openai
 import pytest
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings
-from localimg.inputs import ImageLimits
+from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine.worker_parent import WorkerOptions, WorkerSlot, worker_slot_factory
+from localimg.media.decode import ImageLimits
 from localimg.server.app import ServerSettings, create_app
-from localimg.workers import WorkerOptions, WorkerSlot, worker_slot_factory
 from tests.server_support import (
     assert_openai_error,
     b64_image,
@@ -211,7 +211,7 @@ def test_localai_and_localimg_extensions(served: Served) -> None:
     assert payload["data"][0]["revised_prompt"] == "otter"
     image = b64_image(payload["data"][0]["b64_json"])
     assert image.format == "JPEG"
-    from localimg.images import EXIF_IFD, USER_COMMENT
+    from localimg.media.encode import EXIF_IFD, USER_COMMENT
 
     comment = image.getexif().get_ifd(EXIF_IFD)[USER_COMMENT][8:].decode("utf-16-be")
     assert "Negative prompt: blurry" in comment and "CFG scale: 5.0" in comment

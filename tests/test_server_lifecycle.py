@@ -13,11 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
-from localimg.engine import Engine, EngineSettings
-from localimg.lifecycle import Budget
+from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine.lifecycle import Budget
+from localimg.engine.worker_parent import WorkerSlot, worker_slot_factory
 from localimg.requests import ImageRequest, ImageResult
 from localimg.server.app import ServerSettings, create_app
-from localimg.workers import WorkerSlot, worker_slot_factory
 from tests.server_support import (
     assert_openai_error,
     b64_image,

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from localimg.engine import Engine, EngineSettings, InProcessSlot, Job
+from localimg.engine.engine import Engine, EngineSettings, InProcessSlot, Job
+from localimg.engine.worker_parent import WorkerOptions, worker_slot_factory
 from localimg.errors import Cancelled
 from localimg.server.app import ServerSettings, create_app
-from localimg.workers import WorkerOptions, worker_slot_factory
 from tests.server_support import (
     assert_openai_error,
     b64_image,

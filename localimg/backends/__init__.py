@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "localimg.backends"
 
 BUILTIN: dict[str, str] = {
-    "diffusers": "localimg.backends.diffusers:DiffusersBackend",
-    "stablediffusion-ggml": "localimg.backends.ggml:GgmlBackend",
+    "diffusers": "localimg.backends.diffusers.backend:DiffusersBackend",
+    "stablediffusion-ggml": "localimg.backends.ggml.backend:GgmlBackend",
 }
 
 ALIASES: dict[str, str] = {

@@ -26,11 +26,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from localimg.engine import as_backend_error
+from localimg.engine.engine import as_backend_error
+from localimg.engine.worker_parent import load_now
 from localimg.errors import LocalimgError
-from localimg.fetch import FetchPolicy
-from localimg.inputs import ImageLimits
-from localimg.server import gallery_routes, lifecycle_routes, openai, videos
+from localimg.media.decode import ImageLimits
+from localimg.media.fetch import FetchPolicy
+from localimg.server import lifecycle_routes, openai, videos
+from localimg.server import localai as gallery_routes
 from localimg.server.security import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -39,10 +41,9 @@ from localimg.server.security import (
     Scope,
     Send,
 )
-from localimg.workers import load_now
 
 if TYPE_CHECKING:
-    from localimg.engine import Engine
+    from localimg.engine.engine import Engine
 
 log = logging.getLogger("localimg.server")
 access_log = logging.getLogger("localimg.access")

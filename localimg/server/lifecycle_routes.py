@@ -17,10 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from localimg.server import openai
-from localimg.server.gallery_routes import _check_key
+from localimg.server.localai import _check_key
 
 if TYPE_CHECKING:
-    from localimg.engine import Engine
+    from localimg.engine.engine import Engine
 
 
 def _entry(state: Any, name: str) -> dict[str, Any]:

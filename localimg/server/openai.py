@@ -24,8 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from localimg import conditioning, images
-from localimg.config import DEFAULT_MODEL_ENV, default_model_ref, scan_models
+from localimg.config.model import DEFAULT_MODEL_ENV, default_model_ref, scan_models
 from localimg.errors import (
     Cancelled,
     InvalidRequest,
@@ -33,14 +32,16 @@ from localimg.errors import (
     ModelLoading,
     ModelNotFound,
 )
-from localimg.inputs import ImageLimits, decode_image, image_from_text
+from localimg.media import conditioning
+from localimg.media import encode as images
+from localimg.media.decode import ImageLimits, decode_image, image_from_text
 from localimg.server import schemas, videos
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from localimg.config import ModelConfig
-    from localimg.engine import Engine, Job
+    from localimg.config.model import ModelConfig
+    from localimg.engine.engine import Engine, Job
     from localimg.requests import ImageResult
 
 log = logging.getLogger("localimg.server")
@@ -124,7 +125,7 @@ def _model_entry(state: Any, name: str, created: int, backend: str | None) -> di
 
 def _lifecycle_facts(engine: Engine, slot: Any) -> dict[str, Any]:
     """Memory, keep-alive and use of a model's slot (lifecycle.py), for /v1/models."""
-    from localimg.lifecycle import keep_alive_for
+    from localimg.engine.lifecycle import keep_alive_for
 
     if slot is None:
         return {"memory_bytes": None, "keep_alive": engine.settings.keep_alive}

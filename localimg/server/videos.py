@@ -28,12 +28,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from localimg import conditioning, images, video
 from localimg.errors import InvalidRequest, LocalimgError
+from localimg.media import conditioning, video
+from localimg.media import encode as images
 from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
 
 if TYPE_CHECKING:
-    from localimg.engine import Engine, Job
+    from localimg.engine.engine import Engine, Job
     from localimg.requests import ImageResult, ProgressEvent
     from localimg.server.schemas import Prepared
 
@@ -269,7 +270,7 @@ def build_request(data: dict[str, Any], init_image: Any) -> tuple[ImageRequest, 
 
 async def create_video(request: Request) -> Response:
     """POST /v1/videos: queue a video job and answer at once."""
-    from localimg.inputs import decode_image, image_from_text
+    from localimg.media.decode import decode_image, image_from_text
     from localimg.server.openai import check_available, served_config
 
     state = request.app.state

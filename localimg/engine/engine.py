@@ -19,14 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from localimg import batching, conditioning, memory
 from localimg.backends import canonical_name, get_backend_class
 from localimg.backends.base import BackendDefaults, RuntimeSettings
-from localimg.config import ModelConfig, default_model_ref, default_models_path, resolve_model
+from localimg.config.model import ModelConfig, default_model_ref, default_models_path, resolve_model
+from localimg.config.options import OPTION_ALIASES
+from localimg.engine import batching, memory
+from localimg.engine.lifecycle import Budget, Lifecycle
 from localimg.errors import BackendError, Busy, Cancelled, LocalimgError, ModelLoading
-from localimg.lifecycle import Budget, Lifecycle
-from localimg.options import OPTION_ALIASES
-from localimg.requests import ImageRequest, ImageResult, ProgressEvent, random_seed, split_prompt
+from localimg.media import conditioning
+from localimg.requests import (
+    QUALITY_STEP_FACTORS,
+    ImageRequest,
+    ImageResult,
+    ProgressEvent,
+    random_seed,
+    split_prompt,
+)
 
 if TYPE_CHECKING:
     from localimg.backends.base import Backend
@@ -74,7 +82,12 @@ def merge_request(
         own = conditioning.size_for(request.init_image, defaults.size_multiple)
     width = pick("width", size[0] if size else None) or own[0] or defaults.width
     height = pick("height", size[1] if size else None) or own[1] or defaults.height
-    steps = pick("steps", config.step) or defaults.steps
+    steps = pick("steps", config.step)
+    if steps is None or request.steps is None and request.quality is not None:
+        # OpenAI's quality scales the model's own count: its YAML's, else the backend's default.
+        own = steps or defaults.steps
+        factor = QUALITY_STEP_FACTORS[request.quality] if request.quality else 1.0
+        steps = max(1, round(own * factor))
     cfg_scale = pick("cfg_scale", config.default_cfg_scale)
     seed = pick("seed", config.default_seed)
     try:

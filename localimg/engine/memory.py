@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localimg.config import WEIGHT_SUFFIXES, model_source
+from localimg.config.model import WEIGHT_SUFFIXES, model_source
 
 if TYPE_CHECKING:
     from localimg.backends.base import RuntimeSettings
-    from localimg.config import ModelConfig
+    from localimg.config.model import ModelConfig
 
 ACTIVATION_MARGIN = 0.2  # of the weights: latents, attention maps, the VAE decode
 RUNTIME_OVERHEAD = 256 * 1024**2  # a process with torch imported, its allocator's slack
@@ -115,8 +115,8 @@ def _has_variant_tag(path: Path) -> bool:
 
 def load_itemsize(config: ModelConfig, device_kind: str) -> int | None:
     """Bytes per float element once loaded (None: as stored, e.g. ggml's quantized files)."""
+    from localimg._util.system import cpu_has_bf16
     from localimg.backends import canonical_name
-    from localimg.system import cpu_has_bf16
 
     if canonical_name(config.backend) != "diffusers":
         return None

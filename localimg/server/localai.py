@@ -38,7 +38,7 @@ def _check_key(request: Request) -> None:
 
 
 def _catalog() -> Any:
-    from localimg.gallery import Catalog, default_sources
+    from localimg.gallery.catalog import Catalog, default_sources
 
     return Catalog.load(default_sources())
 
@@ -48,7 +48,7 @@ def _jobs(request: Request) -> Any:
     state = request.app.state
     jobs = getattr(state, "install_jobs", None)
     if jobs is None:
-        from localimg.installer import InstallJobs
+        from localimg.gallery.install import InstallJobs
 
         jobs = InstallJobs(state.engine.settings.models_path, _catalog)
         state.install_jobs = jobs
@@ -58,7 +58,7 @@ def _jobs(request: Request) -> Any:
 async def available(request: Request) -> Response:
     """The image models of the galleries, each marked installed or not."""
     _check_key(request)
-    from localimg.config import scan_models
+    from localimg.config.model import scan_models
 
     models_path = request.app.state.engine.settings.models_path
     catalog = await asyncio.to_thread(_catalog)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from localimg.config.options import parse_options
 from localimg.errors import ConfigError, InvalidRequest, ModelNotFound
-from localimg.options import parse_options
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _keep_alive_form(cls, value: str | float | None) -> str | float | None:
         if value is not None:
-            from localimg.units import parse_duration
+            from localimg._util.units import parse_duration
 
             parse_duration(value)
         return value

@@ -66,7 +66,7 @@ def main_callback(
 
 
 def _fail(exc: LocalimgError) -> NoReturn:
-    from localimg.console import print_error
+    from localimg.cli.console import print_error
 
     print_error(exc.message)
     raise typer.Exit(exc.exit_code)
@@ -76,8 +76,8 @@ def _engine_settings(
     models_path: Path | None, device: str | None = None, threads: int | None = None
 ) -> Any:
     from localimg.backends.base import RuntimeSettings
-    from localimg.config import default_models_path
-    from localimg.engine import EngineSettings
+    from localimg.config.model import default_models_path
+    from localimg.engine.engine import EngineSettings
 
     return EngineSettings(
         models_path=models_path or default_models_path(),
@@ -89,8 +89,8 @@ def _lifecycle_settings(
     keep_alive: str, max_loaded_models: int, max_memory: str | None, max_batch: int
 ) -> dict[str, Any]:
     """`serve`'s model lifecycle options as EngineSettings fields (bad values: a clear error)."""
-    from localimg.lifecycle import Budget, parse_budget
-    from localimg.units import parse_duration
+    from localimg._util.units import parse_duration
+    from localimg.engine.lifecycle import Budget, parse_budget
 
     try:
         keep = parse_duration(keep_alive)
@@ -114,7 +114,7 @@ def _prepare_runtime() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from localimg.console import setup_logging
+    from localimg.cli.console import setup_logging
 
     setup_logging(State.log_level)
 
@@ -205,9 +205,10 @@ def generate(
 ) -> None:
     """Generate images from a prompt and write them to files."""
     _prepare_runtime()
-    from localimg import conditioning, results
-    from localimg.console import GenerationProgress
-    from localimg.engine import Engine
+    from localimg.cli.console import GenerationProgress
+    from localimg.engine.engine import Engine
+    from localimg.media import conditioning
+    from localimg.media import output as results
     from localimg.requests import ImageRequest, parse_mode, parse_size
 
     try:
@@ -248,7 +249,7 @@ def generate(
     except LocalimgError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        from localimg.console import print_error
+        from localimg.cli.console import print_error
 
         print_error("cancelled")
         raise typer.Exit(130) from None
@@ -298,7 +299,7 @@ def models_list(
     models_path: ModelsPath = None,
 ) -> None:
     """The YAML models found in the models directory, with backend and source."""
-    from localimg.config import default_models_path, scan_models
+    from localimg.config.model import default_models_path, scan_models
 
     path = models_path or default_models_path()
     entries = scan_models(path)
@@ -451,13 +452,13 @@ def serve(
     _prepare_runtime()
     from dataclasses import replace
 
-    from localimg.config import scan_models
-    from localimg.engine import Engine
-    from localimg.fetch import FetchPolicy
-    from localimg.inputs import ImageLimits
+    from localimg.config.model import scan_models
+    from localimg.engine.engine import Engine
+    from localimg.engine.worker_parent import WorkerOptions, worker_slot_factory
+    from localimg.media.decode import ImageLimits
+    from localimg.media.fetch import FetchPolicy
     from localimg.server.app import ServerSettings, create_app
     from localimg.server.run import build_server, startup_line
-    from localimg.workers import WorkerOptions, worker_slot_factory
 
     engine_settings = replace(
         _engine_settings(models_path, device, threads),
@@ -487,7 +488,7 @@ def serve(
 
 # `run`, `models install|show|remove` and `gallery list|search` live in their own module, which
 # registers them on `app` and `models_app` when imported (it imports this module's names).
-from localimg import cli_gallery  # noqa: E402, F401
+from localimg.cli import gallery as cli_gallery  # noqa: E402, F401
 
 
 def main() -> None:
@@ -495,7 +496,7 @@ def main() -> None:
     try:
         app()
     except LocalimgError as exc:  # raised outside a command's own handler
-        from localimg.console import print_error
+        from localimg.cli.console import print_error
 
         print_error(exc.message)
         sys.exit(exc.exit_code)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from localimg.errors import PayloadTooLarge, UnreadableImage
-from localimg.fetch import FetchPolicy, fetch
+from localimg.media.fetch import FetchPolicy, fetch
 
 if TYPE_CHECKING:
     from PIL.Image import Image

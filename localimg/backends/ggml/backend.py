@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from localimg.backends import ggml_native as native
-from localimg.backends import ggml_samplers as samplers
+from localimg._util.system import physical_cores
 from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
-from localimg.config import ModelConfig
+from localimg.backends.ggml import native, samplers
+from localimg.config.model import ModelConfig
+from localimg.config.options import OPTION_ALIASES
 from localimg.errors import (
     BackendError,
     Cancelled,
@@ -30,9 +31,7 @@ from localimg.errors import (
     InvalidRequest,
     ModelUnavailable,
 )
-from localimg.options import OPTION_ALIASES
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
-from localimg.system import physical_cores
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localimg import images, video
 from localimg.errors import InvalidRequest
+from localimg.media import encode as images
+from localimg.media import video
 
 if TYPE_CHECKING:
     from localimg.requests import ImageResult

@@ -33,13 +33,13 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _models_path(models_path: Path | None) -> Path:
-    from localimg.config import default_models_path
+    from localimg.config.model import default_models_path
 
     return models_path or default_models_path()
 
 
 def _catalog(galleries: list[str] | None) -> Any:
-    from localimg.gallery import Catalog, default_sources
+    from localimg.gallery.catalog import Catalog, default_sources
 
     sources = default_sources(galleries or ())
     if not sources:
@@ -57,7 +57,7 @@ def _echo_json(data: Any) -> None:
 
 
 def _installed(models_path: Path) -> set[str]:
-    from localimg.config import scan_models
+    from localimg.config.model import scan_models
 
     return {e.name for e in scan_models(models_path)}
 
@@ -142,8 +142,8 @@ def install_models(
     quiet: bool = False,
 ) -> list[Any]:
     """Install each reference (with a progress display); return the InstallResults."""
-    from localimg.download import RichProgress
-    from localimg.installer import install
+    from localimg.download.transfer import RichProgress
+    from localimg.gallery.install import install
 
     catalog = _catalog(galleries)
     entries = [catalog.find(ref) for ref in refs]  # every name is checked before any download
@@ -186,7 +186,7 @@ def models_install(
     except LocalimgError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        from localimg.console import print_error
+        from localimg.cli.console import print_error
 
         print_error("cancelled; run the same command again to resume the downloads")
         raise typer.Exit(130) from None
@@ -223,7 +223,7 @@ def models_remove(
     models_path: ModelsPath = None,
 ) -> None:
     """Remove a model's YAML from the models dir (and with --purge-files, its files)."""
-    from localimg.installer import remove
+    from localimg.gallery.install import remove
 
     try:
         result = remove(name, _models_path(models_path), purge_files=purge_files)
@@ -247,7 +247,7 @@ def models_remove(
 
 
 def _file_rows(models_path: Path, record: dict[str, Any] | None) -> list[dict[str, Any]]:
-    from localimg.download import partial_path, safe_target
+    from localimg.download.transfer import partial_path, safe_target
 
     rows = []
     for item in (record or {}).get("files") or []:
@@ -269,8 +269,8 @@ def models_show(
     """An installed model's settings and files; for a gallery model, what it would install."""
     import yaml
 
-    from localimg.config import scan_models
-    from localimg.installer import read_record
+    from localimg.config.model import scan_models
+    from localimg.gallery.install import read_record
 
     root = _models_path(models_path)
     try:
@@ -289,7 +289,7 @@ def models_show(
                 "files": _file_rows(root, record),
             }
         else:
-            from localimg.gallery import resolve_entry
+            from localimg.gallery.catalog import resolve_entry
 
             entry = _catalog(gallery).find(name)
             resolved = resolve_entry(entry)
@@ -376,7 +376,7 @@ def run(
     except LocalimgError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        from localimg.console import print_error
+        from localimg.cli.console import print_error
 
         print_error("cancelled; run the same command again to resume the downloads")
         raise typer.Exit(130) from None
@@ -399,12 +399,12 @@ def run(
 
 def _ensure_installed(ref: str, root: Path, galleries: list[str] | None) -> str:
     """The installed model's name: an installed YAML is used as is, else the gallery installs."""
-    from localimg.config import scan_models
+    from localimg.config.model import scan_models
 
     for entry in scan_models(root):
         if ref in (entry.name, entry.path.stem) and entry.config is not None:
             return entry.name
-    from localimg.config import HUB_ID
+    from localimg.config.model import HUB_ID
     from localimg.errors import ModelNotFound
 
     try:

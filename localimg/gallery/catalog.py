@@ -27,16 +27,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from localimg import download
+from localimg.download import transfer as download
 from localimg.errors import ConfigError, GalleryError, ModelNotFound
 
 GALLERIES_ENV = "LOCALIMG_GALLERIES"
 # A checkout keeps the gallery at the repo root; a wheel ships it as localimg/gallery_data.
-_SOURCE_INDEX = Path(__file__).resolve().parent.parent / "gallery" / "index.yaml"
+_SOURCE_INDEX = Path(__file__).resolve().parents[2] / "gallery" / "index.yaml"
 BUILTIN_INDEX = (
     _SOURCE_INDEX
     if _SOURCE_INDEX.is_file()
-    else Path(__file__).resolve().parent / "gallery_data" / "index.yaml"
+    else Path(__file__).resolve().parents[1] / "gallery_data" / "index.yaml"
 )
 LOCALAI_INDEX = "github:mudler/LocalAI/gallery/index.yaml@master"
 SHORTCUTS = {"localai": LOCALAI_INDEX}
@@ -363,7 +363,7 @@ def resolve_entry(entry: GalleryEntry, name: str | None = None) -> Resolved:
 def check_resolved(resolved: Resolved) -> None:
     """Refuse, before any download, an entry that is not an image model or is invalid."""
     from localimg.backends import canonical_name
-    from localimg.config import config_from_dict
+    from localimg.config.model import config_from_dict
 
     name = str(resolved.config["name"])
     if not NAME.match(name):

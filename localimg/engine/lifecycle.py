@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from localimg import memory
+from localimg._util.units import format_bytes, format_duration, parse_duration
+from localimg.engine import memory
 from localimg.errors import InsufficientMemory, ModelLoading
-from localimg.units import format_bytes, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from localimg.backends.base import RuntimeSettings
-    from localimg.config import ModelConfig
+    from localimg.config.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Budget:
 
 def parse_budget(text: str) -> Budget:
     """`12G` (RAM), or `ram=12G,vram=8G` (either part may be left out)."""
-    from localimg.units import parse_bytes
+    from localimg._util.units import parse_bytes
 
     value = text.strip()
     if "=" not in value:

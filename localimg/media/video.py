@@ -75,7 +75,7 @@ def encode_video(
             options["comment"] = parameters.encode("utf-8")
         frames[0].save(buffer, format="GIF", **options)
     else:
-        from localimg.images import EXIF_IFD, USER_COMMENT
+        from localimg.media.encode import EXIF_IFD, USER_COMMENT
 
         if parameters:
             from PIL import Image as PILImage

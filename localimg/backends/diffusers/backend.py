@@ -18,10 +18,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from localimg.backends import schedulers, tasks
+from localimg._util.system import cpu_has_bf16, physical_cores
 from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
-from localimg.backends.batch_invariance import BatchGrouping, make_linear_layers_batch_invariant
-from localimg.config import ModelConfig, ModelSource, model_source
+from localimg.backends.diffusers import schedulers, tasks
+from localimg.backends.diffusers.batch_invariance import (
+    BatchGrouping,
+    make_linear_layers_batch_invariant,
+)
+from localimg.config.model import ModelConfig, ModelSource, model_source
+from localimg.config.options import OPTION_ALIASES
 from localimg.errors import (
     BackendError,
     BackendNotInstalled,
@@ -31,9 +36,7 @@ from localimg.errors import (
     LocalimgError,
     ModelUnavailable,
 )
-from localimg.options import OPTION_ALIASES
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
-from localimg.system import cpu_has_bf16, physical_cores
 
 if TYPE_CHECKING:
     import torch

@@ -23,7 +23,7 @@ from localimg.requests import MAX_SIDE
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from localimg.inputs import ImageLimits
+    from localimg.media.decode import ImageLimits
     from localimg.requests import ImageRequest
 
 
@@ -137,8 +137,8 @@ def open_image_arg(value: str, param: str, limits: ImageLimits | None = None) ->
     URLs go through the guarded fetcher; the CLI runs for the person at the keyboard, so private
     and loopback addresses are allowed (the server refuses them unless told otherwise).
     """
-    from localimg.fetch import FetchPolicy
-    from localimg.inputs import ImageLimits, decode_image, image_from_text
+    from localimg.media.decode import ImageLimits, decode_image, image_from_text
+    from localimg.media.fetch import FetchPolicy
 
     limits = limits or ImageLimits()
     text = value.strip()

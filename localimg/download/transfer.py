@@ -258,7 +258,7 @@ class RichProgress:
         )
         from rich.progress import Progress as RichBar
 
-        from localimg.console import err_console
+        from localimg.cli.console import err_console
 
         self.enabled = err_console.is_terminal if enabled is None else enabled
         self._bar = RichBar(
