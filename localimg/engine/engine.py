@@ -83,7 +83,7 @@ def merge_request(
     width = pick("width", size[0] if size else None) or own[0] or defaults.width
     height = pick("height", size[1] if size else None) or own[1] or defaults.height
     steps = pick("steps", config.step)
-    if steps is None or request.steps is None and request.quality is not None:
+    if steps is None or (request.steps is None and request.quality is not None):
         # OpenAI's quality scales the model's own count: its YAML's, else the backend's default.
         own = steps or defaults.steps
         factor = QUALITY_STEP_FACTORS[request.quality] if request.quality else 1.0
