@@ -46,8 +46,7 @@ def main() -> None:
 
     from localimg._util.system import physical_cores
     from localimg.backends.base import RuntimeSettings
-    from localimg.engine.engine import Engine, EngineSettings
-    from localimg.engine.worker_parent import worker_slot_factory
+    from localimg.engine import Engine, EngineSettings, worker_slot_factory
     from localimg.requests import ImageRequest
 
     threads = args.threads or physical_cores()

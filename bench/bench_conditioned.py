@@ -61,7 +61,7 @@ def main() -> None:
     )
     from PIL import Image
 
-    from localimg.engine.engine import Engine, EngineSettings
+    from localimg.engine import Engine, EngineSettings
     from localimg.requests import ImageRequest
     from tests.tiny_models import tiny_sd_path
 

@@ -84,7 +84,7 @@ def bench_in_process(model: Path, runs: int, steps: int, size: int) -> tuple[flo
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from localimg.engine.engine import Engine, EngineSettings
+    from localimg.engine import Engine, EngineSettings
     from localimg.requests import ImageRequest
 
     engine = Engine(EngineSettings(models_path=model.parent))

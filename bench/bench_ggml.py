@@ -133,8 +133,7 @@ def main() -> None:
     from localimg._util.system import physical_cores
     from localimg.backends.base import RuntimeSettings
     from localimg.backends.ggml import native as ggml_native
-    from localimg.engine.engine import Engine, EngineSettings
-    from localimg.engine.worker_parent import worker_slot_factory
+    from localimg.engine import Engine, EngineSettings, worker_slot_factory
     from localimg.requests import ImageRequest
     from localimg.server.app import ServerSettings, create_app
     from tests.server_support import serve_in_thread

@@ -49,8 +49,7 @@ def main() -> None:
     import httpx
     from PIL import Image
 
-    from localimg.engine.engine import Engine, EngineSettings
-    from localimg.engine.worker_parent import worker_slot_factory
+    from localimg.engine import Engine, EngineSettings, worker_slot_factory
     from localimg.requests import ImageRequest
     from localimg.server.app import ServerSettings, create_app
     from tests.server_support import serve_in_thread, write_model

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from localimg.engine import Engine, EngineSettings, Job
 from localimg.engine.batching import AllCancelled, batch_key, take_compatible
-from localimg.engine.engine import Engine, EngineSettings, Job
 from localimg.errors import Cancelled
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 from tests.server_support import write_model

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine import Engine, EngineSettings
 from localimg.errors import InvalidRequest, LocalimgError, PayloadTooLarge, UnreadableImage
 from localimg.media import conditioning
 from localimg.media.decode import ImageLimits, decode_image

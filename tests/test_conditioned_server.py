@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine import Engine, EngineSettings
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
 from localimg.server.app import ServerSettings, create_app

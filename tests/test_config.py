@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localimg.config.model import (
+from localimg.config import (
     DEFAULT_HUB_MODEL,
     default_model_ref,
     load_config_file,

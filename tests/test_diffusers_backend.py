@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from localimg.backends.diffusers import schedulers
-from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine import Engine, EngineSettings
 from localimg.errors import (
     BackendNotInstalled,
     Cancelled,

@@ -194,7 +194,7 @@ def test_shipped_entries_pass_their_backends_checks() -> None:
     """Each shipped YAML as the backend would read it: pipeline, scheduler, ggml options."""
     from localimg.backends.diffusers import backend as diffusers_backend
     from localimg.backends.diffusers import schedulers
-    from localimg.config.model import config_from_dict
+    from localimg.config import config_from_dict
 
     catalog = Catalog.load(gallery.default_sources(builtin=True))
     import importlib
@@ -221,7 +221,7 @@ def test_localai_flux_entry_installs_with_full_options(
     """LocalAI's index format end to end: github: template, huggingface:// and https files."""
     from huggingface_hub import constants
 
-    from localimg.config.model import load_config_file
+    from localimg.config import load_config_file
     from localimg.gallery.install import install
     from tests.fake_hosts import sha256
 

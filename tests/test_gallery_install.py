@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from localimg.cli import app
-from localimg.config.model import load_config_file
+from localimg.config import load_config_file
 from localimg.errors import DownloadError, GalleryError
 from localimg.gallery.catalog import Catalog, GallerySource
 from localimg.gallery.install import install, read_record, remove

@@ -19,7 +19,7 @@ import typer
 import uvicorn
 from PIL import Image
 
-from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine import Engine, EngineSettings
 from localimg.gallery.catalog import GALLERIES_ENV
 from localimg.server.app import ServerSettings, create_app
 from tests.fake_hosts import FakeHosts, hosts, hub  # noqa: F401

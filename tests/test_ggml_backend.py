@@ -20,8 +20,8 @@ pytest.importorskip("stable_diffusion_cpp")
 from localimg.backends.base import RuntimeSettings
 from localimg.backends.ggml import samplers as ggml_samplers
 from localimg.backends.ggml.backend import GgmlBackend
-from localimg.config.model import load_config_file
-from localimg.engine.engine import Engine, EngineSettings, merge_request
+from localimg.config import load_config_file
+from localimg.engine import Engine, EngineSettings, merge_request
 from localimg.errors import (
     Cancelled,
     ConfigError,

@@ -26,8 +26,7 @@ from typer.testing import CliRunner
 pytest.importorskip("stable_diffusion_cpp")
 
 from localimg.cli import app
-from localimg.engine.engine import Engine, EngineSettings
-from localimg.engine.worker_parent import WorkerOptions, WorkerSlot, worker_slot_factory
+from localimg.engine import Engine, EngineSettings, WorkerOptions, WorkerSlot, worker_slot_factory
 from localimg.server.app import ServerSettings, create_app
 from tests.server_support import (
     assert_openai_error,

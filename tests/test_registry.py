@@ -12,8 +12,8 @@ from PIL import Image
 
 import localimg.backends as registry
 from localimg.backends.base import BackendDefaults, RuntimeSettings
-from localimg.config.model import ModelConfig
-from localimg.engine.engine import Engine, EngineSettings
+from localimg.config import ModelConfig
+from localimg.engine import Engine, EngineSettings
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult
 

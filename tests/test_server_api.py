@@ -23,8 +23,7 @@ import openai
 import pytest
 from PIL import Image
 
-from localimg.engine.engine import Engine, EngineSettings
-from localimg.engine.worker_parent import WorkerOptions, WorkerSlot, worker_slot_factory
+from localimg.engine import Engine, EngineSettings, WorkerOptions, WorkerSlot, worker_slot_factory
 from localimg.media.decode import ImageLimits
 from localimg.server.app import ServerSettings, create_app
 from tests.server_support import (

@@ -13,9 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from localimg.engine.engine import Engine, EngineSettings
+from localimg.engine import Engine, EngineSettings, WorkerSlot, worker_slot_factory
 from localimg.engine.lifecycle import Budget
-from localimg.engine.worker_parent import WorkerSlot, worker_slot_factory
 from localimg.requests import ImageRequest, ImageResult
 from localimg.server.app import ServerSettings, create_app
 from tests.server_support import (

@@ -21,8 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
-from localimg.engine.engine import Engine, EngineSettings, InProcessSlot, Job
-from localimg.engine.worker_parent import WorkerOptions, worker_slot_factory
+from localimg.engine import (
+    Engine,
+    EngineSettings,
+    InProcessSlot,
+    Job,
+    WorkerOptions,
+    worker_slot_factory,
+)
 from localimg.errors import Cancelled
 from localimg.server.app import ServerSettings, create_app
 from tests.server_support import (

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from localimg.engine.engine import Engine, EngineSettings, InProcessSlot
+from localimg.engine import Engine, EngineSettings, InProcessSlot
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult
 from tests.server_support import write_model

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from localimg.config.model import ModelConfig
+    from localimg.config import ModelConfig
     from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 
 ProgressCallback = Callable[["ProgressEvent"], None]

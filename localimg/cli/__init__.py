@@ -76,8 +76,8 @@ def _engine_settings(
     models_path: Path | None, device: str | None = None, threads: int | None = None
 ) -> Any:
     from localimg.backends.base import RuntimeSettings
-    from localimg.config.model import default_models_path
-    from localimg.engine.engine import EngineSettings
+    from localimg.config import default_models_path
+    from localimg.engine import EngineSettings
 
     return EngineSettings(
         models_path=models_path or default_models_path(),
@@ -206,7 +206,7 @@ def generate(
     """Generate images from a prompt and write them to files."""
     _prepare_runtime()
     from localimg.cli.console import GenerationProgress
-    from localimg.engine.engine import Engine
+    from localimg.engine import Engine
     from localimg.media import conditioning
     from localimg.media import output as results
     from localimg.requests import ImageRequest, parse_mode, parse_size
@@ -299,7 +299,7 @@ def models_list(
     models_path: ModelsPath = None,
 ) -> None:
     """The YAML models found in the models directory, with backend and source."""
-    from localimg.config.model import default_models_path, scan_models
+    from localimg.config import default_models_path, scan_models
 
     path = models_path or default_models_path()
     entries = scan_models(path)
@@ -452,9 +452,8 @@ def serve(
     _prepare_runtime()
     from dataclasses import replace
 
-    from localimg.config.model import scan_models
-    from localimg.engine.engine import Engine
-    from localimg.engine.worker_parent import WorkerOptions, worker_slot_factory
+    from localimg.config import scan_models
+    from localimg.engine import Engine, WorkerOptions, worker_slot_factory
     from localimg.media.decode import ImageLimits
     from localimg.media.fetch import FetchPolicy
     from localimg.server.app import ServerSettings, create_app

@@ -33,7 +33,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _models_path(models_path: Path | None) -> Path:
-    from localimg.config.model import default_models_path
+    from localimg.config import default_models_path
 
     return models_path or default_models_path()
 
@@ -57,7 +57,7 @@ def _echo_json(data: Any) -> None:
 
 
 def _installed(models_path: Path) -> set[str]:
-    from localimg.config.model import scan_models
+    from localimg.config import scan_models
 
     return {e.name for e in scan_models(models_path)}
 
@@ -269,7 +269,7 @@ def models_show(
     """An installed model's settings and files; for a gallery model, what it would install."""
     import yaml
 
-    from localimg.config.model import scan_models
+    from localimg.config import scan_models
     from localimg.gallery.install import read_record
 
     root = _models_path(models_path)
@@ -399,12 +399,12 @@ def run(
 
 def _ensure_installed(ref: str, root: Path, galleries: list[str] | None) -> str:
     """The installed model's name: an installed YAML is used as is, else the gallery installs."""
-    from localimg.config.model import scan_models
+    from localimg.config import scan_models
 
     for entry in scan_models(root):
         if ref in (entry.name, entry.path.stem) and entry.config is not None:
             return entry.name
-    from localimg.config.model import HUB_ID
+    from localimg.config import HUB_ID
     from localimg.errors import ModelNotFound
 
     try:

@@ -1,6 +1,41 @@
 """Model configuration: LocalAI-compatible YAML, its `options:`, the models directory and
-model references. `localimg.config.ModelConfig` is the import path plugins use."""
+model references. This package's names are its public API (`localimg.config.ModelConfig` is the
+import path plugins use); other parts import from here, never from its modules."""
 
-from localimg.config.model import ModelConfig
+from localimg.config.model import (
+    DEFAULT_MODEL_ENV,
+    HUB_ID,
+    MODELS_PATH_ENV,
+    WEIGHT_SUFFIXES,
+    YAML_SUFFIXES,
+    ModelConfig,
+    ModelEntry,
+    ModelSource,
+    config_from_dict,
+    default_model_ref,
+    default_models_path,
+    load_config_file,
+    model_source,
+    resolve_model,
+    save_config,
+    scan_models,
+)
 
-__all__ = ["ModelConfig"]
+__all__ = [
+    "DEFAULT_MODEL_ENV",
+    "HUB_ID",
+    "MODELS_PATH_ENV",
+    "WEIGHT_SUFFIXES",
+    "YAML_SUFFIXES",
+    "ModelConfig",
+    "ModelEntry",
+    "ModelSource",
+    "config_from_dict",
+    "default_model_ref",
+    "default_models_path",
+    "load_config_file",
+    "model_source",
+    "resolve_model",
+    "save_config",
+    "scan_models",
+]

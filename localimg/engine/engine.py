@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from localimg.backends import canonical_name, get_backend_class
 from localimg.backends.base import BackendDefaults, RuntimeSettings
-from localimg.config.model import ModelConfig, default_model_ref, default_models_path, resolve_model
+from localimg.config import ModelConfig, default_model_ref, default_models_path, resolve_model
 from localimg.config.options import OPTION_ALIASES
 from localimg.engine import batching, memory
 from localimg.engine.lifecycle import Budget, Lifecycle
@@ -85,9 +85,9 @@ def merge_request(
     steps = pick("steps", config.step)
     if steps is None or (request.steps is None and request.quality is not None):
         # OpenAI's quality scales the model's own count: its YAML's, else the backend's default.
-        own = steps or defaults.steps
+        base_steps = steps or defaults.steps
         factor = QUALITY_STEP_FACTORS[request.quality] if request.quality else 1.0
-        steps = max(1, round(own * factor))
+        steps = max(1, round(base_steps * factor))
     cfg_scale = pick("cfg_scale", config.default_cfg_scale)
     seed = pick("seed", config.default_seed)
     try:

@@ -27,7 +27,7 @@ from localimg.errors import InsufficientMemory, ModelLoading
 
 if TYPE_CHECKING:
     from localimg.backends.base import RuntimeSettings
-    from localimg.config.model import ModelConfig
+    from localimg.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

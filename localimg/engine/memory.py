@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localimg.config.model import WEIGHT_SUFFIXES, model_source
+from localimg.config import WEIGHT_SUFFIXES, model_source
 
 if TYPE_CHECKING:
     from localimg.backends.base import RuntimeSettings
-    from localimg.config.model import ModelConfig
+    from localimg.config import ModelConfig
 
 ACTIVATION_MARGIN = 0.2  # of the weights: latents, attention maps, the VAE decode
 RUNTIME_OVERHEAD = 256 * 1024**2  # a process with torch imported, its allocator's slack

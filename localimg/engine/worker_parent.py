@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from localimg.config.model import ModelConfig
+from localimg.config import ModelConfig
 from localimg.engine import memory
 from localimg.engine.engine import EngineSettings, InProcessSlot, Job, as_backend_error
 from localimg.errors import BackendError, Cancelled, LocalimgError

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from localimg.config.model import HUB_ID
+from localimg.config import HUB_ID
 from localimg.download import transfer as download
 from localimg.errors import LocalimgError
 from localimg.gallery.catalog import (

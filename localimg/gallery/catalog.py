@@ -363,7 +363,7 @@ def resolve_entry(entry: GalleryEntry, name: str | None = None) -> Resolved:
 def check_resolved(resolved: Resolved) -> None:
     """Refuse, before any download, an entry that is not an image model or is invalid."""
     from localimg.backends import canonical_name
-    from localimg.config.model import config_from_dict
+    from localimg.config import config_from_dict
 
     name = str(resolved.config["name"])
     if not NAME.match(name):

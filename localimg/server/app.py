@@ -26,8 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from localimg.engine.engine import as_backend_error
-from localimg.engine.worker_parent import load_now
+from localimg.engine import as_backend_error, load_now
 from localimg.errors import LocalimgError
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
@@ -43,7 +42,7 @@ from localimg.server.security import (
 )
 
 if TYPE_CHECKING:
-    from localimg.engine.engine import Engine
+    from localimg.engine import Engine
 
 log = logging.getLogger("localimg.server")
 access_log = logging.getLogger("localimg.access")

@@ -20,7 +20,7 @@ from localimg.server import openai
 from localimg.server.localai import _check_key
 
 if TYPE_CHECKING:
-    from localimg.engine.engine import Engine
+    from localimg.engine import Engine
 
 
 def _entry(state: Any, name: str) -> dict[str, Any]:

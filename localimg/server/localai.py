@@ -58,7 +58,7 @@ def _jobs(request: Request) -> Any:
 async def available(request: Request) -> Response:
     """The image models of the galleries, each marked installed or not."""
     _check_key(request)
-    from localimg.config.model import scan_models
+    from localimg.config import scan_models
 
     models_path = request.app.state.engine.settings.models_path
     catalog = await asyncio.to_thread(_catalog)

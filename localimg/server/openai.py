@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from localimg.config.model import DEFAULT_MODEL_ENV, default_model_ref, scan_models
+from localimg.config import DEFAULT_MODEL_ENV, default_model_ref, scan_models
 from localimg.errors import (
     Cancelled,
     InvalidRequest,
@@ -40,8 +40,8 @@ from localimg.server import schemas, videos
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from localimg.config.model import ModelConfig
-    from localimg.engine.engine import Engine, Job
+    from localimg.config import ModelConfig
+    from localimg.engine import Engine, Job
     from localimg.requests import ImageResult
 
 log = logging.getLogger("localimg.server")

@@ -20,7 +20,7 @@ from localimg.requests import MAX_N, ImageRequest, parse_mode, parse_size
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from localimg.config.model import ModelConfig
+    from localimg.config import ModelConfig
     from localimg.requests import ImageResult
 
 DEFAULT_STEPS = 30  # LocalAI's documented default, used when a model's YAML sets no `step`

@@ -34,7 +34,7 @@ from localimg.media import encode as images
 from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
 
 if TYPE_CHECKING:
-    from localimg.engine.engine import Engine, Job
+    from localimg.engine import Engine, Job
     from localimg.requests import ImageResult, ProgressEvent
     from localimg.server.schemas import Prepared
 

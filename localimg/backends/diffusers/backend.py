@@ -25,7 +25,7 @@ from localimg.backends.diffusers.batch_invariance import (
     BatchGrouping,
     make_linear_layers_batch_invariant,
 )
-from localimg.config.model import ModelConfig, ModelSource, model_source
+from localimg.config import ModelConfig, ModelSource, model_source
 from localimg.config.options import OPTION_ALIASES
 from localimg.errors import (
     BackendError,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from localimg._util.system import physical_cores
 from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
 from localimg.backends.ggml import native, samplers
-from localimg.config.model import ModelConfig
+from localimg.config import ModelConfig
 from localimg.config.options import OPTION_ALIASES
 from localimg.errors import (
     BackendError,
