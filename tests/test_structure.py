@@ -1,0 +1,162 @@
+"""The package's shape, checked from its source (ast): the rules docs/architecture.md states.
+
+- no import cycle among localimg's modules (function-level imports count: they run too);
+- no private name (`_x`) imported from another module;
+- each part imports only the parts below it (LAYERS);
+- no module over MAX_LINES lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "localimg"
+MAX_LINES = 520  # "about 500": a module past this has two ideas in it
+
+# Each part and the parts it may import (besides itself). Front ends sit on top; a backend never
+# knows HTTP or Typer; the server never touches a backend (it goes through the engine).
+BASE = {"errors", "requests", "_util"}
+LAYERS: dict[str, set[str]] = {
+    "errors": set(),
+    "requests": {"errors"},
+    "_util": {"errors"},
+    "media": BASE,
+    "download": BASE,
+    "config": BASE,
+    "backends": BASE | {"config", "media"},
+    "gallery": BASE | {"config", "download", "backends"},
+    "engine": BASE | {"config", "media", "backends"},
+    "server": BASE | {"config", "media", "engine", "gallery", "download"},
+    "cli": BASE | {"config", "media", "engine", "gallery", "download", "server", "backends"},
+    "__main__": {"cli"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = ["localimg", *path.relative_to(ROOT).with_suffix("").parts]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def imports_of(name: str) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every localimg import in a module."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_package = path.name == "__init__.py"
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("localimg"):
+                    found.append((alias.name, [], node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            if not base.startswith("localimg"):
+                continue
+            names = [a.name for a in node.names]
+            # `from pkg import submodule` imports the submodule itself.
+            subs = [n for n in names if f"{base}.{n}" in MODULES]
+            for sub in subs:
+                found.append((f"{base}.{sub}", [], node.lineno))
+            rest = [n for n in names if n not in subs]
+            if rest or not subs:
+                found.append((base, rest, node.lineno))
+    return found
+
+
+def part_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def graph() -> dict[str, set[str]]:
+    return {
+        name: {target for target, _, _ in imports_of(name) if target in MODULES and target != name}
+        for name in MODULES
+    }
+
+
+def test_every_module_is_seen() -> None:
+    assert "localimg.engine.engine" in MODULES
+    assert "localimg.backends.base" in MODULES
+    assert len(MODULES) > 40
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    offenders = [
+        f"{name}:{line} imports {target}.{imported}"
+        for name in MODULES
+        for target, names, line in imports_of(name)
+        for imported in names
+        if imported.startswith("_") and not imported.startswith("__")
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_each_part_imports_only_the_parts_below_it() -> None:
+    offenders = []
+    for name in MODULES:
+        part = part_of(name)
+        if part not in LAYERS:
+            continue
+        allowed = LAYERS[part] | {part}
+        for target, _, line in imports_of(name):
+            other = part_of(target)
+            if other and other not in allowed and other != "__init__":
+                offenders.append(f"{name}:{line} imports {target} ({part} may not use {other})")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_part_has_a_layer() -> None:
+    parts = {part_of(name) for name in MODULES} - {""}
+    assert parts <= set(LAYERS), f"parts without a layer rule: {parts - set(LAYERS)}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_is_not_too_long(name: str) -> None:
+    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_LINES, f"{name} has {lines} lines (limit {MAX_LINES}): split it"
+
+
+def test_every_package_is_shipped() -> None:
+    """pyproject lists packages by hand (the gallery data needs a package-dir mapping)."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    packages = {module_name(p) for p in ROOT.rglob("__init__.py")}
+    assert packages <= listed, f"add to pyproject packages: {sorted(packages - listed)}"
