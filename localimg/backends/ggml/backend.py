@@ -3,27 +3,31 @@
 It loads what stable-diffusion.cpp loads (SD1.x, SD2.x, SDXL, SD3/3.5, FLUX, ...) from .gguf,
 .safetensors or .ckpt, with optional separate text encoders, VAE or TAESD files, all named in the
 YAML's `options:` the way LocalAI's ggml backend names them. The native library's defects are
-contained in `ggml_native.py`; sampler names in `ggml_samplers.py`. The library is imported only
-inside methods, so `localimg --help` never loads it.
+contained in `native.py`; sampler names in `samplers.py`; the YAML's options in `options.py`;
+prompt LoRA tags in `lora.py`. The library is imported only inside methods, so `localimg --help`
+never loads it.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from localimg._util.system import physical_cores
 from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
 from localimg.backends.ggml import native, samplers
+from localimg.backends.ggml.lora import lora_dir, lora_tags
+from localimg.backends.ggml.options import (
+    FILE_OPTIONS,
+    OPTION_KEYS,
+    GgmlOptions,
+    parse_options,
+)
 from localimg.config import ModelConfig
-from localimg.config.options import OPTION_ALIASES
 from localimg.errors import (
     BackendError,
     Cancelled,
@@ -36,13 +40,6 @@ from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 20  # stable-diffusion.cpp's own default
-LORA_SUFFIXES = (".safetensors", ".gguf", ".pt", ".ckpt")
-LORA_TAG = re.compile(r"<lora:([^:>]+):([^>]*)>")
-# Weight types stable-diffusion.cpp can convert to on load (`wtype`).
-WTYPES = (
-    "f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1",
-    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
-)  # fmt: skip
 # Request modes this backend serves (video and depth models are other backends' work).
 MODES = (None, "txt2img", "img2img", "inpaint")
 # Keys a request's `extra` may carry: per-generation settings of this backend.
@@ -50,125 +47,6 @@ EXTRA_KEYS = frozenset({"sampler", "guidance", "eta"})
 # Families stable-diffusion.cpp reports ("Version: ..." when loading) that are UNets: their sizes
 # must be multiples of 64 (VAE factor 8 x three downsamplings); the DiT families take 16.
 UNET_FAMILIES = ("SD 1.x", "SD 2.x", "SDXS", "SDXL", "SVD", "Instruct-Pix2Pix")
-
-
-class GgmlOptions(BaseModel):
-    """`options:` of a ggml model YAML (LocalAI's keys), typed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    diffusion_model: bool = False  # parameters.model is a standalone diffusion model (FLUX, SD3.5)
-    clip_l_path: str | None = None
-    clip_g_path: str | None = None
-    t5xxl_path: str | None = None
-    vae_path: str | None = None
-    taesd_path: str | None = None
-    lora_dir: str | None = None  # where <lora:name:weight> looks (default: the models dir)
-    sampler: str | None = None
-    scheduler: str | None = None  # the sigma schedule (discrete, karras, ...)
-    clip_skip: int | None = Field(default=None, ge=0, le=24)
-    strength: float | None = Field(default=None, gt=0, le=1)
-    threads: int | None = Field(default=None, ge=1, le=1024)
-    wtype: str | None = None
-    vae_tiling: bool = False
-    keep_clip_on_cpu: bool = False
-    keep_vae_on_cpu: bool = False
-    diffusion_flash_attn: bool = False
-    flash_attn: bool = False
-    offload_params_to_cpu: bool = False
-    guidance: float | None = Field(default=None, ge=0, le=100)  # FLUX distilled guidance
-    eta: float | None = Field(default=None, ge=0, le=10)
-
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: str | None) -> str | None:
-        if value is not None:
-            sampling = samplers.resolve(value, param="sampler")
-            if sampling.method is None:
-                raise ValueError(f"{value!r} is a schedule, not a sampler: use scheduler:{value}")
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_schedule(cls, value: str | None) -> str | None:
-        return samplers.resolve_schedule(value) if value is not None else None
-
-    @field_validator("wtype")
-    @classmethod
-    def _known_wtype(cls, value: str | None) -> str | None:
-        if value is not None and value.lower() not in WTYPES:
-            raise ValueError(f"unknown weight type; use one of {', '.join(WTYPES)}")
-        return value.lower() if value else None
-
-
-OPTION_KEYS = frozenset(GgmlOptions.model_fields)
-FILE_OPTIONS = ("clip_l_path", "clip_g_path", "t5xxl_path", "vae_path", "taesd_path")
-
-
-def parse_options(config: ModelConfig) -> GgmlOptions:
-    """The YAML's options as GgmlOptions; an unknown key or bad value names the file and key."""
-    raw = config.parsed_options()
-    unknown = sorted(k for k in raw if k not in OPTION_KEYS and k not in OPTION_ALIASES)
-    if unknown:
-        raise ConfigError(
-            f"{config.where}: options: unknown key {unknown[0]!r} for the stablediffusion-ggml "
-            f"backend; known keys: {', '.join(sorted(OPTION_KEYS))} (and the generation settings "
-            f"{', '.join(sorted(OPTION_ALIASES))})"
-        )
-    try:
-        return GgmlOptions.model_validate({k: v for k, v in raw.items() if k in OPTION_KEYS})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(
-            f"{config.where}: options: {key}: {msg} (got {err.get('input')!r})"
-        ) from None
-    except InvalidRequest as exc:
-        raise ConfigError(f"{config.where}: options: {exc.message}") from None
-
-
-def lora_dir(config: ModelConfig, options: GgmlOptions) -> Path:
-    if options.lora_dir:
-        return config.resolve_path(options.lora_dir)
-    return config.resolve_path(".")
-
-
-def find_lora(name: str, folder: Path) -> Path:
-    """`name` (with or without its extension) inside `folder`; a clear error when absent."""
-    candidate = (folder / name).resolve()
-    if not candidate.is_relative_to(folder.resolve()):
-        raise InvalidRequest(
-            f"LoRA {name!r} points outside the LoRA folder {folder}", param="prompt"
-        )
-    tries = [candidate, *(candidate.with_name(candidate.name + s) for s in LORA_SUFFIXES)]
-    for path in tries:
-        if path.is_file():
-            return path
-    known = sorted(p.stem for p in folder.glob("*") if p.suffix in LORA_SUFFIXES and p.is_file())[
-        :20
-    ]
-    raise InvalidRequest(
-        f"LoRA {name!r} not found in {folder} (tried {', '.join(p.name for p in tries)}); "
-        + (f"LoRA files there: {', '.join(known)}" if known else "there are no LoRA files there"),
-        param="prompt",
-    )
-
-
-def lora_tags(prompt: str, folder: Path) -> tuple[str, list[tuple[Path, float]]]:
-    """Split `<lora:name:weight>` tags out of a prompt, each resolved to a file (or an error)."""
-    found: list[tuple[Path, float]] = []
-    for match in LORA_TAG.finditer(prompt):
-        name, weight_text = match.group(1).strip(), match.group(2).strip()
-        try:
-            weight = float(weight_text)
-        except ValueError:
-            raise InvalidRequest(
-                f"LoRA tag {match.group(0)!r}: the weight must be a number, e.g. <lora:{name}:0.8>",
-                param="prompt",
-            ) from None
-        found.append((find_lora(name, folder), weight))
-    return LORA_TAG.sub("", prompt).strip(), found
 
 
 class GgmlBackend:
