@@ -85,13 +85,13 @@ def test_aliases_and_unknown_names() -> None:
 
 
 def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
-    from localimg.backends.diffusers.backend import PIPELINE_TYPES, _pipeline_class
+    from localimg.backends.diffusers.loading import PIPELINE_TYPES, pipeline_class
 
     assert len(PIPELINE_TYPES) == 12
     for name in PIPELINE_TYPES:
-        assert _pipeline_class(name) is not None
+        assert pipeline_class(name) is not None
     with pytest.raises(ConfigError, match="unknown pipeline_type"):
-        _pipeline_class("NotAPipeline")
+        pipeline_class("NotAPipeline")
 
 
 @pytest.mark.parametrize(

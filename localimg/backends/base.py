@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from localimg.config import ModelConfig
@@ -37,6 +37,31 @@ class BackendDefaults:
     size_multiple: int = 8
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond the Protocol, so the engine asks this, never a backend's name
+    or whether it happens to have a method."""
+
+    batch: bool = False  # can run several queued requests in one call (generate_batch)
+
+
+def capabilities_of(cls: type[Any]) -> Capabilities:
+    """The class's `capabilities`; a plugin class written before they existed has none, which
+    means none of the optional abilities (the one place their absence is tolerated)."""
+    found = getattr(cls, "capabilities", None)
+    return found if isinstance(found, Capabilities) else Capabilities()
+
+
+def weight_itemsize_of(cls: type[Any], config: ModelConfig, where: str) -> int | None:
+    """Bytes per float weight once `config` is loaded on `where` ("vram" or "ram"), for the memory
+    estimate; None (the default, for backends without the hook) means as stored on disk."""
+    hook = getattr(cls, "weight_itemsize", None)
+    if hook is None:
+        return None
+    size: int | None = hook(config, where)
+    return size
+
+
 class Backend(Protocol):
     """The interface the engine drives. One instance holds one loaded model."""
 
@@ -46,6 +71,12 @@ class Backend(Protocol):
     # `options:` keys the backend consumes itself (at load time or as settings); every other
     # option is a generation keyword that the merged request carries in `extra`.
     option_keys: ClassVar[frozenset[str]]
+
+    # Optional, read through capabilities_of (default Capabilities()):
+    #     capabilities: ClassVar[Capabilities]
+    # and, with batch=True, generate_batch(requests, progress, cancel) -> list[ImageResult].
+    # Optional classmethod, read through weight_itemsize_of (default None, as stored):
+    #     weight_itemsize(config, where) -> int | None
 
     def __init__(self, settings: RuntimeSettings) -> None: ...
 

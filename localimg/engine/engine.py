@@ -289,8 +289,10 @@ class InProcessSlot:
 
     @property
     def batches(self) -> bool:
-        """Whether this slot can run several jobs in one call (its backend has generate_batch)."""
-        return hasattr(self.backend_cls, "generate_batch")
+        """Whether this slot can run several jobs in one call (its backend's capabilities)."""
+        from localimg.backends.base import capabilities_of
+
+        return capabilities_of(self.backend_cls).batch
 
     def _run(self) -> None:
         while jobs := self._next_jobs():

@@ -114,21 +114,17 @@ def _has_variant_tag(path: Path) -> bool:
 
 
 def load_itemsize(config: ModelConfig, device_kind: str) -> int | None:
-    """Bytes per float element once loaded (None: as stored, e.g. ggml's quantized files)."""
-    from localimg._util.system import cpu_has_bf16
-    from localimg.backends import canonical_name
+    """Bytes per float element once loaded (None: as stored, e.g. ggml's quantized files): the
+    backend's own answer (weight_itemsize); None when the backend is not installed."""
+    from localimg.backends import get_backend_class
+    from localimg.backends.base import weight_itemsize_of
+    from localimg.errors import BackendNotInstalled
 
-    if canonical_name(config.backend) != "diffusers":
+    try:
+        cls = get_backend_class(config.backend)
+    except BackendNotInstalled:
         return None
-    dtype = None
-    for key, value in config.parsed_options().items():
-        if key == "dtype":
-            dtype = str(value).lower()
-    if dtype is not None:
-        return 2 if dtype in HALF_DTYPES else 4
-    if config.f16 and (device_kind == "vram" or cpu_has_bf16()):
-        return 2
-    return 4
+    return weight_itemsize_of(cls, config, device_kind)
 
 
 def device_kind(config: ModelConfig, runtime: RuntimeSettings) -> str:

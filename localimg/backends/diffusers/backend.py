@@ -1,7 +1,7 @@
 """The diffusers backend: Hugging Face pipelines on torch (CUDA, MPS or CPU).
 
-Loading goes through diffusers' own `from_pretrained` (hub ids through huggingface_hub's cache, or
-local folders) and `from_single_file` (.safetensors/.ckpt). torch and diffusers are imported only
+Loading is in loading.py, the YAML's options in options.py, placement and speed options in
+speed.py; this module is the backend the engine drives. torch and diffusers are imported only
 inside methods, so importing this module (and `localimg --help`) stays fast.
 """
 
@@ -9,71 +9,47 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import threading
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from localimg._util.system import cpu_has_bf16, physical_cores
-from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
-from localimg.backends.diffusers import schedulers, tasks
-from localimg.backends.diffusers.batch_invariance import (
-    BatchGrouping,
-    make_linear_layers_batch_invariant,
+from localimg._util.system import physical_cores
+from localimg.backends.base import (
+    BackendDefaults,
+    Capabilities,
+    ProgressCallback,
+    RuntimeSettings,
 )
-from localimg.config import ModelConfig, ModelSource, model_source
+from localimg.backends.diffusers import schedulers, tasks
+from localimg.backends.diffusers.batch_invariance import BatchGrouping
+from localimg.backends.diffusers.loading import (
+    DEFAULT_PIPELINE,
+    apply_loras,
+    bridge_clip_text_model,
+    choose_device,
+    choose_dtype,
+    hub_error,
+    load_pipeline,
+    quiet_library_progress,
+)
+from localimg.backends.diffusers.options import OPTION_KEYS, parse_options, weight_itemsize
+from localimg.backends.diffusers.speed import attention_kind, denoiser_of, place, speed_up
+from localimg.config import ModelConfig, model_source
 from localimg.config.options import OPTION_ALIASES
 from localimg.errors import (
     BackendError,
     BackendNotInstalled,
     Cancelled,
-    ConfigError,
     InvalidRequest,
     LocalimgError,
     ModelUnavailable,
 )
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 
-if TYPE_CHECKING:
-    import torch
-
 log = logging.getLogger(__name__)
 
-DEFAULT_PIPELINE = "AutoPipelineForText2Image"
 DEFAULT_STEPS = 30  # LocalAI's documented default
-
-# LocalAI's `pipeline_type` names → the diffusers class that loads them.
-PIPELINE_TYPES: dict[str, str] = {
-    "StableDiffusionPipeline": "StableDiffusionPipeline",
-    "StableDiffusionImg2ImgPipeline": "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionDepth2ImgPipeline": "StableDiffusionDepth2ImgPipeline",
-    "DiffusionPipeline": "DiffusionPipeline",
-    "StableDiffusionXLPipeline": "StableDiffusionXLPipeline",
-    "StableVideoDiffusionPipeline": "StableVideoDiffusionPipeline",
-    "AutoPipelineForText2Image": "AutoPipelineForText2Image",
-    "VideoDiffusionPipeline": "DiffusionPipeline",  # text-to-video repos resolve their own class
-    "StableDiffusion3Pipeline": "StableDiffusion3Pipeline",
-    "FluxPipeline": "FluxPipeline",
-    "FluxTransformer2DModel": "FluxPipeline",  # a standalone FLUX transformer + a base repo
-    "SanaPipeline": "SanaPipeline",
-}
-# Repo classes that are text-to-image pipelines themselves: AutoPipelineForText2Image loads them
-# as they are, so localimg can too (and skip importing the auto-pipeline tables).
-TEXT_TO_IMAGE_CLASSES = frozenset(
-    {
-        "StableDiffusionPipeline",
-        "StableDiffusionXLPipeline",
-        "StableDiffusion3Pipeline",
-        "FluxPipeline",
-        "SanaPipeline",
-    }
-)
-AUTO_TYPES = frozenset({"AutoPipelineForText2Image", "DiffusionPipeline", "VideoDiffusionPipeline"})
-FLUX_BASE_REPO = "black-forest-labs/FLUX.1-dev"
 
 # Call arguments localimg sets itself: an option or extra field may not set them directly.
 RESERVED_CALL_ARGS = frozenset(
@@ -95,167 +71,6 @@ RESERVED_CALL_ARGS = frozenset(
 # Request fields that `diffusers.enable_parameters` can switch off (LocalAI's gate).
 GATED = ("negative_prompt", "num_inference_steps", "clip_skip", "image", "mask_image")
 
-DTYPES = {
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "fp32": "float32",
-}
-
-
-class DiffusersOptions(BaseModel):
-    """`options:` keys the diffusers backend consumes at load time."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dtype: Literal["float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32"] | None = None
-    variant: str | None = None  # e.g. fp16: the repo's half-precision weight files
-    revision: str | None = None
-    config: str | None = None  # single files: a diffusers folder or hub id with the configs
-    original_config: str | None = None
-    base_model: str | None = None  # FluxTransformer2DModel: the repo with the other components
-    attention_slicing: bool = False
-    vae_tiling: bool = False
-    vae_slicing: bool = False
-    cpu_offload: bool = False
-    channels_last: bool = False  # NHWC weights for the UNet/VAE convolutions (faster on many CPUs)
-    compile: bool = False  # torch.compile the denoiser: the first generation pays a warm-up
-
-
-OPTION_KEYS = frozenset(DiffusersOptions.model_fields)
-
-
-def _parse_options(config: ModelConfig) -> DiffusersOptions:
-    raw = {k: v for k, v in config.parsed_options().items() if k in OPTION_KEYS}
-    try:
-        return DiffusersOptions.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"{config.where}: options: {key}: {err['msg']} (got {err.get('input')!r})"
-        ) from None
-
-
-def _choose_device(settings: RuntimeSettings, config: ModelConfig) -> str:
-    import torch
-
-    cuda_ok = torch.cuda.is_available()
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    wanted = settings.device
-    if wanted and wanted != "auto":
-        kind = wanted.split(":")[0]
-        available = {"cpu": True, "cuda": cuda_ok, "mps": mps_ok}
-        if kind not in available:
-            raise ConfigError(f"unknown device {wanted!r}; use auto, cpu, cuda, cuda:N or mps")
-        if not available[kind]:
-            raise ConfigError(f"device {wanted!r} was asked for but is not available here")
-        return wanted
-    if config.use_cuda is False:
-        return "cpu"
-    if config.use_cuda and not cuda_ok:
-        log.warning(
-            "%s asks for CUDA, which is not available here: running on %s",
-            config.where,
-            "mps" if mps_ok else "cpu",
-        )
-    if cuda_ok:
-        return "cuda"
-    return "mps" if mps_ok else "cpu"
-
-
-def _choose_dtype(device: str, config: ModelConfig, options: DiffusersOptions) -> torch.dtype:
-    import torch
-
-    if options.dtype:
-        dtype: torch.dtype = getattr(torch, DTYPES[options.dtype])
-        return dtype
-    if not config.f16:
-        return torch.float32
-    if device.startswith(("cuda", "mps")):
-        return torch.float16
-    if cpu_has_bf16():
-        log.info("%s: f16 on a CPU with native bfloat16 (AVX512-BF16/AMX): bfloat16", config.where)
-        return torch.bfloat16
-    log.warning(
-        "%s: f16 is set but this CPU has neither float16 nor native bfloat16 arithmetic "
-        '(AVX512-BF16/AMX): using float32; set `options: ["dtype:bfloat16"]` to force bfloat16',
-        config.where,
-    )
-    return torch.float32
-
-
-def _pipeline_class(pipeline_type: str) -> Any:
-    import diffusers
-
-    name = PIPELINE_TYPES.get(pipeline_type, pipeline_type)
-    cls = getattr(diffusers, name, None)
-    if cls is None or not (
-        isinstance(cls, type)
-        and (issubclass(cls, diffusers.DiffusionPipeline) or name.startswith("AutoPipeline"))
-    ):
-        raise ConfigError(
-            f"unknown pipeline_type {pipeline_type!r}; use one of {', '.join(PIPELINE_TYPES)} "
-            "or the name of another diffusers pipeline class"
-        )
-    return cls
-
-
-def _single_file_class(path: Path) -> str:
-    """Guess the pipeline of an original-layout checkpoint from its tensor names."""
-    keys: list[str] = []
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-    prefixes = (
-        "conditioner.embedders.1",
-        "model.diffusion_model.joint_blocks",
-        "double_blocks.",
-        "model.diffusion_model.double_blocks.",
-    )
-    found = {p for p in prefixes if any(k.startswith(p) for k in keys)}
-    if "conditioner.embedders.1" in found:
-        return "StableDiffusionXLPipeline"
-    if "model.diffusion_model.joint_blocks" in found:
-        return "StableDiffusion3Pipeline"
-    if found & {"double_blocks.", "model.diffusion_model.double_blocks."}:
-        return "FluxPipeline"
-    return "StableDiffusionPipeline"
-
-
-def _cpp_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU code generator would use, if there is one."""
-    import os
-    import shutil
-
-    for name in (os.environ.get("CXX"), "g++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _denoiser(pipe: Any) -> Any:
-    """The UNet or transformer (tested with `is None`: a compiled module has no truth value)."""
-    unet = getattr(pipe, "unet", None)
-    return unet if unet is not None else getattr(pipe, "transformer", None)
-
-
-def _attention_kind(pipe: Any) -> str:
-    """Return "sdpa" when every attention layer uses torch's scaled_dot_product_attention."""
-    denoiser = _denoiser(pipe)
-    processors = getattr(denoiser, "attn_processors", None)
-    if not processors:
-        return ""
-    names = {type(p).__name__ for p in processors.values()}
-    if names <= {"AttnProcessor2_0", "FluxAttnProcessor", "FluxAttnProcessor2_0"}:
-        return "sdpa"
-    return ",".join(sorted(names))
-
 
 @contextlib.contextmanager
 def _pipeline_errors(pipe: Any, out_of_memory: str) -> Iterator[None]:
@@ -272,80 +87,6 @@ def _pipeline_errors(pipe: Any, out_of_memory: str) -> Iterator[None]:
         raise BackendError(f"generation failed: {exc}") from None
 
 
-def _dtype_key() -> str:
-    """diffusers renamed `torch_dtype` to `dtype` (and warns on the old name); use what it takes."""
-    from diffusers.utils import deprecation_utils
-
-    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-
-
-def _quiet_library_progress() -> None:
-    """diffusers/transformers draw their own tqdm bars while loading; localimg shows its own."""
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-def _bridge_clip_text_model(pipe: Any) -> None:
-    """Let diffusers' clip_skip code find `text_encoder.text_model` under transformers 5.
-
-    transformers 5 flattened CLIPTextModel (final_layer_norm moved up a level) while diffusers'
-    encode_prompt still reads `text_encoder.text_model.final_layer_norm` when clip_skip is set.
-    The alias is stored outside torch's module registry, so weights are not duplicated.
-    """
-    for name in ("text_encoder", "text_encoder_2"):
-        encoder = getattr(pipe, name, None)
-        if encoder is None or "text_model" in vars(encoder) or hasattr(encoder, "text_model"):
-            continue
-        if hasattr(encoder, "final_layer_norm"):
-            object.__setattr__(encoder, "text_model", encoder)
-
-
-def _model_index(source: ModelSource, revision: str | None) -> dict[str, Any]:
-    """model_index.json of a folder or hub repo (downloading it checks the repo is reachable)."""
-    if source.kind == "folder":
-        path = source.path / "model_index.json"
-        if not path.is_file():
-            raise ModelUnavailable(
-                f"{source.location} is not a diffusers model folder (no model_index.json)"
-            )
-    else:
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(source.location, "model_index.json", revision=revision))
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
-
-
-def _hub_error(source: ModelSource, exc: Exception) -> LocalimgError:
-    """Turn a hub/loading failure into an error that says what to do."""
-    from huggingface_hub import errors as hf_errors
-
-    where = source.location
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return ModelUnavailable(f"{where} is gated: accept its license on the hub and set HF_TOKEN")
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return ModelUnavailable(f"hub repo {where!r} does not exist (or is private: set HF_TOKEN)")
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return ModelUnavailable(f"{where}: revision not found")
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError | hf_errors.OfflineModeIsEnabled):
-        return ModelUnavailable(
-            f"{where} is not in the local Hugging Face cache and the hub cannot be reached "
-            "(offline?). Connect once so it downloads, set HF_ENDPOINT to a mirror, or use a "
-            "local model: --model /path/to/folder-or-file.safetensors"
-        )
-    if isinstance(exc, hf_errors.EntryNotFoundError):
-        return ModelUnavailable(f"{where}: a file the pipeline needs is missing: {exc}")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ModelUnavailable(f"cannot load {where}: {first}")
-
-
 class DiffusersBackend:
     """One loaded diffusers pipeline."""
 
@@ -353,6 +94,8 @@ class DiffusersBackend:
     requirements: ClassVar[tuple[str, ...]] = ("torch", "diffusers", "transformers")
     extra: ClassVar[str] = "diffusers"
     option_keys: ClassVar[frozenset[str]] = OPTION_KEYS
+    # generate_batch runs several merged text-to-image requests in one pipeline call
+    capabilities: ClassVar[Capabilities] = Capabilities(batch=True)
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -368,6 +111,11 @@ class DiffusersBackend:
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
         self._compiled = False
         self._grouping = BatchGrouping()  # replaced on load (backends/batch_invariance.py)
+
+    @classmethod
+    def weight_itemsize(cls, config: ModelConfig, where: str) -> int | None:
+        """Bytes per float weight once loaded: the weights are cast to the chosen dtype."""
+        return weight_itemsize(config, where)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -408,26 +156,26 @@ class DiffusersBackend:
     def load(self, config: ModelConfig, progress: ProgressCallback) -> None:
         import torch
 
-        options = _parse_options(config)
+        options = parse_options(config)
         self.config = config
-        self.device = _choose_device(self.settings, config)
-        self.dtype = _choose_dtype(self.device, config, options)
+        self.device = choose_device(self.settings, config)
+        self.dtype = choose_dtype(self.device, config, options)
         threads = self.settings.threads or config.threads or physical_cores()
         torch.set_num_threads(threads)
         source = model_source(config)
         pipeline_type = config.diffusers.pipeline_type or DEFAULT_PIPELINE
         if config.diffusers.scheduler_type:
             schedulers.lookup(config.diffusers.scheduler_type, param="scheduler_type")
-        _quiet_library_progress()
+        quiet_library_progress()
         try:
-            pipe = self._load_pipeline(pipeline_type, source, options)
+            pipe = load_pipeline(pipeline_type, source, options, self.dtype, config)
         except LocalimgError:
             raise
         except ImportError as exc:
             raise BackendNotInstalled(f"{config.where}: {exc}") from None
         except Exception as exc:
             if source.kind == "hub":
-                raise _hub_error(source, exc) from None
+                raise hub_error(source, exc) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             hint = ""
             if source.kind == "file" and not options.config:
@@ -438,9 +186,10 @@ class DiffusersBackend:
             raise ModelUnavailable(f"cannot load {source.location}: {first}{hint}") from None
         if getattr(pipe, "safety_checker", None) is not None:
             pipe.safety_checker = None
-        _bridge_clip_text_model(pipe)
-        self._apply_loras(pipe, config)
-        self._place(pipe, options)
+        bridge_clip_text_model(pipe)
+        apply_loras(pipe, config)
+        self._grouping = place(pipe, options, self.device)
+        self._compiled = speed_up(pipe, options, self.device)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
@@ -462,148 +211,11 @@ class DiffusersBackend:
         }
         self._check_extra(extras, where=f"{config.where}: options")
 
-    def _load_pipeline(
-        self, pipeline_type: str, source: ModelSource, options: DiffusersOptions
-    ) -> Any:
-        import diffusers
-
-        common: dict[str, Any] = {_dtype_key(): self.dtype}
-        if options.revision:
-            common["revision"] = options.revision
-        if pipeline_type == "FluxTransformer2DModel":
-            return self._load_flux_transformer(source, options, common)
-        if source.kind == "file":
-            name = PIPELINE_TYPES.get(pipeline_type, pipeline_type)
-            if pipeline_type in AUTO_TYPES:
-                name = _single_file_class(source.path)
-            cls = _pipeline_class(name)
-            if not hasattr(cls, "from_single_file"):
-                raise ConfigError(
-                    f"pipeline_type {pipeline_type!r} cannot load a single file; use a diffusers "
-                    "folder or hub id, or a pipeline type such as StableDiffusionPipeline"
-                )
-            if options.config:
-                local = self.config.resolve_path(options.config) if self.config else None
-                common["config"] = str(local) if local and local.exists() else options.config
-            if options.original_config:
-                common["original_config"] = options.original_config
-            return cls.from_single_file(str(source.path), **common)
-        index = _model_index(source, options.revision)
-        if "safety_checker" in index:
-            common["safety_checker"] = None
-            common["requires_safety_checker"] = False
-        if options.variant:
-            common["variant"] = options.variant
-        own = index.get("_class_name")
-        if pipeline_type == DEFAULT_PIPELINE and own in TEXT_TO_IMAGE_CLASSES:
-            # What AutoPipelineForText2Image would pick, without importing every pipeline
-            # diffusers has (auto_pipeline.py costs ~9 s of imports on a 2-core CPU).
-            cls = _pipeline_class(str(own))
-        elif pipeline_type in AUTO_TYPES and "AutoPipelineForText2Image" not in dir(diffusers):
-            cls = diffusers.DiffusionPipeline  # a diffusers without AutoPipelines
-            # (`dir`, not `hasattr`: asking the lazy module for the attribute imports it)
-        else:
-            cls = _pipeline_class(pipeline_type)
-        return cls.from_pretrained(source.location, **common)
-
-    def _load_flux_transformer(
-        self, source: ModelSource, options: DiffusersOptions, common: dict[str, Any]
-    ) -> Any:
-        import diffusers
-
-        if source.kind == "file":
-            transformer = diffusers.FluxTransformer2DModel.from_single_file(
-                str(source.path), **{_dtype_key(): self.dtype}
-            )
-        else:
-            transformer = diffusers.FluxTransformer2DModel.from_pretrained(
-                source.location, subfolder="transformer", **{_dtype_key(): self.dtype}
-            )
-        base = options.base_model or FLUX_BASE_REPO
-        return diffusers.FluxPipeline.from_pretrained(base, transformer=transformer, **common)
-
-    def _apply_loras(self, pipe: Any, config: ModelConfig) -> None:
-        loras = config.loras()
-        if not loras:
-            return
-        if not hasattr(pipe, "load_lora_weights"):
-            raise ConfigError(f"{config.where}: this pipeline does not support LoRA adapters")
-        names, scales = [], []
-        for index, (file, scale) in enumerate(loras):
-            path = config.resolve_path(file)
-            if not path.exists():
-                raise ModelUnavailable(f"{config.where}: LoRA file {file!r} not found ({path})")
-            name = f"lora{index}"
-            try:
-                if path.is_dir():
-                    pipe.load_lora_weights(str(path), adapter_name=name)
-                else:
-                    pipe.load_lora_weights(
-                        str(path.parent), weight_name=path.name, adapter_name=name
-                    )
-            except ImportError as exc:
-                raise BackendNotInstalled(f"LoRA needs peft: pip install peft ({exc})") from None
-            except (ValueError, KeyError, RuntimeError, OSError) as exc:
-                raise ConfigError(f"{config.where}: cannot load LoRA {file!r}: {exc}") from None
-            names.append(name)
-            scales.append(scale)
-        pipe.set_adapters(names, adapter_weights=scales)
-
-    def _place(self, pipe: Any, options: DiffusersOptions) -> None:
-        if options.cpu_offload:
-            if not self.device.startswith("cuda"):
-                raise ConfigError("options: cpu_offload needs a CUDA GPU")
-            pipe.enable_model_cpu_offload()
-        else:
-            pipe.to(self.device)
-        if options.attention_slicing:
-            pipe.enable_attention_slicing()
-        vae = getattr(pipe, "vae", None)
-        if options.vae_tiling:
-            if vae is None or not hasattr(vae, "enable_tiling"):
-                raise ConfigError("options: vae_tiling is not supported by this pipeline's VAE")
-            vae.enable_tiling()
-        if options.vae_slicing:
-            if vae is None or not hasattr(vae, "enable_slicing"):
-                raise ConfigError("options: vae_slicing is not supported by this pipeline's VAE")
-            vae.enable_slicing()
-        self._grouping = make_linear_layers_batch_invariant(pipe)  # before compile traces it
-        self._speed_up(pipe, options)
-
-    def _speed_up(self, pipe: Any, options: DiffusersOptions) -> None:
-        """channels_last and torch.compile (options), each applied or refused, never ignored."""
-        import torch
-
-        denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-        denoiser = getattr(pipe, denoiser_name, None)
-        if options.channels_last:
-            convolutional = [
-                m
-                for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None))
-                if isinstance(m, torch.nn.Module)
-            ]
-            if not convolutional:
-                raise ConfigError("options: channels_last needs a pipeline with a UNet or a VAE")
-            for module in convolutional:
-                module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self._compiled = False
-        if options.compile:
-            if not isinstance(denoiser, torch.nn.Module):
-                raise ConfigError("options: compile needs a pipeline with a UNet or transformer")
-            if options.cpu_offload:
-                raise ConfigError("options: compile cannot be combined with cpu_offload")
-            if self.device == "cpu" and not _cpp_compiler():
-                raise ConfigError(
-                    "options: compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX)"
-                )
-            setattr(pipe, denoiser_name, torch.compile(denoiser))
-            self._compiled = True
-
     def _compute_defaults(self, pipe: Any) -> BackendDefaults:
         scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
         sample = getattr(pipe, "default_sample_size", None)
         if sample is None:
-            denoiser = _denoiser(pipe)
+            denoiser = denoiser_of(pipe)
             sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
         side = int(sample) * scale if isinstance(sample, int) else 512
         guidance = self._call_params.get("guidance_scale") or self._call_params.get(
@@ -888,6 +500,6 @@ class DiffusersBackend:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "pipeline": type(self.pipe).__name__ if self.pipe is not None else "",
-            "attention": _attention_kind(self.pipe) if self.pipe is not None else "",
+            "attention": attention_kind(self.pipe) if self.pipe is not None else "",
             "compiled": "yes" if self._compiled else "no",
         }

@@ -1,0 +1,73 @@
+"""`options:` keys the diffusers backend consumes at load time, typed, and what they imply for
+the engine's memory estimate (bytes per weight once loaded)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from localimg._util.system import cpu_has_bf16
+from localimg._util.validation import first_problem
+from localimg.config import ModelConfig
+from localimg.errors import ConfigError
+
+DTYPES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+}
+
+
+class DiffusersOptions(BaseModel):
+    """`options:` keys the diffusers backend consumes at load time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32"] | None = None
+    variant: str | None = None  # e.g. fp16: the repo's half-precision weight files
+    revision: str | None = None
+    config: str | None = None  # single files: a diffusers folder or hub id with the configs
+    original_config: str | None = None
+    base_model: str | None = None  # FluxTransformer2DModel: the repo with the other components
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = False
+    channels_last: bool = False  # NHWC weights for the UNet/VAE convolutions (faster on many CPUs)
+    compile: bool = False  # torch.compile the denoiser: the first generation pays a warm-up
+
+
+OPTION_KEYS = frozenset(DiffusersOptions.model_fields)
+
+
+HALF_DTYPES = frozenset({"float16", "bfloat16"})
+
+
+def parse_options(config: ModelConfig) -> DiffusersOptions:
+    raw = {k: v for k, v in config.parsed_options().items() if k in OPTION_KEYS}
+    try:
+        return DiffusersOptions.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{config.where}: options: {first_problem(exc).describe()}") from None
+
+
+def weight_itemsize(config: ModelConfig, where: str) -> int:
+    """Bytes per float weight once loaded on `where` ("vram" or "ram"), decided without torch.
+
+    It mirrors choose_dtype (loading.py): the dtype option wins; else f16 means half precision
+    on a GPU, and bfloat16 on a CPU only where the CPU has native bfloat16 arithmetic.
+    """
+    dtype = None
+    for key, value in config.parsed_options().items():
+        if key == "dtype":
+            dtype = str(value).lower()
+    if dtype is not None:
+        return 2 if DTYPES.get(dtype, dtype) in HALF_DTYPES else 4
+    if config.f16 and (where == "vram" or cpu_has_bf16()):
+        return 2
+    return 4
