@@ -1,15 +1,11 @@
 """The engine: model slots, their queues and lifecycle, and worker processes. Other parts import
 from this package, never from its modules, so its inside can be rearranged freely."""
 
-from localimg.engine.engine import (
-    Engine,
-    EngineSettings,
-    InProcessSlot,
-    Job,
-    Slot,
-    as_backend_error,
-    merge_request,
-)
+from localimg.engine.engine import Engine
+from localimg.engine.job import Job, ProgressListener, as_backend_error
+from localimg.engine.merge import merge_request
+from localimg.engine.settings import EngineSettings
+from localimg.engine.slots import InProcessSlot, Slot
 from localimg.engine.worker_parent import WorkerOptions, WorkerSlot, load_now, worker_slot_factory
 
 __all__ = [
@@ -17,6 +13,7 @@ __all__ = [
     "EngineSettings",
     "InProcessSlot",
     "Job",
+    "ProgressListener",
     "Slot",
     "WorkerOptions",
     "WorkerSlot",

@@ -10,10 +10,10 @@ import pytest
 
 from localimg._util.units import format_duration, parse_bytes, parse_duration
 from localimg.backends.base import RuntimeSettings
-from localimg.config import ConfigError, resolve_model
+from localimg.config import resolve_model
 from localimg.engine import Engine, EngineSettings, InProcessSlot, memory
 from localimg.engine.lifecycle import Budget, parse_budget
-from localimg.errors import InsufficientMemory, ModelLoading
+from localimg.errors import ConfigError, InsufficientMemory, ModelLoading
 from localimg.requests import ImageRequest, ProgressEvent
 from tests.server_support import wait_until, write_model
 

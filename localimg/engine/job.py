@@ -1,0 +1,78 @@
+"""A job: one queued or running request, its future, progress listeners and cancel event.
+
+Every front end (CLI, HTTP, job API) holds a Job; cancelling it is the one way to stop work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from localimg.errors import BackendError, Cancelled
+from localimg.requests import (
+    ImageRequest,
+    ImageResult,
+    ProgressEvent,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+log = logging.getLogger(__name__)
+
+
+ProgressListener = Callable[[ProgressEvent], None]
+
+
+def as_backend_error(exc: BaseException) -> BackendError:
+    """An unexpected exception as a one-line BackendError (the traceback goes to the log)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return BackendError(f"generation failed: {type(exc).__name__}: {text}")
+
+
+@dataclass
+class Job:
+    """One queued or running request. Await `future` (or call `result`); `cancel` stops it."""
+
+    id: str
+    model: str
+    request: ImageRequest
+    future: Future[ImageResult] = field(default_factory=Future)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    listeners: list[ProgressListener] = field(default_factory=list)
+    submitted: float = field(default_factory=time.monotonic)
+    last_event: ProgressEvent | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _started: bool = False
+
+    def emit(self, event: ProgressEvent) -> None:
+        self.last_event = event
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not kill the generation
+                log.exception("progress listener failed")
+
+    def cancel(self) -> None:
+        """Stop the job: answered at once if still queued, stopped at the next step if running."""
+        with self._lock:
+            self.cancel_event.set()
+            if not self._started and not self.future.done():
+                self.future.set_exception(Cancelled("the request was cancelled"))
+
+    def start(self) -> bool:
+        """Called by a slot when it takes the job; False if it was cancelled meanwhile."""
+        with self._lock:
+            if self.future.done() or self.cancel_event.is_set():
+                return False
+            self._started = True
+            return self.future.set_running_or_notify_cancel()
+
+    def result(self, timeout: float | None = None) -> ImageResult:
+        return self.future.result(timeout)

@@ -1,0 +1,94 @@
+"""The one place where a request, the model's YAML and the backend's defaults meet.
+
+request > YAML keys > YAML `options` > backend defaults, field by field; OpenAI's `quality`
+scales the model's own step count here because only here is the backend's default known.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from localimg.backends.base import BackendDefaults
+from localimg.config import ModelConfig
+from localimg.config.options import OPTION_ALIASES
+from localimg.media import conditioning
+from localimg.requests import (
+    QUALITY_STEP_FACTORS,
+    ImageRequest,
+    random_seed,
+    split_prompt,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def merge_request(
+    request: ImageRequest,
+    config: ModelConfig,
+    defaults: BackendDefaults,
+    option_keys: frozenset[str] = frozenset(),
+) -> ImageRequest:
+    """Fill every unset field: request > YAML (keys, then `options`) > backend defaults.
+
+    The result has prompt and negative prompt split (`positive|negative`), a concrete size, steps,
+    cfg scale and seed, and `extra` holding the pipeline keywords from `options` and the request.
+    """
+    options = config.parsed_options()
+    from_options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in OPTION_ALIASES:
+            from_options[OPTION_ALIASES[key]] = value
+        elif key not in option_keys:
+            extra[key] = value
+    extra.update(request.extra)
+
+    def pick(field_name: str, *yaml_values: Any) -> Any:
+        value = getattr(request, field_name)
+        if value is not None:
+            return value
+        for candidate in (*yaml_values, from_options.get(field_name)):
+            if candidate is not None:
+                return candidate
+        return None
+
+    prompt, negative = split_prompt(request.prompt, request.negative_prompt)
+    size = config.default_size
+    # An input image sets the size when neither the request nor the YAML does (conditioning.py).
+    own: tuple[int | None, int | None] = (None, None)
+    if request.init_image is not None:
+        own = conditioning.size_for(request.init_image, defaults.size_multiple)
+    width = pick("width", size[0] if size else None) or own[0] or defaults.width
+    height = pick("height", size[1] if size else None) or own[1] or defaults.height
+    steps = pick("steps", config.step)
+    if steps is None or (request.steps is None and request.quality is not None):
+        # OpenAI's quality scales the model's own count: its YAML's, else the backend's default.
+        base_steps = steps or defaults.steps
+        factor = QUALITY_STEP_FACTORS[request.quality] if request.quality else 1.0
+        steps = max(1, round(base_steps * factor))
+    cfg_scale = pick("cfg_scale", config.default_cfg_scale)
+    seed = pick("seed", config.default_seed)
+    try:
+        return request.with_(
+            prompt=prompt,
+            negative_prompt=negative
+            if negative is not None
+            else from_options.get("negative_prompt"),
+            width=int(width),
+            height=int(height),
+            steps=int(steps),
+            cfg_scale=float(cfg_scale if cfg_scale is not None else defaults.cfg_scale),
+            seed=int(seed) if seed is not None else random_seed(),
+            scheduler=pick("scheduler", config.diffusers.scheduler_type),
+            clip_skip=pick("clip_skip", config.diffusers.clip_skip),
+            strength=pick("strength"),
+            num_frames=pick("num_frames"),
+            fps=pick("fps"),
+            extra=extra,
+            **conditioning.fitted(request, int(width), int(height)),
+        )
+    except (TypeError, ValueError) as exc:
+        from localimg.errors import ConfigError
+
+        raise ConfigError(f"{config.where}: options: {exc}") from None
