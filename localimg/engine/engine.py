@@ -11,23 +11,18 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from localimg.backends import canonical_name, get_backend_class
 from localimg.config import ModelConfig, default_model_ref, resolve_model
+from localimg.engine.job import Job, ProgressListener
 from localimg.engine.lifecycle import Lifecycle
+from localimg.engine.settings import EngineSettings
+from localimg.engine.slots import InProcessSlot, Slot
 from localimg.errors import LocalimgError
 from localimg.requests import (
     ImageRequest,
     ImageResult,
 )
-
-if TYPE_CHECKING:
-    pass
-
-from localimg.engine.job import Job, ProgressListener
-from localimg.engine.settings import EngineSettings
-from localimg.engine.slots import InProcessSlot, Slot
 
 SlotFactory = Callable[[ModelConfig, "EngineSettings"], Slot]
 

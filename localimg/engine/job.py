@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from localimg.errors import BackendError, Cancelled
 from localimg.requests import (
@@ -19,10 +18,6 @@ from localimg.requests import (
     ImageResult,
     ProgressEvent,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger(__name__)
 

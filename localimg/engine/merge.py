@@ -6,7 +6,7 @@ scales the model's own step count here because only here is the backend's defaul
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from localimg.backends.base import BackendDefaults
 from localimg.config import ModelConfig
@@ -18,9 +18,6 @@ from localimg.requests import (
     random_seed,
     split_prompt,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def merge_request(

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from localimg.backends.base import RuntimeSettings
 from localimg.config import default_models_path
 from localimg.engine.lifecycle import Budget
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)

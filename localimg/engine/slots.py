@@ -14,8 +14,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from localimg.backends import get_backend_class
+from localimg.backends.base import capabilities_of
 from localimg.config import ModelConfig
 from localimg.engine import batching, memory
+from localimg.engine.job import Job, as_backend_error
+from localimg.engine.merge import merge_request
+from localimg.engine.settings import EngineSettings
 from localimg.errors import Busy, Cancelled, LocalimgError, ModelLoading
 from localimg.media import conditioning
 from localimg.requests import (
@@ -25,11 +29,7 @@ from localimg.requests import (
 )
 
 if TYPE_CHECKING:
-    from localimg.backends.base import Backend, capabilities_of
-
-from localimg.engine.job import Job, as_backend_error
-from localimg.engine.merge import merge_request
-from localimg.engine.settings import EngineSettings
+    from localimg.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
