@@ -184,8 +184,45 @@ def bridge_clip_text_model(pipe: Any) -> None:
             object.__setattr__(encoder, "text_model", encoder)
 
 
-def model_index(source: ModelSource, revision: str | None) -> dict[str, Any]:
-    """model_index.json of a folder or hub repo (downloading it checks the repo is reachable)."""
+HUB_PROBE_TIMEOUT = 2.0  # seconds for the one connection attempt that tells whether the hub is up
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the hub (HF_ENDPOINT) accepts a connection; False when declared offline.
+
+    Unreachable, huggingface_hub retries every request with back-off (about 27 s and a screen of
+    retry warnings, per file) before the cache lookup fails anyway; one short probe lets localimg
+    load from the cache only, and say at once what is wrong when the model is not there. Behind a
+    proxy the endpoint cannot be probed directly, so the library decides, as before.
+    """
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants as hf_constants
+
+    if hf_constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    url = urlsplit(hf_constants.ENDPOINT)
+    if not url.hostname:
+        return True
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        log.info("the hub at %s cannot be reached: using the local cache only", url.netloc)
+        return False
+
+
+def model_index(
+    source: ModelSource, revision: str | None, local_only: bool = False
+) -> dict[str, Any]:
+    """model_index.json of a folder or hub repo (downloading it checks the repo is reachable;
+    `local_only`: from the Hugging Face cache, without asking the hub)."""
     if source.kind == "folder":
         path = source.path / "model_index.json"
         if not path.is_file():
@@ -195,7 +232,14 @@ def model_index(source: ModelSource, revision: str | None) -> dict[str, Any]:
     else:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(source.location, "model_index.json", revision=revision))
+        path = Path(
+            hf_hub_download(
+                source.location,
+                "model_index.json",
+                revision=revision,
+                local_files_only=local_only,
+            )
+        )
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
 
@@ -236,6 +280,12 @@ def load_pipeline(
     common: dict[str, Any] = {dtype_key(): dtype}
     if options.revision:
         common["revision"] = options.revision
+    local_config = bool(options.config) and bool(
+        config and config.resolve_path(str(options.config)).exists()
+    )
+    uses_hub = source.kind == "hub" or pipeline_type == "FluxTransformer2DModel"
+    if (uses_hub or (source.kind == "file" and not local_config)) and not hub_reachable():
+        common["local_files_only"] = True  # every later lookup from the cache, without retries
     if pipeline_type == "FluxTransformer2DModel":
         return load_flux_transformer(source, options, dtype, common)
     if source.kind == "file":
@@ -254,7 +304,7 @@ def load_pipeline(
         if options.original_config:
             common["original_config"] = options.original_config
         return cls.from_single_file(str(source.path), **common)
-    index = model_index(source, options.revision)
+    index = model_index(source, options.revision, bool(common.get("local_files_only")))
     if "safety_checker" in index:
         common["safety_checker"] = None
         common["requires_safety_checker"] = False
@@ -279,13 +329,12 @@ def load_flux_transformer(
     """A standalone FLUX transformer, set into the pipeline of a base repo."""
     import diffusers
 
+    own = {k: v for k, v in common.items() if k in (dtype_key(), "local_files_only")}
     if source.kind == "file":
-        transformer = diffusers.FluxTransformer2DModel.from_single_file(
-            str(source.path), **{dtype_key(): dtype}
-        )
+        transformer = diffusers.FluxTransformer2DModel.from_single_file(str(source.path), **own)
     else:
         transformer = diffusers.FluxTransformer2DModel.from_pretrained(
-            source.location, subfolder="transformer", **{dtype_key(): dtype}
+            source.location, subfolder="transformer", **own
         )
     base = options.base_model or FLUX_BASE_REPO
     return diffusers.FluxPipeline.from_pretrained(base, transformer=transformer, **common)

@@ -1,0 +1,50 @@
+"""localimg/backends/diffusers/loading.py: how a hub id fails when the hub cannot be reached."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from localimg.errors import ModelUnavailable
+
+
+def test_unreachable_hub_fails_once_with_the_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hub id not in the cache, with the hub unreachable (not declared offline): localimg's own
+    message at once, without huggingface_hub's retries and their warnings."""
+    import huggingface_hub.constants as hf_constants
+
+    from localimg.backends.base import RuntimeSettings
+    from localimg.backends.diffusers.backend import DiffusersBackend
+    from localimg.config import config_from_dict
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setattr(
+        hf_constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        "http://127.0.0.1:1/{repo_id}/resolve/{revision}/{filename}",
+    )
+    config = config_from_dict(
+        {"name": "h", "backend": "diffusers", "parameters": {"model": "localimg-test/not-cached"}},
+        where="h.yaml",
+        models_path=tmp_path,
+    )
+    backend = DiffusersBackend(RuntimeSettings(device="cpu"))
+    with caplog.at_level(logging.WARNING), pytest.raises(ModelUnavailable) as err:
+        backend.load(config, lambda event: None)
+    message = err.value.message
+    assert "not in the local Hugging Face cache" in message
+    assert "--model" in message
+    attempts = [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert not attempts, [r.getMessage() for r in attempts]
