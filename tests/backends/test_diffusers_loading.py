@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localimg.errors import ModelUnavailable
+from localimg.errors import ConfigError, ModelUnavailable
 
 
 def test_unreachable_hub_fails_once_with_the_clear_message(
@@ -48,3 +48,13 @@ def test_unreachable_hub_fails_once_with_the_clear_message(
     assert "--model" in message
     attempts = [r for r in caplog.records if r.name.startswith("huggingface_hub")]
     assert not attempts, [r.getMessage() for r in attempts]
+
+
+def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
+    from localimg.backends.diffusers.loading import PIPELINE_TYPES, pipeline_class
+
+    assert len(PIPELINE_TYPES) == 12
+    for name in PIPELINE_TYPES:
+        assert pipeline_class(name) is not None
+    with pytest.raises(ConfigError, match="unknown pipeline_type"):
+        pipeline_class("NotAPipeline")

@@ -84,16 +84,6 @@ def test_aliases_and_unknown_names() -> None:
     assert "diffusers" in err.value.message and "stablediffusion-ggml" in err.value.message
 
 
-def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
-    from localimg.backends.diffusers.loading import PIPELINE_TYPES, pipeline_class
-
-    assert len(PIPELINE_TYPES) == 12
-    for name in PIPELINE_TYPES:
-        assert pipeline_class(name) is not None
-    with pytest.raises(ConfigError, match="unknown pipeline_type"):
-        pipeline_class("NotAPipeline")
-
-
 @pytest.mark.parametrize(
     "pipeline_type", ["StableDiffusionPipeline", "DiffusionPipeline", "AutoPipelineForText2Image"]
 )
