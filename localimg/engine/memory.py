@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 ACTIVATION_MARGIN = 0.2  # of the weights: latents, attention maps, the VAE decode
 RUNTIME_OVERHEAD = 256 * 1024**2  # a process with torch imported, its allocator's slack
-HALF_DTYPES = frozenset({"float16", "fp16", "half", "bfloat16", "bf16"})
 SAFETENSORS_ITEMSIZE = {
     "F64": 8,
     "F32": 4,

@@ -23,18 +23,6 @@ if TYPE_CHECKING:
     from localimg.config import ModelConfig
     from localimg.requests import ImageResult
 
-DEFAULT_STEPS = 30  # LocalAI's documented default, used when a model's YAML sets no `step`
-
-# OpenAI's `quality` → a multiple of the model's step count (its YAML `step`, else 30).
-QUALITY_STEP_FACTORS: dict[str, float] = {
-    "low": 0.5,
-    "medium": 0.75,
-    "standard": 1.0,
-    "auto": 1.0,
-    "high": 1.0,
-    "hd": 1.5,
-}
-
 Quality = Literal["low", "medium", "high", "auto", "standard", "hd"]
 
 
@@ -119,19 +107,18 @@ class Prepared:
     response_format_given: bool = True
 
 
-def _steps(params: ImageParams, config: ModelConfig) -> int | None:
+def _steps(params: ImageParams) -> int | None:
+    """The step count the client asked for (`steps` or LocalAI's `step`), or None.
+
+    OpenAI's `quality` goes to the engine as `ImageRequest.quality`: `engine.merge_request`
+    scales the model's own steps (its YAML `step`, else the backend's default) by it.
+    """
     if params.step is not None and params.steps is not None and params.step != params.steps:
         raise InvalidRequest(
             f"step ({params.step}) and steps ({params.steps}) disagree; send one of them",
             param="steps",
         )
-    explicit = params.steps if params.steps is not None else params.step
-    if explicit is not None or params.quality is None:
-        return explicit
-    factor = QUALITY_STEP_FACTORS[params.quality]
-    if factor == 1.0:
-        return None  # the model's own step count
-    return max(1, round((config.step or DEFAULT_STEPS) * factor))
+    return params.steps if params.steps is not None else params.step
 
 
 def prepare(
@@ -176,7 +163,8 @@ def prepare(
         negative_prompt=params.negative_prompt,
         width=width,
         height=height,
-        steps=_steps(params, config),
+        steps=_steps(params),
+        quality=params.quality,
         cfg_scale=params.cfg_scale,
         seed=params.seed,
         n=params.n,
