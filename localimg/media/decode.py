@@ -11,6 +11,8 @@ import base64
 import binascii
 import io
 import re
+import struct
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,27 +44,82 @@ def decode_image(data: bytes, param: str, limits: ImageLimits) -> Image:
         )
     if not data:
         raise UnreadableImage(f"{param}: the image is empty", param=param)
+    size = _header_size(data)
+    if size is not None:
+        _check_pixels(size, param, limits)
     image: Image
     try:
-        image = PILImage.open(io.BytesIO(data))
-        width, height = image.size
-    except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # Pillow's own bomb guard: our (lower) limit below answers first, with a clear 413.
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(data))
+    except PILImage.DecompressionBombError:
+        raise PayloadTooLarge(
+            f"{param}: the image is larger than the limit of {_mpixels(limits)}", param=param
+        ) from None
+    except (OSError, ValueError) as exc:
         raise UnreadableImage(
             f"{param}: not a readable image (PNG, JPEG or WebP expected): {exc}", param=param
         ) from None
-    if width * height > limits.max_pixels:
-        raise PayloadTooLarge(
-            f"{param}: the image is {width}x{height} = {width * height} pixels; the limit is "
-            f"{limits.max_pixels}",
-            param=param,
-        )
+    _check_pixels(image.size, param, limits)
     try:
-        image.load()
-    except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            image.load()
+    except PILImage.DecompressionBombError:
+        raise PayloadTooLarge(
+            f"{param}: the image is larger than the limit of {_mpixels(limits)}", param=param
+        ) from None
+    except (OSError, ValueError) as exc:
         raise UnreadableImage(f"{param}: the image data is damaged: {exc}", param=param) from None
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     return image
+
+
+def _mpixels(limits: ImageLimits) -> str:
+    return f"{limits.max_pixels / 2**20:g} Mpixel ({limits.max_pixels} pixels)"
+
+
+def _check_pixels(size: tuple[int, int], param: str, limits: ImageLimits) -> None:
+    width, height = size
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"{param}: the image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{_mpixels(limits)}",
+            param=param,
+        )
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """The size an image's header declares, read without Pillow's bomb check or any decoding.
+
+    `Image.open` is lazy but refuses a canvas over twice `Image.MAX_IMAGE_PIXELS` with its own
+    message; the format plugins themselves only parse the header. None: no plugin reads it
+    (`Image.open` then says why).
+    """
+    from PIL import Image as PILImage
+
+    PILImage.preinit()
+    for initialised in (False, True):
+        if initialised:
+            PILImage.init()
+        for fmt in PILImage.ID:
+            factory, accept = PILImage.OPEN[fmt]
+            if accept is not None and not accept(data[:16]):
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    image = factory(io.BytesIO(data), "")
+            except (SyntaxError, IndexError, TypeError, struct.error, OSError, ValueError):
+                continue
+            try:
+                width, height = image.size
+                return int(width), int(height)
+            finally:
+                image.close()
+    return None
 
 
 def image_from_text(

@@ -30,12 +30,13 @@ from localimg.engine import as_backend_error, load_now
 from localimg.errors import LocalimgError
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
-from localimg.server import lifecycle_routes, openai, videos
 from localimg.server import localai as gallery_routes
+from localimg.server import models, openai, videos
 from localimg.server.security import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     Message,
+    NotFound,
     Receive,
     Scope,
     Send,
@@ -111,14 +112,6 @@ class AccessLogMiddleware:
             )
 
 
-class NotFound(LocalimgError):
-    """A path that names nothing (an unknown route, an expired image)."""
-
-    http_status = 404
-    error_type = "invalid_request_error"
-    default_code = "not_found"
-
-
 def error_response(exc: LocalimgError) -> JSONResponse:
     return JSONResponse(exc.to_openai(), status_code=exc.http_status, headers=exc.headers)
 
@@ -169,7 +162,7 @@ async def readyz(request: Request) -> Response:
         problems.append("shutting down")
     problems += [f"model {name!r} is still loading" for name in sorted(state.preloading)]
     problems += [f"model {name!r} failed to load: {msg}" for name, msg in state.failed.items()]
-    names = await asyncio.to_thread(openai.served_names, state)
+    names = await asyncio.to_thread(models.served_names, state)
     if not names:
         problems.append(f"no models in {engine.settings.models_path}")
     for name, slot in engine.slots.items():
@@ -277,8 +270,8 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route(FILES_PATH + "/{name}", generated_file, methods=["GET"]),
         *gallery_routes.routes(),
-        *lifecycle_routes.routes(),
         *openai.routes(),
+        *models.routes(),
         *videos.routes(),
     ]
     app = Starlette(
@@ -297,4 +290,5 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
     app.state.failed = {}
     app.state.shutting_down = False
     app.state.output_dir = settings.output_dir
+    app.state.files_path = FILES_PATH  # where output_dir is served: response URLs point here
     return app

@@ -3,38 +3,40 @@
 Installing takes minutes, so `/models/apply` answers at once with a job id and a status URL, and
 `/models/jobs/{uuid}` reports progress in LocalAI's shape. These routes change the models dir, so
 they always need the API key when one is configured (the /v1 key middleware does not cover them;
-the check here uses the same functions). The galleries are the shipped index plus
-`LOCALIMG_GALLERIES`; an installed model is served at once (the engine reads the models dir).
+the check here is security.check_key, the middleware's own). The galleries are the shipped
+index plus `LOCALIMG_GALLERIES`; an installed model is served at once (the engine reads the
+models dir).
+
+POST /models/{name}/load and /models/{name}/unload warm a served model up, or give its memory
+back. Loading goes through the same admission as a request (engine lifecycle): idle models may
+be evicted to make room, and a model that cannot fit answers 507 (or 503 while busy models hold
+the memory) instead of the server being OOM-killed. Unloading waits for the model's running
+job, then ends its worker process. Both answer the model's `/v1/models` entry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from localimg.errors import InvalidRequest, Unauthorized
-from localimg.server.security import bearer_token, key_matches
+from localimg.errors import InvalidRequest
+from localimg.server.models import check_available, model_list, served_config
+from localimg.server.security import NotFound, check_key
+
+if TYPE_CHECKING:
+    from localimg.engine import Engine
 
 APPLY_KEYS = ("id", "name")
 
 
-def _check_key(request: Request) -> None:
-    keys = request.app.state.settings.api_keys
-    if not keys:
-        return
-    token = bearer_token(request.headers.raw)
-    if token is None:
-        raise Unauthorized(
-            "missing API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not key_matches(token, keys):
-        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+def require_key(request: Request) -> None:
+    """LocalAI's routes sit outside /v1: the same key check as the /v1 middleware."""
+    check_key(request.headers.raw, request.app.state.settings.api_keys)
 
 
 def _catalog() -> Any:
@@ -57,7 +59,7 @@ def _jobs(request: Request) -> Any:
 
 async def available(request: Request) -> Response:
     """The image models of the galleries, each marked installed or not."""
-    _check_key(request)
+    require_key(request)
     from localimg.config import scan_models
 
     models_path = request.app.state.engine.settings.models_path
@@ -78,7 +80,7 @@ async def available(request: Request) -> Response:
 
 async def apply(request: Request) -> Response:
     """Start installing a gallery model: `{"id": "name" or "gallery@name", "name": optional}`."""
-    _check_key(request)
+    require_key(request)
     try:
         body = json.loads(await request.body() or b"null")
     except ValueError:
@@ -105,18 +107,45 @@ async def apply(request: Request) -> Response:
 
 
 async def job_status(request: Request) -> Response:
-    _check_key(request)
+    require_key(request)
     job = _jobs(request).get(request.path_params["uuid"])
     if job is None:
-        from localimg.server.app import NotFound
-
         raise NotFound(f"no install job {request.path_params['uuid']!r}")
     return JSONResponse(job.to_localai())
 
 
 async def all_jobs(request: Request) -> Response:
-    _check_key(request)
+    require_key(request)
     return JSONResponse({job.id: job.to_localai() for job in _jobs(request).all()})
+
+
+# -- /models/{name}/load and /unload: a served model loaded or unloaded now -----------------
+
+
+def _model_entry(state: Any, name: str) -> dict[str, Any]:
+    for entry in model_list(state):
+        if entry["id"] == name:
+            return entry
+    return {"id": name}
+
+
+async def load(request: Request) -> Response:
+    require_key(request)
+    state = request.app.state
+    config = await asyncio.to_thread(served_config, state, request.path_params["name"])
+    check_available(state, config.name)
+    engine: Engine = state.engine
+    await asyncio.to_thread(engine.load, config.name)
+    return JSONResponse(await asyncio.to_thread(_model_entry, state, config.name))
+
+
+async def unload(request: Request) -> Response:
+    require_key(request)
+    state = request.app.state
+    config = await asyncio.to_thread(served_config, state, request.path_params["name"])
+    engine: Engine = state.engine
+    await asyncio.to_thread(engine.unload, config.name)
+    return JSONResponse(await asyncio.to_thread(_model_entry, state, config.name))
 
 
 def routes() -> list[Route]:
@@ -125,4 +154,6 @@ def routes() -> list[Route]:
         Route("/models/apply", apply, methods=["POST"]),
         Route("/models/jobs", all_jobs, methods=["GET"]),
         Route("/models/jobs/{uuid}", job_status, methods=["GET"], name="model_job"),
+        Route("/models/{name}/load", load, methods=["POST"]),
+        Route("/models/{name}/unload", unload, methods=["POST"]),
     ]

@@ -9,168 +9,31 @@ queued, stopped at the next denoising step if running.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
-import os
-import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from localimg.config import DEFAULT_MODEL_ENV, default_model_ref, scan_models
 from localimg.errors import (
     Cancelled,
     InvalidRequest,
     JobTimeout,
-    ModelLoading,
-    ModelNotFound,
 )
-from localimg.media import conditioning
-from localimg.media import encode as images
-from localimg.media.decode import ImageLimits, decode_image, image_from_text
-from localimg.server import schemas, videos
+from localimg.media import conditioning, output
+from localimg.media.decode import image_from_text
+from localimg.server import forms, schemas, videos
+from localimg.server.models import check_available, served_config
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
     from localimg.config import ModelConfig
     from localimg.engine import Engine, Job
     from localimg.requests import ImageResult
 
 log = logging.getLogger("localimg.server")
-
-MAX_UPLOADS = 16
-
-
-# -- models ------------------------------------------------------------------------------------
-
-
-def served_names(state: Any) -> list[str]:
-    """The models this server answers for: valid YAML models in the models dir, and preloads.
-
-    Anything else (paths, hub ids) is refused, so a request's `model` can never reach files
-    outside the models dir.
-    """
-    engine: Engine = state.engine
-    names = [e.name for e in scan_models(engine.settings.models_path) if e.config is not None]
-    names += [name for name in state.settings.preload if name not in names]
-    return names
-
-
-def served_config(state: Any, ref: str | None) -> ModelConfig:
-    """Resolve a request's `model` (blocking: reads YAML files)."""
-    engine: Engine = state.engine
-    names = served_names(state)
-    if not ref:
-        if not names:
-            raise ModelNotFound(
-                f"no models are configured in {engine.settings.models_path}; add a YAML file",
-                param="model",
-            )
-        if len(names) == 1:
-            ref = names[0]
-        elif os.environ.get(DEFAULT_MODEL_ENV):
-            ref = default_model_ref(engine.settings.models_path)
-        else:
-            raise InvalidRequest(
-                f"several models are served ({', '.join(names)}): name one in the 'model' field",
-                param="model",
-            )
-    if ref not in names:
-        known = ", ".join(names) if names else "none"
-        raise ModelNotFound(
-            f"model {ref!r} is not served here; available models: {known}", param="model"
-        )
-    return engine.resolve(ref)
-
-
-def check_available(state: Any, name: str) -> None:
-    if state.shutting_down:
-        raise ModelLoading("the server is shutting down", headers={"Retry-After": "30"})
-    if name in state.preloading:
-        raise ModelLoading(
-            f"model {name!r} is still loading; try again shortly",
-            param="model",
-            code="model_loading",
-            headers={"Retry-After": "10"},
-        )
-
-
-def _model_entry(state: Any, name: str, created: int, backend: str | None) -> dict[str, Any]:
-    engine: Engine = state.engine
-    slot = engine.slots.get(name)
-    entry: dict[str, Any] = {
-        "id": name,
-        "object": "model",
-        "created": created,
-        "owned_by": "localimg",
-        "backend": backend,
-        "loaded": slot is not None and slot.state == "loaded",
-        "state": slot.state if slot is not None else "unloaded",
-        "queued": slot.queue_depth if slot is not None else 0,
-    }
-    info = getattr(slot, "info", None)
-    if callable(info):
-        entry["worker"] = info()
-    entry.update(_lifecycle_facts(engine, slot))
-    return entry
-
-
-def _lifecycle_facts(engine: Engine, slot: Any) -> dict[str, Any]:
-    """Memory, keep-alive and use of a model's slot (lifecycle.py), for /v1/models."""
-    from localimg.engine.lifecycle import keep_alive_for
-
-    if slot is None:
-        return {"memory_bytes": None, "keep_alive": engine.settings.keep_alive}
-    need = getattr(slot, "memory_need", None)
-    loaded = need is not None or slot.state == "loaded"
-    idle = time.monotonic() - slot.last_used if loaded and not slot.busy else 0.0
-    return {
-        "memory_bytes": slot.memory_bytes if loaded else None,
-        "memory_device": need.where if need is not None else None,
-        "keep_alive": keep_alive_for(slot.config, engine.settings.keep_alive),
-        "idle_seconds": round(idle, 1),
-        "busy": slot.busy,
-        "loads": getattr(slot, "loads", None),
-    }
-
-
-def _model_list(state: Any) -> list[dict[str, Any]]:
-    engine: Engine = state.engine
-    entries = []
-    seen = set()
-    for entry in scan_models(engine.settings.models_path):
-        if entry.config is None:
-            continue
-        seen.add(entry.name)
-        created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
-        entries.append(_model_entry(state, entry.name, created, entry.config.backend))
-    for name in state.settings.preload:
-        if name not in seen:
-            entries.append(_model_entry(state, name, 0, None))
-    return entries
-
-
-async def list_models(request: Request) -> Response:
-    data = await asyncio.to_thread(_model_list, request.app.state)
-    return JSONResponse({"object": "list", "data": data})
-
-
-async def get_model(request: Request) -> Response:
-    name = request.path_params["model"]
-    data = await asyncio.to_thread(_model_list, request.app.state)
-    for entry in data:
-        if entry["id"] == name:
-            return JSONResponse(entry)
-    known = ", ".join(e["id"] for e in data) or "none"
-    raise ModelNotFound(f"model {name!r} is not served here; available models: {known}")
 
 
 # -- running a job -------------------------------------------------------------------------------
@@ -227,26 +90,18 @@ async def _submit(request: Request, config: ModelConfig, prepared: schemas.Prepa
 
 
 def _encode_items(
-    result: ImageResult, prepared: schemas.Prepared, output_dir: Path, base_url: str
+    result: ImageResult, prepared: schemas.Prepared, output_dir: Path, url_prefix: str
 ) -> list[dict[str, Any]]:
-    if videos.is_video_response(result, prepared):
-        return videos.encode_items(result, prepared, output_dir, base_url)
-    items = []
-    for index, image in enumerate(result.images):
-        data = images.encode(
-            image,
-            prepared.output_format,
-            parameters=images.a1111_parameters(result, index),
-            quality=prepared.compression,
-        )
-        if prepared.response_format == "url":
-            ext = "jpg" if prepared.output_format == "jpeg" else prepared.output_format
-            name = f"{secrets.token_urlsafe(16)}.{ext}"
-            images.write_atomic(output_dir / name, data)
-            items.append({"url": f"{base_url}/generated/{name}"})
-        else:
-            items.append({"b64_json": base64.b64encode(data).decode("ascii")})
-    return items
+    return output.encode_items(
+        result,
+        prepared.output_format,
+        prepared.compression,
+        prepared.response_format,
+        output_dir,
+        url_prefix,
+        video_format=prepared.video_format,
+        response_format_given=prepared.response_format_given,
+    )
 
 
 def _base_url(request: Request) -> str:
@@ -263,7 +118,7 @@ async def _respond(request: Request, config: ModelConfig, prepared: schemas.Prep
     result = await await_job(request, job, state.settings.request_timeout)
     generation = time.monotonic() - started
     items = await asyncio.to_thread(
-        _encode_items, result, prepared, state.output_dir, _base_url(request)
+        _encode_items, result, prepared, state.output_dir, _base_url(request) + state.files_path
     )
     body = schemas.response_body(result, items, prepared)
     videos.annotate(body, result, prepared)
@@ -279,22 +134,11 @@ async def _respond(request: Request, config: ModelConfig, prepared: schemas.Prep
 # -- generations -----------------------------------------------------------------------------
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(
-            f"the request body is not valid JSON ({exc}); send Content-Type: application/json "
-            "with a JSON object"
-        ) from None
-
-
 async def generations(request: Request) -> Response:
     """POST /v1/images/generations."""
     state = request.app.state
     params: schemas.GenerationBody = schemas.parse_model(
-        schemas.GenerationBody, await _json_body(request)
+        schemas.GenerationBody, await forms.json_body(request)
     )
     if params.user:
         log.info("%s: user %s", _rid(request), params.user)
@@ -317,85 +161,11 @@ async def generations(request: Request) -> Response:
 # -- edits and variations (multipart) ----------------------------------------------------------
 
 
-@dataclass
-class ImageForm:
-    """A parsed multipart edits/variations request: validated fields and decoded images."""
-
-    fields: schemas.EditFields
-    images: list[Image] = field(default_factory=list)
-    mask: Image | None = None
-
-
-async def _read_upload(upload: UploadFile, param: str, limits: ImageLimits) -> Image:
-    data = await upload.read()
-    return await asyncio.to_thread(decode_image, data, param, limits)
-
-
-async def parse_image_form(
-    request: Request, limits: ImageLimits, *, needs_prompt: bool
-) -> ImageForm:
-    """Parse `image` / repeated `image[]`, `mask` and the text fields of a multipart request.
-
-    Reusable by any route that takes uploaded images: the images are decoded under the pixel
-    and byte limits (413, 422), the text fields validated like a generation body (400).
-    """
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise InvalidRequest(
-            "this endpoint takes multipart/form-data with the image file(s) in 'image' "
-            f"(or repeated 'image[]') (got Content-Type {content_type or 'none'!r})"
-        )
-    form = await request.form(max_files=MAX_UPLOADS + 1, max_fields=64)
-    try:
-        uploads: list[tuple[str, UploadFile]] = []
-        text: dict[str, Any] = {}
-        mask_upload: UploadFile | None = None
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key in ("image", "image[]"):
-                    uploads.append((key, value))
-                elif key == "mask":
-                    mask_upload = value
-                else:
-                    raise InvalidRequest(
-                        f"unexpected file field {key!r}; files go in 'image', 'image[]' or 'mask'",
-                        param=key,
-                    )
-            elif key in ("image", "image[]", "mask"):
-                raise InvalidRequest(f"{key} must be an uploaded file", param=key)
-            elif key in text:
-                raise InvalidRequest(f"field {key!r} is given more than once", param=key)
-            else:
-                text[key] = value
-        if not uploads:
-            raise InvalidRequest(
-                "an image file is required in 'image' (or 'image[]')", param="image"
-            )
-        if len(uploads) > MAX_UPLOADS:
-            raise InvalidRequest(f"at most {MAX_UPLOADS} images per request", param="image")
-        if needs_prompt and not str(text.get("prompt", "")).strip():
-            raise InvalidRequest("prompt is required (a non-empty string)", param="prompt")
-        fields: schemas.EditFields = schemas.parse_model(schemas.EditFields, text)
-        parsed = ImageForm(fields=fields)
-        for key, upload in uploads:
-            parsed.images.append(await _read_upload(upload, key, limits))
-        if mask_upload is not None:
-            parsed.mask = await _read_upload(mask_upload, "mask", limits)
-            first = parsed.images[0]
-            if parsed.mask.size != first.size:
-                raise InvalidRequest(
-                    f"mask is {parsed.mask.size[0]}x{parsed.mask.size[1]} but the image is "
-                    f"{first.size[0]}x{first.size[1]}; they must be the same size",
-                    param="mask",
-                )
-        return parsed
-    finally:
-        await form.close()
-
-
 async def _image_conditioned(request: Request, what: str, needs_prompt: bool) -> Response:
     state = request.app.state
-    form = await parse_image_form(request, state.settings.image_limits, needs_prompt=needs_prompt)
+    form = await forms.parse_image_form(
+        request, state.settings.image_limits, needs_prompt=needs_prompt
+    )
     config = await asyncio.to_thread(served_config, state, form.fields.model)
     check_available(state, config.name)
     if len(form.images) > 1:
@@ -436,9 +206,7 @@ def routes() -> list[Route]:
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
         Route("/v1/images/variations", variations, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
     ]
 
 
-__all__ = ["ImageForm", "await_job", "parse_image_form", "routes", "served_config"]
+__all__ = ["await_job", "routes"]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from localimg._util.validation import first_problem
 from localimg.errors import InvalidRequest
 from localimg.requests import MAX_N, ImageRequest, parse_mode, parse_size
 
@@ -78,18 +79,16 @@ def parse_model(cls: type[ImageParams], data: Any) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        if err["type"] == "extra_forbidden":
+        problem = first_problem(exc)
+        param = problem.key if problem.key != "(top level)" else None
+        if problem.kind == "extra_forbidden":
             allowed = ", ".join(sorted(cls.model_fields))
             raise InvalidRequest(
                 f"unknown field {param!r}; the fields this endpoint accepts are: {allowed}",
                 param=param,
                 code="unknown_parameter",
             ) from None
-        raise InvalidRequest(
-            f"{param}: {err['msg']} (got {err.get('input')!r})", param=param
-        ) from None
+        raise InvalidRequest(problem.describe(), param=param) from None
 
 
 @dataclass(frozen=True)

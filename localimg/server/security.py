@@ -24,6 +24,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PROTECTED_PREFIX = "/v1"
 
 
+class NotFound(LocalimgError):
+    """A path that names nothing (an unknown route, an expired image)."""
+
+    http_status = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
 async def send_error(send: Send, error: LocalimgError) -> None:
     """Answer an error directly from middleware, in OpenAI's shape."""
     body = json.dumps(error.to_openai()).encode()
@@ -50,6 +58,21 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def check_key(headers: Iterable[tuple[bytes, bytes]], keys: tuple[str, ...]) -> None:
+    """The one API key check (the /v1 middleware, LocalAI's routes): 401 unless a configured key
+    is presented as `Authorization: Bearer <key>`; nothing to check when no keys are set."""
+    if not keys:
+        return
+    token = bearer_token(headers)
+    if token is None:
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not key_matches(token, keys):
+        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
 class ApiKeyMiddleware:
     """Bearer auth on every /v1 route when keys are configured (CORS preflights pass)."""
 
@@ -66,21 +89,10 @@ class ApiKeyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        token = bearer_token(scope["headers"])
-        if token is None:
-            await send_error(
-                send,
-                Unauthorized(
-                    "missing API key: send 'Authorization: Bearer <key>'",
-                    headers={"WWW-Authenticate": "Bearer"},
-                ),
-            )
-            return
-        if not key_matches(token, self.keys):
-            await send_error(
-                send,
-                Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"}),
-            )
+        try:
+            check_key(scope["headers"], self.keys)
+        except Unauthorized as exc:
+            await send_error(send, exc)
             return
         await self.app(scope, receive, send)
 

@@ -15,7 +15,6 @@ Finished files live in the server's output folder and expire like url-format ima
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import secrets
 import time
@@ -29,8 +28,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from localimg.errors import InvalidRequest, LocalimgError
-from localimg.media import conditioning, video
-from localimg.media import encode as images
+from localimg.media import conditioning, output, video
 from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
 
 if TYPE_CHECKING:
@@ -75,55 +73,10 @@ class VideoNotReady(LocalimgError):
 # -- video results of the Images API -------------------------------------------------------------
 
 
-def is_video_response(result: ImageResult, prepared: Prepared) -> bool:
-    """A video result, or still images asked for as mp4 / gif."""
-    return result.fps is not None or prepared.video_format in ("mp4", "gif")
-
-
-def _format(result: ImageResult, prepared: Prepared) -> video.VideoFormat:
-    return video.video_format(prepared.video_format or "mp4")
-
-
-def encode_items(
-    result: ImageResult, prepared: Prepared, output_dir: Path, base_url: str
-) -> list[dict[str, Any]]:
-    """The response items of a video (one item) or of still GIFs (one per image)."""
-    fmt = _format(result, prepared)
-    quality = prepared.compression
-    if result.fps is not None or fmt == "mp4":
-        fps = result.fps or (result.request.fps if result.request else None) or 1.0
-        clips = [(result.images, fps, images.a1111_parameters(result, 0))]
-    else:  # still images as GIF files
-        clips = [
-            ([image], 1.0, images.a1111_parameters(result, index))
-            for index, image in enumerate(result.images)
-        ]
-    items = []
-    as_url = prepared.response_format == "url" or (
-        not prepared.response_format_given and result.fps is not None
-    )
-    for frames, fps, parameters in clips:
-        data = video.encode_video(
-            frames, fmt, fps, parameters=parameters, quality=None if fmt == "gif" else quality
-        )
-        item: dict[str, Any] = {"mime_type": video.VIDEO_MIME_TYPES[fmt]}
-        if as_url:
-            name = f"{secrets.token_urlsafe(16)}.{fmt}"
-            images.write_atomic(output_dir / name, data)
-            item["url"] = f"{base_url}/generated/{name}"
-        else:
-            item["b64_json"] = base64.b64encode(data).decode("ascii")
-        if result.fps is not None:
-            item["frames"] = len(frames)
-            item["fps"] = fps
-        items.append(item)
-    return items
-
-
 def annotate(body: dict[str, Any], result: ImageResult, prepared: Prepared) -> None:
     """Fix the response's `output_format` for a video answer."""
-    if is_video_response(result, prepared):
-        body["output_format"] = _format(result, prepared)
+    if output.is_video(result, prepared.video_format):
+        body["output_format"] = video.video_format(prepared.video_format or "mp4")
 
 
 # -- the job API ---------------------------------------------------------------------------------
@@ -271,7 +224,7 @@ def build_request(data: dict[str, Any], init_image: Any) -> tuple[ImageRequest, 
 async def create_video(request: Request) -> Response:
     """POST /v1/videos: queue a video job and answer at once."""
     from localimg.media.decode import decode_image, image_from_text
-    from localimg.server.openai import check_available, served_config
+    from localimg.server.models import check_available, served_config
 
     state = request.app.state
     data, upload = await _fields(request)
@@ -326,7 +279,7 @@ async def _finish(state: Any, entry: VideoJob, job: Job) -> None:
         folder: Path = state.output_dir
         path = folder / f"{entry.id}.mp4"
         thumbnail = folder / f"{entry.id}.thumbnail.webp"
-        await asyncio.to_thread(_write_files, result, path, thumbnail)
+        await asyncio.to_thread(output.write_video_files, result, path, thumbnail)
     except LocalimgError as exc:
         entry.status = "failed"
         entry.error = {"code": exc.code or "failed", "message": exc.message}
@@ -347,13 +300,6 @@ async def _finish(state: Any, entry: VideoJob, job: Job) -> None:
     entry.expires_at = entry.completed_at + int(state.settings.url_ttl)
     entry.progress = 100
     entry.status = "completed"
-
-
-def _write_files(result: ImageResult, path: Path, thumbnail: Path) -> None:
-    fps = result.fps or 1.0
-    parameters = images.a1111_parameters(result, 0)
-    images.write_atomic(path, video.encode_video(result.images, "mp4", fps, parameters=parameters))
-    images.write_atomic(thumbnail, images.encode(result.images[0], "webp", parameters=parameters))
 
 
 def _entry(request: Request) -> VideoJob:

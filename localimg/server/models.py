@@ -1,0 +1,151 @@
+"""The models this server answers for: resolving a request's `model`, and /v1/models.
+
+Only valid YAML models in the models dir and the preloads are served, so a request's `model`
+can never reach files outside the models dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from localimg.config import DEFAULT_MODEL_ENV, default_model_ref, scan_models
+from localimg.errors import InvalidRequest, ModelLoading, ModelNotFound
+
+if TYPE_CHECKING:
+    from localimg.config import ModelConfig
+    from localimg.engine import Engine
+
+
+def served_names(state: Any) -> list[str]:
+    """The models this server answers for: valid YAML models in the models dir, and preloads.
+
+    Anything else (paths, hub ids) is refused, so a request's `model` can never reach files
+    outside the models dir.
+    """
+    engine: Engine = state.engine
+    names = [e.name for e in scan_models(engine.settings.models_path) if e.config is not None]
+    names += [name for name in state.settings.preload if name not in names]
+    return names
+
+
+def served_config(state: Any, ref: str | None) -> ModelConfig:
+    """Resolve a request's `model` (blocking: reads YAML files)."""
+    engine: Engine = state.engine
+    names = served_names(state)
+    if not ref:
+        if not names:
+            raise ModelNotFound(
+                f"no models are configured in {engine.settings.models_path}; add a YAML file",
+                param="model",
+            )
+        if len(names) == 1:
+            ref = names[0]
+        elif os.environ.get(DEFAULT_MODEL_ENV):
+            ref = default_model_ref(engine.settings.models_path)
+        else:
+            raise InvalidRequest(
+                f"several models are served ({', '.join(names)}): name one in the 'model' field",
+                param="model",
+            )
+    if ref not in names:
+        known = ", ".join(names) if names else "none"
+        raise ModelNotFound(
+            f"model {ref!r} is not served here; available models: {known}", param="model"
+        )
+    return engine.resolve(ref)
+
+
+def check_available(state: Any, name: str) -> None:
+    if state.shutting_down:
+        raise ModelLoading("the server is shutting down", headers={"Retry-After": "30"})
+    if name in state.preloading:
+        raise ModelLoading(
+            f"model {name!r} is still loading; try again shortly",
+            param="model",
+            code="model_loading",
+            headers={"Retry-After": "10"},
+        )
+
+
+def model_entry(state: Any, name: str, created: int, backend: str | None) -> dict[str, Any]:
+    engine: Engine = state.engine
+    slot = engine.slots.get(name)
+    entry: dict[str, Any] = {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "localimg",
+        "backend": backend,
+        "loaded": slot is not None and slot.state == "loaded",
+        "state": slot.state if slot is not None else "unloaded",
+        "queued": slot.queue_depth if slot is not None else 0,
+    }
+    info = getattr(slot, "info", None)
+    if callable(info):
+        entry["worker"] = info()
+    entry.update(_lifecycle_facts(engine, slot))
+    return entry
+
+
+def _lifecycle_facts(engine: Engine, slot: Any) -> dict[str, Any]:
+    """Memory, keep-alive and use of a model's slot (lifecycle.py), for /v1/models."""
+    from localimg.engine.lifecycle import keep_alive_for
+
+    if slot is None:
+        return {"memory_bytes": None, "keep_alive": engine.settings.keep_alive}
+    need = getattr(slot, "memory_need", None)
+    loaded = need is not None or slot.state == "loaded"
+    idle = time.monotonic() - slot.last_used if loaded and not slot.busy else 0.0
+    return {
+        "memory_bytes": slot.memory_bytes if loaded else None,
+        "memory_device": need.where if need is not None else None,
+        "keep_alive": keep_alive_for(slot.config, engine.settings.keep_alive),
+        "idle_seconds": round(idle, 1),
+        "busy": slot.busy,
+        "loads": getattr(slot, "loads", None),
+    }
+
+
+def model_list(state: Any) -> list[dict[str, Any]]:
+    engine: Engine = state.engine
+    entries = []
+    seen = set()
+    for entry in scan_models(engine.settings.models_path):
+        if entry.config is None:
+            continue
+        seen.add(entry.name)
+        created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
+        entries.append(model_entry(state, entry.name, created, entry.config.backend))
+    for name in state.settings.preload:
+        if name not in seen:
+            entries.append(model_entry(state, name, 0, None))
+    return entries
+
+
+async def list_models(request: Request) -> Response:
+    data = await asyncio.to_thread(model_list, request.app.state)
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    name = request.path_params["model"]
+    data = await asyncio.to_thread(model_list, request.app.state)
+    for entry in data:
+        if entry["id"] == name:
+            return JSONResponse(entry)
+    known = ", ".join(e["id"] for e in data) or "none"
+    raise ModelNotFound(f"model {name!r} is not served here; available models: {known}")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    ]

@@ -1,0 +1,100 @@
+"""Requests through a real server: OpenAI `quality` → steps (scaled by the engine from the
+model's own default), the 413 for an oversized input image whatever its size, the prompt limit."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localimg.engine import Engine, EngineSettings
+from localimg.errors import PayloadTooLarge
+from localimg.media.decode import ImageLimits, decode_image
+from localimg.server.app import ServerSettings, create_app
+from tests.server_support import assert_openai_error, serve_in_thread
+
+
+@dataclass
+class Served:
+    url: str
+
+    def post(self, body: dict) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/images/generations", json=body, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("limits")
+    models = root / "models"
+    models.mkdir()
+    # No `step` in the YAML: quality scales the diffusers backend's default (30).
+    (models / "nostep.yaml").write_text(
+        f"name: nostep\nbackend: diffusers\nparameters:\n  model: {tiny_sd}\n", encoding="utf-8"
+    )
+    engine = Engine(EngineSettings(models_path=models, max_queue=4))
+    settings = ServerSettings(output_dir=root / "out")
+    with serve_in_thread(create_app(settings, engine)) as url:
+        yield Served(url)
+
+
+def test_quality_scales_the_backend_default_steps(served: Served) -> None:
+    steps = {}
+    for quality in ("low", "medium", "standard"):
+        response = served.post({"prompt": "otter", "size": "64x64", "quality": quality})
+        assert response.status_code == 200, response.text
+        steps[quality] = response.json()["steps"]
+    assert steps["low"] < steps["medium"] < steps["standard"]
+    assert steps["low"] == 15 and steps["standard"] == 30
+    explicit = served.post({"prompt": "otter", "size": "64x64", "quality": "low", "steps": 3})
+    assert explicit.status_code == 200 and explicit.json()["steps"] == 3
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG whose header claims width x height; its pixel data is a few KB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [5000, 20000])
+def test_every_oversized_image_is_the_same_413(served: Served, side: int) -> None:
+    png = huge_png(side, side)
+    assert len(png) < 1024 * 1024
+    assert struct.unpack(">II", png[16:24]) == (side, side)  # IHDR: what the header claims
+    file = "data:image/png;base64," + base64.b64encode(png).decode()
+    response = served.post({"prompt": "otter", "file": file, "mode": "img2img"})
+    error = assert_openai_error(response, 413, param="file")
+    assert f"{side}x{side}" in error["message"] and "16 Mpixel" in error["message"]
+    assert "decompression bomb" not in error["message"].lower()
+
+
+def test_decode_image_checks_the_header_before_decoding() -> None:
+    with pytest.raises(PayloadTooLarge, match="20000x20000"):
+        decode_image(huge_png(20000, 20000), "image", ImageLimits())
+
+
+def test_a_very_long_prompt_is_a_clear_400(served: Served) -> None:
+    body = {"prompt": "a" * 2_000_000, "size": "64x64"}
+    assert len(str(body)) < 64 * 1024 * 1024  # far under the body limit: the prompt rule answers
+    error = assert_openai_error(served.post(body), 400, param="prompt")
+    assert error["type"] == "invalid_request_error"
+    assert "32000" in error["message"].replace(",", "")
