@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from localimg.download import transfer as download
-from localimg.download.transfer import FileSpec
+from localimg import download
+from localimg.download import FileSpec
 from localimg.errors import DownloadError, GalleryError
 from tests.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
 
@@ -116,13 +117,13 @@ def test_disk_space_checked_first(
     hosts: FakeHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hosts.files["a.bin"] = DATA
-    real = download.shutil.disk_usage
+    real = shutil.disk_usage
 
     def tiny_disk(path: object) -> object:
         usage = real(path)  # type: ignore[arg-type]
         return type(usage)(usage.total, usage.total - 1000, 1000)
 
-    monkeypatch.setattr(download.shutil, "disk_usage", tiny_disk)
+    monkeypatch.setattr(shutil, "disk_usage", tiny_disk)
     with pytest.raises(DownloadError, match=r"not enough disk space.*1\.0 MiB"):
         download.download_files([FileSpec("a.bin", f"{hosts.url}/files/a.bin")], tmp_path)
     assert not [r for r in hosts.log if r.method == "GET"]

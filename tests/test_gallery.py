@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from localimg.download.transfer import GITHUB_RAW_ENV
+from localimg.download import GITHUB_RAW_ENV
 from localimg.errors import GalleryError, ModelNotFound
 from localimg.gallery import build as gallery_build
 from localimg.gallery import catalog as gallery
@@ -192,8 +192,9 @@ def test_gallery_check_reports_problems(tmp_path: Path) -> None:
 
 def test_shipped_entries_pass_their_backends_checks() -> None:
     """Each shipped YAML as the backend would read it: pipeline, scheduler, ggml options."""
-    from localimg.backends.diffusers import backend as diffusers_backend
+    from localimg.backends.diffusers import options as diffusers_options
     from localimg.backends.diffusers import schedulers
+    from localimg.backends.diffusers.loading import pipeline_class
     from localimg.config import config_from_dict
 
     catalog = Catalog.load(gallery.default_sources(builtin=True))
@@ -202,15 +203,15 @@ def test_shipped_entries_pass_their_backends_checks() -> None:
 
     # The ggml option checks run where that backend's module is present.
     has_ggml = importlib.util.find_spec("stable_diffusion_cpp") is not None
-    ggml = importlib.import_module("localimg.backends.ggml.backend") if has_ggml else None
+    ggml = importlib.import_module("localimg.backends.ggml.options") if has_ggml else None
     for entry in catalog.entries:
         config = config_from_dict(dict(resolve_entry(entry).config), where=entry.name)
         if config.backend == "diffusers":
             if config.diffusers.pipeline_type:
-                diffusers_backend._pipeline_class(config.diffusers.pipeline_type)
+                pipeline_class(config.diffusers.pipeline_type)
             if config.diffusers.scheduler_type:
                 schedulers.lookup(config.diffusers.scheduler_type, param="scheduler_type")
-            diffusers_backend._parse_options(config)
+            diffusers_options.parse_options(config)
         elif ggml is not None:
             ggml.parse_options(config)
 

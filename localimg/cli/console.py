@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -106,3 +107,61 @@ class GenerationProgress:
                 if self._steps is None:
                     self._steps = self._progress.add_task("generating", total=event.total or None)
                 self._progress.update(self._steps, completed=event.step, total=event.total or None)
+
+
+class RichProgress:
+    """One line per file (size, speed, ETA) plus a total line, on stderr."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichBar
+
+        self.enabled = err_console.is_terminal if enabled is None else enabled
+        self._bar = RichBar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not self.enabled,
+        )
+        self._lock = threading.Lock()
+        self._tasks: dict[str, Any] = {}
+        self._total = self._bar.add_task("total", total=0)
+
+    def __enter__(self) -> RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def start(self, name: str, total: int | None, done: int) -> None:
+        with self._lock:
+            self._tasks[name] = self._bar.add_task(name, total=total, completed=done)
+            task = self._bar.tasks[self._total]
+            self._bar.update(
+                self._total,
+                total=(task.total or 0) + (total or 0),
+                completed=task.completed + done,
+            )
+
+    def advance(self, name: str, nbytes: int) -> None:
+        with self._lock:
+            self._bar.advance(self._tasks[name], nbytes)
+            self._bar.advance(self._total, nbytes)
+
+    def finish(self, name: str) -> None:
+        with self._lock:
+            task_id = self._tasks.get(name)
+            if task_id is not None:
+                task = self._bar.tasks[task_id]
+                if task.total is None:
+                    self._bar.update(task_id, total=task.completed)

@@ -142,7 +142,7 @@ def install_models(
     quiet: bool = False,
 ) -> list[Any]:
     """Install each reference (with a progress display); return the InstallResults."""
-    from localimg.download.transfer import RichProgress
+    from localimg.cli.console import RichProgress
     from localimg.gallery.install import install
 
     catalog = _catalog(galleries)
@@ -247,7 +247,7 @@ def models_remove(
 
 
 def _file_rows(models_path: Path, record: dict[str, Any] | None) -> list[dict[str, Any]]:
-    from localimg.download.transfer import partial_path, safe_target
+    from localimg.download import partial_path, safe_target
 
     rows = []
     for item in (record or {}).get("files") or []:

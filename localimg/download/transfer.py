@@ -15,113 +15,32 @@ copied) into the models dir; `https://`/`http://` through httpx; `file://` is co
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import queue
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol
-from urllib.parse import unquote, urljoin, urlsplit
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+from localimg.download.progress import NullProgress, Progress
+from localimg.download.uris import (
+    TIMEOUT,
+    FileSpec,
+    Source,
+    parse_uri,
+    partial_path,
+    safe_target,
+)
 from localimg.errors import DownloadError, GalleryError, LocalimgError
 
 CHUNK = 1024 * 1024
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-GITHUB_RAW_ENV = "LOCALIMG_GITHUB_RAW"  # where github: URIs are read from (tests, mirrors)
-GITHUB_RAW_DEFAULT = "https://raw.githubusercontent.com"
 DISK_MARGIN = 64 * 1024 * 1024  # keep this much free beyond what the downloads need
-TIMEOUT = 30.0
-
-SourceKind = Literal["hub", "http", "file"]
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one file comes from, after the URI scheme has been resolved."""
-
-    kind: SourceKind
-    location: str  # URL, local path, or hub repo id
-    path_in_repo: str = ""
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "hub":
-            at = f"@{self.revision}" if self.revision else ""
-            return f"huggingface://{self.location}/{self.path_in_repo}{at}"
-        return self.location
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One file of a gallery entry: where it goes (relative to the models dir) and where from."""
-
-    filename: str
-    uri: str
-    sha256: str | None = None
-
-
-def github_raw_url(uri: str) -> str:
-    """`github:owner/repo/path/to/file@ref` → its raw URL (ref defaults to `main`)."""
-    rest = uri.split(":", 1)[1].lstrip("/")
-    rest, _, ref = rest.rpartition("@") if "@" in rest else (rest, "", "main")
-    parts = rest.split("/", 2)
-    if len(parts) < 3 or not all(parts):
-        raise GalleryError(f"bad github URI {uri!r}: expected github:owner/repo/path@ref")
-    owner, repo, path = parts
-    base = os.environ.get(GITHUB_RAW_ENV, GITHUB_RAW_DEFAULT).rstrip("/")
-    return f"{base}/{owner}/{repo}/{ref or 'main'}/{path}"
-
-
-def parse_uri(uri: str) -> Source:
-    """Resolve a gallery URI to a `Source`; unknown schemes are refused naming the known ones."""
-    text = uri.strip()
-    scheme = text.split(":", 1)[0].lower() if ":" in text else ""
-    if scheme in ("huggingface", "hf"):
-        rest = text.split("://", 1)[1] if "://" in text else text.split(":", 1)[1]
-        rest, revision = _split_revision(rest.strip("/"))
-        parts = rest.split("/", 2)
-        if len(parts) < 3 or not all(parts):
-            raise GalleryError(
-                f"bad hub URI {uri!r}: expected huggingface://owner/repo/path/to/file"
-            )
-        return Source("hub", f"{parts[0]}/{parts[1]}", parts[2], revision)
-    if scheme in ("http", "https"):
-        return Source("http", text)
-    if scheme == "file":
-        return Source("file", unquote(urlsplit(text).path))
-    if scheme == "github":
-        return Source("http", github_raw_url(text))
-    raise GalleryError(
-        f"unsupported URI {uri!r}: use huggingface://, hf://, https://, http://, file:// or "
-        "github:owner/repo/path@ref"
-    )
-
-
-def _split_revision(path: str) -> tuple[str, str | None]:
-    """`owner/repo/file@rev` → (`owner/repo/file`, `rev`); an `@` inside a name is kept."""
-    head, sep, tail = path.rpartition("@")
-    if sep and tail and "/" not in tail and "." not in tail:
-        return head, tail
-    return path, None
-
-
-def resolve_ref(ref: str, base: str | None) -> str:
-    """A template reference relative to the index that names it (a path or URL)."""
-    if re.match(r"^[a-zA-Z][\w+.-]*:", ref) and not re.match(r"^[a-zA-Z]:[\\/]", ref):
-        return ref
-    if base is None:
-        return str(Path(ref).expanduser().resolve())
-    if re.match(r"^https?://", base):
-        return urljoin(base, ref)
-    if base.startswith("github:"):
-        return urljoin(github_raw_url(base), ref)
-    base_path = Path(unquote(urlsplit(base).path) if base.startswith("file:") else base)
-    return str((base_path.parent / ref).resolve())
 
 
 def fetch_text(ref: str, *, max_bytes: int = 64 * 1024 * 1024) -> str:
@@ -149,160 +68,6 @@ def fetch_text(ref: str, *, max_bytes: int = 64 * 1024 * 1024) -> str:
     if len(response.content) > max_bytes:
         raise DownloadError(f"{ref} is larger than {max_bytes} bytes")
     return response.text
-
-
-# -- file names from an index -----------------------------------------------------------------
-
-
-def safe_target(root: Path, filename: str) -> Path:
-    """Where `filename` goes under `root`; refuses anything that could leave `root`."""
-    name = filename.replace("\\", "/")
-    pure = PurePosixPath(name)
-    if (
-        not name.strip()
-        or "\x00" in name
-        or pure.is_absolute()
-        or re.match(r"^[a-zA-Z]:", name)
-        or any(part in ("..", "") for part in name.split("/"))
-        or pure.name in (".", "")
-    ):
-        raise GalleryError(
-            f"unsafe file name {filename!r}: a gallery file name must be a relative path inside "
-            "the models directory (no '..', no absolute path)"
-        )
-    root_resolved = root.resolve()
-    target = root_resolved.joinpath(*pure.parts)
-    current = root_resolved
-    for part in pure.parts:
-        current = current / part
-        if current.is_symlink():
-            raise GalleryError(
-                f"unsafe file name {filename!r}: {current} is a link; gallery files may not be "
-                "written through links"
-            )
-    if not target.resolve().is_relative_to(root_resolved):
-        raise GalleryError(f"unsafe file name {filename!r}: it resolves outside {root}")
-    return target
-
-
-def partial_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.partial")
-
-
-# -- progress -----------------------------------------------------------------------------------
-
-
-class Progress(Protocol):
-    """Receives byte counts from the download threads (must be thread-safe)."""
-
-    def start(self, name: str, total: int | None, done: int) -> None: ...
-
-    def advance(self, name: str, nbytes: int) -> None: ...
-
-    def finish(self, name: str) -> None: ...
-
-
-class NullProgress:
-    def start(self, name: str, total: int | None, done: int) -> None:
-        pass
-
-    def advance(self, name: str, nbytes: int) -> None:
-        pass
-
-    def finish(self, name: str) -> None:
-        pass
-
-
-class CountingProgress:
-    """Totals for a server job: bytes done and expected, the file being fetched."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.totals: dict[str, int | None] = {}
-        self.done: dict[str, int] = {}
-        self.current: str | None = None
-
-    def start(self, name: str, total: int | None, done: int) -> None:
-        with self._lock:
-            self.totals[name] = total
-            self.done[name] = done
-            self.current = name
-
-    def advance(self, name: str, nbytes: int) -> None:
-        with self._lock:
-            self.done[name] = self.done.get(name, 0) + nbytes
-
-    def finish(self, name: str) -> None:
-        with self._lock:
-            total = self.totals.get(name)
-            if total is not None:
-                self.done[name] = total
-
-    def snapshot(self) -> tuple[int, int]:
-        """(bytes done, bytes expected) over the files started so far."""
-        with self._lock:
-            expected = sum(t or 0 for t in self.totals.values())
-            return sum(self.done.values()), expected
-
-
-class RichProgress:
-    """One line per file (size, speed, ETA) plus a total line, on stderr."""
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-        from rich.progress import Progress as RichBar
-
-        from localimg.cli.console import err_console
-
-        self.enabled = err_console.is_terminal if enabled is None else enabled
-        self._bar = RichBar(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            disable=not self.enabled,
-        )
-        self._lock = threading.Lock()
-        self._tasks: dict[str, Any] = {}
-        self._total = self._bar.add_task("total", total=0)
-
-    def __enter__(self) -> RichProgress:
-        self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.stop()
-
-    def start(self, name: str, total: int | None, done: int) -> None:
-        with self._lock:
-            self._tasks[name] = self._bar.add_task(name, total=total, completed=done)
-            task = self._bar.tasks[self._total]
-            self._bar.update(
-                self._total,
-                total=(task.total or 0) + (total or 0),
-                completed=task.completed + done,
-            )
-
-    def advance(self, name: str, nbytes: int) -> None:
-        with self._lock:
-            self._bar.advance(self._tasks[name], nbytes)
-            self._bar.advance(self._total, nbytes)
-
-    def finish(self, name: str) -> None:
-        with self._lock:
-            task_id = self._tasks.get(name)
-            if task_id is not None:
-                task = self._bar.tasks[task_id]
-                if task.total is None:
-                    self._bar.update(task_id, total=task.completed)
 
 
 # -- hashing ------------------------------------------------------------------------------------
@@ -753,10 +518,3 @@ def download_files(
     tasks = plan(files, root)
     fetch_tasks(tasks, root, progress, workers=workers, cancel=cancel, check_space=check_space)
     return [t.target for t in tasks if t.target is not None]
-
-
-@contextlib.contextmanager
-def rich_progress(enabled: bool | None = None) -> Iterator[Progress]:
-    """A RichProgress while the block runs."""
-    with RichProgress(enabled) as bar:
-        yield bar

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from localimg import download
 from localimg.config import HUB_ID
-from localimg.download import transfer as download
 from localimg.errors import LocalimgError
 from localimg.gallery.catalog import (
     NAME,

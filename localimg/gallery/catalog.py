@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from localimg.download import transfer as download
+from localimg import download
 from localimg.errors import ConfigError, GalleryError, ModelNotFound
 
 GALLERIES_ENV = "LOCALIMG_GALLERIES"

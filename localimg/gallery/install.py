@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from localimg import download
 from localimg.config import HUB_ID, load_config_file, scan_models
-from localimg.download import transfer as download
 from localimg.errors import DownloadError, GalleryError, LocalimgError, ModelNotFound
 from localimg.gallery.catalog import (
     RECORD_PREFIX,
