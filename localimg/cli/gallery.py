@@ -12,8 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from localimg.cli import ModelsPath, _fail, _prepare_runtime, app, models_app
-from localimg.errors import LocalimgError
+from localimg.cli.app import RESUMABLE, ModelsPath, app, models_app, prepare_runtime
 
 gallery_app = typer.Typer(
     help="Browse the model gallery (the shipped index plus --gallery / LOCALIMG_GALLERIES).",
@@ -105,12 +104,9 @@ def gallery_list(
     models_path: ModelsPath = None,
 ) -> None:
     """The image models the galleries offer (installed ones are marked)."""
-    try:
-        catalog = _catalog(gallery)
-        entries = catalog.search("", tag=tag)
-        _list_entries(entries, _models_path(models_path), as_json, "Gallery models")
-    except LocalimgError as exc:
-        _fail(exc)
+    catalog = _catalog(gallery)
+    entries = catalog.search("", tag=tag)
+    _list_entries(entries, _models_path(models_path), as_json, "Gallery models")
 
 
 @gallery_app.command("search")
@@ -122,11 +118,8 @@ def gallery_search(
     models_path: ModelsPath = None,
 ) -> None:
     """Find gallery models by name, description or tag."""
-    try:
-        entries = _catalog(gallery).search(text, tag=tag)
-        _list_entries(entries, _models_path(models_path), as_json, f"Gallery models: {text}")
-    except LocalimgError as exc:
-        _fail(exc)
+    entries = _catalog(gallery).search(text, tag=tag)
+    _list_entries(entries, _models_path(models_path), as_json, f"Gallery models: {text}")
 
 
 # -- models install / remove / show -------------------------------------------------------------
@@ -142,6 +135,11 @@ def install_models(
     quiet: bool = False,
 ) -> list[Any]:
     """Install each reference (with a progress display); return the InstallResults."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is not None:  # Ctrl-C now says that running the command again resumes
+        context.meta[RESUMABLE] = True
     from localimg.cli.console import RichProgress
     from localimg.gallery.install import install
 
@@ -169,27 +167,19 @@ def models_install(
     models_path: ModelsPath = None,
 ) -> None:
     """Download gallery models and write their YAML; installing again verifies the files."""
-    _prepare_runtime()
-    try:
-        if name and len(names) > 1:
-            from localimg.errors import InvalidRequest
+    prepare_runtime()
+    if name and len(names) > 1:
+        from localimg.errors import InvalidRequest
 
-            raise InvalidRequest("--name applies when installing one model")
-        results = install_models(
-            names,
-            _models_path(models_path),
-            gallery,
-            name=name,
-            prefetch=not no_prefetch,
-            quiet=as_json,
-        )
-    except LocalimgError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        from localimg.cli.console import print_error
-
-        print_error("cancelled; run the same command again to resume the downloads")
-        raise typer.Exit(130) from None
+        raise InvalidRequest("--name applies when installing one model")
+    results = install_models(
+        names,
+        _models_path(models_path),
+        gallery,
+        name=name,
+        prefetch=not no_prefetch,
+        quiet=as_json,
+    )
     if as_json:
         _echo_json(
             [
@@ -225,10 +215,7 @@ def models_remove(
     """Remove a model's YAML from the models dir (and with --purge-files, its files)."""
     from localimg.gallery.install import remove
 
-    try:
-        result = remove(name, _models_path(models_path), purge_files=purge_files)
-    except LocalimgError as exc:
-        _fail(exc)
+    result = remove(name, _models_path(models_path), purge_files=purge_files)
     if as_json:
         _echo_json(
             {
@@ -273,34 +260,31 @@ def models_show(
     from localimg.gallery.install import read_record
 
     root = _models_path(models_path)
-    try:
-        match = next((e for e in scan_models(root) if name in (e.name, e.path.stem)), None)
-        if match is not None:
-            if match.error is not None:
-                raise match.error
-            config = yaml.safe_load(match.path.read_text(encoding="utf-8")) or {}
-            record = read_record(root, match.name)
-            data: dict[str, Any] = {
-                "name": match.name,
-                "installed": True,
-                "yaml": str(match.path),
-                "gallery": (record or {}).get("gallery"),
-                "config": config,
-                "files": _file_rows(root, record),
-            }
-        else:
-            from localimg.gallery.catalog import resolve_entry
+    match = next((e for e in scan_models(root) if name in (e.name, e.path.stem)), None)
+    if match is not None:
+        if match.error is not None:
+            raise match.error
+        config = yaml.safe_load(match.path.read_text(encoding="utf-8")) or {}
+        record = read_record(root, match.name)
+        data: dict[str, Any] = {
+            "name": match.name,
+            "installed": True,
+            "yaml": str(match.path),
+            "gallery": (record or {}).get("gallery"),
+            "config": config,
+            "files": _file_rows(root, record),
+        }
+    else:
+        from localimg.gallery.catalog import resolve_entry
 
-            entry = _catalog(gallery).find(name)
-            resolved = resolve_entry(entry)
-            data = {
-                **entry.summary(),
-                "installed": False,
-                "config": resolved.config,
-                "files": [f.model_dump(exclude_none=True) for f in resolved.files],
-            }
-    except LocalimgError as exc:
-        _fail(exc)
+        entry = _catalog(gallery).find(name)
+        resolved = resolve_entry(entry)
+        data = {
+            **entry.summary(),
+            "installed": False,
+            "config": resolved.config,
+            "files": [f.model_dump(exclude_none=True) for f in resolved.files],
+        }
     if as_json:
         _echo_json(data)
         return
@@ -362,26 +346,18 @@ def run(
 
     Any `localimg serve` option may follow NAME (e.g. `localimg run sd-turbo --port 9000`).
     """
-    _prepare_runtime()
+    prepare_runtime()
     root = _models_path(models_path)
-    try:
-        if prompt is not None and ctx.args:
-            from localimg.errors import InvalidRequest
+    if prompt is not None and ctx.args:
+        from localimg.errors import InvalidRequest
 
-            raise InvalidRequest(
-                f"{' '.join(ctx.args)}: with --prompt, run takes -o, --size, --steps, --seed and "
-                "-n (serve options apply without --prompt)"
-            )
-        model_name = _ensure_installed(name, root, gallery)
-    except LocalimgError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        from localimg.cli.console import print_error
-
-        print_error("cancelled; run the same command again to resume the downloads")
-        raise typer.Exit(130) from None
+        raise InvalidRequest(
+            f"{' '.join(ctx.args)}: with --prompt, run takes -o, --size, --steps, --seed and "
+            "-n (serve options apply without --prompt)"
+        )
+    model_name = _ensure_installed(name, root, gallery)
     if prompt is not None:
-        from localimg.cli import generate
+        from localimg.cli.generate import generate
 
         generate(
             prompt=prompt,

@@ -1,0 +1,178 @@
+"""`localimg generate`: a prompt (and input images) in, image or video files out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from localimg.cli.app import ModelsPath, app, engine_settings, prepare_runtime
+from localimg.errors import LocalimgError
+
+
+@app.command()
+def generate(
+    prompt: Annotated[
+        str,
+        typer.Argument(
+            help="What to draw. Text after '|' is the negative prompt. May be empty with --image."
+        ),
+    ] = "",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model name, YAML file, local folder/file or hub id."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output file: .png, .jpg, .webp, .gif or .mp4 (videos: .mp4, animated .webp or "
+            ".gif). With -n N: out-1.png...",
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image", "-i", help="Input image (file, http(s) URL or data URL): img2img, img2vid..."
+        ),
+    ] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option("--mask", help="Inpainting mask: white (or transparent) = what changes."),
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option("--strength", help="How much the input image changes, in (0, 1]."),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="txt2img, img2img, inpaint, depth2img, variation, img2vid or txt2vid "
+            "[default: from the inputs and the model].",
+        ),
+    ] = None,
+    num_frames: Annotated[
+        int | None, typer.Option("--num-frames", help="Video models: frames to generate.")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option("--fps", help="Video models: frames per second.")
+    ] = None,
+    size: Annotated[
+        str | None, typer.Option("--size", "-s", help="WIDTHxHEIGHT, e.g. 512x512.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps.")] = None,
+    cfg_scale: Annotated[
+        float | None, typer.Option("--cfg-scale", help="Guidance scale (0 turns guidance off).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the first image; image i uses seed+i.")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of images.")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Scheduler, e.g. euler_a, k_dpmpp_2m.")
+    ] = None,
+    negative_prompt: Annotated[
+        str | None,
+        typer.Option("--negative-prompt", help="Negative prompt (wins over the '|' part)."),
+    ] = None,
+    clip_skip: Annotated[
+        int | None, typer.Option("--clip-skip", help="Skip the last N CLIP layers.")
+    ] = None,
+    quality: Annotated[
+        int | None, typer.Option("--quality", help="JPEG/WebP quality, 1-100.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads [default: physical cores].")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a machine-readable result.")
+    ] = False,
+    models_path: ModelsPath = None,
+) -> None:
+    """Generate images from a prompt and write them to files."""
+    prepare_runtime()
+    from localimg.cli.console import GenerationProgress
+    from localimg.engine import Engine
+    from localimg.media import conditioning
+    from localimg.media import output as results
+    from localimg.requests import ImageRequest, parse_mode, parse_size
+
+    results.check_output(output, quality)
+    width, height = parse_size(size) if size else (None, None)
+    init = conditioning.open_image_arg(image, "--image") if image else None
+    mask_image = conditioning.open_image_arg(mask, "--mask") if mask else None
+    if mask_image is not None and init is not None:
+        init, mask_image = conditioning.edit_inputs(init, mask_image, param="--mask")
+    elif init is not None:
+        init = conditioning.as_init(init)
+    request = ImageRequest(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        seed=seed,
+        n=n,
+        scheduler=scheduler,
+        clip_skip=clip_skip,
+        init_image=init,
+        mask=mask_image,
+        strength=strength,
+        mode=parse_mode(mode),
+        num_frames=num_frames,
+        fps=fps,
+    )
+    engine = Engine(engine_settings(models_path, device, threads))
+    try:
+        config = engine.resolve(model)
+        with GenerationProgress(config.name, enabled=None if not as_json else False) as bar:
+            result = engine.generate(model, request, progress=bar.update)
+    finally:
+        engine.close(release_memory=False)  # the process ends next: no need to trim
+    paths = results.write_result(result, output, quality)
+    _report(result, paths, as_json)
+
+
+def _bad(message: str) -> LocalimgError:
+    from localimg.errors import InvalidRequest
+
+    return InvalidRequest(message)
+
+
+def _report(result: Any, paths: list[Path], as_json: bool) -> None:
+    request = result.request
+    # A video file (or its frames) comes from one seed; an mp4 of still images from the first.
+    seeds = result.seeds if len(result.seeds) == len(paths) else [result.seeds[0]] * len(paths)
+    if as_json:
+        payload = {
+            "model": result.model,
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "width": request.width,
+            "height": request.height,
+            "steps": request.steps,
+            "cfg_scale": request.cfg_scale,
+            "scheduler": result.scheduler,
+            "images": [
+                {"path": str(path), "seed": seed} for path, seed in zip(paths, seeds, strict=True)
+            ],
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        }
+        if result.fps is not None:
+            payload["video"] = {"frames": len(result.images), "fps": result.fps}
+        if request.strength is not None:
+            payload["strength"] = request.strength
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    for path, seed in zip(paths, seeds, strict=True):
+        typer.echo(
+            f"{path}  (seed {seed}, {request.width}x{request.height}, {request.steps} steps)"
+        )

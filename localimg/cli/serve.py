@@ -1,0 +1,162 @@
+"""`localimg serve`: the HTTP server over an engine whose models run in worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from localimg.cli.app import (
+    ModelsPath,
+    State,
+    app,
+    engine_settings,
+    lifecycle_settings,
+    prepare_runtime,
+)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 8080,
+    models_path: ModelsPath = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            envvar="LOCALIMG_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on /v1 routes (repeatable).",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable)."),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Requests that may wait per model.")
+    ] = 16,
+    preload: Annotated[
+        list[str] | None,
+        typer.Option("--preload", help="Load this model at startup (repeatable)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir", help="Where url-format images are kept [default: a temporary folder]."
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="Public base URL for image links [default: Host header]."),
+    ] = None,
+    url_ttl: Annotated[
+        float, typer.Option("--url-ttl", min=1, help="Seconds a url-format image is kept.")
+    ] = 3600.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Per-request limit in seconds (queue too).")
+    ] = 600.0,
+    max_body_mb: Annotated[
+        float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB.")
+    ] = 64.0,
+    max_image_pixels: Annotated[
+        int, typer.Option("--max-image-pixels", min=1, help="Largest decoded input image.")
+    ] = 4096 * 4096,
+    allow_private_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-urls", help="Let requests fetch loopback/private/link-local URLs."
+        ),
+    ] = False,
+    grace: Annotated[
+        float, typer.Option("--shutdown-grace", min=0, help="Seconds running jobs get to finish.")
+    ] = 30.0,
+    in_process: Annotated[
+        bool,
+        typer.Option("--in-process", help="Run models in this process (no crash isolation)."),
+    ] = False,
+    keep_alive: Annotated[
+        str,
+        typer.Option(
+            "--keep-alive",
+            help="Unload a model idle this long (300, 90s, 5m, 1h; 0: after each request; "
+            "-1: never). A model's YAML `keep_alive:` wins.",
+        ),
+    ] = "5m",
+    max_loaded_models: Annotated[
+        int,
+        typer.Option(
+            "--max-loaded-models",
+            min=0,
+            help="Most models loaded at once; the least recently used idle one is unloaded "
+            "to make room (0: no limit).",
+        ),
+    ] = 0,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory budget checked before loading: 12G (RAM) or ram=12G,vram=8G. Idle "
+            "models are unloaded to make room, else the request gets 507. [default: the "
+            "machine's free RAM]",
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            "--max-batch",
+            min=1,
+            max=64,
+            help="Run up to N queued same-size text-to-image requests as one batch (1: off).",
+        ),
+    ] = 1,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads [default: physical cores].")
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", help="debug, info, warning or error [default: info]."),
+    ] = None,
+) -> None:
+    """Run the OpenAI-compatible image server (POST /v1/images/generations ...)."""
+    State.log_level = (log_level or "info").upper()
+    prepare_runtime()
+    from dataclasses import replace
+
+    from localimg.config import scan_models
+    from localimg.engine import Engine, WorkerOptions, worker_slot_factory
+    from localimg.media.decode import ImageLimits
+    from localimg.media.fetch import FetchPolicy
+    from localimg.server.app import ServerSettings, create_app
+    from localimg.server.run import build_server, startup_line
+
+    engine_setup = replace(
+        engine_settings(models_path, device, threads),
+        max_queue=max_queue,
+        **lifecycle_settings(keep_alive, max_loaded_models, max_memory, max_batch),
+    )
+    keys = tuple(k for k in (api_key or []) if k)
+    settings = ServerSettings(
+        api_keys=keys,
+        cors_origins=tuple(cors_origin or ()),
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        image_limits=ImageLimits(max_pixels=max_image_pixels),
+        fetch_policy=FetchPolicy(allow_private=allow_private_urls),
+        output_dir=output_dir,
+        base_url=base_url,
+        url_ttl=url_ttl,
+        request_timeout=timeout,
+        preload=tuple(preload or ()),
+    )
+    factory = None if in_process else worker_slot_factory(WorkerOptions(log_level=State.log_level))
+    engine = Engine(engine_setup, slot_factory=factory)
+    app_ = create_app(settings, engine)
+    names = [e.name for e in scan_models(engine_setup.models_path) if e.config is not None]
+    typer.echo(startup_line(host, port, engine_setup.models_path, names, len(keys)), err=True)
+    build_server(app_, host, port, grace=grace).run()
