@@ -18,10 +18,12 @@ class Problem:
     given: Any
     kind: str  # pydantic's error type, e.g. "extra_forbidden"
 
-    def describe(self) -> str:
-        """`key 'step': Input should be ... (got 0)`; a mapping's content is not repeated."""
+    def describe(self, key_label: str = "{key}") -> str:
+        """`step: Input should be ... (got 0)`; a mapping's content is not repeated.
+
+        `key_label` shapes the key (`"key '{key}'"` for YAML files)."""
         shown = f" (got {self.given!r})" if not isinstance(self.given, dict) else ""
-        return f"{self.key}: {self.message}{shown}"
+        return f"{key_label.format(key=self.key)}: {self.message}{shown}"
 
 
 def problems(exc: ValidationError, prefix: str = "") -> list[Problem]:

@@ -2,26 +2,27 @@
 model references. This package's names are its public API (`localimg.config.ModelConfig` is the
 import path plugins use); other parts import from here, never from its modules."""
 
+from localimg.config.files import (
+    ModelEntry,
+    config_from_dict,
+    load_config_file,
+    save_config,
+    scan_models,
+)
 from localimg.config.model import (
+    DEFAULT_HUB_MODEL,
     DEFAULT_MODEL_ENV,
     HUB_ID,
     MODELS_PATH_ENV,
     WEIGHT_SUFFIXES,
     YAML_SUFFIXES,
     ModelConfig,
-    ModelEntry,
-    ModelSource,
-    config_from_dict,
-    default_model_ref,
     default_models_path,
-    load_config_file,
-    model_source,
-    resolve_model,
-    save_config,
-    scan_models,
 )
+from localimg.config.resolve import ModelSource, default_model_ref, model_source, resolve_model
 
 __all__ = [
+    "DEFAULT_HUB_MODEL",
     "DEFAULT_MODEL_ENV",
     "HUB_ID",
     "MODELS_PATH_ENV",
