@@ -215,3 +215,36 @@ def test_lora_lists(tmp_path: Path) -> None:
         ("b.safetensors", 1.0),
         ("c.safetensors", 0.25),
     ]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "named"),
+    [
+        ('cfg_scale: 5\noptions: ["cfg_scale:6"]', 'cfg_scale: 5.0 and options "cfg_scale:6"'),
+        ('step: 4\noptions: ["steps:8"]', 'step: 4 and options "steps:8"'),
+        ('seed: 1\noptions: ["seed:2"]', 'seed: 1 and options "seed:2"'),
+        ('options: ["cfg_scale:5", "guidance_scale:6"]', 'options "cfg_scale:5" and options'),
+        ('diffusers:\n  scheduler_type: euler\noptions: ["scheduler:k_dpmpp_2m"]', "scheduler"),
+        ('size: 256x256\noptions: ["width:512"]', 'size: 256x256 and options "width:512"'),
+    ],
+)
+def test_a_setting_given_twice_with_different_values_is_refused(
+    tmp_path: Path, yaml_text: str, named: str
+) -> None:
+    """Before, the YAML key won and the option was accepted and silently ignored."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(f"name: twice\nparameters:\n  model: x\n{yaml_text}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is set twice with different values") as info:
+        load_config_file(path)
+    assert str(path) in info.value.message
+    assert named in info.value.message
+
+
+def test_a_setting_given_twice_with_the_same_value_loads(tmp_path: Path) -> None:
+    path = tmp_path / "same.yaml"
+    path.write_text(
+        'name: same\nparameters:\n  model: x\ncfg_scale: 6\noptions: ["cfg_scale:6", "step:4"]\n'
+        "step: 4\n",
+        encoding="utf-8",
+    )
+    assert load_config_file(path).cfg_scale == 6

@@ -39,6 +39,7 @@ def config_from_dict(
         raise ConfigError(format_validation_error(where, exc)) from None
     config.source_file = source_file
     config.models_path = models_path
+    config.check_single_values()
     return config
 
 

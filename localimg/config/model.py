@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from localimg.config.options import parse_options
+from localimg.config.options import OPTION_ALIASES, parse_options, parse_value
 from localimg.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,43 @@ class ModelConfig(_Strict):
             files.append(self.lora_adapter)
             scales.append(self.lora_scale if self.lora_scale is not None else 1.0)
         return list(zip(files, scales, strict=True))
+
+    def check_single_values(self) -> None:
+        """Refuse a setting given twice with different values: a YAML key and an option that
+        repeats it (`cfg_scale: 5` and `options: ["cfg_scale:6"]`), or two such options. One of
+        the two would be silently ignored, so neither is guessed."""
+        seen: dict[str, tuple[str, Any]] = {}
+
+        def note(setting: str, key: str, value: Any, label: str | None = None) -> None:
+            if value is None:
+                return
+            label = label or f"{key}: {value}"
+            comparable = value.lower() if isinstance(value, str) else value
+            if setting in seen and seen[setting][1] != comparable:
+                raise ConfigError(
+                    f"{self.where}: {setting} is set twice with different values, "
+                    f"{seen[setting][0]} and {label}; keep one of them"
+                )
+            seen.setdefault(setting, (label, comparable))
+
+        note("steps", "step", self.step)
+        note("cfg_scale", "cfg_scale", self.cfg_scale)
+        note("cfg_scale", "diffusers.cfg_scale", self.diffusers.cfg_scale)
+        note("seed", "seed", self.seed)
+        note("seed", "parameters.seed", self.parameters.seed)
+        scheduler = self.diffusers.scheduler_type
+        note("scheduler", "diffusers.scheduler_type", scheduler)
+        note("clip_skip", "diffusers.clip_skip", self.diffusers.clip_skip)
+        if self.default_size is not None:
+            note("width", "size", self.default_size[0], f"size: {self.size}")
+            note("height", "size", self.default_size[1], f"size: {self.size}")
+        for item in self.options:
+            if not isinstance(item, str):
+                continue  # parsed_options names the bad item
+            key, sep, raw = item.partition(":")
+            setting = OPTION_ALIASES.get(key.strip())
+            if setting is not None:
+                note(setting, key, parse_value(raw) if sep else True, f'options "{item}"')
 
     def parsed_options(self) -> dict[str, Any]:
         """`options: ["key:value"]` as a typed dict (see options.py)."""
