@@ -268,3 +268,36 @@ def test_localai_flux_entry_installs_with_full_options(
         "dropped option 't5xxl_path:t5xxl_fp16.safetensors': the entry ships no file "
         "'t5xxl_fp16.safetensors'"
     ]
+
+
+def test_a_users_own_index_lists_its_entries_without_tags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, an entry with no tags installed but `gallery list`/`search` hid it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from localimg.cli import app
+
+    index = tmp_path / "mine.yaml"
+    index.write_text(
+        "- name: my-otter-model\n  description: my own fine-tune\n"
+        "  overrides:\n    parameters:\n      model: owner/otter\n"
+        "- name: my-chat-model\n  tags: [llm]\n  overrides:\n    backend: llama-cpp\n",
+        encoding="utf-8",
+    )
+    monkeypatch.delenv("LOCALIMG_GALLERIES", raising=False)
+    models = tmp_path / "models"
+    listed = CliRunner().invoke(
+        app, ["gallery", "list", "--gallery", str(index), "--json", "--models-path", str(models)]
+    )
+    assert listed.exit_code == 0, listed.output
+    names = [e["name"] for e in json.loads(listed.output)]
+    assert "my-otter-model" in names
+    assert "my-chat-model" not in names  # clearly another kind of model
+    found = CliRunner().invoke(
+        app, ["gallery", "search", "otter", "--gallery", str(index), "--json"]
+    )
+    assert found.exit_code == 0, found.output
+    assert [e["name"] for e in json.loads(found.output)] == ["my-otter-model"]

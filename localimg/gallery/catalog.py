@@ -57,6 +57,12 @@ IMAGE_TAGS = frozenset(
         "sd3.5",
     }
 )
+# Tags of LocalAI's other model kinds: an entry carrying one (and no image tag) is not listed.
+OTHER_KIND_TAGS = frozenset(
+    {"llm", "gguf-llm", "chat", "tts", "stt", "asr", "whisper", "embeddings", "rerank", "vad"}
+)
+# Indexes that hold every kind of model: only recognisable image entries are listed from them.
+BROAD_INDEXES = frozenset({LOCALAI_INDEX})
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 RECORD_PREFIX = "._gallery_"
 
@@ -203,7 +209,16 @@ class Catalog:
         return cls(entries, list(sources))
 
     def image_entries(self) -> list[GalleryEntry]:
-        return [e for e in self.entries if is_image_entry(e)]
+        """The entries to list. LocalAI's big index mixes every kind of model, so only its
+        entries that are recognisably image models are kept; an index the user named lists
+        every entry that is not clearly another kind (an entry with no tags installs, so it
+        must show)."""
+        broad = {s.name for s in self.sources if s.url in BROAD_INDEXES}
+        return [
+            e
+            for e in self.entries
+            if (is_image_entry(e) if e.gallery in broad else not is_other_kind(e))
+        ]
 
     def find(self, ref: str) -> GalleryEntry:
         """By name, or `gallery@name`; an unknown name suggests the closest ones."""
@@ -236,6 +251,16 @@ class Catalog:
             if all(w in hay for w in words):
                 found.append(entry)
         return found
+
+
+def is_other_kind(entry: GalleryEntry) -> bool:
+    """An entry that says it is not an image model: another backend, or a non-image tag."""
+    backend = entry.overrides.get("backend") or _inline_config(entry).get("backend")
+    if backend and not is_image_entry(entry):
+        return True
+    return bool(OTHER_KIND_TAGS & {t.lower() for t in entry.tags}) and not (
+        IMAGE_TAGS & {t.lower() for t in entry.tags}
+    )
 
 
 def is_image_entry(entry: GalleryEntry) -> bool:
