@@ -248,3 +248,35 @@ def test_a_setting_given_twice_with_the_same_value_loads(tmp_path: Path) -> None
         encoding="utf-8",
     )
     assert load_config_file(path).cfg_scale == 6
+
+
+def test_the_models_dir_parses_each_yaml_once_per_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, every request parsed every YAML (three times) and repeated each file's warnings."""
+    import logging
+    import os
+
+    from localimg.config import models_dir, resolve_model
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    yaml_file = folder / "a.yaml"
+    yaml_file.write_text("name: a\nparameters:\n  model: x\ntemplate: chat\n", encoding="utf-8")
+    (folder / "b.yaml").write_text("name: b\nparameters:\n  model: y\n", encoding="utf-8")
+    owner = models_dir(folder)
+    with caplog.at_level(logging.WARNING, logger="localimg"):
+        for _ in range(3):
+            assert [e.name for e in scan_models(folder)] == ["a", "b"]
+            resolve_model("a", folder)
+    assert owner.parses == 2
+    warnings = [r for r in caplog.records if "template" in r.getMessage()]
+    assert len(warnings) == 1
+
+    yaml_file.write_text("name: a\nparameters:\n  model: x2\n", encoding="utf-8")
+    stat = yaml_file.stat()
+    os.utime(yaml_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert resolve_model("a", folder).model == "x2"
+    assert owner.parses == 3
+    (folder / "b.yaml").unlink()
+    assert [e.name for e in scan_models(folder)] == ["a"]

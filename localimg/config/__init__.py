@@ -2,13 +2,7 @@
 model references. This package's names are its public API (`localimg.config.ModelConfig` is the
 import path plugins use); other parts import from here, never from its modules."""
 
-from localimg.config.files import (
-    ModelEntry,
-    config_from_dict,
-    load_config_file,
-    save_config,
-    scan_models,
-)
+from localimg.config.files import config_from_dict, load_config_file, save_config
 from localimg.config.model import (
     DEFAULT_HUB_MODEL,
     DEFAULT_MODEL_ENV,
@@ -19,6 +13,7 @@ from localimg.config.model import (
     ModelConfig,
     default_models_path,
 )
+from localimg.config.models_dir import ModelEntry, ModelsDir, models_dir, scan_models
 from localimg.config.resolve import ModelSource, default_model_ref, model_source, resolve_model
 
 __all__ = [
@@ -31,11 +26,13 @@ __all__ = [
     "ModelConfig",
     "ModelEntry",
     "ModelSource",
+    "ModelsDir",
     "config_from_dict",
     "default_model_ref",
     "default_models_path",
     "load_config_file",
     "model_source",
+    "models_dir",
     "resolve_model",
     "save_config",
     "scan_models",

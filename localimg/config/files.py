@@ -6,7 +6,6 @@ Every problem is a ConfigError that names the file and the key, in the shared me
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from pydantic import ValidationError
 
 from localimg._util.files import write_atomic
 from localimg._util.validation import problems
-from localimg.config.model import YAML_SUFFIXES, ModelConfig
+from localimg.config.model import ModelConfig
 from localimg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,32 +66,3 @@ def save_config(config: ModelConfig, path: Path) -> None:
     """Write a YAML atomically (temp file + rename): a crash never leaves half a file."""
     data = config.model_dump(exclude_none=True, exclude_defaults=False, by_alias=True)
     write_atomic(path, yaml.safe_dump(data, sort_keys=False))
-
-
-@dataclass
-class ModelEntry:
-    """A YAML file found in the models dir: its config, or the error that stops it loading."""
-
-    path: Path
-    config: ModelConfig | None
-    error: ConfigError | None
-
-    @property
-    def name(self) -> str:
-        return self.config.name if self.config else self.path.stem
-
-
-def scan_models(models_path: Path) -> list[ModelEntry]:
-    """Every YAML model file directly in the models dir, sorted by name."""
-    entries: list[ModelEntry] = []
-    if not models_path.is_dir():
-        return entries
-    for path in sorted(models_path.iterdir()):
-        if path.suffix.lower() not in YAML_SUFFIXES or path.name.startswith("."):
-            continue
-        try:
-            config = load_config_file(path, models_path)
-            entries.append(ModelEntry(path, config, None))
-        except ConfigError as exc:
-            entries.append(ModelEntry(path, None, exc))
-    return entries

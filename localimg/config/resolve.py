@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from localimg.config.files import config_from_dict, load_config_file, scan_models
+from localimg.config.files import config_from_dict, load_config_file
 from localimg.config.model import (
     DEFAULT_HUB_MODEL,
     DEFAULT_MODEL_ENV,
@@ -20,6 +20,7 @@ from localimg.config.model import (
     YAML_SUFFIXES,
     ModelConfig,
 )
+from localimg.config.models_dir import scan_models
 from localimg.errors import ConfigError, InvalidRequest, ModelNotFound
 
 # Settings that make a hub model produce good images with no YAML (turbo models want 1-4 steps and
