@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg import download
+from localimg._util.validation import first_problem
 from localimg.errors import ConfigError, GalleryError, ModelNotFound
 
 GALLERIES_ENV = "LOCALIMG_GALLERIES"
@@ -182,11 +183,10 @@ def load_index(source: GallerySource) -> list[GalleryEntry]:
         try:
             entry = GalleryEntry.model_validate(item)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
             label = item.get("name", f"#{index + 1}")
+            problem = first_problem(exc)
             raise GalleryError(
-                f"gallery {source.url}: entry {label!r}: {where}: {err['msg']}"
+                f"gallery {source.url}: entry {label!r}: {problem.key}: {problem.message}"
             ) from None
         entry.gallery = source.name
         entry.base = source.url

@@ -9,7 +9,6 @@ the hub's sha256, so the first generation does not stall on a download.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from localimg import download
+from localimg._util.files import write_atomic
 from localimg.config import HUB_ID, load_config_file, scan_models
 from localimg.errors import DownloadError, GalleryError, LocalimgError, ModelNotFound
 from localimg.gallery.catalog import (
@@ -48,10 +48,8 @@ def read_record(models_path: Path, name: str) -> dict[str, Any] | None:
 
 
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
+    """A model's YAML, written whole or not at all."""
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 # -- hub pipeline prefetch -------------------------------------------------------------------
