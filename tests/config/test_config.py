@@ -19,7 +19,7 @@ from localimg.config import (
 from localimg.config.options import parse_options
 from localimg.errors import ConfigError, ModelNotFound, ModelUnavailable
 
-SEED_DIR = Path(__file__).parent / "data" / "seed"
+SEED_DIR = Path(__file__).parent.parent / "data" / "seed"
 
 
 @pytest.mark.parametrize("path", sorted(SEED_DIR.glob("*.yaml")), ids=lambda p: p.stem)
