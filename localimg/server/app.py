@@ -1,8 +1,9 @@
 """`create_app(settings, engine)`: the Starlette application of `localimg serve`.
 
-Everything the routes need lives on `app.state` (settings, engine, output folder, which models are
-still preloading, whether shutdown has begun): no module globals, so tests build as many apps as
-they like. Every error leaves as OpenAI's `{"error": {...}}` JSON, never a traceback or HTML.
+Everything the routes need lives on `app.state`, a typed `state.ServerState` (settings, engine,
+output folder, which models are still preloading, whether shutdown has begun, video and install
+jobs): no module globals, so tests build as many apps as they like. Every error leaves as
+OpenAI's `{"error": {...}}` JSON, never a traceback or HTML.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from localimg.server.security import (
     Scope,
     Send,
 )
+from localimg.server.state import ServerState
+from localimg.server.videos import VideoStore
 
 if TYPE_CHECKING:
     from localimg.engine import Engine
@@ -231,16 +234,14 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     else:
         state.output_dir = settings.output_dir
         state.output_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [asyncio.create_task(_cleanup_loop(state.output_dir, settings.url_ttl))]
+    state.tasks.append(asyncio.create_task(_cleanup_loop(state.output_dir, settings.url_ttl)))
     for name in settings.preload:
         state.preloading.add(name)
-        tasks.append(asyncio.create_task(_preload(app, name)))
+        state.tasks.append(asyncio.create_task(_preload(app, name)))
     try:
         yield
     finally:
-        state.shutting_down = True
-        for task in tasks:
-            task.cancel()
+        state.close()
         await asyncio.to_thread(state.engine.close)
         if temp is not None:
             temp.cleanup()
@@ -284,11 +285,12 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         },
         lifespan=_lifespan,
     )
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.preloading = set()
-    app.state.failed = {}
-    app.state.shutting_down = False
-    app.state.output_dir = settings.output_dir
-    app.state.files_path = FILES_PATH  # where output_dir is served: response URLs point here
+    # One typed object instead of Starlette's free-form State; routes read `request.app.state`.
+    app.state = ServerState(  # type: ignore[assignment]
+        settings=settings,
+        engine=engine,
+        output_dir=settings.output_dir,
+        files_path=FILES_PATH,  # where output_dir is served: response URLs point here
+        videos=VideoStore(ttl=settings.url_ttl),
+    )
     return app

@@ -48,7 +48,7 @@ def _catalog() -> Any:
 def _jobs(request: Request) -> Any:
     """The app's install jobs (created on first use; the event loop makes this race-free)."""
     state = request.app.state
-    jobs = getattr(state, "install_jobs", None)
+    jobs = state.install_jobs
     if jobs is None:
         from localimg.gallery.install import InstallJobs
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("localimg.server")
 
 DEFAULT_FPS = 8.0
+MAX_FINISHED_VIDEOS = 100  # finished video jobs kept (each also expires after the url TTL)
 # Fields of POST /v1/videos: OpenAI's, then localimg's extensions (as in the Images API).
 VIDEO_FIELDS = (
     "prompt",
@@ -99,8 +100,9 @@ class VideoJob:
     error: dict[str, str] | None = None
     path: Path | None = None
     thumbnail: Path | None = None
-    job: Job | None = None
+    job: Job | None = None  # dropped once finished: its result's frames are not kept alive
     seed: int | None = None
+    finished_at: float | None = None  # time.time() when completed or failed (VideoStore bounds)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -121,12 +123,47 @@ class VideoJob:
         }
 
 
-def _jobs(state: Any) -> dict[str, VideoJob]:
-    jobs: dict[str, VideoJob] | None = getattr(state, "videos", None)
-    if jobs is None:
-        jobs = {}
-        state.videos = jobs
-    return jobs
+class VideoStore:
+    """The video jobs, bounded: running ones all kept; finished ones (completed or failed) kept
+    at most `max_finished` and `ttl` seconds (the url TTL), oldest dropped first with its files.
+    """
+
+    def __init__(self, max_finished: int = MAX_FINISHED_VIDEOS, ttl: float = 3600.0) -> None:
+        self.max_finished = max_finished
+        self.ttl = ttl
+        self._jobs: dict[str, VideoJob] = {}
+
+    def add(self, entry: VideoJob) -> None:
+        self.prune()
+        self._jobs[entry.id] = entry
+
+    def get(self, video_id: str) -> VideoJob | None:
+        self.prune()
+        return self._jobs.get(video_id)
+
+    def pop(self, video_id: str) -> VideoJob | None:
+        return self._jobs.pop(video_id, None)
+
+    def values(self) -> list[VideoJob]:
+        self.prune()
+        return list(self._jobs.values())
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def prune(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        finished = sorted(
+            (e for e in self._jobs.values() if e.finished_at is not None),
+            key=lambda e: e.finished_at or 0.0,
+        )
+        expired = [e for e in finished if now - (e.finished_at or 0.0) > self.ttl]
+        kept = [e for e in finished if e not in expired]
+        for entry in expired + kept[: max(0, len(kept) - self.max_finished)]:
+            self._jobs.pop(entry.id, None)
+            for path in (entry.path, entry.thumbnail):
+                if path is not None:
+                    path.unlink(missing_ok=True)
 
 
 async def _fields(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
@@ -264,16 +301,26 @@ async def create_video(request: Request) -> Response:
 
     job = await asyncio.to_thread(engine.submit, config.name, engine_request, on_progress)
     entry.job = job
-    _jobs(state)[entry.id] = entry
+    state.videos.add(entry)
     task = asyncio.create_task(_finish(state, entry, job))
-    state.video_tasks = getattr(state, "video_tasks", set())
     state.video_tasks.add(task)
     task.add_done_callback(state.video_tasks.discard)
     return JSONResponse(entry.public())
 
 
 async def _finish(state: Any, entry: VideoJob, job: Job) -> None:
-    """Wait for the job, encode the MP4 and a thumbnail, record the outcome."""
+    """Wait for the job, encode the MP4 and a thumbnail, record the outcome.
+
+    The job (and so its result's frames) is let go once the files are written or it failed.
+    """
+    try:
+        await _record(state, entry, job)
+    finally:
+        entry.job = None
+        entry.finished_at = time.time()
+
+
+async def _record(state: Any, entry: VideoJob, job: Job) -> None:
     try:
         result = await asyncio.wrap_future(job.future)
         folder: Path = state.output_dir
@@ -304,7 +351,7 @@ async def _finish(state: Any, entry: VideoJob, job: Job) -> None:
 
 def _entry(request: Request) -> VideoJob:
     video_id = request.path_params["video_id"]
-    entry = _jobs(request.app.state).get(video_id)
+    entry = request.app.state.videos.get(video_id)
     if entry is None:
         raise VideoNotFound(f"no video {video_id!r} (unknown, deleted or expired)")
     return entry
@@ -317,7 +364,7 @@ async def get_video(request: Request) -> Response:
 
 async def list_videos(request: Request) -> Response:
     """GET /v1/videos: newest first."""
-    entries = sorted(_jobs(request.app.state).values(), key=lambda e: e.created_at, reverse=True)
+    entries = sorted(request.app.state.videos.values(), key=lambda e: e.created_at, reverse=True)
     return JSONResponse({"object": "list", "data": [e.public() for e in entries]})
 
 
@@ -347,7 +394,7 @@ async def delete_video(request: Request) -> Response:
     for path in (entry.path, entry.thumbnail):
         if path is not None:
             path.unlink(missing_ok=True)
-    _jobs(request.app.state).pop(entry.id, None)
+    request.app.state.videos.pop(entry.id)
     return JSONResponse({"id": entry.id, "object": "video.deleted", "deleted": True})
 
 

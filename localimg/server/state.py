@@ -1,0 +1,45 @@
+"""What the server holds while it runs: one typed object, set as `app.state` by `create_app`.
+
+Every attribute exists from the start (no attribute created on first use), and `close()` (the
+lifespan's last step) stops what the server started: background tasks, video jobs' encoders
+and the gallery's install threads (they stop at their next download chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from localimg.server.videos import VideoStore
+
+if TYPE_CHECKING:
+    from localimg.engine import Engine
+    from localimg.gallery.install import InstallJobs
+
+
+@dataclass
+class ServerState:
+    settings: Any  # app.ServerSettings (app imports this module)
+    engine: Engine
+    output_dir: Path | None
+    files_path: str
+    preloading: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)  # preloads that failed: name → why
+    shutting_down: bool = False
+    videos: VideoStore = field(default_factory=VideoStore)
+    video_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    install_jobs: InstallJobs | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # cleanup loop, preloads
+
+    def close(self) -> None:
+        """Refuse new work; cancel install jobs, video tasks (and their engine jobs), tasks."""
+        self.shutting_down = True
+        if self.install_jobs is not None:
+            self.install_jobs.cancel_all()
+        for entry in self.videos.values():
+            if entry.job is not None:
+                entry.job.cancel()
+        for task in [*self.video_tasks, *self.tasks]:
+            task.cancel()
