@@ -56,16 +56,6 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 
-ModelsPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--models-path",
-        envvar="LOCALIMG_MODELS_PATH",
-        help="Folder of model YAML files and weights [default: the per-user data folder].",
-        show_default=False,
-    ),
-]
-
 
 class State:
     log_level: str = "WARNING"

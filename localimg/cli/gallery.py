@@ -12,23 +12,14 @@ from typing import Annotated, Any
 
 import typer
 
-from localimg.cli.app import RESUMABLE, ModelsPath, app, models_app, prepare_runtime
+from localimg.cli.app import RESUMABLE, app, models_app, prepare_runtime
+from localimg.cli.params import Galleries, Json, ModelsPath
 
 gallery_app = typer.Typer(
     help="Browse the model gallery (the shipped index plus --gallery / LOCALIMG_GALLERIES).",
     no_args_is_help=True,
 )
 app.add_typer(gallery_app, name="gallery")
-
-Galleries = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--gallery",
-        help="Another index: a path, URL, github:owner/repo/path@ref, NAME=URL, or 'localai' "
-        "(repeatable; also LOCALIMG_GALLERIES).",
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _models_path(models_path: Path | None) -> Path:

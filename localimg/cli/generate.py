@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from localimg.cli.app import ModelsPath, app, engine_settings, prepare_runtime
+from localimg.cli.app import app, engine_settings, prepare_runtime
+from localimg.cli.params import Device, ModelsPath, Threads
 from localimg.errors import LocalimgError
 
 
@@ -85,12 +86,8 @@ def generate(
     quality: Annotated[
         int | None, typer.Option("--quality", help="JPEG/WebP quality, 1-100.")
     ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="CPU threads [default: physical cores].")
-    ] = None,
+    device: Device = None,
+    threads: Threads = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable result.")
     ] = False,

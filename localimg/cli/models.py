@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from localimg.cli.app import ModelsPath, models_app
+from localimg.cli.app import models_app
+from localimg.cli.params import ModelsPath
 
 
 @models_app.command("list")

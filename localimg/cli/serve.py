@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from localimg.cli.app import (
-    ModelsPath,
     State,
     app,
     engine_settings,
     lifecycle_settings,
     prepare_runtime,
 )
+from localimg.cli.params import Device, ModelsPath, Threads
 
 
 @app.command()
@@ -113,12 +113,8 @@ def serve(
             help="Run up to N queued same-size text-to-image requests as one batch (1: off).",
         ),
     ] = 1,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="CPU threads [default: physical cores].")
-    ] = None,
+    device: Device = None,
+    threads: Threads = None,
     log_level: Annotated[
         str | None,
         typer.Option("--log-level", help="debug, info, warning or error [default: info]."),
