@@ -4,6 +4,7 @@ This package's names are its public API: callers write `from localimg import dow
 `download.download_files(...)`.
 """
 
+from localimg.download.hub import Cancelled, hub_endpoint, hub_error, hub_file_info
 from localimg.download.progress import (
     CountingProgress,
     NullProgress,
@@ -12,16 +13,12 @@ from localimg.download.progress import (
 from localimg.download.transfer import (
     CHUNK,
     DISK_MARGIN,
-    SHA256,
-    Cancelled,
     Task,
     check_disk_space,
     download_files,
     fetch_one,
     fetch_tasks,
     fetch_text,
-    hub_endpoint,
-    hub_file_info,
     pending,
     plan,
     run_parallel,
@@ -31,6 +28,7 @@ from localimg.download.transfer import (
 from localimg.download.uris import (
     GITHUB_RAW_DEFAULT,
     GITHUB_RAW_ENV,
+    SHA256,
     TIMEOUT,
     FileSpec,
     Source,
@@ -64,6 +62,7 @@ __all__ = [
     "fetch_text",
     "github_raw_url",
     "hub_endpoint",
+    "hub_error",
     "hub_file_info",
     "parse_uri",
     "partial_path",

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from localimg.download.hub import Cancelled, hub_download, hub_file_info
 from localimg.download.progress import NullProgress, Progress
 from localimg.download.uris import (
+    SHA256,
     TIMEOUT,
     FileSpec,
     Source,
@@ -39,7 +41,6 @@ from localimg.download.uris import (
 from localimg.errors import DownloadError, GalleryError, LocalimgError
 
 CHUNK = 1024 * 1024
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DISK_MARGIN = 64 * 1024 * 1024  # keep this much free beyond what the downloads need
 
 
@@ -55,7 +56,7 @@ def fetch_text(ref: str, *, max_bytes: int = 64 * 1024 * 1024) -> str:
     if source.kind == "file":
         return fetch_text(source.location, max_bytes=max_bytes)
     if source.kind == "hub":
-        return Path(_hub_download(source, None)).read_text(encoding="utf-8")
+        return Path(hub_download(source, None)).read_text(encoding="utf-8")
     import httpx
 
     try:
@@ -107,10 +108,6 @@ def _auth_headers(url: str) -> dict[str, str]:
     if token and (host == "huggingface.co" or host.endswith(".huggingface.co")):
         return {"Authorization": f"Bearer {token}"}
     return {}
-
-
-class Cancelled(Exception):
-    """Internal: the download was stopped (Ctrl-C or job cancel); partial files stay."""
 
 
 def _http_download(
@@ -193,84 +190,6 @@ def _copy_file(
     progress.finish(name)
 
 
-def hub_endpoint() -> str | None:
-    """HF_ENDPOINT read now (huggingface_hub reads it once at import)."""
-    return os.environ.get("HF_ENDPOINT") or None
-
-
-def _tqdm_forwarder(name: str, progress: Progress, cancel: threading.Event) -> type:
-    """A tqdm class that reports huggingface_hub's byte counts to `progress`, drawing nothing."""
-    from tqdm.auto import tqdm
-
-    class Forward(tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-            progress.start(name, kwargs.get("total"), int(kwargs.get("initial") or 0))
-
-        def update(self, n: float | None = 1) -> bool | None:
-            if cancel.is_set():
-                raise Cancelled
-            progress.advance(name, int(n or 0))
-            return None
-
-    return Forward
-
-
-def _hub_download(
-    source: Source,
-    name: str | None,
-    progress: Progress | None = None,
-    cancel: threading.Event | None = None,
-) -> str:
-    """Download one hub file into the huggingface_hub cache; return its cached path."""
-    from huggingface_hub import errors as hf_errors
-    from huggingface_hub import hf_hub_download
-
-    kwargs: dict[str, Any] = {"revision": source.revision, "endpoint": hub_endpoint()}
-    if progress is not None and name is not None:
-        kwargs["tqdm_class"] = _tqdm_forwarder(name, progress, cancel or threading.Event())
-    try:
-        return str(hf_hub_download(source.location, source.path_in_repo, **kwargs))
-    except Cancelled:
-        raise
-    except hf_errors.GatedRepoError:
-        raise DownloadError(
-            f"{source} is gated: accept its license on the hub and set HF_TOKEN"
-        ) from None
-    except hf_errors.RepositoryNotFoundError:
-        raise DownloadError(f"{source}: repository not found (or private: set HF_TOKEN)") from None
-    except hf_errors.EntryNotFoundError:
-        raise DownloadError(f"{source}: no such file in the repository") from None
-    except hf_errors.LocalEntryNotFoundError:
-        raise DownloadError(
-            f"{source} is not in the Hugging Face cache and the hub cannot be reached "
-            "(offline mode or no network)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DownloadError(f"cannot download {source}: {exc}") from None
-    except Exception as exc:  # huggingface_hub's HTTP errors
-        raise DownloadError(f"cannot download {source}: {type(exc).__name__}: {exc}") from None
-
-
-def hub_file_info(source: Source) -> tuple[int | None, str | None]:
-    """(size, sha256) the hub reports for a file; (None, None) offline or when unknown."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-
-    if constants.is_offline_mode():
-        return None, None
-    endpoint = hub_endpoint()
-    url = hf_hub_url(
-        source.location, source.path_in_repo, revision=source.revision, endpoint=endpoint
-    )
-    try:
-        meta = get_hf_file_metadata(url, endpoint=endpoint)
-    except Exception:  # the download itself will report the real problem
-        return None, None
-    etag = (meta.etag or "").strip('"').lower()
-    return meta.size, etag if SHA256.match(etag) else None
-
-
 def _place(cached: Path, target: Path, name: str, progress: Progress) -> None:
     """Put a verified cache file at `target`: a hard link (no extra disk), else a copy."""
     partial = partial_path(target)
@@ -293,7 +212,7 @@ def _from_hub(
     hub_expected = None
     if not expected:
         _, hub_expected = hub_file_info(source)
-    cached = Path(_hub_download(source, name, progress, cancel)).resolve()
+    cached = Path(hub_download(source, name, progress, cancel)).resolve()
     progress.finish(name)
     want = (expected or hub_expected or "").lower()
     if want:

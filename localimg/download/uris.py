@@ -16,6 +16,7 @@ from localimg.errors import GalleryError
 GITHUB_RAW_ENV = "LOCALIMG_GITHUB_RAW"  # where github: URIs are read from (tests, mirrors)
 GITHUB_RAW_DEFAULT = "https://raw.githubusercontent.com"
 TIMEOUT = 30.0
+SHA256 = re.compile(r"^[0-9a-f]{64}$")  # a sha256 hex digest, as the hub's LFS etag
 
 SourceKind = Literal["hub", "http", "file"]
 

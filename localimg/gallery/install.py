@@ -22,7 +22,7 @@ import yaml
 from localimg import download
 from localimg._util.files import write_atomic
 from localimg.config import HUB_ID, load_config_file, scan_models
-from localimg.errors import DownloadError, GalleryError, LocalimgError, ModelNotFound
+from localimg.errors import GalleryError, LocalimgError, ModelNotFound
 from localimg.gallery.catalog import (
     RECORD_PREFIX,
     Catalog,
@@ -97,7 +97,6 @@ def select_pipeline_files(names: list[str], variant: str | None) -> list[str]:
 def snapshot_tasks(repo: str, revision: str | None, variant: str | None) -> list[download.Task]:
     """Hub-cache downloads of a diffusers repo's pipeline files, with the hub's sha256."""
     from huggingface_hub import HfApi, constants
-    from huggingface_hub import errors as hf_errors
 
     if constants.is_offline_mode():
         return []
@@ -105,14 +104,8 @@ def snapshot_tasks(repo: str, revision: str | None, variant: str | None) -> list
         info = HfApi(endpoint=download.hub_endpoint()).model_info(
             repo, revision=revision, files_metadata=True
         )
-    except hf_errors.GatedRepoError:
-        raise DownloadError(
-            f"{repo} is gated: accept its license on the hub and set HF_TOKEN"
-        ) from None
-    except hf_errors.RepositoryNotFoundError:
-        raise DownloadError(f"hub repo {repo!r} not found (or private: set HF_TOKEN)") from None
-    except Exception as exc:
-        raise DownloadError(f"cannot list hub repo {repo!r}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # huggingface_hub's errors, HTTP errors
+        raise download.hub_error(exc, f"hub repo {repo!r}", action="list") from None
     siblings = {s.rfilename: s for s in info.siblings or []}
     tasks = []
     for name in select_pipeline_files(list(siblings), variant):
