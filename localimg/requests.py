@@ -27,6 +27,9 @@ MAX_FPS = 120
 # OpenAI's limit for gpt-image prompts; longer text is refused rather than copied into every
 # image's metadata (and a text encoder reads at most a few hundred tokens of it anyway).
 MAX_PROMPT_CHARS = 32_000
+# OpenAI's edits take up to 16 `image[]` files; a family's own limit (Kontext 1, Qwen-Image-Edit-
+# Plus 3, ...) is checked by its backend, which names it.
+MAX_INPUT_IMAGES = 16
 
 # OpenAI's `quality` → a multiple of the model's own step count (its YAML `step`, else the
 # backend's default). `engine.merge` applies it, where the backend's default is known.
@@ -41,9 +44,11 @@ QUALITY_STEP_FACTORS: dict[str, float] = {
 
 # What a request asks a model to do (`mode`). None lets the backend choose from the inputs: a
 # mask means inpaint, an image means the model's image task (img2img, depth2img or img2vid), no
-# image means txt2img or txt2vid. LocalAI's integer `mode` (0: default) maps to None.
-MODES = ("txt2img", "img2img", "inpaint", "depth2img", "variation", "img2vid", "txt2vid")
-IMAGE_MODES = frozenset({"img2img", "inpaint", "depth2img", "variation", "img2vid"})
+# image means txt2img or txt2vid. LocalAI's integer `mode` (0: default) maps to None. "edit" is a
+# reference edit: the input images guide a new image (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2)
+# instead of being noised and denoised (img2img); on those families it is what None chooses.
+MODES = ("txt2img", "img2img", "inpaint", "depth2img", "variation", "edit", "img2vid", "txt2vid")
+IMAGE_MODES = frozenset({"img2img", "inpaint", "depth2img", "variation", "edit", "img2vid"})
 VIDEO_MODES = frozenset({"img2vid", "txt2vid"})
 
 
@@ -126,6 +131,9 @@ class ImageRequest:
     num_frames: int | None = None  # video models: frames per video
     fps: float | None = None  # video models: frames per second (SVD also conditions on it)
     quality: str | None = None  # OpenAI's quality: scales the model's steps when steps is unset
+    # The input images after the first (`init_image`), in the order given: `image[]` files 2..N,
+    # `--image` given again. Only reference-edit families use them; others refuse them.
+    reference_images: tuple[Image, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -184,6 +192,8 @@ class ImageRequest:
             )
         if self.mask is not None and self.init_image is None:
             raise InvalidRequest("a mask needs an image to edit", param="mask")
+        if self.reference_images:
+            self._validate_references()
         if self.mode in IMAGE_MODES and self.init_image is None:
             raise InvalidRequest(f"mode {self.mode} needs an input image", param="image")
         if self.mode == "inpaint" and self.mask is None:
@@ -202,6 +212,33 @@ class ImageRequest:
             )
         if self.fps is not None and not 0 < self.fps <= MAX_FPS:
             raise InvalidRequest(f"fps must be in (0, {MAX_FPS}], got {self.fps}", param="fps")
+
+    def _validate_references(self) -> None:
+        """Several input images: a reference edit of one picture made from all of them."""
+        count = 1 + len(self.reference_images)
+        if self.init_image is None:
+            raise InvalidRequest("reference images need a first input image", param="image")
+        if count > MAX_INPUT_IMAGES:
+            raise InvalidRequest(
+                f"{count} input images; at most {MAX_INPUT_IMAGES} are accepted", param="image"
+            )
+        if self.mask is not None:
+            raise InvalidRequest(
+                f"a mask applies to one input image; got {count} images with it", param="mask"
+            )
+        if self.mode not in (None, "edit"):
+            raise InvalidRequest(
+                f"mode {self.mode} takes one input image; got {count} (several images are a "
+                "reference edit: mode edit)",
+                param="image",
+            )
+
+    @property
+    def input_images(self) -> list[Image]:
+        """Every input image in the order given: `init_image`, then `reference_images`."""
+        if self.init_image is None:
+            return []
+        return [self.init_image, *self.reference_images]
 
     def with_(self, **changes: Any) -> ImageRequest:
         """A copy with some fields changed (validated again)."""
