@@ -35,9 +35,12 @@ def generate(
         ),
     ] = None,
     image: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            "--image", "-i", help="Input image (file, http(s) URL or data URL): img2img, img2vid..."
+            "--image",
+            "-i",
+            help="Input image (file, http(s) URL or data URL): img2img, img2vid... Repeat it for "
+            "a reference edit from several images (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2).",
         ),
     ] = None,
     mask: Annotated[
@@ -52,7 +55,7 @@ def generate(
         str | None,
         typer.Option(
             "--mode",
-            help="txt2img, img2img, inpaint, depth2img, variation, img2vid or txt2vid "
+            help="txt2img, img2img, inpaint, depth2img, variation, edit, img2vid or txt2vid "
             "[default: from the inputs and the model].",
         ),
     ] = None,
@@ -103,12 +106,14 @@ def generate(
 
     results.check_output(output, quality)
     width, height = parse_size(size) if size else (None, None)
-    init = conditioning.open_image_arg(image, "--image") if image else None
+    images = [conditioning.open_image_arg(value, "--image") for value in image or []]
+    init = images[0] if images else None
     mask_image = conditioning.open_image_arg(mask, "--mask") if mask else None
-    if mask_image is not None and init is not None:
+    if mask_image is not None and init is not None and len(images) == 1:
         init, mask_image = conditioning.edit_inputs(init, mask_image, param="--mask")
     elif init is not None:
         init = conditioning.as_init(init)
+    references = tuple(conditioning.as_init(extra) for extra in images[1:])
     request = ImageRequest(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -121,6 +126,7 @@ def generate(
         scheduler=scheduler,
         clip_skip=clip_skip,
         init_image=init,
+        reference_images=references,
         mask=mask_image,
         strength=strength,
         mode=parse_mode(mode),

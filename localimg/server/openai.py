@@ -144,17 +144,29 @@ async def generations(request: Request) -> Response:
         log.info("%s: user %s", _rid(request), params.user)
     config = await asyncio.to_thread(served_config, state, params.model)
     check_available(state, config.name)
-    init_image = None
-    if params.file:
-        init_image = await asyncio.to_thread(
-            image_from_text,
-            params.file,
-            "file",
-            state.settings.image_limits,
-            state.settings.fetch_policy,
+    sources = [("file", params.file)] if params.file else []
+    sources += [(f"ref_images[{i}]", text) for i, text in enumerate(params.ref_images or [])]
+    images = [
+        conditioning.as_init(  # EXIF orientation, alpha over white
+            await asyncio.to_thread(
+                image_from_text,
+                text,
+                param,
+                state.settings.image_limits,
+                state.settings.fetch_policy,
+            )
         )
-        init_image = conditioning.as_init(init_image)  # EXIF orientation, alpha over white
-    prepared = schemas.prepare(params, config, init_image=init_image, strength=params.strength)
+        for param, text in sources
+    ]
+    prepared = schemas.prepare(
+        params,
+        config,
+        init_image=images[0] if images else None,
+        reference_images=tuple(images[1:]),
+        strength=params.strength,
+        # Reference images ask for a reference edit, never img2img of the first one.
+        mode="edit" if params.ref_images and params.mode in (None, 0, "0", "") else None,
+    )
     return await _respond(request, config, prepared)
 
 
@@ -169,10 +181,23 @@ async def _image_conditioned(request: Request, what: str, needs_prompt: bool) ->
     config = await asyncio.to_thread(served_config, state, form.fields.model)
     check_available(state, config.name)
     if len(form.images) > 1:
-        raise InvalidRequest(
-            f"this server's models take one input image; got {len(form.images)} in 'image[]'",
-            param="image",
+        if what != "edits":
+            raise InvalidRequest(
+                f"a variation is made from one image; got {len(form.images)} in 'image[]'",
+                param="image",
+            )
+        # Several images are a reference edit (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2): the
+        # model's backend takes them up to its family's limit, or refuses naming it.
+        images = [conditioning.as_init(each) for each in form.images]
+        prepared = schemas.prepare(
+            form.fields,
+            config,
+            init_image=images[0],
+            reference_images=tuple(images[1:]),
+            mask=form.mask,
+            strength=form.fields.strength,
         )
+        return await _respond(request, config, prepared)
     image, mask = form.images[0], form.mask
     mode: str | None = "variation"
     if what == "edits":

@@ -58,6 +58,9 @@ class GenerationBody(ImageParams):
     """POST /v1/images/generations (JSON)."""
 
     file: str | None = None  # LocalAI: base64, data URL or http(s) URL of an input image
+    # LocalAI's reference images (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2): each base64, a data
+    # URL or an http(s) URL; with `file` they follow it, alone the first one leads.
+    ref_images: list[str] | None = Field(default=None, max_length=16)
     # LocalAI's integer mode (0: default) or a task name; see requests.parse_mode.
     mode: int | str | None = None
     strength: float | None = Field(default=None, gt=0, le=1)
@@ -125,6 +128,7 @@ def prepare(
     config: ModelConfig,
     *,
     init_image: Image | None = None,
+    reference_images: tuple[Image, ...] = (),
     mask: Image | None = None,
     strength: float | None = None,
     mode: str | None = None,
@@ -170,6 +174,7 @@ def prepare(
         scheduler=params.scheduler,
         clip_skip=params.clip_skip,
         init_image=init_image,
+        reference_images=reference_images,
         mask=mask,
         strength=strength,
         mode=mode if mode is not None else parse_mode(getattr(params, "mode", None)),

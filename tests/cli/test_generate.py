@@ -246,3 +246,27 @@ def test_error_text_in_brackets_is_shown(models_dir: Path, monkeypatch: pytest.M
     out = run_cli("generate", "otter", "-m", "g")
     assert out.returncode == 4
     assert "pip install 'localimg[ggml]'" in out.stderr
+
+
+def test_several_images_are_not_silently_dropped(models_dir: Path, tmp_path: Path) -> None:
+    """`--image` twice is a reference edit: an SD model refuses it instead of keeping one."""
+    from PIL import Image
+
+    paths = []
+    for i, color in enumerate(("red", "blue")):
+        path = tmp_path / f"in{i}.png"
+        Image.new("RGB", (64, 64), color).save(path)
+        paths.append(str(path))
+    mask = tmp_path / "mask.png"
+    Image.new("L", (64, 64), 255).save(mask)
+    two = ["--image", paths[0], "--image", paths[1]]
+    cases = [
+        (two, "input image"),
+        ([*two, "--mask", str(mask)], "a mask applies to one input image"),
+        ([*two, "--mode", "img2img"], "takes one input image"),
+    ]
+    for args, expected in cases:
+        out = run_cli("generate", "otter", "-m", "tiny", "-o", str(tmp_path / "x.png"), *args)
+        assert out.returncode == 2, out.stderr
+        assert expected in out.stderr and out.stderr.strip().startswith("error:"), out.stderr
+        assert "Traceback" not in out.stderr and not (tmp_path / "x.png").exists()

@@ -310,7 +310,19 @@ def test_bad_edits(server: str) -> None:
     assert openai_error(response, 400)["param"] == "mask"
     two = [("image[]", image[1]), ("image[]", image[1])]
     response = httpx.post(server + "/v1/images/edits", files=two, data=data, timeout=30)
-    assert "one input image" in openai_error(response, 400)["message"]
+    error = openai_error(response, 400)  # an SD model takes no reference images
+    assert "input image" in error["message"] and error["param"] == "image"
+    response = httpx.post(server + "/v1/images/variations", files=two, data=data, timeout=30)
+    assert "one image" in openai_error(response, 400)["message"]
+    mask = ("mask", ("m.png", png_bytes(half_mask(64, 64)), "image/png"))
+    response = httpx.post(server + "/v1/images/edits", files=[*two, mask], data=data, timeout=30)
+    assert openai_error(response, 400)["param"] == "mask"
+    seventeen = [("image[]", image[1])] * 17
+    response = httpx.post(server + "/v1/images/edits", files=seventeen, data=data, timeout=30)
+    assert "16" in openai_error(response, 400)["message"]
+    refs = {"prompt": "x", "model": "tiny", "ref_images": [b64(noise_image(64, 64))] * 2}
+    error = openai_error(post(server, "/v1/images/generations", refs), 400)
+    assert "edit" in error["message"]  # a reference edit, which an SD model does not do
     txt2vid = {"prompt": "x", "model": "txt2vid"}
     response = httpx.post(server + "/v1/images/edits", files=[image], data=txt2vid, timeout=30)
     assert "no input image" in openai_error(response, 400)["message"]
