@@ -76,3 +76,11 @@ def conditioned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.conditioned_fixtures import write_models
 
     return write_models(tmp_path_factory.mktemp("conditioned") / "models")
+
+
+@pytest.fixture(scope="session")
+def tiny_z_image() -> Path:
+    """A tiny random ZImagePipeline folder (sizes in multiples of 4), built once and cached."""
+    from tests.tiny_families import tiny_z_image_path
+
+    return tiny_z_image_path()

@@ -1,0 +1,214 @@
+"""Tiny random-weight pipelines of today's diffusers model families, built offline for tests.
+
+Each builder makes the family's real pipeline class with its real component classes at toy sizes
+(a few MB, 2 steps at 32x32 in about a second on a CPU), saves it with `save_pretrained` under
+the test cache and returns the folder, which `DiffusionPipeline.from_pretrained(folder)` reloads
+(that is how localimg loads models). The shapes follow diffusers' own fast tests
+(`tests/pipelines/<family>/test_*.py`, `get_dummy_components`); the tokenizers, which those tests
+fetch from the hub, are written here: a byte-level BPE (one token per byte, no merges) plus the
+family's special tokens and, for Qwen ones, a Qwen-style chat template.
+
+Facts per family (diffusers 0.42; "multiple" = height and width must be multiples of it here;
+"mu" = the pipeline passes `mu` to `scheduler.set_timesteps`, which only uses it when the
+scheduler config has `use_dynamic_shifting: true`). Also in /tmp/families-facts.md.
+
+ZImagePipeline: multiple 4 (tiny) / 16 (real; vae_scale_factor*2). negative_prompt: yes (used when
+  guidance_scale > 0). guidance_scale: true CFG (Turbo runs at 0). max_sequence_length 512.
+  FlowMatchEuler; passes mu (real Turbo config: static shift 3, so mu is ignored). Own sigmas.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.tiny_models import cache_dir
+
+FAMILIES_VERSION = "1"
+
+# Qwen's chat format (im_start/im_end), with images as vision_start/image_pad/vision_end and
+# Qwen3's `enable_thinking=False` empty think block.
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}{%- endif -%}"
+)
+QWEN_SPECIALS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<think>",
+    "</think>",
+)
+QWEN_VOCAB = 320  # 256 bytes + the specials, rounded up: the text encoders' vocab_size
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2's 256 printable stand-ins for the bytes, in byte order (byte-level BPE's alphabet)."""
+    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    visible += range(ord("®"), ord("ÿ") + 1)
+    table = {b: chr(b) for b in visible}
+    extra = 0
+    for byte in range(256):
+        if byte not in table:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def qwen_vocab() -> dict[str, int]:
+    """Byte tokens 0..255, then QWEN_SPECIALS from 256 on (so `<|image_pad|>` is 261)."""
+    vocab = {symbol: i for i, symbol in enumerate(byte_symbols())}
+    for token in QWEN_SPECIALS:
+        vocab[token] = len(vocab)
+    return vocab
+
+
+def qwen_token_id(token: str) -> int:
+    return qwen_vocab()[token]
+
+
+def qwen_tokenizer(max_length: int = 512) -> Any:
+    """A Qwen2Tokenizer (byte level, no merges) with Qwen's specials and chat template."""
+    from transformers import Qwen2Tokenizer
+
+    tokenizer = Qwen2Tokenizer(
+        vocab=qwen_vocab(),
+        merges=[],
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIALS[1:]),
+        model_max_length=max_length,
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def qwen3_config(hidden: int, layers: int) -> Any:
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        hidden_size=hidden,
+        intermediate_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=hidden // 2,
+        vocab_size=QWEN_VOCAB,
+        max_position_embeddings=1024,
+        pad_token_id=qwen_token_id("<|endoftext|>"),
+        eos_token_id=qwen_token_id("<|im_end|>"),
+    )
+
+
+def save_pipeline(folder: Path, make: Callable[[], Any]) -> Path:
+    """Build `make()` and save it to `folder`, all or nothing, safe against a concurrent build.
+
+    Each builder writes its own temporary folder and renames it into place; if another process
+    got there first, its copy (same seeds, same weights) wins and ours is dropped.
+    """
+    if (folder / "model_index.json").is_file():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make().save_pretrained(str(tmp))
+    try:
+        tmp.rename(folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "model_index.json").is_file():
+            raise
+    return folder
+
+
+def family_folder(name: str) -> Path:
+    return cache_dir() / f"tiny-{name}-v{FAMILIES_VERSION}"
+
+
+# --- Z-Image ------------------------------------------------------------------------------------
+
+
+def make_z_image() -> Any:
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Model
+
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=16,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],
+        axes_lens=[256, 32, 32],
+    )
+    with torch.no_grad():  # made with torch.empty: fix them so no NaN sneaks in
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=32,
+        sample_size=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    )
+    torch.manual_seed(0)
+    text_encoder = Qwen3Model(qwen3_config(hidden=16, layers=2))
+    # Z-Image-Turbo's own scheduler config: a static shift of 3.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    return ZImagePipeline(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=qwen_tokenizer(),
+        scheduler=scheduler,
+    )
+
+
+def tiny_z_image_path() -> Path:
+    """A tiny ZImagePipeline (Z-Image / Z-Image-Turbo): sizes in multiples of 4."""
+    return save_pipeline(family_folder("z-image"), make_z_image)
+
+
+FAMILY_BUILDERS: dict[str, Callable[[], Path]] = {
+    "ZImagePipeline": tiny_z_image_path,
+}
