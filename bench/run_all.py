@@ -50,6 +50,7 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
                 ],
             ),
             ("ggml backend (tiny SD1, 64px)", ["bench_ggml.py", "--size", "64", "--runs", "2"]),
+            ("model families vs bare diffusers (tiny)", ["bench_families.py", "--runs", "3"]),
         ]
     sd15 = ["--model", "sd15", "--steps", "4"]
     return [
@@ -103,6 +104,10 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
         (
             "ggml backend vs bare stable_diffusion_cpp and sd-cli (tiny SD1, 128px)",
             ["bench_ggml.py", "--size", "128", "--runs", "3"],
+        ),
+        (
+            "model families vs bare diffusers (tiny pipelines, 64px)",
+            ["bench_families.py", "--runs", "5", "--rounds", "2"],
         ),
         (
             "diffusers vs stablediffusion-ggml on the same weights (sd15, 256px)",
