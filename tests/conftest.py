@@ -84,3 +84,11 @@ def tiny_z_image() -> Path:
     from tests.tiny_families import tiny_z_image_path
 
     return tiny_z_image_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux2_klein() -> Path:
+    """A tiny random Flux2KleinPipeline folder (distilled like klein 4B; multiples of 4), cached."""
+    from tests.tiny_families import tiny_flux2_klein_path
+
+    return tiny_flux2_klein_path()

@@ -24,7 +24,10 @@ CALLS: dict[str, dict[str, Any]] = {
         "guidance_scale": 3.0,
         "max_sequence_length": 64,
     },
+    "Flux2KleinPipeline": {"height": 32, "width": 32, "max_sequence_length": 64},
 }
+# Families that take reference images through `image=[...]`: how many the tests give.
+REFERENCES: dict[str, tuple[int, ...]] = {"Flux2KleinPipeline": (1, 2)}
 
 
 @cache
@@ -60,3 +63,25 @@ def test_family_reloads_as_its_class_and_is_deterministic(name: str) -> None:
     assert np.isfinite(first).all()
     assert np.array_equal(first, generate(name, 0))
     assert not np.array_equal(first, generate(name, 1))
+
+
+def reference_images(count: int) -> list[Any]:
+    """Small solid images of different sizes (FLUX.2 wants at least 64 px a side)."""
+    from PIL import Image
+
+    sizes = [(80, 64), (64, 72)]
+    colors = [(200, 30, 30), (30, 30, 200)]
+    return [Image.new("RGB", sizes[i], colors[i]) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("name", "count"), [(n, c) for n, counts in sorted(REFERENCES.items()) for c in counts]
+)
+def test_edit_family_uses_its_reference_images(name: str, count: int) -> None:
+    plain = generate(name, 0)
+    edited = generate(name, 0, image=reference_images(count))
+    assert edited.shape == plain.shape
+    assert np.array_equal(edited, generate(name, 0, image=reference_images(count)))
+    assert not np.array_equal(edited, plain)
+    if count > 1:
+        assert not np.array_equal(edited, generate(name, 0, image=reference_images(count - 1)))

@@ -15,6 +15,11 @@ scheduler config has `use_dynamic_shifting: true`). Also in /tmp/families-facts.
 ZImagePipeline: multiple 4 (tiny) / 16 (real; vae_scale_factor*2). negative_prompt: yes (used when
   guidance_scale > 0). guidance_scale: true CFG (Turbo runs at 0). max_sequence_length 512.
   FlowMatchEuler; passes mu (real Turbo config: static shift 3, so mu is ignored). Own sigmas.
+Flux2KleinPipeline: multiple 4 / 16. No negative_prompt kwarg (CFG's negative is ""; only
+  negative_prompt_embeds). guidance_scale: true CFG when > 1 and not `is_distilled` (the 4B/9B
+  klein are distilled: ignored with a warning; `tiny_flux2_klein_base_path` is not). 512.
+  FlowMatchEuler with dynamic shifting; passes mu (compute_empirical_mu). References: image=[...]
+  (no count limit in the pipeline), each >= 64 px a side, aspect <= 8, cropped to the multiple.
 """
 
 from __future__ import annotations
@@ -209,6 +214,88 @@ def tiny_z_image_path() -> Path:
     return save_pipeline(family_folder("z-image"), make_z_image)
 
 
+# --- FLUX.2 -------------------------------------------------------------------------------------
+
+
+def flux2_transformer(text_hidden: int, guidance_embeds: bool) -> Any:
+    """Flux2's transformer for 4-channel packed latents, conditioned on 3 stacked encoder layers."""
+    from diffusers import Flux2Transformer2DModel
+
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=3 * text_hidden,
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=guidance_embeds,
+    )
+
+
+def flux2_vae() -> Any:
+    """AutoencoderKLFlux2 with two levels (scale factor 2: sizes in multiples of 4)."""
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def flux_scheduler() -> Any:
+    """FLUX's scheduler config: resolution-dependent shift (the pipeline's `mu`) is used."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+
+
+def make_flux2_klein(distilled: bool) -> Any:
+    import torch
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    transformer = flux2_transformer(text_hidden=16, guidance_embeds=False)
+    torch.manual_seed(0)
+    # 27 layers: the pipeline stacks hidden states (9, 18, 27) by default.
+    text_encoder = Qwen3ForCausalLM(qwen3_config(hidden=16, layers=27))
+    torch.manual_seed(0)
+    vae = flux2_vae()
+    return Flux2KleinPipeline(
+        scheduler=flux_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=qwen_tokenizer(),
+        transformer=transformer,
+        is_distilled=distilled,
+    )
+
+
+def tiny_flux2_klein_path() -> Path:
+    """A tiny Flux2KleinPipeline like FLUX.2 [klein] 4B (step-distilled: guidance ignored)."""
+    return save_pipeline(family_folder("flux2-klein"), lambda: make_flux2_klein(distilled=True))
+
+
+def tiny_flux2_klein_base_path() -> Path:
+    """A tiny Flux2KleinPipeline like FLUX.2 [klein] base (not distilled: guidance_scale is CFG)."""
+    return save_pipeline(
+        family_folder("flux2-klein-base"), lambda: make_flux2_klein(distilled=False)
+    )
+
+
 FAMILY_BUILDERS: dict[str, Callable[[], Path]] = {
     "ZImagePipeline": tiny_z_image_path,
+    "Flux2KleinPipeline": tiny_flux2_klein_path,
 }
