@@ -61,6 +61,7 @@ def _entries_table(entries: list[Any], installed: set[str], title: str) -> None:
     table.add_column("name", no_wrap=True)
     table.add_column("gallery")
     table.add_column("installed")
+    table.add_column("memory", no_wrap=True)
     table.add_column("license", overflow="fold")
     table.add_column("description", overflow="fold")
     for entry in entries:
@@ -70,6 +71,7 @@ def _entries_table(entries: list[Any], installed: set[str], title: str) -> None:
             entry.name,
             entry.gallery,
             "yes" if entry.name in installed else "",
+            escape(entry.memory or ""),
             escape(entry.license),
             escape(short),
         )

@@ -197,6 +197,7 @@ class ModelConfig(_Strict):
     cuda: bool | None = None
     threads: int | None = Field(default=None, ge=1, le=1024)
     keep_alive: str | float | None = None  # localimg: idle time before unloading (5m, 300, -1)
+    memory: str | int | None = None  # localimg: what loading the model takes (14G, 512M)
     diffusers: DiffusersSection = Field(default_factory=DiffusersSection)
     lora_adapter: str | None = None  # LocalAI's single-adapter form
     lora_scale: float | None = None
@@ -222,6 +223,16 @@ class ModelConfig(_Strict):
             from localimg._util.units import parse_duration
 
             parse_duration(value)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_form(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            from localimg._util.units import parse_bytes
+
+            if parse_bytes(value) <= 0:
+                raise ValueError("must be more than 0 bytes (e.g. 14G)")
         return value
 
     @field_validator("size")
@@ -250,6 +261,16 @@ class ModelConfig(_Strict):
         from localimg.requests import parse_size
 
         return parse_size(self.size) if self.size else None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """The `memory:` the YAML declares, in bytes (None: not declared). The engine's budget
+        counts it instead of its own estimate from the weight files' headers."""
+        if self.memory is None:
+            return None
+        from localimg._util.units import parse_bytes
+
+        return parse_bytes(self.memory)
 
     @property
     def default_cfg_scale(self) -> float | None:

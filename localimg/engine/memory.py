@@ -138,8 +138,15 @@ def device_kind(config: ModelConfig, runtime: RuntimeSettings) -> str:
 
 def estimate(config: ModelConfig, runtime: RuntimeSettings) -> Need | None:
     """What loading `config` will take; None when the files cannot be seen (a hub id not yet
-    in the cache, say), in which case only the loaded-model count limits it."""
+    in the cache, say), in which case only the loaded-model count limits it.
+
+    A `memory:` the YAML declares wins over the estimate: it is what the model's author measured
+    or computed for the model's settings (text encoders, offload), which the headers cannot see.
+    """
     kind = device_kind(config, runtime)
+    declared = config.memory_bytes
+    if declared is not None:
+        return Need(bytes=declared, where=kind)
     try:
         source = model_source(config)
     except Exception:  # a missing model fails clearly when it loads; not the budget's business

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg import download
+from localimg._util.units import parse_bytes
 from localimg._util.validation import first_problem
 from localimg.errors import ConfigError, GalleryError, ModelNotFound
 
@@ -107,6 +108,23 @@ class GalleryEntry(BaseModel):
     def qualified(self) -> str:
         return f"{self.gallery}@{self.name}" if self.gallery else self.name
 
+    @property
+    def memory(self) -> str | None:
+        """The `memory:` the entry's model YAML will declare (its overrides, else its inline
+        config_file), as written; None when it says none. Read without fetching the template."""
+        value = self.overrides.get("memory")
+        if value is None:
+            value = _inline_config(self).get("memory")
+        return None if value is None else str(value)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """`memory` in bytes; None when absent or not a size (the install refuses that)."""
+        try:
+            return parse_bytes(self.memory) if self.memory is not None else None
+        except ValueError:
+            return None
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -116,6 +134,8 @@ class GalleryEntry(BaseModel):
             "tags": self.tags,
             "urls": self.urls,
             "icon": self.icon,
+            "memory": self.memory,
+            "memory_bytes": self.memory_bytes,
             "files": [f.filename for f in self.files],
         }
 
