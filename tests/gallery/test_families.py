@@ -142,8 +142,14 @@ def test_ggml_entry_ships_every_file_it_names_from_the_hub(name: str, shipped: C
 def test_qwen_edit_2511_ggml_sets_what_sd_cpp_says_2511_needs(shipped: Catalog) -> None:
     options = _config(shipped.find("qwen-image-edit-2511-ggml")).parsed_options()
     assert options["qwen_image_zero_cond_t"] is True
+    assert options["reference_edit"] is True  # loads as the same network as Qwen-Image
     assert options["llm_vision_path"] == "mmproj-F16.gguf"
     assert options["flow_shift"] == 3 and options["sampler"] == "euler"
+
+
+def test_kontext_ggml_is_marked_as_the_reference_edit_model(shipped: Catalog) -> None:
+    options = _config(shipped.find("flux.1-kontext-dev-ggml")).parsed_options()
+    assert options["reference_edit"] is True and options["guidance"] == 2.5
 
 
 def test_model_card_defaults(shipped: Catalog) -> None:
