@@ -92,3 +92,11 @@ def tiny_flux2_klein() -> Path:
     from tests.tiny_families import tiny_flux2_klein_path
 
     return tiny_flux2_klein_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux2() -> Path:
+    """A tiny random Flux2Pipeline folder (FLUX.2 [dev]-like, multiples of 4), cached."""
+    from tests.tiny_families import tiny_flux2_path
+
+    return tiny_flux2_path()

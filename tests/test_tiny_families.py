@@ -25,9 +25,10 @@ CALLS: dict[str, dict[str, Any]] = {
         "max_sequence_length": 64,
     },
     "Flux2KleinPipeline": {"height": 32, "width": 32, "max_sequence_length": 64},
+    "Flux2Pipeline": {"height": 32, "width": 32, "guidance_scale": 4.0},
 }
 # Families that take reference images through `image=[...]`: how many the tests give.
-REFERENCES: dict[str, tuple[int, ...]] = {"Flux2KleinPipeline": (1, 2)}
+REFERENCES: dict[str, tuple[int, ...]] = {"Flux2KleinPipeline": (1, 2), "Flux2Pipeline": (1, 2)}
 
 
 @cache

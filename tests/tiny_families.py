@@ -20,6 +20,10 @@ Flux2KleinPipeline: multiple 4 / 16. No negative_prompt kwarg (CFG's negative is
   klein are distilled: ignored with a warning; `tiny_flux2_klein_base_path` is not). 512.
   FlowMatchEuler with dynamic shifting; passes mu (compute_empirical_mu). References: image=[...]
   (no count limit in the pipeline), each >= 64 px a side, aspect <= 8, cropped to the multiple.
+Flux2Pipeline: multiple 4 / 16. No negative_prompt (no CFG at all). guidance_scale: distilled
+  guidance (embedded, default 4.0). 512 (and a long system message before the prompt). Scheduler
+  and references as klein. Its `tokenizer` is a plain tokenizer here: the real PixtralProcessor
+  needs torchvision in transformers 5 (see mistral_tokenizer).
 """
 
 from __future__ import annotations
@@ -295,7 +299,132 @@ def tiny_flux2_klein_base_path() -> Path:
     )
 
 
+# Mistral Small 3.x's special tokens (ids 0..10, [IMG] = 1 as in Mistral3Config), then bytes.
+MISTRAL_SPECIALS = (
+    "<unk>",
+    "[IMG]",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+)
+MISTRAL_VOCAB = 272
+MISTRAL_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- set parts = [{'type': 'text', 'text': message['content']}]"
+    " if message['content'] is string else message['content'] -%}"
+    "{%- if message['role'] == 'system' -%}[SYSTEM_PROMPT]"
+    "{%- for part in parts -%}{{- part['text'] -}}{%- endfor -%}[/SYSTEM_PROMPT]"
+    "{%- elif message['role'] == 'user' -%}[INST]"
+    "{%- for part in parts -%}{%- if part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- else -%}[IMG]{%- endif -%}{%- endfor -%}[/INST]"
+    "{%- else -%}{%- for part in parts -%}{{- part['text'] -}}{%- endfor -%}{{- eos_token -}}"
+    "{%- endif -%}{%- endfor -%}"
+)
+
+
+def mistral_tokenizer() -> Any:
+    """The Mistral-style byte-level tokenizer FLUX.2 [dev] applies its chat template with.
+
+    The real repository names a PixtralProcessor here, which transformers 5 only builds with
+    torchvision installed; the pipeline only calls `apply_chat_template` on it for prompts (its
+    `.tokenizer` only for caption upsampling), which the tokenizer itself has.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(MISTRAL_SPECIALS)}
+    for symbol in byte_symbols():
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=[*MISTRAL_SPECIALS[5:], "[IMG]"],
+        model_max_length=1024,
+    )
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def mistral3_encoder(hidden: int, layers: int) -> Any:
+    """Mistral3ForConditionalGeneration at toy size (a Pixtral vision tower it keeps unused)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    ids = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 4}
+    config = Mistral3Config(
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": MISTRAL_VOCAB,
+            "hidden_size": hidden,
+            "intermediate_size": 37,
+            "max_position_embeddings": 1024,
+            "num_attention_heads": 4,
+            "num_hidden_layers": layers,
+            "num_key_value_heads": 2,
+            "head_dim": hidden // 4,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 1000000000.0,
+            "sliding_window": None,
+            **ids,
+        },
+        vision_config={
+            "model_type": "pixtral",
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "intermediate_size": 37,
+            "image_size": 24,
+            "patch_size": 6,
+            "num_channels": 3,
+        },
+        image_seq_length=4,
+        vision_feature_layer=-1,
+        image_token_index=1,
+        spatial_merge_size=2,
+        **ids,
+    )
+    return Mistral3ForConditionalGeneration(config)
+
+
+def make_flux2() -> Any:
+    import torch
+    from diffusers import Flux2Pipeline
+
+    torch.manual_seed(0)
+    transformer = flux2_transformer(text_hidden=16, guidance_embeds=True)
+    torch.manual_seed(0)
+    # 30 layers: the pipeline stacks hidden states (10, 20, 30) by default.
+    text_encoder = mistral3_encoder(hidden=16, layers=30).eval()
+    torch.manual_seed(0)
+    vae = flux2_vae()
+    return Flux2Pipeline(
+        scheduler=flux_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=mistral_tokenizer(),
+        transformer=transformer,
+    )
+
+
+def tiny_flux2_path() -> Path:
+    """A tiny Flux2Pipeline like FLUX.2 [dev] (guidance-distilled, Mistral 3 text encoder)."""
+    return save_pipeline(family_folder("flux2"), make_flux2)
+
+
 FAMILY_BUILDERS: dict[str, Callable[[], Path]] = {
     "ZImagePipeline": tiny_z_image_path,
     "Flux2KleinPipeline": tiny_flux2_klein_path,
+    "Flux2Pipeline": tiny_flux2_path,
 }
