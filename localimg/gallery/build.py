@@ -3,7 +3,8 @@
 `make gallery` writes `gallery/index.yaml` from the entries; `make gallery-check` (and a test)
 fails when an entry is wrong or the index is stale. The shipped entries are held to a stricter
 standard than a third-party index: known keys only, every file with a sha256 or a written
-reason, every file an option names shipped with the entry, and a merged config that validates.
+reason, every file an option names shipped with the entry, a merged config that validates, and
+a declared `memory` on every stable-diffusion.cpp entry.
 
     python -m localimg.gallery_build build [GALLERY_DIR]
     python -m localimg.gallery_build check [GALLERY_DIR]
@@ -143,6 +144,11 @@ def _check_entry(path: Path, data: dict[str, Any], gallery_dir: Path) -> list[st
     except Exception as exc:
         problems.append(f"invalid entry: {exc}")
         return problems
+    backend = str(resolved.config.get("backend", ""))
+    if backend == "stablediffusion-ggml" and resolved.config.get("memory") is None:
+        # localimg's own estimate sees only the model file, not the text encoders and VAE the
+        # options name: the entry has to say what the whole set takes.
+        problems.append("overrides.memory is missing (what the model and its files need)")
     if not is_image_entry(entry):
         problems.append("not recognised as an image model (add an image tag such as text-to-image)")
     shipped = {str(f.get("filename")) for f in files}

@@ -188,6 +188,7 @@ def test_gallery_check_reports_problems(tmp_path: Path) -> None:
     assert "unsafe file name" in text
     assert "names a file the entry does not ship" in text
     assert "stale or missing" in text
+    assert "overrides.memory is missing" in text  # the template is a ggml one
 
 
 def test_shipped_entries_pass_their_backends_checks() -> None:
