@@ -51,9 +51,15 @@ def test_unreachable_hub_fails_once_with_the_clear_message(
 
 
 def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
+    from localimg.backends.diffusers.families import FAMILIES
     from localimg.backends.diffusers.loading import PIPELINE_TYPES, pipeline_class
 
-    assert len(PIPELINE_TYPES) == 12
+    # LocalAI's 12 names, then the families' own classes (issue 13)
+    assert len(PIPELINE_TYPES) == 12 + 11
+    assert {n for n in FAMILIES if "Img2Img" not in n and "Inpaint" not in n} | {
+        "ZImageImg2ImgPipeline",
+        "ZImageInpaintPipeline",
+    } <= set(PIPELINE_TYPES)
     for name in PIPELINE_TYPES:
         assert pipeline_class(name) is not None
     with pytest.raises(ConfigError, match="unknown pipeline_type"):

@@ -21,7 +21,7 @@ from localimg.backends.base import (
     ProgressCallback,
     RuntimeSettings,
 )
-from localimg.backends.diffusers import schedulers, tasks
+from localimg.backends.diffusers import call_args, families, schedulers, tasks
 from localimg.backends.diffusers.batch_invariance import BatchGrouping
 from localimg.backends.diffusers.loading import (
     DEFAULT_PIPELINE,
@@ -33,7 +33,13 @@ from localimg.backends.diffusers.loading import (
     load_pipeline,
     quiet_library_progress,
 )
-from localimg.backends.diffusers.options import OPTION_KEYS, parse_options, weight_itemsize
+from localimg.backends.diffusers.options import (
+    OPTION_KEYS,
+    DiffusersOptions,
+    parse_options,
+    weight_itemsize,
+)
+from localimg.backends.diffusers.sampling import Sampling
 from localimg.backends.diffusers.speed import attention_kind, denoiser_of, place, speed_up
 from localimg.config import ModelConfig, model_source
 from localimg.config.options import OPTION_ALIASES
@@ -51,23 +57,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 30  # LocalAI's documented default
 
-# Call arguments localimg sets itself: an option or extra field may not set them directly.
-RESERVED_CALL_ARGS = frozenset(
-    {
-        "self",
-        "prompt",
-        "generator",
-        "callback_on_step_end",
-        "callback_on_step_end_tensor_inputs",
-        "output_type",
-        "return_dict",
-        "num_images_per_prompt",
-        "callback",
-        "callback_steps",
-        "kwargs",
-        "args",
-    }
-)
 # Request fields that `diffusers.enable_parameters` can switch off (LocalAI's gate).
 GATED = ("negative_prompt", "num_inference_steps", "clip_skip", "image", "mask_image")
 
@@ -106,8 +95,9 @@ class DiffusersBackend:
         self._call_params: dict[str, inspect.Parameter] = {}
         self._kind = "txt2img"  # what the loaded pipeline does (tasks.pipeline_kind)
         self._siblings: dict[str, Any] = {}  # other tasks over the same modules (from_pipe)
-        self._scheduler_config: Any = None
-        self._default_scheduler: Any = None
+        self._sampling = Sampling(None, None, "")
+        self._family: families.Family | None = None
+        self._options = DiffusersOptions()
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
         self._compiled = False
         self._grouping = BatchGrouping()  # replaced on load (backends/batch_invariance.py)
@@ -166,6 +156,7 @@ class DiffusersBackend:
         pipeline_type = config.diffusers.pipeline_type or DEFAULT_PIPELINE
         if config.diffusers.scheduler_type:
             schedulers.lookup(config.diffusers.scheduler_type, param="scheduler_type")
+        self._options = options
         quiet_library_progress()
         try:
             pipe = load_pipeline(pipeline_type, source, options, self.dtype, config)
@@ -196,13 +187,17 @@ class DiffusersBackend:
         self._call_params = dict(inspect.signature(pipe.__call__).parameters)
         self._kind = tasks.pipeline_kind(pipe)
         self._siblings = {}
-        scheduler = getattr(pipe, "scheduler", None)
-        self._default_scheduler = scheduler
-        self._scheduler_config = scheduler.config if scheduler is not None else None
-        if config.diffusers.scheduler_type and scheduler is not None:
-            self._default_scheduler = schedulers.build(
-                config.diffusers.scheduler_type, self._scheduler_config
+        self._family = families.family_of(pipe)
+        try:
+            self._sampling = Sampling(
+                getattr(pipe, "scheduler", None),
+                config.diffusers.scheduler_type,
+                type(pipe).__name__,
             )
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                f"{config.where}: scheduler_type: {exc.message}", param="scheduler_type"
+            ) from None
         self._defaults = self._compute_defaults(pipe)
         extras = {
             k: v
@@ -227,9 +222,15 @@ class DiffusersBackend:
             else 7.5
         )
         multiple = max(8, scale * (2 if getattr(pipe, "transformer", None) is not None else 1))
+        width = height = side
+        family = self._family
+        if family is not None:
+            multiple = families.size_multiple(family, pipe)
+            cfg = families.default_cfg(family, pipe, self._call_params) or cfg
+            width, height = family.default_size or (side, side)
         return BackendDefaults(
-            width=side,
-            height=side,
+            width=width,
+            height=height,
             steps=DEFAULT_STEPS,
             cfg_scale=float(cfg),
             size_multiple=multiple,
@@ -243,111 +244,28 @@ class DiffusersBackend:
 
     def _pipe_for(self, request: ImageRequest) -> tuple[Any, str]:
         """The pipeline that serves the request's task (see tasks.py) and that task."""
+        family = self._family
+        edit = families.choose_mode(family, request) if family is not None else None
+        if edit is not None or (family is not None and family.references):
+            return self.pipe, edit or "txt2img"  # the edit pipeline does both
+        if family is None:
+            families.refuse_references(type(self.pipe).__name__, request)
         mode = tasks.choose_mode(request, self._kind)
         if tasks.serves(mode, self._kind):
             return self.pipe, mode
         key = tasks.DERIVED.get(mode, mode)
         if key not in self._siblings:
-            self._siblings[key] = tasks.derive(self.pipe, mode, self._kind)
+            self._siblings[key] = tasks.derive(self.pipe, mode, self._kind, family)
         return self._siblings[key], mode
 
-    def _check_extra(
-        self, extra: dict[str, Any], where: str, pipe: Any = None, params: Any = None
-    ) -> None:
-        pipe = pipe if pipe is not None else self.pipe
-        params = params if params is not None else self._call_params
-        allowed = sorted(k for k in params if k not in RESERVED_CALL_ARGS)
-        for key in extra:
-            if key in RESERVED_CALL_ARGS:
-                raise InvalidRequest(
-                    f"{where}: {key!r} is set by localimg and cannot be given", param=key
-                )
-            if key not in params:
-                raise InvalidRequest(
-                    f"{where}: {type(pipe).__name__} does not accept {key!r}; it accepts: "
-                    + ", ".join(allowed),
-                    param=key,
-                )
+    def _check_extra(self, extra: dict[str, Any], where: str) -> None:
+        call_args.check_extra(extra, where, self.pipe, self._call_params)
 
-    def _call_kwargs(
-        self, request: ImageRequest, pipe: Any = None, params: Any = None
-    ) -> dict[str, Any]:
-        pipe = pipe if pipe is not None else self.pipe
-        params = params if params is not None else self._call_params
-        pipeline = type(pipe).__name__
-        assert request.width and request.height and request.steps
-        multiple = self._defaults.size_multiple
-        if request.width % multiple or request.height % multiple:
-            raise InvalidRequest(
-                f"size {request.width}x{request.height}: this model needs both sides to be "
-                f"multiples of {multiple}",
-                param="size",
-            )
-        kwargs: dict[str, Any] = {"num_inference_steps": request.steps}
-        if "prompt" in params:
-            kwargs["prompt"] = request.prompt
-        elif request.prompt:
-            raise InvalidRequest(f"{pipeline} takes no text prompt", param="prompt")
-        wanted: dict[str, Any] = {
-            "negative_prompt": request.negative_prompt,
-            "clip_skip": request.clip_skip or None,
-            "image": request.init_image,
-            "mask_image": request.mask,
-            "strength": request.strength,
-        }
-        for key, value in wanted.items():
-            if value is None:
-                continue
-            if key not in params:
-                raise InvalidRequest(f"{pipeline} does not support {key}", param=key)
-            kwargs[key] = value
-        for key, value in (("width", request.width), ("height", request.height)):
-            if key in params:
-                kwargs[key] = value
-        if "guidance_scale" in params:
-            kwargs["guidance_scale"] = request.cfg_scale
-        elif "max_guidance_scale" in params:
-            kwargs["max_guidance_scale"] = request.cfg_scale
-        kwargs.update(self._video_kwargs(request, pipeline, params))
-        self._check_denoising_steps(request, params)
-        self._check_extra(dict(request.extra), where="extra parameters", pipe=pipe, params=params)
-        kwargs.update(request.extra)
-        return kwargs
-
-    @staticmethod
-    def _check_denoising_steps(request: ImageRequest, params: Any) -> None:
-        """img2img runs steps x strength steps; zero would fail deep inside diffusers."""
-        if "strength" not in params or request.init_image is None or not request.steps:
-            return
-        strength = request.strength if request.strength is not None else params["strength"].default
-        if isinstance(strength, int | float) and int(request.steps * strength) < 1:
-            raise InvalidRequest(
-                f"{request.steps} steps at strength {strength:g} leave no denoising step "
-                "(steps x strength must be at least 1): raise steps or strength",
-                param="steps",
-            )
-
-    @staticmethod
-    def _video_kwargs(request: ImageRequest, pipeline: str, params: Any) -> dict[str, Any]:
-        """num_frames and fps for a video pipeline; refused by an image pipeline."""
-        video = "num_frames" in params
-        kwargs: dict[str, Any] = {}
-        if video:
-            kwargs["output_type"] = "pil"
-            if request.n > 1:
-                raise InvalidRequest(
-                    f"{pipeline} makes one video per request; n must be 1", param="n"
-                )
-        for key, value in (("num_frames", request.num_frames), ("fps", request.fps)):
-            if value is None:
-                continue
-            if not video:
-                raise InvalidRequest(
-                    f"{pipeline} makes images; {key} applies to video models only", param=key
-                )
-            if key in params:  # SVD conditions on fps (an integer); others only encode with it
-                kwargs[key] = round(value)
-        return kwargs
+    def _call_kwargs(self, request: ImageRequest, pipe: Any, params: Any) -> dict[str, Any]:
+        generation = call_args.generation_settings(request, self._options)
+        return call_args.call_kwargs(
+            request, pipe, params, self._defaults.size_multiple, generation
+        )
 
     def generate(
         self, request: ImageRequest, progress: ProgressCallback, cancel: threading.Event
@@ -360,7 +278,7 @@ class DiffusersBackend:
         # The loaded pipeline's signature was read at load time; a sibling's on first use.
         params = self._call_params if pipe is self.pipe else tasks.call_params(pipe)
         kwargs = self._call_kwargs(request, pipe, params)
-        label = self._set_scheduler(request.scheduler, pipe)
+        label = self._set_scheduler(request, pipe)
         steps = request.steps or 1
         if getattr(pipe, "scheduler", None) is not None:
             schedulers.check_steps(pipe.scheduler, steps, label)
@@ -371,10 +289,9 @@ class DiffusersBackend:
             def on_step(
                 p: Any, step: int, _t: Any, tensors: dict[str, Any], index: int = index
             ) -> dict[str, Any]:
+                done = tasks.steps_done(p, step, steps)
                 progress(
-                    ProgressEvent(
-                        "step", step=index * steps + step + 1, total=total, image_index=index
-                    )
+                    ProgressEvent("step", step=index * steps + done, total=total, image_index=index)
                 )
                 if cancel.is_set():
                     p._interrupt = True
@@ -429,7 +346,7 @@ class DiffusersBackend:
         if mode != "txt2img" or "num_frames" in params or "prompt" not in params:
             raise InvalidRequest("only text-to-image requests can be batched")
         kwargs = self._call_kwargs(first, pipe, params)
-        label = self._set_scheduler(first.scheduler, pipe)
+        label = self._set_scheduler(first, pipe)
         steps = first.steps or 1
         if getattr(pipe, "scheduler", None) is not None:
             schedulers.check_steps(pipe.scheduler, steps, label)
@@ -448,7 +365,7 @@ class DiffusersBackend:
 
         def on_step(p: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             for emit in progress:
-                emit(ProgressEvent("step", step=step + 1, total=steps))
+                emit(ProgressEvent("step", step=tasks.steps_done(p, step, steps), total=steps))
             if cancel.is_set():
                 p._interrupt = True
             return tensors
@@ -473,20 +390,10 @@ class DiffusersBackend:
             results.append(ImageResult(images=mine, seeds=request.seeds, scheduler=label))
         return results
 
-    def _set_scheduler(self, name: str | None, pipe: Any = None) -> str:
-        """Install the request's scheduler (or the model's), return its display name."""
-        pipe = pipe if pipe is not None else self.pipe
-        if self._scheduler_config is None:
-            if name:
-                raise InvalidRequest("this pipeline has no scheduler to choose", param="scheduler")
-            return ""
-        if name:
-            pipe.scheduler = schedulers.build(name, self._scheduler_config)
-            return schedulers.lookup(name).label
-        pipe.scheduler = self._default_scheduler
-        if self.config and self.config.diffusers.scheduler_type:
-            return schedulers.lookup(self.config.diffusers.scheduler_type).label
-        return type(self._default_scheduler).__name__
+    def _set_scheduler(self, request: ImageRequest, pipe: Any) -> str:
+        """Install the request's scheduler (or the model's) with its flow shift; its label."""
+        shift = call_args.generation_settings(request, self._options).get("shift")
+        return self._sampling.install(pipe, request.scheduler, shift)
 
     def unload(self) -> None:
         """Drop the pipeline; the slot then collects the garbage, empties CUDA's cache and trims

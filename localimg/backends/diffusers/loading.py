@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from localimg._util.system import cpu_has_bf16
 from localimg.backends.base import RuntimeSettings
+from localimg.backends.diffusers.families import FAMILIES
 from localimg.backends.diffusers.options import DTYPES, DiffusersOptions
 from localimg.config import ModelConfig, ModelSource
 from localimg.errors import (
@@ -45,6 +46,18 @@ PIPELINE_TYPES: dict[str, str] = {
     "FluxPipeline": "FluxPipeline",
     "FluxTransformer2DModel": "FluxPipeline",  # a standalone FLUX transformer + a base repo
     "SanaPipeline": "SanaPipeline",
+    # The families of families.py, by their own class names.
+    "ZImagePipeline": "ZImagePipeline",
+    "ZImageImg2ImgPipeline": "ZImageImg2ImgPipeline",
+    "ZImageInpaintPipeline": "ZImageInpaintPipeline",
+    "Flux2Pipeline": "Flux2Pipeline",
+    "Flux2KleinPipeline": "Flux2KleinPipeline",
+    "QwenImagePipeline": "QwenImagePipeline",
+    "QwenImageEditPlusPipeline": "QwenImageEditPlusPipeline",
+    "FluxKontextPipeline": "FluxKontextPipeline",
+    "ChromaPipeline": "ChromaPipeline",
+    "WanPipeline": "WanPipeline",
+    "WanImageToVideoPipeline": "WanImageToVideoPipeline",
 }
 # Repo classes that are text-to-image pipelines themselves: AutoPipelineForText2Image loads them
 # as they are, so localimg can too (and skip importing the auto-pipeline tables).
@@ -57,6 +70,10 @@ TEXT_TO_IMAGE_CLASSES = frozenset(
         "SanaPipeline",
     }
 )
+# Repo classes loaded as themselves when no pipeline_type is given: the text-to-image ones above
+# and the families (families.py), whose edit and video pipelines AutoPipelineForText2Image would
+# refuse or turn into another class.
+OWN_CLASSES = TEXT_TO_IMAGE_CLASSES | frozenset(FAMILIES)
 AUTO_TYPES = frozenset({"AutoPipelineForText2Image", "DiffusionPipeline", "VideoDiffusionPipeline"})
 FLUX_BASE_REPO = "black-forest-labs/FLUX.1-dev"
 
@@ -311,7 +328,7 @@ def load_pipeline(
     if options.variant:
         common["variant"] = options.variant
     own = index.get("_class_name")
-    if pipeline_type == DEFAULT_PIPELINE and own in TEXT_TO_IMAGE_CLASSES:
+    if pipeline_type == DEFAULT_PIPELINE and own in OWN_CLASSES:
         # What AutoPipelineForText2Image would pick, without importing every pipeline
         # diffusers has (auto_pipeline.py costs ~9 s of imports on a 2-core CPU).
         cls = pipeline_class(str(own))

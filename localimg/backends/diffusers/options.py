@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg._util.system import cpu_has_bf16
 from localimg._util.validation import first_problem
@@ -40,9 +40,16 @@ class DiffusersOptions(BaseModel):
     cpu_offload: bool = False
     channels_last: bool = False  # NHWC weights for the UNet/VAE convolutions (faster on many CPUs)
     compile: bool = False  # torch.compile the denoiser: the first generation pays a warm-up
+    # Generation settings of the model families (families.py); a request's `extra` may override
+    # each. guidance: the distilled guidance of a family that also has true CFG (FLUX.1 Kontext,
+    # a guidance-distilled Qwen-Image); shift: a fixed flow shift (flow.py).
+    guidance: float | None = Field(default=None, ge=0, le=100)
+    shift: float | None = Field(default=None, gt=0, le=100)
+    max_sequence_length: int | None = Field(default=None, ge=1, le=4096)
 
 
 OPTION_KEYS = frozenset(DiffusersOptions.model_fields)
+GENERATION_KEYS = ("guidance", "shift", "max_sequence_length")
 
 
 HALF_DTYPES = frozenset({"float16", "bfloat16"})

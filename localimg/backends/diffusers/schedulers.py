@@ -50,10 +50,16 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "k_dpmpp_2m_sde": SchedulerSpec(
         "DPMSolverMultistepScheduler", "DPM++ 2M SDE Karras", {**_DPMPP_SDE, **_KARRAS}
     ),
+    "lcm": SchedulerSpec("LCMScheduler", "LCM"),
 }
 
 # LocalAI documents its default as `k_dpp_sde` (a typo of k_dpmpp_sde); YAML files copy it.
-ALIASES = {"k_dpp_sde": "k_dpmpp_sde", "euler_ancestral": "euler_a", "dpm++_2m": "dpmpp_2m"}
+ALIASES = {
+    "k_dpp_sde": "k_dpmpp_sde",
+    "euler_ancestral": "euler_a",
+    "dpm++_2m": "dpmpp_2m",
+    "dpm_2m": "dpmpp_2m",
+}
 
 
 # Schedulers that fail inside diffusers below a number of steps (PNDM's PLMS warm-up needs 4).

@@ -76,8 +76,27 @@ def serves(mode: str, kind: str) -> bool:
     return mode == kind or (mode == "variation" and kind == "img2img")
 
 
-def derive(base: Any, mode: str, kind: str) -> Any:
-    """A sibling pipeline for `mode` sharing the base pipeline's modules."""
+def derive(base: Any, mode: str, kind: str, family: Any = None) -> Any:
+    """A sibling pipeline for `mode` sharing the base pipeline's modules: the family's own
+    img2img / inpaint class where it names one (families.py), else diffusers' AutoPipeline."""
+    own = (
+        {"img2img": family.img2img, "variation": family.img2img, "inpaint": family.inpaint}
+        if family is not None
+        else {}
+    )
+    if own.get(mode):
+        import diffusers
+
+        pipe = getattr(diffusers, str(own[mode])).from_pipe(base)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        return pipe
+    if family is not None:
+        raise InvalidRequest(
+            f"{family.name} ({type(base).__name__}) does {kind}; diffusers has no {mode} "
+            "pipeline for it",
+            param="mode",
+        )
     if mode not in DERIVED or kind not in SD_FAMILY:
         raise InvalidRequest(
             f"this model ({type(base).__name__}) does {kind}; it cannot do {mode}. Use a model "
@@ -121,6 +140,16 @@ def default_fps(params: dict[str, inspect.Parameter]) -> float:
     if fps is not None and isinstance(fps.default, int | float):
         return float(fps.default)
     return 8.0
+
+
+def steps_done(pipe: Any, call_index: int, steps: int) -> int:
+    """Steps finished after the step callback's `call_index`-th call: a second-order scheduler
+    (Heun) calls the denoiser, and the callback, about twice per step."""
+    timesteps = getattr(getattr(pipe, "scheduler", None), "timesteps", None)
+    calls = len(timesteps) if timesteps is not None else 0
+    if calls <= steps:
+        return min(call_index + 1, steps)
+    return min(steps, max(1, round((call_index + 1) * steps / calls)))
 
 
 class Interrupted(Exception):
