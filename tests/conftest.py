@@ -100,3 +100,19 @@ def tiny_flux2() -> Path:
     from tests.tiny_families import tiny_flux2_path
 
     return tiny_flux2_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_chroma() -> Path:
+    """A tiny random ChromaPipeline folder (multiples of 4), built once and cached."""
+    from tests.tiny_families import tiny_chroma_path
+
+    return tiny_chroma_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_kontext() -> Path:
+    """A tiny random FluxKontextPipeline folder (one input image, multiples of 16), cached."""
+    from tests.tiny_families import tiny_flux_kontext_path
+
+    return tiny_flux_kontext_path()

@@ -26,9 +26,22 @@ CALLS: dict[str, dict[str, Any]] = {
     },
     "Flux2KleinPipeline": {"height": 32, "width": 32, "max_sequence_length": 64},
     "Flux2Pipeline": {"height": 32, "width": 32, "guidance_scale": 4.0},
+    "ChromaPipeline": {
+        "height": 32,
+        "width": 32,
+        "negative_prompt": "blurry",
+        "guidance_scale": 5.0,
+        "max_sequence_length": 64,
+    },
+    # Kontext rescales the output to max_area (default 1 MP) at the requested aspect ratio.
+    "FluxKontextPipeline": {"height": 32, "width": 32, "max_area": 32 * 32, "guidance_scale": 2.5},
 }
 # Families that take reference images through `image=[...]`: how many the tests give.
-REFERENCES: dict[str, tuple[int, ...]] = {"Flux2KleinPipeline": (1, 2), "Flux2Pipeline": (1, 2)}
+REFERENCES: dict[str, tuple[int, ...]] = {
+    "Flux2KleinPipeline": (1, 2),
+    "Flux2Pipeline": (1, 2),
+    "FluxKontextPipeline": (1,),
+}
 
 
 @cache
@@ -84,5 +97,8 @@ def test_edit_family_uses_its_reference_images(name: str, count: int) -> None:
     assert edited.shape == plain.shape
     assert np.array_equal(edited, generate(name, 0, image=reference_images(count)))
     assert not np.array_equal(edited, plain)
+    if name == "FluxKontextPipeline":  # its default: the image resized to a Kontext resolution
+        resized = generate(name, 0, image=reference_images(count), _auto_resize=False)
+        assert not np.array_equal(edited, resized)
     if count > 1:
         assert not np.array_equal(edited, generate(name, 0, image=reference_images(count - 1)))

@@ -24,6 +24,13 @@ Flux2Pipeline: multiple 4 / 16. No negative_prompt (no CFG at all). guidance_sca
   guidance (embedded, default 4.0). 512 (and a long system message before the prompt). Scheduler
   and references as klein. Its `tokenizer` is a plain tokenizer here: the real PixtralProcessor
   needs torchvision in transformers 5 (see mistral_tokenizer).
+ChromaPipeline: multiple 4 / 16. negative_prompt: yes. guidance_scale: true CFG when > 1.
+  512 (T5). FlowMatchEuler with dynamic shifting; passes mu (calculate_shift).
+FluxKontextPipeline: multiple 16 / 16 (a 4-level tiny VAE). negative_prompt: yes, with
+  true_cfg_scale > 1 (true CFG); guidance_scale: distilled guidance. 512 (T5; CLIP 77). Dynamic
+  shifting, mu passed. The output is rescaled to `max_area` (default 1024**2) at the requested
+  aspect ratio; the input image goes to the nearest Kontext resolution unless
+  `_auto_resize=False`. One image only (two fail inside the pipeline with a RuntimeError).
 """
 
 from __future__ import annotations
@@ -423,8 +430,174 @@ def tiny_flux2_path() -> Path:
     return save_pipeline(family_folder("flux2"), make_flux2)
 
 
+# --- T5 / CLIP pieces (Chroma, FLUX.1 Kontext, Wan) -------------------------------------------
+
+
+def t5_tokenizer() -> Any:
+    """A T5Tokenizer (Unigram, one piece per character): <pad>=0, </s>=1, <unk>=2, then text.
+
+    Characters outside printable ASCII become <unk>, as rare ones do in the real vocabulary.
+    """
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(chr(c), -5.0) for c in range(33, 127)]
+    pieces += [("▁" + chr(c), -4.0) for c in range(33, 127)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+T5_VOCAB = 256  # > the 192 pieces of t5_tokenizer
+
+
+def t5_encoder(umt5: bool = False) -> Any:
+    """A 2-layer T5 (or UMT5) encoder, d_model 32, in eval mode (dropout off)."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    sizes = {
+        "vocab_size": T5_VOCAB,
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 37,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+    if umt5:
+        return UMT5EncoderModel(UMT5Config(**sizes)).eval()
+    return T5EncoderModel(T5Config(**sizes)).eval()
+
+
+def flux_vae(levels: int) -> Any:
+    """FLUX.1's AutoencoderKL shape at toy size: 1 latent channel, scale factor 2**(levels-1)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(4,) * levels,
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+
+
+def clip_tokenizer() -> Any:
+    """tests.tiny_models' byte-level CLIP tokenizer (ids 512/513 = start/end of text)."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    from tests.tiny_models import write_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp))
+        return CLIPTokenizer.from_pretrained(tmp)
+
+
+# --- Chroma -------------------------------------------------------------------------------------
+
+
+def make_chroma() -> Any:
+    import torch
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+        approximator_num_channels=16,
+    )
+    torch.manual_seed(0)
+    text_encoder = t5_encoder()
+    torch.manual_seed(0)
+    vae = flux_vae(levels=2)
+    return ChromaPipeline(
+        scheduler=flux_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=t5_tokenizer(),
+        transformer=transformer,
+        image_encoder=None,
+        feature_extractor=None,
+    )
+
+
+def tiny_chroma_path() -> Path:
+    """A tiny ChromaPipeline (T5 only, true CFG with negative_prompt): multiples of 4."""
+    return save_pipeline(family_folder("chroma"), make_chroma)
+
+
+# --- FLUX.1 Kontext -----------------------------------------------------------------------------
+
+
+def make_flux_kontext() -> Any:
+    import torch
+    from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+
+    from tests.tiny_models import tiny_text_encoder
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
+    torch.manual_seed(0)
+    text_encoder = tiny_text_encoder(hidden=32)
+    torch.manual_seed(0)
+    text_encoder_2 = t5_encoder()
+    torch.manual_seed(0)
+    # Four levels (scale factor 8, multiples of 16 as the real one): the pipeline resizes an input
+    # image to a ~1 MP Kontext resolution by default, which stays cheap at this scale.
+    vae = flux_vae(levels=4)
+    return FluxKontextPipeline(
+        scheduler=flux_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
+        image_encoder=None,
+        feature_extractor=None,
+    )
+
+
+def tiny_flux_kontext_path() -> Path:
+    """A tiny FluxKontextPipeline (FLUX.1 Kontext [dev]: one input image, multiples of 16)."""
+    return save_pipeline(family_folder("flux-kontext"), make_flux_kontext)
+
+
 FAMILY_BUILDERS: dict[str, Callable[[], Path]] = {
     "ZImagePipeline": tiny_z_image_path,
     "Flux2KleinPipeline": tiny_flux2_klein_path,
     "Flux2Pipeline": tiny_flux2_path,
+    "ChromaPipeline": tiny_chroma_path,
+    "FluxKontextPipeline": tiny_flux_kontext_path,
 }
