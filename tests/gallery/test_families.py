@@ -36,6 +36,7 @@ FAMILY_ENTRIES: dict[str, tuple[str, str | None, str]] = {
     "z-image-turbo-ggml": ("stablediffusion-ggml", None, "8G"),
     "flux.2-klein-4b": ("diffusers", "Flux2KleinPipeline", "17G"),
     "flux.2-klein-4b-ggml": ("stablediffusion-ggml", None, "7G"),
+    "flux.2-klein-9b-ggml": ("stablediffusion-ggml", None, "12G"),
     "flux.2-dev-ggml": ("stablediffusion-ggml", None, "38G"),
     "qwen-image": ("diffusers", "QwenImagePipeline", "60G"),
     "qwen-image-ggml": ("stablediffusion-ggml", None, "18G"),
@@ -50,6 +51,7 @@ FAMILY_ENTRIES: dict[str, tuple[str, str | None, str]] = {
 LLM_FILES = {
     "z-image-turbo-ggml": "Qwen3-4B.Q4_K_M.gguf",
     "flux.2-klein-4b-ggml": "Qwen3-4B-Q4_K_M.gguf",
+    "flux.2-klein-9b-ggml": "Qwen3-8B-Q4_K_M.gguf",
     "flux.2-dev-ggml": "Mistral-Small-3.2-24B-Instruct-2506-Q4_K_M.gguf",
     "qwen-image-ggml": "Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf",
     "qwen-image-edit-2511-ggml": "Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf",
@@ -159,6 +161,7 @@ def test_model_card_defaults(shipped: Catalog) -> None:
         "z-image-turbo-ggml": (8, 1, "1024x1024"),
         "flux.2-klein-4b": (4, 1, "1024x1024"),
         "flux.2-klein-4b-ggml": (4, 1, "1024x1024"),
+        "flux.2-klein-9b-ggml": (4, 1, "1024x1024"),
         "qwen-image": (50, 4, "1328x1328"),
         "qwen-image-edit-2511": (40, 4, None),
         "chroma1-hd": (40, 3, "1024x1024"),
