@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 from localimg._util.system import physical_cores
 from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
-from localimg.backends.ggml import native, samplers
+from localimg.backends.ggml import calls, native, samplers
+from localimg.backends.ggml.families import Family, family_of, guidance_embed
 from localimg.backends.ggml.lora import lora_dir, lora_tags
 from localimg.backends.ggml.options import (
     FILE_OPTIONS,
@@ -40,13 +41,11 @@ from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 20  # stable-diffusion.cpp's own default
-# Request modes this backend serves (video and depth models are other backends' work).
-MODES = (None, "txt2img", "img2img", "inpaint")
+# Request modes this backend serves; which of them a model does depends on its family
+# (families.py, calls.py): images, reference edits (FLUX.2, Kontext, Qwen-Image-Edit), Wan video.
+MODES = (None, "txt2img", "img2img", "inpaint", "edit", "txt2vid", "img2vid")
 # Keys a request's `extra` may carry: per-generation settings of this backend.
 EXTRA_KEYS = frozenset({"sampler", "guidance", "eta"})
-# Families stable-diffusion.cpp reports ("Version: ..." when loading) that are UNets: their sizes
-# must be multiples of 64 (VAE factor 8 x three downsamplings); the DiT families take 16.
-UNET_FAMILIES = ("SD 1.x", "SD 2.x", "SDXS", "SDXL", "SVD", "Instruct-Pix2Pix")
 
 
 class GgmlBackend:
@@ -63,6 +62,7 @@ class GgmlBackend:
         self.config: ModelConfig | None = None
         self.options = GgmlOptions()
         self.family = ""
+        self.traits: Family = family_of("", [])
         self.threads = 1
         self.yaml_loras: list[tuple[Path, float]] = []
         self._sd: Any = None
@@ -79,14 +79,10 @@ class GgmlBackend:
         if request.mode not in MODES:
             raise InvalidRequest(
                 f"the stablediffusion-ggml backend does not do {request.mode}; it does "
-                "txt2img, img2img and inpaint",
+                "txt2img, img2img, inpaint, edit (reference images) and, with Wan models, "
+                "txt2vid and img2vid",
                 param="mode",
             )
-        for field in ("num_frames", "fps"):
-            if getattr(request, field) is not None:
-                raise InvalidRequest(
-                    f"{field} is for video models; stablediffusion-ggml makes images", param=field
-                )
         if request.strength is not None and request.init_image is None:
             raise InvalidRequest("strength needs an input image (img2img)", param="strength")
         if request.scheduler is not None and request.scheduler != options.scheduler:
@@ -96,7 +92,8 @@ class GgmlBackend:
             if value is not None and value % 8:
                 raise InvalidRequest(
                     f"{side} {value} is not a multiple of 8 (stable-diffusion.cpp models take "
-                    "multiples of 64 for SD1/SD2/SDXL, 16 for FLUX/SD3)",
+                    "multiples of 64 for SD1/SD2/SDXL, 8 for FLUX.1/SD3/Qwen-Image/Z-Image, "
+                    "16 for FLUX.2 and Wan)",
                     param="size",
                 )
         cls._check_extra(request.extra)
@@ -196,25 +193,27 @@ class GgmlBackend:
                     f"{config.where}: cannot load {model_file} (is it a complete Stable "
                     f"Diffusion / FLUX model file?): {reason}"
                 )
-        self.family = next(
-            (t.split("Version:", 1)[1].strip() for _, t in lines if "Version:" in t), ""
-        )
-        log.info("loaded %s (%s) in %.2fs", model_file, self.family, time.monotonic() - begin)
+        texts = [text for _, text in lines]
+        version = next((t.split("Version:", 1)[1].strip() for t in texts if "Version:" in t), "")
+        traits = family_of(version, texts, options.reference_edit, guidance_embed(texts))
+        try:
+            calls.check_options(traits, options, config.where)
+        except ConfigError:
+            native.close(model)
+            raise
+        self.family, self.traits = traits.name, traits
+        log.info("loaded %s (%s) in %.2fs", model_file, traits.label, time.monotonic() - begin)
         self._sd, self.model, self.config, self.options = sd, model, config, options
         self._defaults = self._compute_defaults()
 
     def _compute_defaults(self) -> BackendDefaults:
-        unet = self.family.startswith(UNET_FAMILIES) or not self.family
-        xl = self.family.startswith("SDXL") or not unet
-        side = 1024 if xl else 512
-        flux = self.family.startswith(("Flux", "Chroma", "Z-Image"))
-        cfg = 1.0 if flux else (7.0 if unet else 4.5)
+        traits = self.traits
         return BackendDefaults(
-            width=side,
-            height=side,
+            width=traits.width or traits.side,
+            height=traits.height or traits.side,
             steps=DEFAULT_STEPS,
-            cfg_scale=cfg,
-            size_multiple=64 if unet else 16,
+            cfg_scale=traits.cfg_scale,
+            size_multiple=traits.size_multiple,
         )
 
     @property
@@ -253,7 +252,7 @@ class GgmlBackend:
                 return f"{low} or {low + multiple}" if low != v else str(v)
 
             raise InvalidRequest(
-                f"size {width}x{height}: this {self.family or 'model'} model takes sides that are "
+                f"size {width}x{height}: this {self.traits.label} model takes sides that are "
                 f"multiples of {multiple} (width {near(width)}, height {near(height)}); "
                 "stable-diffusion.cpp would otherwise return a different size",
                 param="size",
@@ -275,11 +274,11 @@ class GgmlBackend:
             tags.append(f"<lora:{text}:{weight:g}>")
         return " ".join([prompt, *tags]).strip()
 
-    def _steps_run(self, request: ImageRequest) -> int:
+    def _steps_run(self, request: ImageRequest, mode: str) -> int:
         """Denoising steps stable-diffusion.cpp runs: fewer for img2img with strength < 1."""
         steps = request.steps or DEFAULT_STEPS
         strength = request.strength if request.strength is not None else 0.75
-        if request.init_image is None or strength >= 1:
+        if mode == "edit" or request.init_image is None or strength >= 1:
             return steps
         t_enc = int(steps * strength)
         if t_enc == steps:
@@ -293,35 +292,18 @@ class GgmlBackend:
             raise BackendError("the model is not loaded")
         self._check_extra(request.extra)
         self._check_size(request)
+        mode = calls.resolve_mode(request, self.traits)
+        calls.check(request, self.traits, self.options, mode)
         method, schedule = self._sampling(request)
-        prompt = self._prompt_with_loras(request)
-        per_image = self._steps_run(request)
+        base = calls.common(
+            request, self.options, self._prompt_with_loras(request), method, schedule
+        )
+        label = samplers.label(method or self._default_method(), schedule)
+        if self.traits.video:
+            return self._video(request, base, label, progress, cancel)
+        call = calls.image_call(request, self.options, mode, base)
+        per_image = self._steps_run(request, mode)
         total = per_image * request.n
-        guidance = request.extra.get("guidance", self.options.guidance)
-        eta = request.extra.get("eta", self.options.eta)
-        call: dict[str, Any] = {
-            "prompt": prompt,
-            "negative_prompt": request.negative_prompt or "",
-            "clip_skip": request.clip_skip or -1,
-            "width": request.width,
-            "height": request.height,
-            "cfg_scale": request.cfg_scale,
-            "sample_method": method or "default",
-            "scheduler": schedule or "default",
-            "sample_steps": request.steps,
-            "batch_count": 1,
-            "vae_tiling": self.options.vae_tiling,
-        }
-        if guidance is not None:
-            call["guidance"] = float(guidance)
-        # The wrapper's default eta is 0.0, which turns euler_a and dpm++2s_a into non-ancestral
-        # samplers; infinity is the C library's own "per-sampler default" (1 for ancestral ones).
-        call["eta"] = float(eta) if eta is not None else float("inf")
-        if request.init_image is not None:
-            call["init_image"] = request.init_image.convert("RGB")
-            call["strength"] = request.strength if request.strength is not None else 0.75
-        if request.mask is not None:
-            call["mask_image"] = request.mask.convert("L")
         images: list[Any] = []
         for index, seed in enumerate(request.seeds):
             if cancel.is_set():
@@ -332,11 +314,65 @@ class GgmlBackend:
                     "decode", step=(index + 1) * per_image, total=total, image_index=index
                 )
             )
-        if method is None:
-            method = self._default_method()
-        return ImageResult(
-            images=images, seeds=request.seeds, scheduler=samplers.label(method, schedule)
-        )
+        return ImageResult(images=images, seeds=request.seeds, scheduler=label)
+
+    def _high_noise_sampling(self) -> tuple[str | None, str | None]:
+        """The Wan 2.2 high-noise expert's (sample method, schedule) from the YAML, if set."""
+        method = schedule = None
+        if self.options.high_noise_sampler:
+            chosen = samplers.resolve(self.options.high_noise_sampler, param="high_noise_sampler")
+            method, schedule = chosen.method, chosen.schedule
+        return method, self.options.high_noise_scheduler or schedule
+
+    def _video(
+        self,
+        request: ImageRequest,
+        base: dict[str, Any],
+        label: str,
+        progress: ProgressCallback,
+        cancel: threading.Event,
+    ) -> ImageResult:
+        """One Wan video: generate_video's frames, with the steps of both experts as progress."""
+        call = calls.video_call(request, self.options, base, self._high_noise_sampling())
+        steps = request.steps or DEFAULT_STEPS
+        if self.options.high_noise_diffusion_model_path and self.options.high_noise_steps:
+            steps += self.options.high_noise_steps  # else the experts split the steps
+        phase = {"offset": 0, "steps": 0, "last": 0}
+
+        def on_step(step: int, of: int) -> None:
+            # Each expert reports its own steps from 1; tile and loader reports are skipped.
+            if not 0 < step <= of:
+                return
+            if of != phase["steps"] or step <= phase["last"]:
+                if step != 1:
+                    return
+                phase["offset"] += phase["steps"] if phase["last"] else 0
+                phase["steps"] = of
+            phase["last"] = step
+            done = phase["offset"] + step
+            if done <= steps:
+                progress(ProgressEvent("step", step=done, total=steps))
+
+        if cancel.is_set():
+            raise Cancelled("the request was cancelled")
+        seed = request.seeds[0]
+        with native.NATIVE_LOCK, native.progress_to(on_step):
+            try:
+                output = self.model.generate_video(seed=seed, **call)
+            except (ValueError, RuntimeError) as exc:
+                raise BackendError(f"stable-diffusion.cpp failed: {exc}") from None
+            finally:
+                native.reset_progress(self._sd)
+        if not output:
+            raise BackendError("stable-diffusion.cpp returned no frames (see the log)")
+        frames = []
+        for frame in output:
+            image = frame.convert("RGB")
+            image.info = {}  # the wrapper attaches every call argument (ctypes: not picklable)
+            frames.append(image)
+        progress(ProgressEvent("decode", step=steps, total=steps))
+        fps = request.fps or self.traits.fps
+        return ImageResult(images=frames, seeds=[seed], scheduler=label, fps=fps)
 
     def _one(
         self,

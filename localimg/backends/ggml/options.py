@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from localimg._util.validation import first_problem
 from localimg.backends.ggml import samplers
@@ -11,12 +18,10 @@ from localimg.config.options import OPTION_ALIASES
 from localimg.errors import ConfigError, InvalidRequest
 
 # Weight types stable-diffusion.cpp can convert to on load (`wtype`).
-# Weight types stable-diffusion.cpp can convert to on load (`wtype`).
 WTYPES = (
     "f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1",
     "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
 )  # fmt: skip
-# Request modes this backend serves (video and depth models are other backends' work).
 
 
 class GgmlOptions(BaseModel):
@@ -28,6 +33,10 @@ class GgmlOptions(BaseModel):
     clip_l_path: str | None = None
     clip_g_path: str | None = None
     t5xxl_path: str | None = None
+    clip_vision_path: str | None = None  # Wan 2.1 I2V / FLF2V: the CLIP ViT-H image encoder
+    llm_path: str | None = None  # Qwen3 (Z-Image, FLUX.2 klein), Qwen2.5-VL (Qwen-Image), Mistral
+    llm_vision_path: str | None = None  # the LLM's vision tower (Qwen-Image-Edit with a GGUF LLM)
+    high_noise_diffusion_model_path: str | None = None  # Wan 2.2 A14B: the high-noise expert
     vae_path: str | None = None
     taesd_path: str | None = None
     lora_dir: str | None = None  # where <lora:name:weight> looks (default: the models dir)
@@ -45,8 +54,21 @@ class GgmlOptions(BaseModel):
     offload_params_to_cpu: bool = False
     guidance: float | None = Field(default=None, ge=0, le=100)  # FLUX distilled guidance
     eta: float | None = Field(default=None, ge=0, le=10)
+    # The flow-matching shift (SD3, FLUX, Qwen-Image, Z-Image, Wan); unset: the model's own.
+    flow_shift: float | None = Field(default=None, gt=0, le=100)
+    # This file is a reference-edit model: FLUX.1 Kontext or Qwen-Image-Edit, which load as the
+    # same networks as FLUX.1-dev and Qwen-Image (FLUX.2 always is one).
+    reference_edit: bool = False
+    increase_ref_index: bool = False  # give each reference image its own position index
+    qwen_image_zero_cond_t: bool = False  # Qwen-Image-Edit-2511 needs it
+    # Wan 2.2 A14B: how the high-noise expert samples (unset: like the low-noise one).
+    high_noise_cfg_scale: float | None = Field(default=None, ge=0, le=100)
+    high_noise_steps: int | None = Field(default=None, ge=1, le=500)
+    high_noise_sampler: str | None = None
+    high_noise_scheduler: str | None = None
+    moe_boundary: float | None = Field(default=None, gt=0, lt=1)
 
-    @field_validator("sampler")
+    @field_validator("sampler", "high_noise_sampler")
     @classmethod
     def _known_sampler(cls, value: str | None) -> str | None:
         if value is not None:
@@ -55,7 +77,7 @@ class GgmlOptions(BaseModel):
                 raise ValueError(f"{value!r} is a schedule, not a sampler: use scheduler:{value}")
         return value
 
-    @field_validator("scheduler")
+    @field_validator("scheduler", "high_noise_scheduler")
     @classmethod
     def _known_schedule(cls, value: str | None) -> str | None:
         return samplers.resolve_schedule(value) if value is not None else None
@@ -67,9 +89,38 @@ class GgmlOptions(BaseModel):
             raise ValueError(f"unknown weight type; use one of {', '.join(WTYPES)}")
         return value.lower() if value else None
 
+    @model_validator(mode="after")
+    def _high_noise_needs_its_model(self) -> GgmlOptions:
+        if not self.high_noise_diffusion_model_path:
+            for key in HIGH_NOISE_KEYS:
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} sets how the Wan 2.2 high-noise expert samples; it needs "
+                        "high_noise_diffusion_model_path"
+                    )
+        return self
+
+
+HIGH_NOISE_KEYS = (
+    "high_noise_cfg_scale",
+    "high_noise_steps",
+    "high_noise_sampler",
+    "high_noise_scheduler",
+    "moe_boundary",
+)
 
 OPTION_KEYS = frozenset(GgmlOptions.model_fields)
-FILE_OPTIONS = ("clip_l_path", "clip_g_path", "t5xxl_path", "vae_path", "taesd_path")
+FILE_OPTIONS = (
+    "clip_l_path",
+    "clip_g_path",
+    "t5xxl_path",
+    "clip_vision_path",
+    "llm_path",
+    "llm_vision_path",
+    "high_noise_diffusion_model_path",
+    "vae_path",
+    "taesd_path",
+)
 
 
 def parse_options(config: ModelConfig) -> GgmlOptions:
