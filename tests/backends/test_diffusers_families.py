@@ -1,0 +1,437 @@
+"""The model families of issue 13 on the real diffusers backend, through the engine, on tiny random
+pipelines (tests/tiny_families.py): each family is recognised from its folder, is deterministic,
+and every parameter changes the image or is refused with a message naming what is allowed; the
+image equals the bare pipeline call with the same arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localimg.backends.diffusers import flow
+from localimg.engine import Engine, EngineSettings
+from localimg.errors import InvalidRequest
+from localimg.requests import ImageRequest, ImageResult
+
+tiny_families = pytest.importorskip("tests.tiny_families")
+
+STEPS = 2
+# Long enough to be cut by max_sequence_length:8, short enough for the tiny Z-Image's RoPE table.
+LONG_PROMPT = "a small otter floating on its back in a calm blue river at dawn, " * 2
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the test expects of one family (from its pipeline's code, see families.py)."""
+
+    pipeline: str  # the class recognised from model_index.json
+    builder: str  # tests/tiny_families.py function
+    side: int = 32  # a tiny size the family makes
+    cfg: tuple[float, float] | None = (1.0, 4.0)  # two cfg values that give different images
+    negative: bool = True  # takes a negative prompt (with guidance on)
+    guidance: bool = False  # the `guidance` option acts (distilled guidance besides true CFG)
+    references: int = 0  # input images a reference edit takes
+    edit_side: int = 32  # an output size for edits (FLUX.2 refuses inputs under 64 px)
+    img2img: str | None = None  # the sibling class an input image goes to (no references)
+    inpaint: str | None = None
+    yaml: str = ""
+
+
+CASES: dict[str, Case] = {
+    "z-image": Case(
+        "ZImagePipeline",
+        "tiny_z_image_path",
+        cfg=(0.0, 3.0),
+        img2img="ZImageImg2ImgPipeline",
+        inpaint="ZImageInpaintPipeline",
+    ),
+    "klein": Case(
+        "Flux2KleinPipeline",
+        "tiny_flux2_klein_path",
+        cfg=None,
+        negative=False,
+        references=4,
+        edit_side=64,
+    ),
+    "klein-base": Case(
+        "Flux2KleinPipeline",
+        "tiny_flux2_klein_base_path",
+        negative=False,
+        references=4,
+        edit_side=64,
+    ),
+    "flux2": Case(
+        "Flux2Pipeline",
+        "tiny_flux2_path",
+        cfg=(2.0, 5.0),
+        negative=False,
+        references=10,
+        edit_side=64,
+    ),
+    "chroma": Case("ChromaPipeline", "tiny_chroma_path", img2img="ChromaImg2ImgPipeline"),
+    "kontext": Case("FluxKontextPipeline", "tiny_flux_kontext_path", guidance=True, references=1),
+    "qwen-image": Case(
+        "QwenImagePipeline",
+        "tiny_qwen_image_path",
+        img2img="QwenImageImg2ImgPipeline",
+        inpaint="QwenImageInpaintPipeline",
+    ),
+    "qwen-edit-plus": Case(
+        "QwenImageEditPlusPipeline", "tiny_qwen_image_edit_plus_path", references=3
+    ),
+}
+PRESENT = {k: c for k, c in CASES.items() if hasattr(tiny_families, c.builder)}
+WITH_CFG = [k for k, c in PRESENT.items() if c.cfg is not None]
+WITH_NEGATIVE = [k for k, c in PRESENT.items() if c.negative]
+NO_NEGATIVE = [k for k, c in PRESENT.items() if not c.negative]
+EDITS = [k for k, c in PRESENT.items() if c.references]
+MULTI_EDITS = [k for k, c in PRESENT.items() if c.references > 1]
+PLAIN = [k for k, c in PRESENT.items() if not c.references]
+TEXT_TO_IMAGE = [k for k, c in PRESENT.items() if c.pipeline != "QwenImageEditPlusPipeline"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("family-models")
+    for name, case in PRESENT.items():
+        path = getattr(tiny_families, case.builder)()
+        (folder / f"{name}.yaml").write_text(
+            f"name: {name}\nbackend: diffusers\nparameters:\n  model: {path}\nstep: {STEPS}\n"
+            f"{case.yaml}",
+            encoding="utf-8",
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(models: Path) -> Iterator[Engine]:
+    engine = Engine(EngineSettings(models_path=models))
+    yield engine
+    engine.close()
+
+
+def reference(index: int, side: int) -> Image.Image:
+    colors = ["red", "navy", "green", "orange", "purple"]
+    image = Image.new("RGB", (side, side), colors[index % len(colors)])
+    image.paste("white", (side // 4, side // 4, side // 2, side // 2))
+    return image
+
+
+def noise(index: int, side: int) -> Image.Image:
+    """A random picture: tiny VAEs keep its detail through img2img (a flat colour washes out)."""
+    rng = np.random.default_rng(index)
+    return Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+
+
+def run(engine: Engine, name: str, **fields: Any) -> ImageResult:
+    case = PRESENT[name]
+    side = case.edit_side if "image" in fields else case.side
+    fields.setdefault("seed", 5)
+    fields.setdefault("width", side)
+    fields.setdefault("height", side)
+    if "image" in fields:
+        images = fields.pop("image")
+        fields["init_image"] = images[0]
+        fields["reference_images"] = tuple(images[1:])
+    elif case.pipeline == "QwenImageEditPlusPipeline":
+        fields["init_image"] = reference(0, side)
+    return engine.generate(name, ImageRequest(fields.pop("prompt", "an otter"), **fields))
+
+
+def pixels(result: ImageResult) -> np.ndarray:
+    return np.asarray(result.images[0].convert("RGB"), dtype=np.int16)
+
+
+def differ(a: ImageResult, b: ImageResult) -> bool:
+    return bool(np.abs(pixels(a) - pixels(b)).max() > 0)
+
+
+def backend_of(engine: Engine, name: str) -> Any:
+    return engine.slots[name].backend  # type: ignore[attr-defined]
+
+
+def refused(call: Callable[[], Any], *words: str) -> str:
+    with pytest.raises(InvalidRequest) as err:
+        call()
+    for word in words:
+        assert word in err.value.message, err.value.message
+    return err.value.message
+
+
+# -- recognised, deterministic -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PRESENT))
+def test_family_is_recognised_from_its_folder_and_deterministic(engine: Engine, name: str) -> None:
+    case = PRESENT[name]
+    first = run(engine, name)
+    assert backend_of(engine, name).describe()["pipeline"] == case.pipeline  # no pipeline_type
+    assert first.images[0].size == (case.side, case.side)
+    assert not differ(first, run(engine, name))
+    assert differ(first, run(engine, name, seed=6))
+
+
+@pytest.mark.parametrize("name", list(PRESENT))
+def test_steps_size_and_prompt_change_the_image(engine: Engine, name: str) -> None:
+    case = PRESENT[name]
+    base = run(engine, name)
+    assert differ(base, run(engine, name, steps=STEPS + 1))
+    assert differ(base, run(engine, name, prompt="a red house"))
+    big = run(engine, name, width=case.side * 2)
+    assert big.images[0].size == (case.side * 2, case.side)
+
+
+@pytest.mark.parametrize("name", list(PRESENT))
+def test_a_size_the_family_cannot_make_is_refused_naming_the_multiple(
+    engine: Engine, name: str
+) -> None:
+    backend = backend_of(engine, name) if name in engine.slots else None
+    if backend is None:
+        run(engine, name)
+        backend = backend_of(engine, name)
+    multiple = backend.defaults.size_multiple
+    assert multiple == backend.pipe.vae_scale_factor * 2
+    if multiple % 8 == 0 and multiple > 8:
+        bad = PRESENT[name].side + 8
+        refused(lambda: run(engine, name, width=bad), f"multiples of {multiple}")
+
+
+# -- guidance, negative prompt -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", WITH_CFG)
+def test_cfg_scale_reaches_the_guidance_that_acts(engine: Engine, name: str) -> None:
+    low, high = PRESENT[name].cfg or (1.0, 4.0)
+    assert differ(run(engine, name, cfg_scale=low), run(engine, name, cfg_scale=high))
+
+
+def test_distilled_klein_refuses_guidance_it_would_ignore(engine: Engine) -> None:
+    if "klein" not in PRESENT:
+        pytest.skip("no tiny klein")
+    refused(lambda: run(engine, "klein", cfg_scale=4.0), "step-distilled", "at most 1")
+    assert backend_of(engine, "klein").defaults.cfg_scale == 1.0
+
+
+@pytest.mark.parametrize("name", WITH_NEGATIVE)
+def test_negative_prompt_changes_the_image_with_guidance_on(engine: Engine, name: str) -> None:
+    low, high = PRESENT[name].cfg or (1.0, 4.0)
+    plain = run(engine, name, cfg_scale=high)
+    assert differ(plain, run(engine, name, cfg_scale=high, negative_prompt="blurry, dark"))
+    refused(
+        lambda: run(engine, name, cfg_scale=low, negative_prompt="blurry"),
+        "only with guidance",
+        f"above {low:g}",
+    )
+
+
+@pytest.mark.parametrize("name", NO_NEGATIVE)
+def test_negative_prompt_is_refused_where_the_family_has_none(engine: Engine, name: str) -> None:
+    refused(lambda: run(engine, name, negative_prompt="blurry"), "takes no negative prompt")
+    refused(lambda: run(engine, name, prompt="an otter|blurry"), "takes no negative prompt")
+
+
+@pytest.mark.parametrize("name", list(PRESENT))
+def test_guidance_option_acts_or_is_refused(engine: Engine, name: str) -> None:
+    if PRESENT[name].guidance:
+        a = run(engine, name, extra={"guidance": 1.5})
+        assert differ(a, run(engine, name, extra={"guidance": 6.0}))
+    else:
+        refused(lambda: run(engine, name, extra={"guidance": 3.5}), "guidance")
+
+
+# -- text length, flow shift, samplers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PRESENT))
+def test_max_sequence_length_changes_a_long_prompt(engine: Engine, name: str) -> None:
+    full = run(engine, name, prompt=LONG_PROMPT)
+    short = run(engine, name, prompt=LONG_PROMPT, extra={"max_sequence_length": 8})
+    assert differ(full, short)
+
+
+def test_max_sequence_length_over_the_family_limit_is_refused(engine: Engine) -> None:
+    for name, limit in (("kontext", 512), ("chroma", 512), ("qwen-image", 1024)):
+        if name in PRESENT:
+            refused(
+                lambda name=name, limit=limit: run(
+                    engine, name, extra={"max_sequence_length": limit + 1}
+                ),
+                f"at most {limit} tokens",
+            )
+
+
+@pytest.mark.parametrize("name", list(PRESENT))
+def test_shift_changes_the_schedule(engine: Engine, name: str) -> None:
+    base = run(engine, name)
+    shifted = run(engine, name, extra={"shift": 6.0})
+    assert differ(base, shifted)
+    assert not differ(base, run(engine, name))  # the model's own scheduler is back
+
+
+@pytest.mark.parametrize("sampler", flow.names())
+@pytest.mark.parametrize("name", list(PRESENT))
+def test_each_flow_sampler_runs_and_changes_the_image(
+    engine: Engine, name: str, sampler: str
+) -> None:
+    base = run(engine, name)
+    result = run(engine, name, scheduler=sampler, steps=3)
+    spec = flow.FLOW_SCHEDULERS[sampler]
+    assert result.scheduler == spec.label
+    assert type(backend_of(engine, name).pipe.scheduler).__name__ == spec.class_name
+    default_class = type(backend_of(engine, name)._sampling.default).__name__
+    at_default_steps = run(engine, name, scheduler=sampler)
+    if spec.class_name == default_class:  # the model's own sampler: the same image
+        assert not differ(base, at_default_steps)
+    else:
+        assert differ(base, at_default_steps)
+    assert differ(at_default_steps, run(engine, name, scheduler=sampler, extra={"shift": 8.0}))
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "ddim", "k_dpmpp_2m", "pndm"])
+def test_noise_samplers_are_refused_on_flow_models_with_the_working_names(
+    engine: Engine, sampler: str
+) -> None:
+    name = next(iter(PRESENT))
+    message = refused(
+        lambda: run(engine, name, scheduler=sampler), "flow-matching", "use one of: euler"
+    )
+    for working in flow.names():
+        assert working in message
+
+
+# -- input images --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MULTI_EDITS)
+def test_reference_edit_with_two_images(engine: Engine, name: str) -> None:
+    side = PRESENT[name].edit_side
+    one = run(engine, name, image=[reference(0, side)])
+    two = run(engine, name, image=[reference(0, side), reference(1, side)])
+    assert one.images[0].size == (side, side)
+    assert differ(one, two)
+    assert not differ(two, run(engine, name, image=[reference(0, side), reference(1, side)]))
+    assert differ(two, run(engine, name, image=[reference(1, side), reference(0, side)]))
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_references_beyond_the_family_limit_are_refused(engine: Engine, name: str) -> None:
+    case = PRESENT[name]
+    images = [reference(i, case.edit_side) for i in range(case.references + 1)]
+    refused(
+        lambda: run(engine, name, image=images),
+        f"takes {case.references} input image",
+        f"got {case.references + 1}",
+    )
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_edit_families_refuse_masks_and_img2img(engine: Engine, name: str) -> None:
+    side = PRESENT[name].edit_side
+    image = reference(0, side)
+    mask = Image.new("L", (side, side), 255)
+    refused(lambda: run(engine, name, image=[image], mask=mask), "does not inpaint")
+    refused(lambda: run(engine, name, image=[image], mode="img2img"), "reference edits")
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_an_input_image_is_a_reference_edit(engine: Engine, name: str) -> None:
+    side = PRESENT[name].edit_side
+    edited = run(engine, name, image=[reference(0, side)])
+    assert differ(edited, run(engine, name, image=[reference(1, side)]))
+    assert not differ(edited, run(engine, name, image=[reference(0, side)], mode="edit"))
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_plain_families_refuse_references_and_do_img2img_and_inpaint(
+    engine: Engine, name: str
+) -> None:
+    case = PRESENT[name]
+    side = case.side
+    refused(
+        lambda: run(engine, name, image=[reference(0, side), reference(1, side)]),
+        "takes no reference images",
+    )
+    refused(lambda: run(engine, name, image=[reference(0, side)], mode="edit"), "reference")
+    if case.img2img:
+        a = run(engine, name, image=[noise(0, side)], strength=0.5, steps=4)
+        assert differ(a, run(engine, name, image=[noise(1, side)], strength=0.5, steps=4))
+        assert differ(a, run(engine, name, image=[noise(0, side)], strength=0.75, steps=4))
+        siblings = backend_of(engine, name)._siblings
+        assert case.img2img in {type(p).__name__ for p in siblings.values()}
+    if case.inpaint:
+        mask = Image.new("L", (side, side), 0)
+        mask.paste(255, (0, 0, side // 2, side))
+        inpainted = run(engine, name, image=[noise(0, side)], mask=mask, steps=4)
+        siblings = backend_of(engine, name)._siblings
+        assert case.inpaint in {type(p).__name__ for p in siblings.values()}
+        kept = np.asarray(inpainted.images[0])[:, side // 2 :]
+        assert np.array_equal(kept, np.asarray(noise(0, side))[:, side // 2 :])
+    else:
+        mask = Image.new("L", (side, side), 255)
+        refused(lambda: run(engine, name, image=[noise(0, side)], mask=mask), "no inpaint")
+
+
+# -- parity with the bare pipeline ---------------------------------------------------------
+
+
+def bare_call(case: Case, **kwargs: Any) -> np.ndarray:
+    import diffusers
+    import torch
+
+    pipe = getattr(diffusers, case.pipeline).from_pretrained(getattr(tiny_families, case.builder)())
+    pipe.set_progress_bar_config(disable=True)
+    seed = kwargs.pop("seed")
+    with torch.inference_mode():
+        out = pipe(generator=torch.Generator("cpu").manual_seed(seed), **kwargs)
+    return np.asarray(out.images[0].convert("RGB"), dtype=np.int16)
+
+
+@pytest.mark.parametrize("name", TEXT_TO_IMAGE)
+def test_the_image_equals_the_bare_pipeline_call(engine: Engine, name: str) -> None:
+    case = PRESENT[name]
+    cfg = case.cfg[1] if case.cfg else 1.0
+    ours = run(engine, name, cfg_scale=cfg, seed=9)
+    kwargs: dict[str, Any] = {
+        "prompt": "an otter",
+        "num_inference_steps": STEPS,
+        "width": case.side,
+        "height": case.side,
+        "seed": 9,
+    }
+    kwarg = "true_cfg_scale" if name in ("kontext", "qwen-image", "qwen-edit-plus") else None
+    kwargs[kwarg or "guidance_scale"] = cfg
+    if kwarg and cfg > 1:
+        kwargs["negative_prompt"] = " "
+    if name == "kontext":
+        kwargs.update(max_area=case.side * case.side, _auto_resize=False)
+    bare = bare_call(case, **kwargs)
+    assert np.abs(pixels(ours) - bare).max() <= 1
+
+
+@pytest.mark.parametrize("name", MULTI_EDITS)
+def test_a_reference_edit_equals_the_bare_pipeline_call(engine: Engine, name: str) -> None:
+    case = PRESENT[name]
+    side = case.edit_side
+    images = [reference(0, side), reference(1, side)]
+    ours = run(engine, name, image=images, seed=3)
+    cfg = backend_of(engine, name).defaults.cfg_scale
+    kwarg = "true_cfg_scale" if name == "qwen-edit-plus" else "guidance_scale"
+    extra = {"negative_prompt": " "} if name == "qwen-edit-plus" and cfg > 1 else {}
+    bare = bare_call(
+        case,
+        prompt="an otter",
+        image=images,
+        num_inference_steps=STEPS,
+        width=side,
+        height=side,
+        seed=3,
+        **{kwarg: cfg},
+        **extra,
+    )
+    assert np.abs(pixels(ours) - bare).max() <= 1
