@@ -435,3 +435,63 @@ def test_a_reference_edit_equals_the_bare_pipeline_call(engine: Engine, name: st
         **extra,
     )
     assert np.abs(pixels(ours) - bare).max() <= 1
+
+
+# -- batches, progress, other pipelines ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TEXT_TO_IMAGE)
+def test_a_batch_gives_each_image_what_it_gets_alone(engine: Engine, name: str) -> None:
+    import threading
+
+    run(engine, name)  # loaded
+    backend = backend_of(engine, name)
+    side = PRESENT[name].side
+    first = ImageRequest(
+        "an otter",
+        width=side,
+        height=side,
+        steps=STEPS,
+        seed=1,
+        cfg_scale=backend.defaults.cfg_scale,
+    )
+    requests = [first, first.with_(prompt="a boat", seed=2)]
+    quiet = [lambda _event: None] * 2
+    batched = backend.generate_batch(requests, quiet, threading.Event())
+    for request, result in zip(requests, batched, strict=True):
+        alone = backend.generate(request, quiet[0], threading.Event())
+        assert not differ(alone, result)
+
+
+def test_progress_counts_steps_with_a_second_order_sampler(engine: Engine) -> None:
+    name = next(iter(PRESENT))
+    events: list[Any] = []
+    request = ImageRequest(
+        "an otter", width=PRESENT[name].side, height=PRESENT[name].side, steps=3, seed=1,
+        scheduler="heun",
+    )  # fmt: skip
+    engine.submit(name, request, events.append).result(120)
+    steps = [e.step for e in events if e.phase == "step"]
+    assert steps and steps[-1] == 3 and max(steps) <= 3 and steps == sorted(steps)
+    assert {e.total for e in events if e.phase == "step"} == {3}
+
+
+def test_stable_diffusion_refuses_reference_edits(tmp_path: Path, tiny_sd: Path) -> None:
+    (tmp_path / "sd.yaml").write_text(
+        f"name: sd\nbackend: diffusers\nparameters:\n  model: {tiny_sd}\nstep: 2\n",
+        encoding="utf-8",
+    )
+    engine = Engine(EngineSettings(models_path=tmp_path))
+    try:
+        image = reference(0, 64)
+        two = ImageRequest("x", seed=1, init_image=image, reference_images=(reference(1, 64),))
+        with pytest.raises(InvalidRequest, match="takes no reference images"):
+            engine.generate("sd", two)
+        with pytest.raises(InvalidRequest, match="reference edits need"):
+            engine.generate("sd", ImageRequest("x", seed=1, init_image=image, mode="edit"))
+        with pytest.raises(InvalidRequest, match="applies to the model families"):
+            engine.generate("sd", ImageRequest("x", seed=1, extra={"guidance": 3.0}))
+        with pytest.raises(InvalidRequest, match="shift applies to flow-matching models"):
+            engine.generate("sd", ImageRequest("x", seed=1, extra={"shift": 3.0}))
+    finally:
+        engine.close()
