@@ -116,3 +116,20 @@ def tiny_flux_kontext() -> Path:
     from tests.tiny_families import tiny_flux_kontext_path
 
     return tiny_flux_kontext_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image() -> Path:
+    """A tiny random QwenImagePipeline folder (multiples of 16), built once and cached."""
+    from tests.tiny_families import tiny_qwen_image_path
+
+    return tiny_qwen_image_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image_edit_plus() -> Path:
+    """A tiny QwenImageEditPlusPipeline folder; skips without torchvision (its processor's)."""
+    pytest.importorskip("torchvision")
+    from tests.tiny_families import tiny_qwen_image_edit_plus_path
+
+    return tiny_qwen_image_edit_plus_path()

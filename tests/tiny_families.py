@@ -31,6 +31,15 @@ FluxKontextPipeline: multiple 16 / 16 (a 4-level tiny VAE). negative_prompt: yes
   shifting, mu passed. The output is rescaled to `max_area` (default 1024**2) at the requested
   aspect ratio; the input image goes to the nearest Kontext resolution unless
   `_auto_resize=False`. One image only (two fail inside the pipeline with a RuntimeError).
+QwenImagePipeline: multiple 16 / 16. negative_prompt: yes, with true_cfg_scale > 1 (default 4.0;
+  a warning if one is given without the other). guidance_scale: only for guidance-distilled
+  transformers (none released; ignored with a warning). 512. Dynamic shifting (exponential),
+  mu passed. A byte-level tokenizer makes the template longer than the 34 tokens it drops.
+QwenImageEditPlusPipeline: multiple 32 here (scale-16 tiny VAE) / 16 real. Needs >= 1 image
+  (`image=[...]`; None fails); each is encoded at ~1 MP and given to the VL encoder at ~384x384;
+  the output defaults to the last image's aspect at ~1 MP. CFG as QwenImagePipeline. Its
+  Qwen2VLProcessor needs torchvision in transformers 5: without it, it can neither be built nor
+  loaded (nor can the real Qwen-Image-Edit repositories), so its tests skip.
 """
 
 from collections.abc import Callable
@@ -44,6 +53,7 @@ from tests.tiny_families_flux import (
     tiny_flux2_path,
     tiny_flux_kontext_path,
 )
+from tests.tiny_families_qwen_wan import tiny_qwen_image_edit_plus_path, tiny_qwen_image_path
 from tests.tiny_family_parts import family_folder, qwen3_config, qwen_tokenizer, save_pipeline
 
 __all__ = [
@@ -53,6 +63,8 @@ __all__ = [
     "tiny_flux2_klein_path",
     "tiny_flux2_path",
     "tiny_flux_kontext_path",
+    "tiny_qwen_image_edit_plus_path",
+    "tiny_qwen_image_path",
     "tiny_z_image_path",
 ]
 
@@ -129,4 +141,6 @@ FAMILY_BUILDERS: dict[str, Callable[[], Path]] = {
     "Flux2Pipeline": tiny_flux2_path,
     "ChromaPipeline": tiny_chroma_path,
     "FluxKontextPipeline": tiny_flux_kontext_path,
+    "QwenImagePipeline": tiny_qwen_image_path,
+    "QwenImageEditPlusPipeline": tiny_qwen_image_edit_plus_path,
 }

@@ -1,0 +1,170 @@
+"""Tiny Qwen-Image (text-to-image, Edit Plus) and Wan (text/image-to-video) pipelines.
+
+See tests/tiny_families.py for what each accepts. Qwen-Image's text encoder is a Qwen2.5-VL
+(vision tower included, used by Edit Plus for its input images); its VAE is the Wan-style
+AutoencoderKLQwenImage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.tiny_family_parts import (
+    QWEN_VOCAB,
+    family_folder,
+    qwen_token_id,
+    qwen_tokenizer,
+    save_pipeline,
+)
+
+# Qwen-Image's own scheduler config (exponential time shift, dynamic shifting).
+QWEN_SCHEDULER = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+    "use_dynamic_shifting": True,
+}
+
+
+def qwen25_vl_encoder() -> Any:
+    """Qwen2_5_VLForConditionalGeneration at toy size, its token ids those of qwen_tokenizer."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "vocab_size": QWEN_VOCAB,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "bos_token_id": qwen_token_id("<|endoftext|>"),
+            "pad_token_id": qwen_token_id("<|endoftext|>"),
+            "eos_token_id": qwen_token_id("<|im_end|>"),
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": 16,
+            "fullatt_block_indexes": [1],
+        },
+        vocab_size=QWEN_VOCAB,
+        image_token_id=qwen_token_id("<|image_pad|>"),
+        video_token_id=qwen_token_id("<|video_pad|>"),
+        vision_start_token_id=qwen_token_id("<|vision_start|>"),
+        vision_end_token_id=qwen_token_id("<|vision_end|>"),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def qwen_image_vae(levels: int) -> Any:
+    """AutoencoderKLQwenImage with 4 latent channels and `levels` downsamplings (2**levels)."""
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1] + [2] * levels,
+        num_res_blocks=1,
+        temperal_downsample=[False] + [True] * (levels - 1),
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+
+
+def qwen_image_transformer() -> Any:
+    from diffusers import QwenImageTransformer2DModel
+
+    return QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=3,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )
+
+
+def make_qwen_image() -> Any:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    torch.manual_seed(0)
+    transformer = qwen_image_transformer()
+    torch.manual_seed(0)
+    vae = qwen_image_vae(levels=3)  # scale factor 8 as the real one: multiples of 16
+    torch.manual_seed(0)
+    text_encoder = qwen25_vl_encoder()
+    return QwenImagePipeline(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=qwen_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER),
+    )
+
+
+def tiny_qwen_image_path() -> Path:
+    """A tiny QwenImagePipeline (true CFG via true_cfg_scale + negative_prompt): multiples of 16."""
+    return save_pipeline(family_folder("qwen-image"), make_qwen_image)
+
+
+def qwen_vl_processor() -> Any:
+    """A Qwen2VLProcessor: Qwen2-VL's image processor (14 px patches, 2x2 merge) + the tokenizer.
+
+    transformers 5 falls back to the PIL image processor without torchvision; the video processor
+    (torchvision only) is left out, as Qwen-Image-Edit never passes videos.
+    """
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    images = Qwen2VLImageProcessor(
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=56 * 56,
+        max_pixels=448 * 448,
+    )
+    tokenizer = qwen_tokenizer()
+    return Qwen2VLProcessor(
+        image_processor=images, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )
+
+
+def make_qwen_image_edit_plus() -> Any:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
+
+    torch.manual_seed(0)
+    transformer = qwen_image_transformer()
+    torch.manual_seed(0)
+    # Scale factor 16 (the real one has 8): every input image is encoded at ~1 MP, which a
+    # deeper tiny VAE keeps cheap (its attention runs at 1/16 of the side).
+    vae = qwen_image_vae(levels=4)
+    torch.manual_seed(0)
+    text_encoder = qwen25_vl_encoder()
+    processor = qwen_vl_processor()
+    return QwenImageEditPlusPipeline(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=processor.tokenizer,
+        processor=processor,
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER),
+    )
+
+
+def tiny_qwen_image_edit_plus_path() -> Path:
+    """A tiny QwenImageEditPlusPipeline (Qwen-Image-Edit-2509/2511 style): multiples of 32."""
+    return save_pipeline(family_folder("qwen-image-edit-plus"), make_qwen_image_edit_plus)
