@@ -205,6 +205,150 @@ def image_tae(w: Writer, z: int, gn: bool) -> None:
     w.const(f"{dec}.18.bias", (3,), 0.5)
 
 
+# -- Wan 2.1 T2V 1.3B (GGUF, q4_0) ---------------------------------------------------------------
+
+WAN_DIM, WAN_FFN, WAN_LAYERS = 1536, 8960, 30  # wan.hpp knows 30 or 40 layers, dims fixed by count
+GGML_F32, GGML_F16, GGML_Q4_0 = 0, 1, 2
+
+
+def q4_0(data: np.ndarray) -> bytes:
+    """ggml's reference Q4_0: blocks of 32 as an f16 scale and 16 bytes of 4-bit values."""
+    blocks = data.astype(np.float32).reshape(-1, 32)
+    index = np.abs(blocks).argmax(axis=1)
+    peak = blocks[np.arange(len(blocks)), index]
+    scale = peak / -8.0
+    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+    quant = np.minimum(15, (blocks * inverse[:, None] + 8.5).astype(np.int8)).astype(np.uint8)
+    packed = quant[:, :16] | (quant[:, 16:] << 4)
+    out = np.empty((len(blocks), 18), dtype=np.uint8)
+    out[:, :2] = scale.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = packed
+    return out.tobytes()
+
+
+class GgufFile:
+    """A minimal GGUF v3 writer (no metadata; what stable-diffusion.cpp's loader reads)."""
+
+    def __init__(self) -> None:
+        self.tensors: list[tuple[str, tuple[int, ...], int, bytes]] = []
+
+    def add(self, name: str, shape: tuple[int, ...], kind: int, data: bytes) -> None:
+        self.tensors.append((name, shape, kind, data))
+
+    def write(self, path: Path) -> None:
+        import struct
+
+        def text(value: str) -> bytes:
+            raw = value.encode()
+            return struct.pack("<Q", len(raw)) + raw
+
+        header = b"GGUF" + struct.pack("<IQQ", 3, len(self.tensors), 0)
+        infos, offset = [], 0
+        for name, shape, kind, data in self.tensors:
+            dims = tuple(reversed(shape))  # ggml's ne: innermost first
+            infos.append(
+                text(name)
+                + struct.pack("<I", len(dims))
+                + struct.pack(f"<{len(dims)}Q", *dims)
+                + struct.pack("<IQ", kind, offset)
+            )
+            offset += -(-len(data) // 32) * 32
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as out:
+            out.write(header + b"".join(infos))
+            out.write(b"\0" * (-out.tell() % 32))
+            for _, _, _, data in self.tensors:
+                out.write(data)
+                out.write(b"\0" * (-len(data) % 32))
+        os.replace(tmp, path)
+
+
+def wan_t2v_13b(path: Path, seed: int) -> None:
+    """Wan2.1-T2V-1.3B at full size (the only small Wan wan.hpp builds): random q4_0 weights.
+
+    ~0.8 GB. One block's weights are drawn and quantised once and repeated in all 30 blocks,
+    which keeps writing it to a couple of seconds; biases and norms are f32 like the real files.
+    """
+    rng = np.random.default_rng(seed)
+    file = GgufFile()
+
+    def linear(name: str, n_in: int, n_out: int, gain: float = 1.0) -> bytes:
+        weight = rng.standard_normal((n_out, n_in), dtype=np.float32) * (gain * n_in**-0.5)
+        return q4_0(weight)
+
+    def add_linear(name: str, n_in: int, n_out: int, data: bytes | None = None) -> None:
+        file.add(f"{name}.weight", (n_out, n_in), GGML_Q4_0, data or linear(name, n_in, n_out))
+        file.add(f"{name}.bias", (n_out,), GGML_F32, np.zeros(n_out, np.float32).tobytes())
+
+    def const(name: str, shape: tuple[int, ...], value: float) -> None:
+        file.add(name, shape, GGML_F32, np.full(shape, value, np.float32).tobytes())
+
+    d = WAN_DIM
+    patch = rng.standard_normal((d * 16, 1, 2, 2), dtype=np.float32) * (16 * 4) ** -0.5
+    file.add("patch_embedding.weight", patch.shape, GGML_F16, patch.astype(np.float16).tobytes())
+    const("patch_embedding.bias", (d,), 0.0)
+    add_linear("text_embedding.0", 4096, d)
+    add_linear("text_embedding.2", d, d)
+    add_linear("time_embedding.0", 256, d)
+    add_linear("time_embedding.2", d, d)
+    add_linear("time_projection.1", d, 6 * d, linear("tp", d, 6 * d, gain=0.1))
+    shared = {
+        "attn": [linear(f"a{i}", d, d) for i in range(8)],
+        "ffn0": linear("f0", d, WAN_FFN),
+        "ffn2": linear("f2", WAN_FFN, d, gain=0.3),
+    }
+    modulation = rng.standard_normal((1, 6, d), dtype=np.float32) * 0.1
+    for layer in range(WAN_LAYERS):
+        p = f"blocks.{layer}"
+        file.add(f"{p}.modulation", modulation.shape, GGML_F32, modulation.tobytes())
+        for index, (attn, proj) in enumerate(
+            (a, q) for a in ("self_attn", "cross_attn") for q in ("q", "k", "v", "o")
+        ):
+            add_linear(f"{p}.{attn}.{proj}", d, d, shared["attn"][index])
+        for attn in ("self_attn", "cross_attn"):
+            const(f"{p}.{attn}.norm_q.weight", (d,), 1.0)
+            const(f"{p}.{attn}.norm_k.weight", (d,), 1.0)
+        const(f"{p}.norm3.weight", (d,), 1.0)
+        const(f"{p}.norm3.bias", (d,), 0.0)
+        add_linear(f"{p}.ffn.0", d, WAN_FFN, shared["ffn0"])
+        add_linear(f"{p}.ffn.2", WAN_FFN, d, shared["ffn2"])
+    head = rng.standard_normal((1, 2, d), dtype=np.float32) * 0.1
+    file.add("head.modulation", head.shape, GGML_F32, head.tobytes())
+    add_linear("head.head", d, 16 * 4, linear("head", d, 64, gain=0.3))
+    file.write(path)
+
+
+def _mem_block(w: Writer, name: str, channels: int) -> None:
+    w.conv(f"{name}.conv.0", 2 * channels, channels, gain=2**0.5)
+    w.conv(f"{name}.conv.2", channels, channels, gain=2**0.5)
+    w.conv(f"{name}.conv.4", channels, channels, gain=0.5)
+
+
+def video_tae(w: Writer, z: int = 16) -> None:
+    """TAEW2.1 (tae.hpp TinyVideoAutoEncoder): 4x temporal and 8x spatial, encoder + decoder."""
+    w.conv("encoder.0", 3, 64, gain=2**0.5)
+    index = 2
+    for stride in (2, 2, 1):
+        w.conv(f"encoder.{index}.conv", 64 * stride, 64, k=1, bias=False)
+        w.conv(f"encoder.{index + 1}", 64, 64, bias=False, gain=2**0.5)
+        for block in range(3):
+            _mem_block(w, f"encoder.{index + 2 + block}", 64)
+        index += 5
+    w.conv(f"encoder.{index}", 64, z, gain=0.5)
+    channels = (256, 128, 64, 64)
+    w.conv("decoder.1", z, channels[0], gain=2**0.5)
+    index = 3
+    for level, stride in enumerate((1, 2, 2)):
+        width = channels[level]
+        for block in range(3):
+            _mem_block(w, f"decoder.{index + block}", width)
+        w.conv(f"decoder.{index + 4}.conv", width, width * stride, k=1, bias=False)
+        w.conv(f"decoder.{index + 5}", width, channels[level + 1], bias=False, gain=2**0.5)
+        index += 6
+    w.conv(f"decoder.{index + 1}", 64, 3, gain=0.05)
+    w.const(f"decoder.{index + 1}.bias", (3,), 0.5)
+
+
 # -- files -----------------------------------------------------------------------------------------
 
 
@@ -248,7 +392,18 @@ def flux1_files() -> dict[str, Path]:
     }
 
 
+def wan_files() -> dict[str, Path]:
+    """{diffusion_model, taesd} of Wan2.1-T2V-1.3B (random, q4_0: ~0.8 GB) and a tiny TAEW2.1."""
+    path = folder() / "wan2.1-t2v-1.3b-random-q4_0.gguf"
+    if not path.exists():
+        wan_t2v_13b(path, seed=31)
+    return {
+        "diffusion_model": path,
+        "taesd": _build("taew2.1-tiny.safetensors", video_tae, seed=32),
+    }
+
+
 if __name__ == "__main__":
-    for files in (flux2_klein_files(), flux1_files()):
+    for files in (flux2_klein_files(), flux1_files(), wan_files()):
         for key, built in files.items():
             print(key, built, f"{built.stat().st_size / 1e6:.1f} MB")

@@ -243,3 +243,102 @@ def test_cancel_before_the_call(klein_dir: Path) -> None:
             backend.generate(request, lambda e: None, cancel)
     finally:
         backend.unload()
+
+
+# -- Wan 2.1 (video) -----------------------------------------------------------------------------
+
+WAN_YAML = """\
+name: {name}
+backend: stablediffusion-ggml
+parameters:
+  model: wan2.1_t2v_1.3B-Q4_0.gguf
+step: 1
+cfg_scale: 1.0
+size: 32x32
+options:
+- "diffusion_model:true"
+- "taesd_path:taew2_1.safetensors"
+"""
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_ggml_families import wan_files
+
+    files = wan_files()
+    folder = tmp_path_factory.mktemp("wan-models")
+    link_or_copy(files["diffusion_model"], folder / "wan2.1_t2v_1.3B-Q4_0.gguf")
+    link_or_copy(files["taesd"], folder / "taew2_1.safetensors")
+    for name, options in (("wan", []), ("wan-shift", ["flow_shift:12"])):
+        body = WAN_YAML.format(name=name) + "".join(f'- "{o}"\n' for o in options)
+        (folder / f"{name}.yaml").write_text(body, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def wan(wan_dir: Path) -> Iterator[Engine]:
+    eng = Engine(EngineSettings(models_path=wan_dir))
+    yield eng
+    eng.close()
+
+
+@pytest.mark.slow
+def test_wan_txt2vid_frames_fps_and_seeds(wan: Engine) -> None:
+    """Wan2.1-T2V-1.3B at full size with random q4_0 weights (0.8 GB): ~7 s per step here."""
+    events: list[ProgressEvent] = []
+    video = wan.generate(
+        "wan", ImageRequest(prompt="a fox", seed=3, num_frames=5), progress=events.append
+    )
+    again = run(wan, "wan", seed=3, num_frames=5)
+    other = run(wan, "wan", seed=4, num_frames=5)
+    assert video.fps == 16.0 and len(video.images) == 5
+    assert {frame.size for frame in video.images} == {(32, 32)}
+    assert {frame.mode for frame in video.images} == {"RGB"}
+    assert video.seeds == [3] and [e.step for e in events if e.phase == "step"] == [1]
+    for one, two in zip(video.images, again.images, strict=True):
+        assert np.array_equal(pixels(one), pixels(two))
+    assert not np.array_equal(pixels(video.images[0]), pixels(other.images[0]))
+    assert 30 < pixels(video.images[2]).mean() < 225
+
+
+@pytest.mark.slow
+def test_wan_flow_shift_changes_the_video(wan: Engine) -> None:
+    plain = run(wan, "wan", seed=5, num_frames=1, steps=2, fps=8.0)
+    shifted = run(wan, "wan-shift", seed=5, num_frames=1, steps=2)
+    assert plain.fps == 8.0 and len(plain.images) == 1
+    assert not np.array_equal(pixels(plain.images[0]), pixels(shifted.images[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_frames": 6}, r"makes 4k\+1 frames .*use 5 or 9"),
+        ({"init_image": RED}, "Wan2.1-T2V-1.3B is a text-to-video model and takes no input"),
+        ({"mode": "txt2img"}, "Wan2.1-T2V-1.3B makes videos; it does txt2vid, not txt2img"),
+        ({"n": 2}, "makes one video per request"),
+        ({"negative_prompt": "blur"}, "negative_prompt needs cfg_scale other than 1"),
+        ({"init_image": RED, "reference_images": (BLUE,)}, "takes no input image"),
+    ],
+)
+def test_wan_refuses_what_it_would_change(
+    wan: Engine, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        run(wan, "wan", **fields)
+
+
+@pytest.mark.slow
+def test_wan_through_generate_to_mp4(wan_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from localimg.cli import app
+
+    out = tmp_path / "fox.mp4"
+    args = ["generate", "a fox", "-m", "wan", "--models-path", str(wan_dir), "--seed", "1"]
+    result = CliRunner().invoke(app, [*args, "--num-frames", "5", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["video"] == {"frames": 5, "fps": 16.0}
+    assert out.stat().st_size > 0 and out.read_bytes()[4:8] == b"ftyp"
