@@ -250,7 +250,11 @@ class DiffusersBackend:
             return self.pipe, edit or "txt2img"  # the edit pipeline does both
         if family is None:
             families.refuse_references(type(self.pipe).__name__, request)
-        mode = tasks.choose_mode(request, self._kind)
+        mode = (
+            "img2vid"
+            if family is not None and families.video_from_image(family, self.pipe, request)
+            else tasks.choose_mode(request, self._kind)
+        )
         if tasks.serves(mode, self._kind):
             return self.pipe, mode
         key = tasks.DERIVED.get(mode, mode)

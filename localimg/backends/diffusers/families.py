@@ -47,6 +47,7 @@ class Family:
     default_cfg: float | None = None  # else the pipeline's own default
     default_size: tuple[int, int] | None = None  # else from the transformer's sample size
     video: bool = False
+    img2vid: str | None = None  # Wan 2.2 TI2V: the image-to-video class over the same weights
 
 
 Z_IMAGE = Family(
@@ -90,7 +91,7 @@ KONTEXT = Family(
 # ChromaInpaintPipeline (diffusers 0.42) reads transformer.config.guidance_embeds, which Chroma's
 # transformer does not have, and fails: no inpainting for Chroma until diffusers fixes it.
 CHROMA = Family("Chroma", max_sequence_length=512, img2img="ChromaImg2ImgPipeline")
-WAN = Family("Wan", default_size=(832, 480), video=True)
+WAN = Family("Wan", default_size=(832, 480), video=True, img2vid="WanImageToVideoPipeline")
 
 FAMILIES: dict[str, Family] = {
     "ZImagePipeline": Z_IMAGE,
@@ -182,6 +183,20 @@ def refuse_references(name: str, request: ImageRequest) -> None:
             f"{'s' if count != 1 else ''}); reference edits need {EDIT_FAMILIES}",
             param="image",
         )
+
+
+def video_from_image(family: Family, pipe: Any, request: ImageRequest) -> bool:
+    """An input image on a Wan text-to-video model: image-to-video where the model does both
+    (Wan 2.2 TI2V-5B, `expand_timesteps`: the image is the first latent frame); others refuse."""
+    if not family.img2vid or request.init_image is None or "Image" in type(pipe).__name__:
+        return False
+    if not getattr(pipe, "config", {}).get("expand_timesteps", False):
+        raise InvalidRequest(
+            f"this {family.name} model makes video from text only; image-to-video needs a Wan "
+            "I2V model (WanImageToVideoPipeline) or Wan 2.2 TI2V-5B",
+            param="image",
+        )
+    return True
 
 
 def check_references(family: Family, request: ImageRequest) -> None:

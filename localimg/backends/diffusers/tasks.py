@@ -80,7 +80,12 @@ def derive(base: Any, mode: str, kind: str, family: Any = None) -> Any:
     """A sibling pipeline for `mode` sharing the base pipeline's modules: the family's own
     img2img / inpaint class where it names one (families.py), else diffusers' AutoPipeline."""
     own = (
-        {"img2img": family.img2img, "variation": family.img2img, "inpaint": family.inpaint}
+        {
+            "img2img": family.img2img,
+            "variation": family.img2img,
+            "inpaint": family.inpaint,
+            "img2vid": family.img2vid,
+        }
         if family is not None
         else {}
     )
