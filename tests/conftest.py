@@ -133,3 +133,20 @@ def tiny_qwen_image_edit_plus() -> Path:
     from tests.tiny_families import tiny_qwen_image_edit_plus_path
 
     return tiny_qwen_image_edit_plus_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_wan() -> Path:
+    """A tiny random WanPipeline folder (Wan 2.1 T2V: multiples of 16, 4k+1 frames), cached."""
+    from tests.tiny_families import tiny_wan_path
+
+    return tiny_wan_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_i2v() -> Path:
+    """A tiny WanImageToVideoPipeline folder (Wan 2.2 TI2V-5B style); skips without ftfy."""
+    pytest.importorskip("ftfy")
+    from tests.tiny_families import tiny_wan_i2v_path
+
+    return tiny_wan_i2v_path()

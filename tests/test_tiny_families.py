@@ -47,12 +47,29 @@ CALLS: dict[str, dict[str, Any]] = {
         "negative_prompt": "blurry",
         "true_cfg_scale": 4.0,
     },
+    "WanPipeline": {
+        "height": 32,
+        "width": 32,
+        "num_frames": 5,
+        "negative_prompt": "blurry",
+        "guidance_scale": 5.0,
+    },
+    "WanImageToVideoPipeline": {
+        "height": 32,
+        "width": 32,
+        "num_frames": 5,
+        "negative_prompt": "blurry",
+        "guidance_scale": 5.0,
+    },
 }
 # Families that cannot run without an input image.
-IMAGE_REQUIRED = {"QwenImageEditPlusPipeline"}
+IMAGE_REQUIRED = {"QwenImageEditPlusPipeline", "WanImageToVideoPipeline"}
+# Families whose image is one PIL image, not a list.
+SINGLE_IMAGE = {"WanImageToVideoPipeline"}
 # Families whose real processor classes need a package this venv may lack (transformers 5 builds
 # Qwen2VLProcessor only with torchvision, for its video processor).
-NEEDS = {"QwenImageEditPlusPipeline": "torchvision"}
+# diffusers 0.42's WanImageToVideoPipeline calls ftfy unguarded when it cleans the prompt.
+NEEDS = {"QwenImageEditPlusPipeline": "torchvision", "WanImageToVideoPipeline": "ftfy"}
 # Families that take reference images through `image=[...]`: how many the tests give.
 REFERENCES: dict[str, tuple[int, ...]] = {
     "Flux2KleinPipeline": (1, 2),
@@ -78,7 +95,8 @@ def generate(name: str, seed: int, **extra: Any) -> np.ndarray:
 
     kwargs = {**CALLS[name], **extra}
     if name in IMAGE_REQUIRED and "image" not in kwargs:
-        kwargs["image"] = reference_images(1)
+        images = reference_images(1)
+        kwargs["image"] = images[0] if name in SINGLE_IMAGE else images
     out = load(name)(
         prompt="a red fox",
         num_inference_steps=2,
@@ -96,9 +114,17 @@ def test_family_reloads_as_its_class_and_is_deterministic(name: str) -> None:
     first = generate(name, 0)
     height, width = CALLS[name]["height"], CALLS[name]["width"]
     assert first.shape[0] == 1 and first.shape[-3:] == (height, width, 3)
+    if "num_frames" in CALLS[name]:
+        assert first.shape[1] == CALLS[name]["num_frames"]
     assert np.isfinite(first).all()
     assert np.array_equal(first, generate(name, 0))
     assert not np.array_equal(first, generate(name, 1))
+
+
+def test_image_to_video_follows_its_image() -> None:
+    name = "WanImageToVideoPipeline"
+    red, blue = reference_images(2)
+    assert not np.array_equal(generate(name, 0, image=red), generate(name, 0, image=blue))
 
 
 def reference_images(count: int) -> list[Any]:

@@ -40,6 +40,13 @@ QwenImageEditPlusPipeline: multiple 32 here (scale-16 tiny VAE) / 16 real. Needs
   the output defaults to the last image's aspect at ~1 MP. CFG as QwenImagePipeline. Its
   Qwen2VLProcessor needs torchvision in transformers 5: without it, it can neither be built nor
   loaded (nor can the real Qwen-Image-Edit repositories), so its tests skip.
+WanPipeline (Wan 2.1 T2V): multiple 16 (ValueError otherwise), num_frames 4k+1 (else rounded
+  with a warning). negative_prompt: yes. guidance_scale: true CFG when > 1 (guidance_scale_2
+  only with boundary_ratio, Wan 2.2 A14B's second expert). 512 (UMT5). UniPCMultistepScheduler
+  on flow sigmas (flow_shift 3), no mu. Output `.frames`: np (1, F, H, W, 3) in [0, 1].
+WanImageToVideoPipeline (Wan 2.2 TI2V-5B style: expand_timesteps, no CLIP image encoder):
+  `image=` one PIL image (required), multiple 32 (16 checked, then rounded down to the VAE's 16
+  x patch 2 with a warning), rest as WanPipeline. Needs ftfy (an unguarded call in diffusers).
 """
 
 from collections.abc import Callable
@@ -53,7 +60,12 @@ from tests.tiny_families_flux import (
     tiny_flux2_path,
     tiny_flux_kontext_path,
 )
-from tests.tiny_families_qwen_wan import tiny_qwen_image_edit_plus_path, tiny_qwen_image_path
+from tests.tiny_families_qwen_wan import (
+    tiny_qwen_image_edit_plus_path,
+    tiny_qwen_image_path,
+    tiny_wan_i2v_path,
+    tiny_wan_path,
+)
 from tests.tiny_family_parts import family_folder, qwen3_config, qwen_tokenizer, save_pipeline
 
 __all__ = [
@@ -65,6 +77,8 @@ __all__ = [
     "tiny_flux_kontext_path",
     "tiny_qwen_image_edit_plus_path",
     "tiny_qwen_image_path",
+    "tiny_wan_i2v_path",
+    "tiny_wan_path",
     "tiny_z_image_path",
 ]
 
@@ -143,4 +157,6 @@ FAMILY_BUILDERS: dict[str, Callable[[], Path]] = {
     "FluxKontextPipeline": tiny_flux_kontext_path,
     "QwenImagePipeline": tiny_qwen_image_path,
     "QwenImageEditPlusPipeline": tiny_qwen_image_edit_plus_path,
+    "WanPipeline": tiny_wan_path,
+    "WanImageToVideoPipeline": tiny_wan_i2v_path,
 }

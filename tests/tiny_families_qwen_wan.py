@@ -16,6 +16,8 @@ from tests.tiny_family_parts import (
     qwen_token_id,
     qwen_tokenizer,
     save_pipeline,
+    t5_encoder,
+    t5_tokenizer,
 )
 
 # Qwen-Image's own scheduler config (exponential time shift, dynamic shifting).
@@ -168,3 +170,104 @@ def make_qwen_image_edit_plus() -> Any:
 def tiny_qwen_image_edit_plus_path() -> Path:
     """A tiny QwenImageEditPlusPipeline (Qwen-Image-Edit-2509/2511 style): multiples of 32."""
     return save_pipeline(family_folder("qwen-image-edit-plus"), make_qwen_image_edit_plus)
+
+
+# --- Wan ----------------------------------------------------------------------------------------
+
+# Wan's own scheduler (UniPC on flow sigmas; 480p shift). No `mu`: Wan sets no dynamic shift.
+WAN_SCHEDULER = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0}
+
+
+def wan_transformer(channels_in: int, channels_out: int) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=channels_in,
+        out_channels=channels_out,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+
+
+def make_wan() -> Any:
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+
+    torch.manual_seed(0)
+    # Wan 2.1's VAE shape: 16 latent channels, 8x space, 4x time (8 base channels, not the fast
+    # test's 3, so the frames vary more than a few levels).
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+    torch.manual_seed(0)
+    text_encoder = t5_encoder(umt5=True)
+    torch.manual_seed(0)
+    transformer = wan_transformer(16, 16)
+    return WanPipeline(
+        tokenizer=t5_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER),
+        transformer=transformer,
+    )
+
+
+def tiny_wan_path() -> Path:
+    """A tiny WanPipeline (Wan 2.1 text-to-video): sizes in multiples of 16, 4k+1 frames."""
+    return save_pipeline(family_folder("wan"), make_wan)
+
+
+def make_wan_i2v() -> Any:
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(  # Wan 2.2's VAE shape: 48 latent channels, 16x space, 4x time
+        base_dim=8,
+        z_dim=48,
+        in_channels=12,
+        out_channels=12,
+        is_residual=True,
+        patch_size=2,
+        latents_mean=[0.0] * 48,
+        latents_std=[1.0] * 48,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        temperal_downsample=[False, True, True],
+    )
+    torch.manual_seed(0)
+    text_encoder = t5_encoder(umt5=True)
+    torch.manual_seed(0)
+    transformer = wan_transformer(48, 48)
+    return WanImageToVideoPipeline(
+        tokenizer=t5_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER),
+        transformer=transformer,
+        transformer_2=None,
+        image_encoder=None,
+        image_processor=None,
+        boundary_ratio=None,
+        expand_timesteps=True,
+    )
+
+
+def tiny_wan_i2v_path() -> Path:
+    """A tiny WanImageToVideoPipeline like Wan 2.2 TI2V-5B (no CLIP image encoder; the image is
+    the first latent frame): sizes in multiples of 32, 4k+1 frames."""
+    return save_pipeline(family_folder("wan-i2v"), make_wan_i2v)
