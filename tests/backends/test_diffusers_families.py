@@ -506,3 +506,74 @@ def test_stable_diffusion_refuses_reference_edits(tmp_path: Path, tiny_sd: Path)
             engine.generate("sd", ImageRequest("x", seed=1, extra={"shift": 3.0}))
     finally:
         engine.close()
+
+
+# -- over HTTP ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(models: Path) -> Iterator[str]:
+    from localimg.server.app import ServerSettings, create_app
+    from tests.server_support import serve_in_thread
+
+    app = create_app(ServerSettings(), Engine(EngineSettings(models_path=models)))
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def edit_files(*images: Image.Image) -> list[tuple[str, tuple[str, bytes, str]]]:
+    import io
+
+    files = []
+    for index, image in enumerate(images):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        files.append(("image[]", (f"in{index}.png", buffer.getvalue(), "image/png")))
+    return files
+
+
+@pytest.mark.parametrize("name", MULTI_EDITS)
+def test_reference_edit_over_http_with_two_image_files(server: str, name: str) -> None:
+    import httpx
+
+    from tests.server_support import b64_image
+
+    side = PRESENT[name].edit_side
+    data = {"prompt": "an otter", "model": name, "size": f"{side}x{side}", "seed": "4"}
+
+    def edit(*images: Image.Image) -> np.ndarray:
+        response = httpx.post(
+            server + "/v1/images/edits", files=edit_files(*images), data=data, timeout=120
+        )
+        assert response.status_code == 200, response.text
+        image = b64_image(response.json()["data"][0]["b64_json"])
+        assert image.size == (side, side)
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+    two = edit(reference(0, side), reference(1, side))
+    assert np.abs(two - edit(reference(0, side))).max() > 0
+    assert np.array_equal(two, edit(reference(0, side), reference(1, side)))
+
+
+def test_too_many_images_over_http_is_a_400_naming_the_limit(server: str) -> None:
+    import httpx
+
+    from tests.server_support import assert_openai_error
+
+    for name, words in (
+        ("kontext", "FLUX.1 Kontext takes 1 input image; got 2"),
+        ("z-image", "Z-Image takes no reference images"),
+        ("klein", "FLUX.2-klein takes 4 input images; got 5"),
+    ):
+        if name not in PRESENT:
+            continue
+        side = PRESENT[name].edit_side
+        count = 5 if name == "klein" else 2
+        response = httpx.post(
+            server + "/v1/images/edits",
+            files=edit_files(*(reference(i, side) for i in range(count))),
+            data={"prompt": "x", "model": name, "size": f"{side}x{side}"},
+            timeout=120,
+        )
+        error = assert_openai_error(response, 400, param="image")
+        assert words in error["message"]
