@@ -9,8 +9,9 @@ vendored version (stable-diffusion-cpp-python 0.4.7) reads, and so what can be t
   and head_dim (`key_norm.scale`) come from the file; the rope axes are fixed at 4x32, so heads
   are 128 wide: hidden 128 is one head. One double and one single block: ~1.5 MB.
 - FLUX.1 (Kontext is the same network; sd.cpp cannot tell them apart): `double_blocks.*` without
-  the FLUX.2 modulation; the same dimensions are read (axes 16+56+56 = head_dim 128). No text
-  encoder file: sd.cpp then conditions on zeros ("No text encoders provided").
+  the FLUX.2 modulation; the same dimensions are read (axes 16+56+56 = head_dim 128). Its text
+  encoder is CLIP-L alone, at its fixed full size (123 M parameters, 246 MB f16): without T5
+  sd.cpp puts zeros of T5's width in its place (with no text encoder at all 0.4.7 segfaults).
 - Qwen3 text encoder (llm.hpp): layers, hidden, vocab and MLP width come from the file; heads are
   fixed (32 x 128 for queries, 8 x 128 for keys/values). The built-in Qwen2 tokenizer emits ids up
   to ~151,668, so the vocabulary stays 151,936: ~20 MB at hidden 64, one layer. With fewer layers
@@ -145,6 +146,22 @@ def flux1(w: Writer) -> None:
     _qk_norm(w, "single_blocks.0.norm")
     w.linear("final_layer.linear", h, 64, bias=True, gain=0.3)
     w.linear("final_layer.adaLN_modulation.1", h, 2 * h, bias=True, gain=0.1)
+
+
+def clip_l(w: Writer) -> None:
+    """CLIP ViT-L/14's text encoder (HF names), fixed by clip.hpp: 768 wide, 12 layers: 246 MB."""
+    p = "text_model"
+    w.normal(f"{p}.embeddings.token_embedding.weight", (49408, 768), 0.02)
+    w.normal(f"{p}.embeddings.position_embedding.weight", (77, 768), 0.01)
+    for layer in range(12):
+        base = f"{p}.encoder.layers.{layer}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            w.linear(f"{base}.self_attn.{proj}", 768, 768, bias=True)
+        w.norm(f"{base}.layer_norm1", 768)
+        w.norm(f"{base}.layer_norm2", 768)
+        w.linear(f"{base}.mlp.fc1", 768, 3072, bias=True)
+        w.linear(f"{base}.mlp.fc2", 3072, 768, bias=True)
+    w.norm(f"{p}.final_layer_norm", 768)
 
 
 # -- Qwen3 text encoder ----------------------------------------------------------------------------
@@ -318,6 +335,78 @@ def wan_t2v_13b(path: Path, seed: int) -> None:
     file.write(path)
 
 
+class _Q4Writer:
+    """Random q4_0 linears (f32 biases and norms) into a GgufFile, drawn in row chunks."""
+
+    def __init__(self, file: GgufFile, seed: int) -> None:
+        self.file, self.rng = file, np.random.default_rng(seed)
+
+    def matrix(self, name: str, rows: int, cols: int, std: float) -> None:
+        parts = []
+        for start in range(0, rows, 4096):
+            count = min(4096, rows - start)
+            chunk = self.rng.standard_normal((count, cols), dtype=np.float32) * np.float32(std)
+            parts.append(q4_0(chunk))
+        self.file.add(name, (rows, cols), GGML_Q4_0, b"".join(parts))
+
+    def linear(self, name: str, n_in: int, n_out: int, bias: bool = True, gain: float = 1.0):
+        self.matrix(f"{name}.weight", n_out, n_in, gain * n_in**-0.5)
+        if bias:
+            self.const(f"{name}.bias", (n_out,), 0.0)
+
+    def const(self, name: str, shape: tuple[int, ...], value: float) -> None:
+        self.file.add(name, shape, GGML_F32, np.full(shape, value, np.float32).tobytes())
+
+
+def qwen_image_one_block(path: Path, seed: int) -> None:
+    """Qwen-Image's transformer with one block at its fixed width (24 x 128 heads, text 3584)."""
+    file = GgufFile()
+    w = _Q4Writer(file, seed)
+    d, text = 3072, 3584
+    w.linear("time_text_embed.timestep_embedder.linear_1", 256, d)
+    w.linear("time_text_embed.timestep_embedder.linear_2", d, d)
+    w.const("txt_norm.weight", (text,), 1.0)
+    w.linear("img_in", 64, d)
+    w.linear("txt_in", text, d)
+    p = "transformer_blocks.0"
+    for stream in ("img", "txt"):
+        w.linear(f"{p}.{stream}_mod.1", d, 6 * d, gain=0.1)
+        w.linear(f"{p}.{stream}_mlp.net.0.proj", d, 4 * d)
+        w.linear(f"{p}.{stream}_mlp.net.2", 4 * d, d, gain=0.3)
+    for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+        w.linear(f"{p}.attn.{proj}", d, d)
+    for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+        w.const(f"{p}.attn.{norm}.weight", (128,), 1.0)
+    w.linear(f"{p}.attn.to_out.0", d, d)
+    w.linear(f"{p}.attn.to_add_out", d, d)
+    w.linear("norm_out.linear", d, 2 * d, gain=0.1)
+    w.linear("proj_out", d, 64, gain=0.3)
+    file.write(path)
+
+
+def qwen25vl_one_layer(path: Path, seed: int) -> None:
+    """Qwen2.5-VL's text model with one layer at its width (3584: Qwen-Image's context)."""
+    file = GgufFile()
+    w = _Q4Writer(file, seed)
+    d, inner = 3584, 256
+    w.matrix("model.embed_tokens.weight", 152_064, d, 1.0)
+    p = "model.layers.0"
+    w.linear(f"{p}.self_attn.q_proj", d, 28 * 128)
+    w.linear(f"{p}.self_attn.k_proj", d, 4 * 128)
+    w.linear(f"{p}.self_attn.v_proj", d, 4 * 128)
+    w.linear(f"{p}.self_attn.o_proj", 28 * 128, d, bias=False)
+    for proj, n_in, n_out in (
+        ("gate_proj", d, inner),
+        ("up_proj", d, inner),
+        ("down_proj", inner, d),
+    ):
+        w.linear(f"{p}.mlp.{proj}", n_in, n_out, bias=False)
+    w.const(f"{p}.input_layernorm.weight", (d,), 1.0)
+    w.const(f"{p}.post_attention_layernorm.weight", (d,), 1.0)
+    w.const("model.norm.weight", (d,), 1.0)
+    file.write(path)
+
+
 def _mem_block(w: Writer, name: str, channels: int) -> None:
     w.conv(f"{name}.conv.0", 2 * channels, channels, gain=2**0.5)
     w.conv(f"{name}.conv.2", channels, channels, gain=2**0.5)
@@ -385,9 +474,13 @@ def flux2_klein_files() -> dict[str, Path]:
 
 
 def flux1_files() -> dict[str, Path]:
-    """{diffusion_model, taesd} of a tiny FLUX.1 (Kontext has the same network)."""
+    """{diffusion_model, clip_l, taesd} of a tiny FLUX.1 (Kontext has the same network).
+
+    sd.cpp's FLUX.1 conditioner needs one text encoder (without any it segfaults in 0.4.7):
+    CLIP-L at full size, no T5 (zeros of T5's width take its place)."""
     return {
         "diffusion_model": _build("flux1-tiny.safetensors", flux1, seed=21),
+        "clip_l": _build("clip-l.safetensors", clip_l, seed=23),
         "taesd": _build("taef1-tiny.safetensors", lambda w: image_tae(w, 16, False), seed=22),
     }
 
@@ -403,7 +496,19 @@ def wan_files() -> dict[str, Path]:
     }
 
 
+def qwen_image_files() -> dict[str, Path]:
+    """{diffusion_model, llm, taesd} of Qwen-Image cut to one block / one LLM layer (~0.55 GB)."""
+    model = folder() / "qwen-image-1block-random-q4_0.gguf"
+    if not model.exists():
+        qwen_image_one_block(model, seed=41)
+    llm = folder() / "qwen2.5-vl-1layer-random-q4_0.gguf"
+    if not llm.exists():
+        qwen25vl_one_layer(llm, seed=42)
+    taesd = _build("taew2.1-tiny.safetensors", video_tae, seed=32)
+    return {"diffusion_model": model, "llm": llm, "taesd": taesd}
+
+
 if __name__ == "__main__":
-    for files in (flux2_klein_files(), flux1_files(), wan_files()):
+    for files in (flux2_klein_files(), flux1_files(), wan_files(), qwen_image_files()):
         for key, built in files.items():
             print(key, built, f"{built.stat().st_size / 1e6:.1f} MB")

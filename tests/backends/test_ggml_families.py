@@ -245,6 +245,134 @@ def test_cancel_before_the_call(klein_dir: Path) -> None:
         backend.unload()
 
 
+# -- FLUX.1 and FLUX.1 Kontext -------------------------------------------------------------------
+
+FLUX1_YAML = """\
+name: {name}
+backend: stablediffusion-ggml
+parameters:
+  model: flux1-kontext-dev-Q4_0.gguf
+step: 2
+size: 64x64
+options:
+- "diffusion_model:true"
+- "clip_l_path:clip_l.safetensors"
+- "taesd_path:taef1.safetensors"
+"""
+
+
+@pytest.fixture(scope="module")
+def flux1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    from tests.tiny_ggml_families import flux1_files
+
+    files = flux1_files()
+    folder = tmp_path_factory.mktemp("flux1-models")
+    link_or_copy(files["diffusion_model"], folder / "flux1-kontext-dev-Q4_0.gguf")
+    link_or_copy(files["clip_l"], folder / "clip_l.safetensors")
+    link_or_copy(files["taesd"], folder / "taef1.safetensors")
+    variants = {
+        "flux1": [],
+        "kontext": ["reference_edit:true"],
+        "flux1-shift": ["flow_shift:3"],
+        "kontext-index": ["reference_edit:true", "increase_ref_index:true"],
+    }
+    for name, options in variants.items():
+        body = FLUX1_YAML.format(name=name) + "".join(f'- "{o}"\n' for o in options)
+        (folder / f"{name}.yaml").write_text(body, encoding="utf-8")
+    eng = Engine(EngineSettings(models_path=folder))
+    yield eng
+    eng.close()
+
+
+def test_flux1_prompt_guidance_flow_shift_and_its_8px_sizes(flux1: Engine) -> None:
+    plain = run(flux1, "flux1", seed=2)
+    assert plain.request is not None and plain.request.cfg_scale == 1.0
+    for other in (
+        run(flux1, "flux1", seed=2, prompt="a blue whale"),
+        run(flux1, "flux1", seed=2, extra={"guidance": 8.0}),
+        run(flux1, "flux1-shift", seed=2),
+    ):
+        assert not np.array_equal(pixels(plain.images[0]), pixels(other.images[0]))
+    assert run(flux1, "flux1", seed=2, width=72, height=56).images[0].size == (72, 56)
+
+
+def test_an_image_on_flux1_is_img2img_and_references_need_kontext(flux1: Engine) -> None:
+    events: list[ProgressEvent] = []
+    flux1.generate(
+        "flux1",
+        ImageRequest(prompt="fox", seed=2, init_image=RED, strength=0.5),
+        progress=events.append,
+    )
+    assert [e.step for e in events if e.phase == "step"] == [1, 2]  # int(2 * 0.5) + 1
+    with pytest.raises(InvalidRequest, match="reference_edit:true"):
+        run(flux1, "flux1", init_image=RED, mode="edit")
+
+
+def test_kontext_takes_one_reference_image(flux1: Engine) -> None:
+    text = run(flux1, "kontext", seed=2)
+    edit = run(flux1, "kontext", seed=2, init_image=RED)
+    assert not np.array_equal(pixels(text.images[0]), pixels(edit.images[0]))
+    with pytest.raises(InvalidRequest, match=r"FLUX\.1 Kontext takes 1 input image; got 2"):
+        run(flux1, "kontext", init_image=RED, reference_images=(BLUE,))
+    with pytest.raises(ConfigError, match="orders the reference images of Qwen-Image-Edit"):
+        run(flux1, "kontext-index", seed=2)
+
+
+# -- Qwen-Image (one block at full width: slow) ---------------------------------------------------
+
+QWEN_YAML = """\
+name: {name}
+backend: stablediffusion-ggml
+parameters:
+  model: qwen-image-Q4_0.gguf
+step: 2
+size: 32x32
+options:
+- "diffusion_model:true"
+- "llm_path:Qwen2.5-VL-7B-Instruct-Q4_0.gguf"
+- "taesd_path:taew2_1.safetensors"
+"""
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    from tests.tiny_ggml_families import qwen_image_files
+
+    files = qwen_image_files()
+    folder = tmp_path_factory.mktemp("qwen-models")
+    link_or_copy(files["diffusion_model"], folder / "qwen-image-Q4_0.gguf")
+    link_or_copy(files["llm"], folder / "Qwen2.5-VL-7B-Instruct-Q4_0.gguf")
+    link_or_copy(files["taesd"], folder / "taew2_1.safetensors")
+    for name, options in (("qwen", []), ("qwen-edit", ["reference_edit:true"])):
+        body = QWEN_YAML.format(name=name) + "".join(f'- "{o}"\n' for o in options)
+        (folder / f"{name}.yaml").write_text(body, encoding="utf-8")
+    eng = Engine(EngineSettings(models_path=folder))
+    yield eng
+    eng.close()
+
+
+@pytest.mark.slow
+def test_qwen_image_true_cfg_and_negative_prompt(qwen: Engine) -> None:
+    """Qwen-Image's transformer (1 of 60 blocks) and Qwen2.5-VL (1 of 28 layers): 0.55 GB."""
+    first = run(qwen, "qwen", seed=1)
+    assert first.request is not None and first.request.cfg_scale == 2.5
+    assert first.images[0].size == (32, 32)
+    assert np.array_equal(pixels(first.images[0]), pixels(run(qwen, "qwen", seed=1).images[0]))
+    negative = run(qwen, "qwen", seed=1, negative_prompt="blurry")
+    other = run(qwen, "qwen", seed=1, prompt="a blue whale", cfg_scale=1.0)
+    assert not np.array_equal(pixels(first.images[0]), pixels(negative.images[0]))
+    assert not np.array_equal(pixels(first.images[0]), pixels(other.images[0]))
+
+
+@pytest.mark.slow
+def test_qwen_image_edit_limit_and_the_tiny_autoencoder_guard(qwen: Engine) -> None:
+    with pytest.raises(InvalidRequest, match="Qwen-Image-Edit takes 3 input images; got 4"):
+        run(qwen, "qwen-edit", init_image=RED, reference_images=(BLUE,) * 3)
+    for model in ("qwen", "qwen-edit"):  # img2img and edit: 0.4.7 would abort the process
+        with pytest.raises(InvalidRequest, match="aborts encoding it with the tiny autoencoder"):
+            run(qwen, model, init_image=RED)
+
+
 # -- Wan 2.1 (video) -----------------------------------------------------------------------------
 
 WAN_YAML = """\

@@ -106,7 +106,19 @@ def check(request: ImageRequest, family: Family, options: GgmlOptions, mode: str
             )
         if request.mask is not None:
             raise InvalidRequest(f"{family.label} takes no mask", param="mask")
-    elif mode == "inpaint" and family.references:
+    if (
+        family.name.startswith(("Qwen Image", "Anima"))
+        and options.taesd_path
+        and request.init_image is not None
+    ):
+        # 0.4.7 encodes an image with the tiny video autoencoder at the wrong rank and aborts
+        # (GGML_ASSERT in ggml_im2col): the whole process would die.
+        raise InvalidRequest(
+            f"{family.label} with taesd_path cannot take an input image: stable-diffusion.cpp "
+            "0.4.7 aborts encoding it with the tiny autoencoder; use vae_path for edits",
+            param="image",
+        )
+    if mode == "inpaint" and family.references:
         raise InvalidRequest(
             f"{family.label} does reference edits and does not inpaint; send the image without a "
             "mask (a reference edit) or use an inpainting model",
@@ -145,9 +157,11 @@ def check_options(family: Family, options: GgmlOptions, where: str) -> None:
             f"reference_edit:true names a reference-edit model, but this file loads as "
             f"{family.label}; it applies to {reference_edit_families()}"
         )
-    elif options.increase_ref_index and (not family.references or flux2):
-        problem = "increase_ref_index applies to FLUX.1 Kontext and Qwen-Image-Edit" + (
-            "; FLUX.2 always gives each reference its own index" if flux2 else ""
+    elif options.increase_ref_index and (family.references < 2 or flux2):
+        problem = "increase_ref_index orders the reference images of Qwen-Image-Edit; " + (
+            "FLUX.2 always gives each reference its own index"
+            if flux2
+            else f"{family.label} takes {family.references or 'no'} reference image(s)"
         )
     elif options.qwen_image_zero_cond_t and not family.name.startswith("Qwen Image"):
         problem = f"qwen_image_zero_cond_t applies to Qwen-Image-Edit-2511; this is {family.label}"
