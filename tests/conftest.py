@@ -150,3 +150,11 @@ def tiny_wan_i2v() -> Path:
     from tests.tiny_families import tiny_wan_i2v_path
 
     return tiny_wan_i2v_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_ti2v() -> Path:
+    """The tiny Wan 2.2 TI2V-5B saved as a WanPipeline (expand_timesteps), cached."""
+    from tests.tiny_families import tiny_wan22_ti2v_path
+
+    return tiny_wan22_ti2v_path()

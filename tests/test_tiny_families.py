@@ -127,6 +127,27 @@ def test_image_to_video_follows_its_image() -> None:
     assert not np.array_equal(generate(name, 0, image=red), generate(name, 0, image=blue))
 
 
+def test_wan22_ti2v_folder_loads_as_both_pipelines() -> None:
+    """Wan 2.2 TI2V-5B is one checkpoint: saved as a WanPipeline, loadable for image-to-video."""
+    import torch
+    from diffusers import DiffusionPipeline, WanImageToVideoPipeline
+
+    from tests.tiny_families import tiny_wan22_ti2v_path
+
+    folder = str(tiny_wan22_ti2v_path())
+    t2v = DiffusionPipeline.from_pretrained(folder)
+    assert type(t2v).__name__ == "WanPipeline" and t2v.config.expand_timesteps
+    call = {"prompt": "a fox", "num_inference_steps": 2, "height": 32, "width": 32}
+    frames = t2v(num_frames=5, generator=torch.Generator().manual_seed(0), **call).frames
+    assert np.asarray(frames).shape == (1, 5, 32, 32, 3)
+    pytest.importorskip("ftfy")
+    i2v = WanImageToVideoPipeline.from_pretrained(folder)
+    assert i2v.image_encoder is None and i2v.config.expand_timesteps
+    image = reference_images(1)[0]
+    frames = i2v(image=image, num_frames=5, generator=torch.Generator().manual_seed(0), **call)
+    assert np.asarray(frames.frames).shape == (1, 5, 32, 32, 3)
+
+
 def reference_images(count: int) -> list[Any]:
     """Small solid images of different sizes (FLUX.2 wants at least 64 px a side)."""
     from PIL import Image

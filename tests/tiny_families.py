@@ -47,6 +47,8 @@ WanPipeline (Wan 2.1 T2V): multiple 16 (ValueError otherwise), num_frames 4k+1 (
 WanImageToVideoPipeline (Wan 2.2 TI2V-5B style: expand_timesteps, no CLIP image encoder):
   `image=` one PIL image (required), multiple 32 (16 checked, then rounded down to the VAE's 16
   x patch 2 with a warning), rest as WanPipeline. Needs ftfy (an unguarded call in diffusers).
+  `tiny_wan22_ti2v_path` saves the same model as a WanPipeline (expand_timesteps), the shape of
+  the TI2V-5B repository as far as I know; WanImageToVideoPipeline.from_pretrained loads it.
 """
 
 from collections.abc import Callable
@@ -63,6 +65,7 @@ from tests.tiny_families_flux import (
 from tests.tiny_families_qwen_wan import (
     tiny_qwen_image_edit_plus_path,
     tiny_qwen_image_path,
+    tiny_wan22_ti2v_path,
     tiny_wan_i2v_path,
     tiny_wan_path,
 )
@@ -77,6 +80,7 @@ __all__ = [
     "tiny_flux_kontext_path",
     "tiny_qwen_image_edit_plus_path",
     "tiny_qwen_image_path",
+    "tiny_wan22_ti2v_path",
     "tiny_wan_i2v_path",
     "tiny_wan_path",
     "tiny_z_image_path",

@@ -229,9 +229,10 @@ def tiny_wan_path() -> Path:
     return save_pipeline(family_folder("wan"), make_wan)
 
 
-def make_wan_i2v() -> Any:
+def wan22_ti2v_parts() -> dict[str, Any]:
+    """Wan 2.2 TI2V-5B's components at toy size (one checkpoint for text- and image-to-video)."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(  # Wan 2.2's VAE shape: 48 latent channels, 16x space, 4x time
@@ -253,18 +254,30 @@ def make_wan_i2v() -> Any:
     text_encoder = t5_encoder(umt5=True)
     torch.manual_seed(0)
     transformer = wan_transformer(48, 48)
-    return WanImageToVideoPipeline(
-        tokenizer=t5_tokenizer(),
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER),
-        transformer=transformer,
-        transformer_2=None,
-        image_encoder=None,
-        image_processor=None,
-        boundary_ratio=None,
-        expand_timesteps=True,
-    )
+    return {
+        "tokenizer": t5_tokenizer(),
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "scheduler": UniPCMultistepScheduler(**WAN_SCHEDULER),
+        "transformer": transformer,
+        "transformer_2": None,
+        "boundary_ratio": None,
+        "expand_timesteps": True,
+    }
+
+
+def make_wan_i2v() -> Any:
+    from diffusers import WanImageToVideoPipeline
+
+    return WanImageToVideoPipeline(**wan22_ti2v_parts(), image_encoder=None, image_processor=None)
+
+
+def tiny_wan22_ti2v_path() -> Path:
+    """The same tiny Wan 2.2 TI2V-5B as a WanPipeline folder, as that repository is saved (to my
+    knowledge): text-to-video as it is, image-to-video when loaded as WanImageToVideoPipeline."""
+    from diffusers import WanPipeline
+
+    return save_pipeline(family_folder("wan22-ti2v"), lambda: WanPipeline(**wan22_ti2v_parts()))
 
 
 def tiny_wan_i2v_path() -> Path:
