@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from localimg.errors import InvalidRequest
+from localimg.errors import BackendNotInstalled, InvalidRequest
 
 if TYPE_CHECKING:
     from localimg.requests import ImageRequest
@@ -109,6 +109,25 @@ FAMILIES: dict[str, Family] = {
     "WanPipeline": WAN,
     "WanImageToVideoPipeline": WAN,
 }
+
+
+# Modules a family's diffusers 0.42 / transformers 5 code needs beyond localimg's extra: without
+# them the load or the first call fails deep inside with a NameError or ImportError.
+NEEDS: dict[str, tuple[str, str]] = {
+    "WanImageToVideoPipeline": ("ftfy", "its prompt cleaning calls ftfy unguarded"),
+    "QwenImageEditPlusPipeline": ("torchvision", "its Qwen2VLProcessor needs it"),
+}
+
+
+def check_needs(class_name: str) -> None:
+    """Refuse, naming the package, a family whose code needs a module that is not installed."""
+    import importlib.util
+
+    need = NEEDS.get(class_name)
+    if need is not None and importlib.util.find_spec(need[0]) is None:
+        raise BackendNotInstalled(
+            f"{class_name} needs the {need[0]} package ({need[1]}): pip install {need[0]}"
+        )
 
 
 def family_of(pipe: Any) -> Family | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from localimg._util.system import cpu_has_bf16
 from localimg.backends.base import RuntimeSettings
-from localimg.backends.diffusers.families import FAMILIES
+from localimg.backends.diffusers.families import FAMILIES, check_needs
 from localimg.backends.diffusers.options import DTYPES, DiffusersOptions
 from localimg.config import ModelConfig, ModelSource
 from localimg.errors import (
@@ -337,6 +337,9 @@ def load_pipeline(
         # (`dir`, not `hasattr`: asking the lazy module for the attribute imports it)
     else:
         cls = pipeline_class(pipeline_type)
+    check_needs(cls.__name__)
+    if own and pipeline_type in AUTO_TYPES:  # the repo's own class is what loads
+        check_needs(str(own))
     return cls.from_pretrained(source.location, **common)
 
 

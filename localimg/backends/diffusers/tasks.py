@@ -92,6 +92,9 @@ def derive(base: Any, mode: str, kind: str, family: Any = None) -> Any:
     if own.get(mode):
         import diffusers
 
+        from localimg.backends.diffusers.families import check_needs
+
+        check_needs(str(own[mode]))
         pipe = getattr(diffusers, str(own[mode])).from_pipe(base)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
