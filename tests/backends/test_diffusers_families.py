@@ -713,3 +713,26 @@ def test_wan_video_equals_the_bare_pipeline_call(wan: Engine) -> None:
         )
     bare = np.stack([np.asarray(f.convert("RGB"), dtype=np.int16) for f in out.frames[0]])
     assert np.abs(frames(ours) - bare).max() <= 1
+
+
+def test_yaml_scheduler_type_on_a_flow_model(tmp_path: Path) -> None:
+    path = tiny_families.tiny_z_image_path()
+    for name, sampler in (("heun", "heun"), ("ancestral", "euler_a")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nbackend: diffusers\nparameters:\n  model: {path}\nstep: 2\n"
+            f"diffusers:\n  scheduler_type: {sampler}\noptions: ['shift:2.5']\n",
+            encoding="utf-8",
+        )
+    engine = Engine(EngineSettings(models_path=tmp_path))
+    try:
+        request = ImageRequest("an otter", width=32, height=32, seed=1)
+        heun = engine.generate("heun", request)
+        assert heun.scheduler == "Heun"
+        scheduler = backend_of(engine, "heun").pipe.scheduler
+        assert type(scheduler).__name__ == "FlowMatchHeunDiscreteScheduler"
+        assert scheduler.config.shift == 2.5  # the YAML's shift option
+        assert differ(heun, engine.generate("heun", request.with_(extra={"shift": 5.0})))
+        message = refused(lambda: engine.generate("ancestral", request), "scheduler_type")
+        assert "ancestral.yaml" in message and "use one of: euler" in message
+    finally:
+        engine.close()

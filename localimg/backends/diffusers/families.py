@@ -302,10 +302,15 @@ def family_kwargs(
         images = request.input_images
         kwargs["image"] = images[0] if family.references == 1 else list(images)
     if family.area_kwarg and request.width and request.height:
-        # Kontext scales its output to max_area (keeping the aspect) and its input image to a
-        # preferred size: width x height and the image as given (already at that size) instead.
+        # Kontext scales its output to max_area at the asked aspect: width x height makes exactly
+        # the size asked. It also resizes its input image to one of its preferred resolutions:
+        # an image already at the output size (as the engine fits it) is used as it is.
         kwargs["max_area"] = request.width * request.height
-        kwargs["_auto_resize"] = False
+        image = request.init_image
+        kwargs["_auto_resize"] = image is not None and image.size != (
+            request.width,
+            request.height,
+        )
     return kwargs
 
 
