@@ -79,6 +79,20 @@ REFERENCES: dict[str, tuple[int, ...]] = {
 }
 
 
+# The size multiple each tiny pipeline needs (documented in tests/tiny_families.py).
+MULTIPLES = {
+    "ZImagePipeline": 4,
+    "Flux2KleinPipeline": 4,
+    "Flux2Pipeline": 4,
+    "ChromaPipeline": 4,
+    "FluxKontextPipeline": 16,
+    "QwenImagePipeline": 16,
+    "QwenImageEditPlusPipeline": 32,
+    "WanPipeline": 16,
+    "WanImageToVideoPipeline": 32,
+}
+
+
 @cache
 def load(name: str) -> Any:
     from diffusers import DiffusionPipeline
@@ -119,6 +133,17 @@ def test_family_reloads_as_its_class_and_is_deterministic(name: str) -> None:
     assert np.isfinite(first).all()
     assert np.array_equal(first, generate(name, 0))
     assert not np.array_equal(first, generate(name, 1))
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_family_size_multiple_is_the_documented_one(name: str) -> None:
+    pipe = load(name)
+    if hasattr(pipe, "vae_scale_factor_spatial"):  # Wan: the VAE's factor times the 2x2 patch
+        multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
+    else:  # the others pack 2x2 latent patches
+        multiple = pipe.vae_scale_factor * 2
+    assert multiple == MULTIPLES[name]
+    assert CALLS[name]["height"] % multiple == 0 and CALLS[name]["width"] % multiple == 0
 
 
 def test_image_to_video_follows_its_image() -> None:

@@ -51,6 +51,8 @@ WanImageToVideoPipeline (Wan 2.2 TI2V-5B style: expand_timesteps, no CLIP image 
   the TI2V-5B repository as far as I know; WanImageToVideoPipeline.from_pretrained loads it.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
