@@ -397,7 +397,15 @@ def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wan-models")
     link_or_copy(files["diffusion_model"], folder / "wan2.1_t2v_1.3B-Q4_0.gguf")
     link_or_copy(files["taesd"], folder / "taew2_1.safetensors")
-    for name, options in (("wan", []), ("wan-shift", ["flow_shift:12"])):
+    link_or_copy(files["diffusion_model"], folder / "wan2.2_high_noise-Q4_0.gguf")
+    pair = ["high_noise_diffusion_model_path:wan2.2_high_noise-Q4_0.gguf", "high_noise_steps:1"]
+    variants = {
+        "wan": [],
+        "wan-shift": ["flow_shift:12"],
+        "wan-pair": pair,
+        "wan-pair-sampler": [*pair, "high_noise_sampler:euler_a"],
+    }
+    for name, options in variants.items():
         body = WAN_YAML.format(name=name) + "".join(f'- "{o}"\n' for o in options)
         (folder / f"{name}.yaml").write_text(body, encoding="utf-8")
     return folder
@@ -435,6 +443,20 @@ def test_wan_flow_shift_changes_the_video(wan: Engine) -> None:
     shifted = run(wan, "wan-shift", seed=5, num_frames=1, steps=2)
     assert plain.fps == 8.0 and len(plain.images) == 1
     assert not np.array_equal(pixels(plain.images[0]), pixels(shifted.images[0]))
+
+
+@pytest.mark.slow
+def test_wan_high_noise_expert_runs_first_with_its_own_settings(wan: Engine) -> None:
+    """The A14B pair's mechanics with the 1.3B file loaded twice (1.5 GB): one step each."""
+    events: list[ProgressEvent] = []
+    pair = wan.generate(
+        "wan-pair", ImageRequest(prompt="fox", seed=5, num_frames=1), progress=events.append
+    )
+    assert [(e.step, e.total) for e in events if e.phase == "step"] == [(1, 2), (2, 2)]
+    plain = run(wan, "wan", seed=5, num_frames=1, steps=2)  # the same weights in both experts
+    assert np.array_equal(pixels(pair.images[0]), pixels(plain.images[0]))
+    ancestral = run(wan, "wan-pair-sampler", seed=5, num_frames=1)
+    assert not np.array_equal(pixels(pair.images[0]), pixels(ancestral.images[0]))
 
 
 @pytest.mark.slow
