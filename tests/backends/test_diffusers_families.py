@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localimg.backends.diffusers import flow
+from localimg.backends.diffusers import families, flow
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import InvalidRequest
 from localimg.requests import ImageRequest, ImageResult
@@ -180,7 +180,9 @@ def refused(call: Callable[[], Any], *words: str) -> str:
 def test_family_is_recognised_from_its_folder_and_deterministic(engine: Engine, name: str) -> None:
     case = PRESENT[name]
     first = run(engine, name)
-    assert backend_of(engine, name).describe()["pipeline"] == case.pipeline  # no pipeline_type
+    info = backend_of(engine, name).describe()
+    assert info["pipeline"] == case.pipeline  # no pipeline_type in the YAML
+    assert info["family"] == families.FAMILIES[case.pipeline].name
     assert first.images[0].size == (case.side, case.side)
     assert not differ(first, run(engine, name))
     assert differ(first, run(engine, name, seed=6))

@@ -1,8 +1,10 @@
 """The diffusers backend: Hugging Face pipelines on torch (CUDA, MPS or CPU).
 
 Loading is in loading.py, the YAML's options in options.py, placement and speed options in
-speed.py; this module is the backend the engine drives. torch and diffusers are imported only
-inside methods, so importing this module (and `localimg --help`) stays fast.
+speed.py, request → call keywords in call_args.py (the model families' own rules in families.py),
+the scheduler of each call in sampling.py; this module is the backend the engine drives. torch
+and diffusers are imported only inside methods, so importing this module (and `localimg --help`)
+stays fast.
 """
 
 from __future__ import annotations
@@ -411,6 +413,7 @@ class DiffusersBackend:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "pipeline": type(self.pipe).__name__ if self.pipe is not None else "",
+            "family": self._family.name if self._family is not None else "",
             "attention": attention_kind(self.pipe) if self.pipe is not None else "",
             "compiled": "yes" if self._compiled else "no",
         }
