@@ -115,6 +115,16 @@ class GgmlBackend:
 
     # -- loading ----------------------------------------------------------------------------
 
+    @classmethod
+    def weight_files(cls, config: ModelConfig) -> list[Path]:
+        """Every weight file the YAML names (the model and each *_path option) that exists: what
+        a memory estimate must count for a ggml model, whose text encoders are separate files."""
+        options = parse_options(config)
+        names = [config.model] if config.model else []
+        names += [getattr(options, key) for key in FILE_OPTIONS if getattr(options, key)]
+        paths = [config.resolve_path(name) for name in names]
+        return [path for path in paths if path.is_file()]
+
     def _file(self, config: ModelConfig, key: str, value: str) -> str:
         path = config.resolve_path(value)
         if not path.is_file():
@@ -424,7 +434,8 @@ class GgmlBackend:
         return {
             "device": "ggml",
             "dtype": self.options.wtype or "as in the file",
-            "pipeline": f"stable-diffusion.cpp {self.family}".strip(),
+            "pipeline": f"stable-diffusion.cpp {self.family}".strip()
+            + (f" ({self.traits.label})" if self.traits.label != self.family else ""),
             "threads": str(self.threads),
         }
 

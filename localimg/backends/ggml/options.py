@@ -7,6 +7,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -70,17 +71,21 @@ class GgmlOptions(BaseModel):
 
     @field_validator("sampler", "high_noise_sampler")
     @classmethod
-    def _known_sampler(cls, value: str | None) -> str | None:
+    def _known_sampler(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            sampling = samplers.resolve(value, param="sampler")
+            key = info.field_name or "sampler"
+            sampling = samplers.resolve(value, param=key)
             if sampling.method is None:
-                raise ValueError(f"{value!r} is a schedule, not a sampler: use scheduler:{value}")
+                other = key.replace("sampler", "scheduler")
+                raise ValueError(f"{value!r} is a schedule, not a sampler: use {other}:{value}")
         return value
 
     @field_validator("scheduler", "high_noise_scheduler")
     @classmethod
-    def _known_schedule(cls, value: str | None) -> str | None:
-        return samplers.resolve_schedule(value) if value is not None else None
+    def _known_schedule(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        return samplers.resolve_schedule(value, param=info.field_name or "scheduler")
 
     @field_validator("wtype")
     @classmethod
