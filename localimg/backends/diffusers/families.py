@@ -26,7 +26,7 @@ from localimg.errors import BackendNotInstalled, InvalidRequest
 if TYPE_CHECKING:
     from localimg.requests import ImageRequest
 
-EDIT_FAMILIES = "FLUX.1 Kontext, Qwen-Image-Edit-Plus, FLUX.2"
+EDIT_FAMILIES = "FLUX.1 Kontext, Qwen-Image-Edit(-Plus), FLUX.2"
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,15 @@ QWEN_IMAGE_EDIT_PLUS = Family(
     needs_image=True,
     max_sequence_length=1024,
 )
+QWEN_IMAGE_EDIT = Family(  # the first Qwen-Image-Edit: one input image
+    "Qwen-Image-Edit",
+    cfg_kwarg="true_cfg_scale",
+    blank_negative=True,
+    distilled_kwarg="guidance_scale",
+    references=1,
+    needs_image=True,
+    max_sequence_length=1024,
+)
 KONTEXT = Family(
     "FLUX.1 Kontext",
     cfg_kwarg="true_cfg_scale",
@@ -103,6 +112,7 @@ FAMILIES: dict[str, Family] = {
     "QwenImageImg2ImgPipeline": QWEN_IMAGE,
     "QwenImageInpaintPipeline": QWEN_IMAGE,
     "QwenImageEditPlusPipeline": QWEN_IMAGE_EDIT_PLUS,
+    "QwenImageEditPipeline": QWEN_IMAGE_EDIT,
     "FluxKontextPipeline": KONTEXT,
     "ChromaPipeline": CHROMA,
     "ChromaImg2ImgPipeline": CHROMA,
@@ -116,6 +126,7 @@ FAMILIES: dict[str, Family] = {
 NEEDS: dict[str, tuple[str, str]] = {
     "WanImageToVideoPipeline": ("ftfy", "its prompt cleaning calls ftfy unguarded"),
     "QwenImageEditPlusPipeline": ("torchvision", "its Qwen2VLProcessor needs it"),
+    "QwenImageEditPipeline": ("torchvision", "its Qwen2VLProcessor needs it"),
 }
 
 
