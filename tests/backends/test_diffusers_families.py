@@ -607,3 +607,30 @@ def test_yaml_scheduler_type_on_a_flow_model(tmp_path: Path) -> None:
         assert "ancestral.yaml" in message and "use one of: euler" in message
     finally:
         engine.close()
+
+
+def test_flow_schedulers_take_the_pipelines_sigmas_and_mu() -> None:
+    """Heun and DPM++ take no custom sigmas, Heun no mu: the adapter gives them the same schedule
+    (exponential dynamic shifting at mu is a fixed shift of e^mu)."""
+    import math
+
+    import diffusers
+
+    dynamic = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
+    default_sigmas = np.linspace(1.0, 1 / 6, 6)
+    euler = flow.build(flow.FLOW_SCHEDULERS["euler"], dynamic)
+    euler.set_timesteps(sigmas=default_sigmas, mu=0.7)
+    fixed = diffusers.FlowMatchEulerDiscreteScheduler(shift=math.exp(0.7))
+    fixed.set_timesteps(sigmas=default_sigmas)
+    assert np.allclose(euler.sigmas.numpy(), fixed.sigmas.numpy(), atol=1e-6)
+    heun = flow.build(flow.FLOW_SCHEDULERS["heun"], dynamic)
+    heun.set_timesteps(sigmas=list(default_sigmas), mu=0.7)
+    assert math.isclose(heun.config.shift, math.exp(0.7))
+    dpm = flow.build(flow.FLOW_SCHEDULERS["dpmpp_2m"], dynamic)
+    dpm.set_timesteps(sigmas=default_sigmas, mu=0.7)
+    assert len(dpm.timesteps) == 6 and dpm.sigmas[0] > 0.9
+    with pytest.raises(InvalidRequest, match="takes no custom sigmas"):
+        dpm.set_timesteps(sigmas=[1.0, 0.3, 0.1], mu=0.7)
+    fixed_shift = flow.build(flow.FLOW_SCHEDULERS["unipc"], dynamic, shift=5.0)
+    assert fixed_shift.config.flow_shift == 5.0 and not fixed_shift.config.use_dynamic_shifting
+    fixed_shift.set_timesteps(sigmas=list(default_sigmas), mu=0.7)  # mu ignored: a fixed shift
