@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from localimg._util.system import physical_cores
-from localimg.backends.base import BackendDefaults, ProgressCallback, RuntimeSettings
+from localimg.backends.base import (
+    BackendDefaults,
+    Capabilities,
+    ProgressCallback,
+    RuntimeSettings,
+)
 from localimg.backends.ggml import calls, native, samplers
 from localimg.backends.ggml.families import Family, family_of, guidance_embed
 from localimg.backends.ggml.lora import lora_dir, lora_tags
@@ -55,6 +60,10 @@ class GgmlBackend:
     requirements: ClassVar[tuple[str, ...]] = ("stable_diffusion_cpp",)
     extra: ClassVar[str] = "ggml"
     option_keys: ClassVar[frozenset[str]] = OPTION_KEYS
+    # No batching: one native context runs one image (or video) at a time under NATIVE_LOCK.
+    # What each loaded model makes (images, reference edits, Wan videos) is per family and is
+    # checked at generation time (families.py, calls.py), since the family is known once loaded.
+    capabilities: ClassVar[Capabilities] = Capabilities(batch=False)
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings

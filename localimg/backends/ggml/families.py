@@ -31,13 +31,16 @@ UNET_FAMILIES = (
     "Instruct-Pix2Pix",
 )
 # Wan variants whose generate_video reads the init image (stable-diffusion.cpp's
-# generate_video_latents); the text-to-video ones would silently ignore it.
+# generate_video_latents: the first frame, or VACE's reference); the text-to-video ones would
+# silently ignore it.
 WAN_IMAGE_INPUT = (
     "Wan2.1-I2V-14B",
     "Wan2.2-I2V-14B",
     "Wan2.1-I2V-1.3B",
     "Wan2.1-FLF2V-14B",
     "Wan2.2-TI2V-5B",
+    "Wan2.1-VACE-1.3B",
+    "Wan2.x-VACE-14B",
 )
 WAN_END_IMAGE = ("Wan2.1-FLF2V-14B",)  # first-last-frame: a second image is the last frame
 WAN_VARIANT = re.compile(r"\b(Wan2\.[0-9x]-[A-Z0-9]+-[0-9.]+B)\b")
