@@ -55,7 +55,7 @@ def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
     from localimg.backends.diffusers.loading import PIPELINE_TYPES, pipeline_class
 
     # LocalAI's 12 names, then the families' own classes (issue 13)
-    assert len(PIPELINE_TYPES) == 12 + 11
+    assert len(PIPELINE_TYPES) == 12 + 12
     assert {n for n in FAMILIES if "Img2Img" not in n and "Inpaint" not in n} | {
         "ZImageImg2ImgPipeline",
         "ZImageInpaintPipeline",

@@ -54,6 +54,7 @@ PIPELINE_TYPES: dict[str, str] = {
     "Flux2KleinPipeline": "Flux2KleinPipeline",
     "QwenImagePipeline": "QwenImagePipeline",
     "QwenImageEditPlusPipeline": "QwenImageEditPlusPipeline",
+    "QwenImageEditPipeline": "QwenImageEditPipeline",
     "FluxKontextPipeline": "FluxKontextPipeline",
     "ChromaPipeline": "ChromaPipeline",
     "WanPipeline": "WanPipeline",
