@@ -83,7 +83,13 @@ def merge_request(
             num_frames=pick("num_frames"),
             fps=pick("fps"),
             extra=extra,
-            **conditioning.fitted(request, int(width), int(height)),
+            # References of an edit keep their own size and aspect: the model reads them, it
+            # does not denoise them, so stretching one to the output size would distort it.
+            **(
+                {}
+                if request.mode == "edit" or request.reference_images
+                else conditioning.fitted(request, int(width), int(height))
+            ),
         )
     except (TypeError, ValueError) as exc:
         from localimg.errors import ConfigError

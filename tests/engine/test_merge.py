@@ -51,3 +51,28 @@ def test_prompts_over_the_limit_are_refused(field: str) -> None:
         ImageRequest(**kwargs)  # type: ignore[arg-type]
     assert info.value.param == field
     ImageRequest(prompt="a" * MAX_PROMPT_CHARS)  # exactly the limit is fine
+
+
+def test_edit_references_keep_their_own_size_while_img2img_input_is_fitted() -> None:
+    """img2img denoises the input at the output size; a reference edit reads it as it is."""
+    from PIL import Image
+
+    config = config_from_dict({"name": "m"}, where="m.yaml")
+    first, second = Image.new("RGB", (300, 200), "red"), Image.new("RGB", (100, 100), "blue")
+    fitted = merge_request(
+        ImageRequest(prompt="x", init_image=first, width=512, height=512), config, GGML_DEFAULTS
+    )
+    assert fitted.init_image is not None and fitted.init_image.size == (512, 512)
+    edit = merge_request(
+        ImageRequest(
+            prompt="x", init_image=first, reference_images=(second,), width=512, height=512
+        ),
+        config,
+        GGML_DEFAULTS,
+    )
+    assert [image.size for image in edit.input_images] == [(300, 200), (100, 100)]
+    one = merge_request(
+        ImageRequest(prompt="x", init_image=first, mode="edit"), config, GGML_DEFAULTS
+    )
+    assert one.init_image is not None and one.init_image.size == (300, 200)
+    assert (one.width, one.height) == (320, 192)  # the size still follows the input's own
