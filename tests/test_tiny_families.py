@@ -66,10 +66,6 @@ CALLS: dict[str, dict[str, Any]] = {
 IMAGE_REQUIRED = {"QwenImageEditPlusPipeline", "WanImageToVideoPipeline"}
 # Families whose image is one PIL image, not a list.
 SINGLE_IMAGE = {"WanImageToVideoPipeline"}
-# Families whose real processor classes need a package this venv may lack (transformers 5 builds
-# Qwen2VLProcessor only with torchvision, for its video processor).
-# diffusers 0.42's WanImageToVideoPipeline calls ftfy unguarded when it cleans the prompt.
-NEEDS = {"QwenImageEditPlusPipeline": "torchvision", "WanImageToVideoPipeline": "ftfy"}
 # Families that take reference images through `image=[...]`: how many the tests give.
 REFERENCES: dict[str, tuple[int, ...]] = {
     "Flux2KleinPipeline": (1, 2),
@@ -97,9 +93,11 @@ MULTIPLES = {
 def load(name: str) -> Any:
     from diffusers import DiffusionPipeline
 
-    if name in NEEDS:
-        pytest.importorskip(NEEDS[name])
-    pipe = DiffusionPipeline.from_pretrained(str(FAMILY_BUILDERS[name]()))
+    from localimg.backends.diffusers.processors import replacement_components
+
+    folder = str(FAMILY_BUILDERS[name]())
+    # Without torchvision, Qwen-Image-Edit's processor is built as localimg builds it.
+    pipe = DiffusionPipeline.from_pretrained(folder, **replacement_components(name, folder, {}))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -7,6 +7,7 @@ AutoencoderKLQwenImage.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -126,22 +127,22 @@ def tiny_qwen_image_path() -> Path:
 def qwen_vl_processor() -> Any:
     """A Qwen2VLProcessor: Qwen2-VL's image processor (14 px patches, 2x2 merge) + the tokenizer.
 
-    transformers 5 falls back to the PIL image processor without torchvision; the video processor
-    (torchvision only) is left out, as Qwen-Image-Edit never passes videos.
+    Built as localimg builds it without torchvision (backends/diffusers/processors.py): the PIL
+    image processor and no video processor, as Qwen-Image-Edit never passes videos. The saved
+    folder names the real Qwen2VLProcessor (see `tiny_qwen_image_edit_plus_path`).
     """
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import Qwen2VLImageProcessorPil
 
-    images = Qwen2VLImageProcessor(
+    from localimg.backends.diffusers.processors import image_only_processor
+
+    images = Qwen2VLImageProcessorPil(
         patch_size=14,
         merge_size=2,
         temporal_patch_size=2,
         min_pixels=56 * 56,
         max_pixels=448 * 448,
     )
-    tokenizer = qwen_tokenizer()
-    return Qwen2VLProcessor(
-        image_processor=images, tokenizer=tokenizer, chat_template=tokenizer.chat_template
-    )
+    return image_only_processor(images, qwen_tokenizer())
 
 
 def make_qwen_image_edit_plus() -> Any:
@@ -168,8 +169,27 @@ def make_qwen_image_edit_plus() -> Any:
 
 
 def tiny_qwen_image_edit_plus_path() -> Path:
-    """A tiny QwenImageEditPlusPipeline (Qwen-Image-Edit-2509/2511 style): multiples of 32."""
-    return save_pipeline(family_folder("qwen-image-edit-plus"), make_qwen_image_edit_plus)
+    """A tiny QwenImageEditPlusPipeline (Qwen-Image-Edit-2509/2511 style): multiples of 32.
+
+    model_index.json names `transformers.Qwen2VLProcessor` for the processor, as the real repos
+    do, not the torchvision-free subclass it was built with.
+    """
+
+    def make() -> Any:
+        pipe = make_qwen_image_edit_plus()
+        original = pipe.save_pretrained
+
+        def save(folder: str, **kwargs: Any) -> None:
+            original(folder, **kwargs)
+            index = Path(folder) / "model_index.json"
+            data = json.loads(index.read_text())
+            data["processor"] = ["transformers", "Qwen2VLProcessor"]
+            index.write_text(json.dumps(data, indent=2))
+
+        pipe.save_pretrained = save
+        return pipe
+
+    return save_pipeline(family_folder("qwen-image-edit-plus"), make)
 
 
 # --- Wan ----------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_new_family_options_parse_and_refuse_bad_values(tmp_path: Path) -> None:
     assert options.reference_edit and options.offload_params_to_cpu
     with pytest.raises(ConfigError, match="flow_shift: Input should be greater than 0"):
         parse_options(ggml_config(tmp_path, ["flow_shift:0"]))
-    with pytest.raises(ConfigError, match="unknown high_noise_sampler .bogus."):
+    with pytest.raises(ConfigError, match=r"unknown high_noise_sampler .bogus."):
         parse_options(ggml_config(tmp_path, ["high_noise_sampler:bogus"]))
     with pytest.raises(ConfigError, match=r"moe_boundary sets how the Wan 2\.2 high-noise"):
         parse_options(ggml_config(tmp_path, ["moe_boundary:0.8"]))

@@ -41,6 +41,8 @@ class Family:
     needs_image: bool = False  # cannot run without an input image
     min_reference_side: int = 0  # the pipeline refuses smaller input images
     max_sequence_length: int | None = None  # the pipeline's own limit
+    # The Qwen-Image-Edit pipelines take the keyword but never cut the prompt with it: refused.
+    truncates_prompt: bool = True
     img2img: str | None = None  # diffusers classes sharing the weights (from_pipe)
     inpaint: str | None = None
     area_kwarg: bool = False  # Kontext rescales the output to `max_area`: pass width x height
@@ -71,6 +73,7 @@ QWEN_IMAGE = Family(
 )
 QWEN_IMAGE_EDIT_PLUS = Family(
     "Qwen-Image-Edit-Plus",
+    truncates_prompt=False,
     cfg_kwarg="true_cfg_scale",
     blank_negative=True,
     distilled_kwarg="guidance_scale",
@@ -80,6 +83,7 @@ QWEN_IMAGE_EDIT_PLUS = Family(
 )
 QWEN_IMAGE_EDIT = Family(  # the first Qwen-Image-Edit: one input image
     "Qwen-Image-Edit",
+    truncates_prompt=False,
     cfg_kwarg="true_cfg_scale",
     blank_negative=True,
     distilled_kwarg="guidance_scale",
@@ -125,8 +129,6 @@ FAMILIES: dict[str, Family] = {
 # them the load or the first call fails deep inside with a NameError or ImportError.
 NEEDS: dict[str, tuple[str, str]] = {
     "WanImageToVideoPipeline": ("ftfy", "its prompt cleaning calls ftfy unguarded"),
-    "QwenImageEditPlusPipeline": ("torchvision", "its Qwen2VLProcessor needs it"),
-    "QwenImageEditPipeline": ("torchvision", "its Qwen2VLProcessor needs it"),
 }
 
 
@@ -297,9 +299,10 @@ def family_kwargs(
     kwargs.update(_distilled(family, pipe, generation.get("guidance")))
     length = generation.get("max_sequence_length")
     if length is not None:
-        if "max_sequence_length" not in params:
+        if "max_sequence_length" not in params or not family.truncates_prompt:
             raise InvalidRequest(
-                f"{type(pipe).__name__} has no max_sequence_length", param="max_sequence_length"
+                f"{type(pipe).__name__} has no max_sequence_length (its prompt is read whole)",
+                param="max_sequence_length",
             )
         if family.max_sequence_length and length > family.max_sequence_length:
             raise InvalidRequest(

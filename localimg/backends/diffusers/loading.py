@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from localimg._util.system import cpu_has_bf16
 from localimg.backends.base import RuntimeSettings
+from localimg.backends.diffusers import processors
 from localimg.backends.diffusers.families import FAMILIES, check_needs
 from localimg.backends.diffusers.options import DTYPES, DiffusersOptions
 from localimg.config import ModelConfig, ModelSource
@@ -341,6 +342,8 @@ def load_pipeline(
     check_needs(cls.__name__)
     if own and pipeline_type in AUTO_TYPES:  # the repo's own class is what loads
         check_needs(str(own))
+    loads = str(own) if own and pipeline_type in AUTO_TYPES else cls.__name__
+    common.update(processors.replacement_components(loads, source.location, common))
     return cls.from_pretrained(source.location, **common)
 
 
