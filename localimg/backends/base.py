@@ -35,6 +35,9 @@ class BackendDefaults:
     steps: int
     cfg_scale: float
     size_multiple: int = 8
+    # The loaded model reads input images as references (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2):
+    # merge then leaves them at their own size instead of fitting them to the output as img2img.
+    reference_edits: bool = False
 
 
 @dataclass(frozen=True)

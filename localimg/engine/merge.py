@@ -87,7 +87,9 @@ def merge_request(
             # does not denoise them, so stretching one to the output size would distort it.
             **(
                 {}
-                if request.mode == "edit" or request.reference_images
+                if request.mode == "edit"
+                or request.reference_images
+                or (defaults.reference_edits and request.mode is None and request.mask is None)
                 else conditioning.fitted(request, int(width), int(height))
             ),
         )

@@ -76,3 +76,19 @@ def test_edit_references_keep_their_own_size_while_img2img_input_is_fitted() -> 
     )
     assert one.init_image is not None and one.init_image.size == (300, 200)
     assert (one.width, one.height) == (320, 192)  # the size still follows the input's own
+
+
+def test_a_reference_edit_model_keeps_a_lone_input_image_as_it_is() -> None:
+    """On a model that reads images as references, one image with mode unset is not stretched."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    config = config_from_dict({"name": "m"}, where="m.yaml")
+    image = Image.new("RGB", (300, 200), "red")
+    request = ImageRequest(prompt="x", init_image=image, width=512, height=512)
+    edits = replace(GGML_DEFAULTS, reference_edits=True)
+    kept = merge_request(request, config, edits)
+    assert kept.init_image is not None and kept.init_image.size == (300, 200)
+    img2img = merge_request(request.with_(mode="img2img"), config, edits)
+    assert img2img.init_image is not None and img2img.init_image.size == (512, 512)

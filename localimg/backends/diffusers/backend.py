@@ -236,6 +236,7 @@ class DiffusersBackend:
             steps=DEFAULT_STEPS,
             cfg_scale=float(cfg),
             size_multiple=multiple,
+            reference_edits=bool(family is not None and family.references),
         )
 
     @property

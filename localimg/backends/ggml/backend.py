@@ -233,6 +233,7 @@ class GgmlBackend:
             steps=DEFAULT_STEPS,
             cfg_scale=traits.cfg_scale,
             size_multiple=traits.size_multiple,
+            reference_edits=traits.references > 0,
         )
 
     @property
