@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -65,6 +66,17 @@ def weight_itemsize_of(cls: type[Any], config: ModelConfig, where: str) -> int |
     return size
 
 
+def weight_files_of(cls: type[Any], config: ModelConfig) -> list[Path] | None:
+    """Every weight file loading `config` reads, for the memory estimate, when the backend knows
+    more than `parameters.model` (stable-diffusion.cpp's text encoders and VAE are files of their
+    own, named by options); None (the default, for backends without the hook): the model only."""
+    hook = getattr(cls, "weight_files", None)
+    if hook is None:
+        return None
+    files: list[Path] = hook(config)
+    return files
+
+
 class Backend(Protocol):
     """The interface the engine drives. One instance holds one loaded model."""
 
@@ -80,6 +92,8 @@ class Backend(Protocol):
     # and, with batch=True, generate_batch(requests, progress, cancel) -> list[ImageResult].
     # Optional classmethod, read through weight_itemsize_of (default None, as stored):
     #     weight_itemsize(config, where) -> int | None
+    # Optional classmethod, read through weight_files_of (default None: the model's own files):
+    #     weight_files(config) -> list[Path]
 
     def __init__(self, settings: RuntimeSettings) -> None: ...
 

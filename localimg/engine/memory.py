@@ -112,18 +112,36 @@ def _has_variant_tag(path: Path) -> bool:
     return len(parts) > 2 and not sharded
 
 
-def load_itemsize(config: ModelConfig, device_kind: str) -> int | None:
-    """Bytes per float element once loaded (None: as stored, e.g. ggml's quantized files): the
-    backend's own answer (weight_itemsize); None when the backend is not installed."""
+def _backend_class(config: ModelConfig) -> type | None:
     from localimg.backends import get_backend_class
-    from localimg.backends.base import weight_itemsize_of
     from localimg.errors import BackendNotInstalled
 
     try:
-        cls = get_backend_class(config.backend)
+        return get_backend_class(config.backend)
     except BackendNotInstalled:
         return None
-    return weight_itemsize_of(cls, config, device_kind)
+
+
+def load_itemsize(config: ModelConfig, device_kind: str) -> int | None:
+    """Bytes per float element once loaded (None: as stored, e.g. ggml's quantized files): the
+    backend's own answer (weight_itemsize); None when the backend is not installed."""
+    from localimg.backends.base import weight_itemsize_of
+
+    cls = _backend_class(config)
+    return None if cls is None else weight_itemsize_of(cls, config, device_kind)
+
+
+def backend_weight_files(config: ModelConfig) -> list[Path] | None:
+    """The weight files the backend says loading `config` reads (None: it does not say)."""
+    from localimg.backends.base import weight_files_of
+
+    cls = _backend_class(config)
+    if cls is None:
+        return None
+    try:
+        return weight_files_of(cls, config)
+    except Exception:  # a bad option fails clearly when the model loads
+        return None
 
 
 def device_kind(config: ModelConfig, runtime: RuntimeSettings) -> str:
@@ -159,6 +177,9 @@ def estimate(config: ModelConfig, runtime: RuntimeSettings) -> Need | None:
         if key == "variant":
             variant = str(value)
     files = [source.path] if source.kind == "file" else _weight_files(source.path, variant)
+    if source.kind == "file":
+        # A ggml model's text encoders and VAE are files of their own, named by options.
+        files = backend_weight_files(config) or files
     weights = 0
     for path in files:
         if path.suffix.lower() == ".safetensors":
