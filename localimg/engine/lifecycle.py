@@ -104,14 +104,15 @@ class Lifecycle:
         max_loaded: int | None,
         budget: Budget,
         runtime: RuntimeSettings,
-        available_ram: Callable[[], int | None] = memory.available_ram,
+        available_ram: Callable[[], int | None] | None = None,
     ) -> None:
         self._slots = slots
         self.keep_alive = keep_alive
         self.max_loaded = max_loaded
         self.budget = budget
         self.runtime = runtime
-        self._available_ram = available_ram
+        # Looked up at each check (not bound here), so the machine's free RAM is read then.
+        self._available_ram = available_ram or (lambda: memory.available_ram())
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -32,7 +32,9 @@ from localimg.gallery.catalog import (
 )
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-CONFIG_SUFFIXES = (".json", ".txt", ".model")
+# Configs, tokenizer vocabularies and chat templates (transformers saves `chat_template.jinja`:
+# without it a Qwen3 or Mistral text encoder cannot format its prompt).
+CONFIG_SUFFIXES = (".json", ".txt", ".model", ".jinja")
 
 
 def record_path(models_path: Path, name: str) -> Path:

@@ -247,3 +247,18 @@ def test_run_with_a_local_folder_needs_no_gallery_entry(tiny_sd: Path, tmp_path:
         app, ["run", "no-such-model", "--prompt", "x", "--models-path", str(tmp_path / "m")]
     )
     assert result.exit_code == 3 and "no model 'no-such-model' in the gallery" in result.output
+
+
+def test_snapshot_keeps_the_tokenizers_chat_template() -> None:
+    """Qwen3 / Mistral text encoders format prompts with it; without it Z-Image cannot run."""
+    from localimg.gallery.install import select_pipeline_files
+
+    names = [
+        "model_index.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/chat_template.jinja",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "assets/showcase.png",
+    ]
+    chosen = select_pipeline_files(names, None)
+    assert "tokenizer/chat_template.jinja" in chosen and "assets/showcase.png" not in chosen
