@@ -30,6 +30,9 @@ MAX_PROMPT_CHARS = 32_000
 # OpenAI's edits take up to 16 `image[]` files; a family's own limit (Kontext 1, Qwen-Image-Edit-
 # Plus 3, ...) is checked by its backend, which names it.
 MAX_INPUT_IMAGES = 16
+# Partial images (previews) of a running generation a request may ask for: OpenAI streams up to
+# 3; the job and A1111 APIs may ask for more, at most one per step.
+MAX_PREVIEWS = 50
 
 # OpenAI's `quality` → a multiple of the model's own step count (its YAML `step`, else the
 # backend's default). `engine.merge` applies it, where the backend's default is known.
@@ -134,6 +137,10 @@ class ImageRequest:
     # The input images after the first (`init_image`), in the order given: `image[]` files 2..N,
     # `--image` given again. Only reference-edit families use them; others refuse them.
     reference_images: tuple[Image, ...] = ()
+    # How many previews of the running generation to send as ProgressEvents with `preview` set,
+    # at evenly spaced steps (0: none). A backend makes them cheaply (a tiny decoder or a
+    # latent-to-RGB projection); they never change the final image.
+    previews: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -153,6 +160,11 @@ class ImageRequest:
             raise InvalidRequest(
                 f"quality {self.quality!r} is not one of {', '.join(QUALITY_STEP_FACTORS)}",
                 param="quality",
+            )
+        if not 0 <= self.previews <= MAX_PREVIEWS:
+            raise InvalidRequest(
+                f"previews must be between 0 and {MAX_PREVIEWS}, got {self.previews}",
+                param="partial_images",
             )
         if not 1 <= self.n <= MAX_N:
             raise InvalidRequest(f"n must be between 1 and {MAX_N}, got {self.n}", param="n")
@@ -277,3 +289,5 @@ class ProgressEvent:
     total: int = 0
     image_index: int = 0
     message: str = ""
+    # A preview of the image being made (phase "step"), when the request asked for previews.
+    preview: Image | None = None

@@ -31,8 +31,8 @@ from localimg.engine import as_backend_error, load_now
 from localimg.errors import LocalimgError
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
+from localimg.server import a1111, image_jobs, models, openai, videos
 from localimg.server import localai as gallery_routes
-from localimg.server import models, openai, videos
 from localimg.server.security import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -69,6 +69,7 @@ class ServerSettings:
     url_ttl: float = 3600.0  # seconds a url-format image stays available
     request_timeout: float = 600.0  # one generation, queue wait included
     preload: tuple[str, ...] = ()
+    a1111: bool = True  # the AUTOMATIC1111 API under /sdapi/v1 (`--no-a1111` turns it off)
 
 
 class AccessLogMiddleware:
@@ -274,6 +275,8 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         *openai.routes(),
         *models.routes(),
         *videos.routes(),
+        *image_jobs.routes(),
+        *(a1111.routes() if settings.a1111 else []),
     ]
     app = Starlette(
         routes=routes,
