@@ -48,12 +48,17 @@ async def _read_upload(upload: UploadFile, param: str, limits: ImageLimits) -> I
 
 
 async def parse_image_form(
-    request: Request, limits: ImageLimits, *, needs_prompt: bool
+    request: Request,
+    limits: ImageLimits,
+    *,
+    needs_prompt: bool,
+    fields: type[schemas.EditFields] = schemas.EditFields,
 ) -> ImageForm:
     """Parse `image` / repeated `image[]`, `mask` and the text fields of a multipart request.
 
     Reusable by any route that takes uploaded images: the images are decoded under the pixel
-    and byte limits (413, 422), the text fields validated like a generation body (400).
+    and byte limits (413, 422), the text fields validated like a generation body (400) by
+    `fields` (EditFields, or a subclass with a route's own fields).
     """
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -91,8 +96,7 @@ async def parse_image_form(
             raise InvalidRequest(f"at most {MAX_UPLOADS} images per request", param="image")
         if needs_prompt and not str(text.get("prompt", "")).strip():
             raise InvalidRequest("prompt is required (a non-empty string)", param="prompt")
-        fields: schemas.EditFields = schemas.parse_model(schemas.EditFields, text)
-        parsed = ImageForm(fields=fields)
+        parsed = ImageForm(fields=schemas.parse_model(fields, text))
         for key, upload in uploads:
             parsed.images.append(await _read_upload(upload, key, limits))
         if mask_upload is not None:

@@ -136,10 +136,20 @@ async def _respond(request: Request, config: ModelConfig, prepared: schemas.Prep
 
 async def generations(request: Request) -> Response:
     """POST /v1/images/generations."""
+    config, prepared, _ = await prepare_generation(request)
+    return await _respond(request, config, prepared)
+
+
+async def prepare_generation(
+    request: Request, body: type[schemas.GenerationBody] = schemas.GenerationBody
+) -> tuple[ModelConfig, schemas.Prepared, schemas.GenerationBody]:
+    """A generations body (JSON) → its model, the engine request and the parsed fields.
+
+    The image job API (image_jobs.py) takes the same body through here, with `body` a subclass
+    that adds its own fields.
+    """
     state = request.app.state
-    params: schemas.GenerationBody = schemas.parse_model(
-        schemas.GenerationBody, await forms.json_body(request)
-    )
+    params: schemas.GenerationBody = schemas.parse_model(body, await forms.json_body(request))
     if params.user:
         log.info("%s: user %s", _rid(request), params.user)
     config = await asyncio.to_thread(served_config, state, params.model)
@@ -167,16 +177,25 @@ async def generations(request: Request) -> Response:
         # Reference images ask for a reference edit, never img2img of the first one.
         mode="edit" if params.ref_images and params.mode in (None, 0, "0", "") else None,
     )
-    return await _respond(request, config, prepared)
+    return config, prepared, params
 
 
 # -- edits and variations (multipart) ----------------------------------------------------------
 
 
-async def _image_conditioned(request: Request, what: str, needs_prompt: bool) -> Response:
+async def prepare_conditioned(
+    request: Request,
+    what: str,
+    needs_prompt: bool,
+    fields: type[schemas.EditFields] = schemas.EditFields,
+) -> tuple[ModelConfig, schemas.Prepared, schemas.EditFields]:
+    """An edits / variations form (multipart) → its model, the engine request and the fields.
+
+    `what` is "edits" or "variations"; the image job API reuses this with its own `fields`.
+    """
     state = request.app.state
     form = await forms.parse_image_form(
-        request, state.settings.image_limits, needs_prompt=needs_prompt
+        request, state.settings.image_limits, needs_prompt=needs_prompt, fields=fields
     )
     config = await asyncio.to_thread(served_config, state, form.fields.model)
     check_available(state, config.name)
@@ -197,7 +216,7 @@ async def _image_conditioned(request: Request, what: str, needs_prompt: bool) ->
             mask=form.mask,
             strength=form.fields.strength,
         )
-        return await _respond(request, config, prepared)
+        return config, prepared, form.fields
     image, mask = form.images[0], form.mask
     mode: str | None = "variation"
     if what == "edits":
@@ -213,17 +232,19 @@ async def _image_conditioned(request: Request, what: str, needs_prompt: bool) ->
     prepared = schemas.prepare(
         form.fields, config, init_image=image, mask=mask, strength=form.fields.strength, mode=mode
     )
-    return await _respond(request, config, prepared)
+    return config, prepared, form.fields
 
 
 async def edits(request: Request) -> Response:
     """POST /v1/images/edits (multipart)."""
-    return await _image_conditioned(request, "edits", needs_prompt=True)
+    config, prepared, _ = await prepare_conditioned(request, "edits", needs_prompt=True)
+    return await _respond(request, config, prepared)
 
 
 async def variations(request: Request) -> Response:
     """POST /v1/images/variations (multipart)."""
-    return await _image_conditioned(request, "variations", needs_prompt=False)
+    config, prepared, _ = await prepare_conditioned(request, "variations", needs_prompt=False)
+    return await _respond(request, config, prepared)
 
 
 def routes() -> list[Route]:
@@ -234,4 +255,4 @@ def routes() -> list[Route]:
     ]
 
 
-__all__ = ["await_job", "routes"]
+__all__ = ["await_job", "prepare_conditioned", "prepare_generation", "routes"]
