@@ -83,6 +83,11 @@ class Engine:
         self.slot_for(config).submit(job)
         return job
 
+    def queue_position(self, job: Job) -> int | None:
+        """Where a job waits in its model's queue (0: next), None once it runs or is done."""
+        slot = self.slots.get(job.model)
+        return slot.queue_position(job) if slot is not None else None
+
     def generate(
         self,
         model: str | None,

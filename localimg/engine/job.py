@@ -43,11 +43,42 @@ class Job:
     listeners: list[ProgressListener] = field(default_factory=list)
     submitted: float = field(default_factory=time.monotonic)
     last_event: ProgressEvent | None = None
+    started_at: float | None = None  # time.monotonic() when a slot took the job
+    # (step, time.monotonic()) of the first and the latest step event: the pace behind `eta`.
+    first_step: tuple[int, float] | None = None
+    last_step: tuple[int, float] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _started: bool = False
 
+    @property
+    def started(self) -> bool:
+        """Whether a slot has taken the job (it is running, or ran)."""
+        return self._started
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left until the last step, from the pace of the steps so far; None before the
+        first step (or once done). The pace runs from the first step to the latest; with one step
+        seen, from the job's start (so a model load counts in, until a second step comes)."""
+        event, last = self.last_event, self.last_step
+        if last is None or event is None or event.phase != "step" or not event.total:
+            return None
+        now = time.monotonic() if now is None else now
+        step, at = last
+        ref_step, ref_at = self.first_step or last
+        if step <= ref_step:
+            ref_step, ref_at = 0, self.started_at if self.started_at is not None else at
+        if step <= ref_step:
+            return None
+        pace = (at - ref_at) / (step - ref_step)
+        return max(0.0, pace * (event.total - step) - (now - at))
+
     def emit(self, event: ProgressEvent) -> None:
         self.last_event = event
+        if event.phase == "step":
+            mark = (event.step, time.monotonic())
+            if self.first_step is None:
+                self.first_step = mark
+            self.last_step = mark
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -67,6 +98,7 @@ class Job:
             if self.future.done() or self.cancel_event.is_set():
                 return False
             self._started = True
+            self.started_at = time.monotonic()
             return self.future.set_running_or_notify_cancel()
 
     def result(self, timeout: float | None = None) -> ImageResult:

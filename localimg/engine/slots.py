@@ -44,6 +44,8 @@ class Slot(Protocol):
     @property
     def queue_depth(self) -> int: ...
 
+    def queue_position(self, job: Job) -> int | None: ...
+
     @property
     def state(self) -> str: ...
 
@@ -95,8 +97,22 @@ class InProcessSlot:
 
     @property
     def queue_depth(self) -> int:
+        """Jobs waiting (a cancelled one leaves the count at once, though the runner drops it
+        from the queue only when it gets to it)."""
         with self._cond:
-            return len(self._queue)
+            return sum(1 for j in self._queue if not j.future.done())
+
+    def queue_position(self, job: Job) -> int | None:
+        """How many waiting jobs are ahead of `job` (0: it runs next); None when it is not
+        waiting (running, done, cancelled, or not this slot's)."""
+        with self._cond:
+            ahead = 0
+            for queued in self._queue:
+                if queued is job:
+                    return None if job.future.done() else ahead
+                if not queued.future.done():
+                    ahead += 1
+            return None
 
     @property
     def state(self) -> str:
