@@ -30,6 +30,7 @@ from starlette.routing import Route
 from localimg.errors import InvalidRequest, LocalimgError
 from localimg.media import conditioning, output, video
 from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
+from localimg.server.job_store import JobStore
 
 if TYPE_CHECKING:
     from localimg.engine import Engine, Job
@@ -104,6 +105,9 @@ class VideoJob:
     seed: int | None = None
     finished_at: float | None = None  # time.time() when completed or failed (VideoStore bounds)
 
+    def files(self) -> list[Path]:
+        return [path for path in (self.path, self.thumbnail) if path is not None]
+
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -123,47 +127,12 @@ class VideoJob:
         }
 
 
-class VideoStore:
-    """The video jobs, bounded: running ones all kept; finished ones (completed or failed) kept
-    at most `max_finished` and `ttl` seconds (the url TTL), oldest dropped first with its files.
-    """
+class VideoStore(JobStore[VideoJob]):
+    """The video jobs, bounded (job_store.py): finished ones kept at most `max_finished` and
+    `ttl` seconds (the url TTL), oldest dropped first with its files."""
 
     def __init__(self, max_finished: int = MAX_FINISHED_VIDEOS, ttl: float = 3600.0) -> None:
-        self.max_finished = max_finished
-        self.ttl = ttl
-        self._jobs: dict[str, VideoJob] = {}
-
-    def add(self, entry: VideoJob) -> None:
-        self.prune()
-        self._jobs[entry.id] = entry
-
-    def get(self, video_id: str) -> VideoJob | None:
-        self.prune()
-        return self._jobs.get(video_id)
-
-    def pop(self, video_id: str) -> VideoJob | None:
-        return self._jobs.pop(video_id, None)
-
-    def values(self) -> list[VideoJob]:
-        self.prune()
-        return list(self._jobs.values())
-
-    def __len__(self) -> int:
-        return len(self._jobs)
-
-    def prune(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        finished = sorted(
-            (e for e in self._jobs.values() if e.finished_at is not None),
-            key=lambda e: e.finished_at or 0.0,
-        )
-        expired = [e for e in finished if now - (e.finished_at or 0.0) > self.ttl]
-        kept = [e for e in finished if e not in expired]
-        for entry in expired + kept[: max(0, len(kept) - self.max_finished)]:
-            self._jobs.pop(entry.id, None)
-            for path in (entry.path, entry.thumbnail):
-                if path is not None:
-                    path.unlink(missing_ok=True)
+        super().__init__(max_finished, ttl)
 
 
 async def _fields(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
@@ -391,10 +360,7 @@ async def delete_video(request: Request) -> Response:
     entry = _entry(request)
     if entry.job is not None:
         entry.job.cancel()
-    for path in (entry.path, entry.thumbnail):
-        if path is not None:
-            path.unlink(missing_ok=True)
-    request.app.state.videos.pop(entry.id)
+    request.app.state.videos.remove(entry.id)  # and its files
     return JSONResponse({"id": entry.id, "object": "video.deleted", "deleted": True})
 
 
