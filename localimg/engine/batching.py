@@ -10,8 +10,8 @@ rounding. Batching stays off (`--max-batch 1`) unless asked for: a batch of N ne
 the activation memory of one image, and the first request of a batch finishes later than it
 would alone (the batch as a whole finishes sooner).
 
-Only plain text-to-image requests batch: anything with an input image, a mask, video frames or
-extra pipeline keywords runs alone.
+Only plain text-to-image requests batch: anything with an input image, a mask, video frames,
+extra pipeline keywords or previews runs alone.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def batch_key(request: ImageRequest) -> Hashable | None:
         or request.num_frames is not None
         or request.fps is not None
         or request.extra
+        or request.previews  # previews are made per call, from its own latents
         or request.mode not in (None, "txt2img")
     ):
         return None

@@ -41,6 +41,7 @@ from localimg.backends.diffusers.options import (
     parse_options,
     weight_itemsize,
 )
+from localimg.backends.diffusers.previews import StepPreviews
 from localimg.backends.diffusers.sampling import Sampling
 from localimg.backends.diffusers.speed import attention_kind, denoiser_of, place, speed_up
 from localimg.config import ModelConfig, model_source
@@ -291,14 +292,22 @@ class DiffusersBackend:
             schedulers.check_steps(pipe.scheduler, steps, label)
         total = steps * request.n
         images: list[Any] = []
+        shows = StepPreviews(pipe, request.previews, steps, request.width or 0, request.height or 0)
         for index, seed in enumerate(request.seeds):
 
             def on_step(
                 p: Any, step: int, _t: Any, tensors: dict[str, Any], index: int = index
             ) -> dict[str, Any]:
                 done = tasks.steps_done(p, step, steps)
+                preview = shows.at(index, done, tensors)
                 progress(
-                    ProgressEvent("step", step=index * steps + done, total=total, image_index=index)
+                    ProgressEvent(
+                        "step",
+                        step=index * steps + done,
+                        total=total,
+                        image_index=index,
+                        preview=preview,
+                    )
                 )
                 if cancel.is_set():
                     p._interrupt = True

@@ -24,7 +24,7 @@ from localimg.backends.base import (
     ProgressCallback,
     RuntimeSettings,
 )
-from localimg.backends.ggml import calls, native, samplers
+from localimg.backends.ggml import calls, native, previews, samplers
 from localimg.backends.ggml.families import Family, family_of, guidance_embed
 from localimg.backends.ggml.lora import lora_dir, lora_tags
 from localimg.backends.ggml.options import (
@@ -33,6 +33,7 @@ from localimg.backends.ggml.options import (
     GgmlOptions,
     parse_options,
 )
+from localimg.backends.ggml.previews import StepPreviews, previews_to
 from localimg.config import ModelConfig
 from localimg.errors import (
     BackendError,
@@ -320,6 +321,12 @@ class GgmlBackend:
         )
         label = samplers.label(method or self._default_method(), schedule)
         if self.traits.video:
+            if request.previews:
+                raise InvalidRequest(
+                    "previews (partial images) of a stable-diffusion.cpp video are not supported; "
+                    "ask for 0 or use the diffusers backend",
+                    param="previews",
+                )
             return self._video(request, base, label, progress, cancel)
         call = calls.image_call(request, self.options, mode, base)
         per_image = self._steps_run(request, mode)
@@ -328,7 +335,8 @@ class GgmlBackend:
         for index, seed in enumerate(request.seeds):
             if cancel.is_set():
                 raise Cancelled("the request was cancelled")
-            images.append(self._one(call, seed, index, per_image, total, progress))
+            shows = StepPreviews(request.previews, per_image, call["width"], call["height"])
+            images.append(self._one(call, seed, index, per_image, total, progress, shows))
             progress(
                 ProgressEvent(
                     "decode", step=(index + 1) * per_image, total=total, image_index=index
@@ -402,6 +410,7 @@ class GgmlBackend:
         per_image: int,
         total: int,
         progress: ProgressCallback,
+        shows: StepPreviews,
     ) -> Any:
         last = [0]
 
@@ -412,10 +421,21 @@ class GgmlBackend:
                 return
             last[0] = step
             progress(
-                ProgressEvent("step", step=index * per_image + step, total=total, image_index=index)
+                ProgressEvent(
+                    "step",
+                    step=index * per_image + step,
+                    total=total,
+                    image_index=index,
+                    preview=shows.take(step),
+                )
             )
 
-        with native.NATIVE_LOCK, native.progress_to(on_step):
+        method = previews.preview_method(self.options.taesd_path)
+        with (
+            native.NATIVE_LOCK,
+            native.progress_to(on_step),
+            previews_to(self._sd, shows.handler, method),
+        ):
             try:
                 output = self.model.generate_image(seed=seed, **call)
             except (ValueError, RuntimeError) as exc:
