@@ -25,7 +25,7 @@ from localimg.errors import (
 )
 from localimg.media import conditioning, output
 from localimg.media.decode import image_from_text
-from localimg.server import forms, schemas, videos
+from localimg.server import forms, schemas, streaming, videos
 from localimg.server.models import check_available, served_config
 
 if TYPE_CHECKING:
@@ -137,6 +137,8 @@ async def _respond(request: Request, config: ModelConfig, prepared: schemas.Prep
 async def generations(request: Request) -> Response:
     """POST /v1/images/generations."""
     config, prepared, _ = await prepare_generation(request)
+    if prepared.stream_partials is not None:
+        return await streaming.respond(request, config, prepared, "image_generation")
     return await _respond(request, config, prepared)
 
 
@@ -238,12 +240,19 @@ async def prepare_conditioned(
 async def edits(request: Request) -> Response:
     """POST /v1/images/edits (multipart)."""
     config, prepared, _ = await prepare_conditioned(request, "edits", needs_prompt=True)
+    if prepared.stream_partials is not None:
+        return await streaming.respond(request, config, prepared, "image_edit")
     return await _respond(request, config, prepared)
 
 
 async def variations(request: Request) -> Response:
     """POST /v1/images/variations (multipart)."""
     config, prepared, _ = await prepare_conditioned(request, "variations", needs_prompt=False)
+    if prepared.stream_partials is not None:
+        raise InvalidRequest(
+            "stream: true applies to /v1/images/generations and /v1/images/edits, not variations",
+            param="stream",
+        )
     return await _respond(request, config, prepared)
 
 

@@ -52,6 +52,10 @@ class ImageParams(BaseModel):
     cfg_scale: float | None = Field(default=None, ge=0, le=100)
     scheduler: str | None = None
     clip_skip: int | None = Field(default=None, ge=0, le=24)
+    # OpenAI's streaming (server/streaming.py): Server-Sent Events with up to 3 partial images
+    # (previews of the running generation), then the final image. Generations and edits only.
+    stream: bool = False
+    partial_images: int | None = Field(default=None, ge=0, le=3)
 
 
 class GenerationBody(ImageParams):
@@ -107,6 +111,10 @@ class Prepared:
     # whether response_format was given (a video answers with a url unless asked otherwise).
     video_format: str | None = None
     response_format_given: bool = True
+    # Streaming: how many partial images (None: not streamed), and what the events echo back.
+    stream_partials: int | None = None
+    quality: str = "auto"
+    background: str = "auto"
 
 
 def _steps(params: ImageParams) -> int | None:
@@ -153,6 +161,7 @@ def prepare(
             "images (use 'opaque' or 'auto')",
             param="background",
         )
+    stream_partials = _stream_partials(params, asked in ("mp4", "gif"))
     width = height = None
     if params.size and params.size.strip().lower() != "auto":
         width, height = parse_size(params.size)
@@ -180,6 +189,7 @@ def prepare(
         mode=mode if mode is not None else parse_mode(getattr(params, "mode", None)),
         num_frames=getattr(params, "num_frames", None),
         fps=getattr(params, "fps", None),
+        previews=stream_partials or 0,
     )
     return Prepared(
         request=request,
@@ -189,7 +199,40 @@ def prepare(
         ignored=ignored,
         video_format=video_format,
         response_format_given="response_format" in given,
+        stream_partials=stream_partials,
+        quality=params.quality if params.quality in ("low", "medium", "high") else "auto",
+        background=params.background or "auto",
     )
+
+
+def _stream_partials(params: ImageParams, video: bool) -> int | None:
+    """The partial images a streamed request wants (0-3), None when not streamed; the refusals.
+
+    OpenAI streams one image (`n` 1) as base64 only; `partial_images` means nothing unstreamed.
+    """
+    if not params.stream:
+        if params.partial_images is not None:
+            raise InvalidRequest(
+                "partial_images applies to streamed responses: send stream: true with it",
+                param="partial_images",
+            )
+        return None
+    if params.n != 1:
+        raise InvalidRequest(
+            f"stream: true makes one image; n is {params.n} (send n: 1, or stream: false)",
+            param="n",
+        )
+    if params.response_format == "url" and "response_format" in params.model_fields_set:
+        raise InvalidRequest(
+            "streamed images come as b64_json only; drop response_format or set it to b64_json",
+            param="response_format",
+        )
+    if video or getattr(params, "num_frames", None) is not None:
+        raise InvalidRequest(
+            "stream: true is for still images; a video is served by /v1/videos",
+            param="stream",
+        )
+    return params.partial_images or 0
 
 
 def usage(result: ImageResult) -> dict[str, Any]:
