@@ -33,6 +33,8 @@ from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
 from localimg.server import a1111, image_jobs, models, openai, videos
 from localimg.server import localai as gallery_routes
+from localimg.server.image_job import MAX_FINISHED_IMAGE_JOBS
+from localimg.server.job_store import JobStore
 from localimg.server.security import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -295,5 +297,6 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         output_dir=settings.output_dir,
         files_path=FILES_PATH,  # where output_dir is served: response URLs point here
         videos=VideoStore(ttl=settings.url_ttl),
+        image_jobs=JobStore(max_finished=MAX_FINISHED_IMAGE_JOBS, ttl=settings.url_ttl),
     )
     return app
