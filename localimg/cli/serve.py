@@ -113,6 +113,13 @@ def serve(
             help="Run up to N queued same-size text-to-image requests as one batch (1: off).",
         ),
     ] = 1,
+    a1111: Annotated[
+        bool,
+        typer.Option(
+            "--a1111/--no-a1111",
+            help="Serve the AUTOMATIC1111 API under /sdapi/v1 (SillyTavern, Open WebUI).",
+        ),
+    ] = True,
     device: Device = None,
     threads: Threads = None,
     log_level: Annotated[
@@ -149,6 +156,7 @@ def serve(
         url_ttl=url_ttl,
         request_timeout=timeout,
         preload=tuple(preload or ()),
+        a1111=a1111,
     )
     factory = None if in_process else worker_slot_factory(WorkerOptions(log_level=State.log_level))
     engine = Engine(engine_setup, slot_factory=factory)

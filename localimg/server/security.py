@@ -8,6 +8,8 @@ random and they expire).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -58,15 +60,41 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def basic_password(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The password of `Authorization: Basic base64(user:password)` (any user name).
+
+    A1111 clients (SillyTavern, Open WebUI) send Basic auth; SillyTavern encodes its setting as
+    typed, so a value without a colon is taken whole as the password.
+    """
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "basic" or not token.strip():
+                return None
+            try:
+                decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                return None
+            user, colon, password = decoded.partition(":")
+            return password if colon else user
+    return None
+
+
 def check_key(headers: Iterable[tuple[bytes, bytes]], keys: tuple[str, ...]) -> None:
-    """The one API key check (the /v1 middleware, LocalAI's routes): 401 unless a configured key
-    is presented as `Authorization: Bearer <key>`; nothing to check when no keys are set."""
+    """The one API key check (the /v1 middleware, LocalAI's and A1111's routes): 401 unless a
+    configured key is presented as `Authorization: Bearer <key>`, or as the password of
+    `Authorization: Basic` (any user name: A1111 clients send Basic); nothing to check when no
+    keys are set, so the empty Basic header those clients send without credentials passes."""
     if not keys:
         return
+    headers = list(headers)
     token = bearer_token(headers)
     if token is None:
+        token = basic_password(headers)
+    if token is None:
         raise Unauthorized(
-            "missing API key: send 'Authorization: Bearer <key>'",
+            "missing API key: send 'Authorization: Bearer <key>' (or Basic with the key as "
+            "the password)",
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not key_matches(token, keys):
