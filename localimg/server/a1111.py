@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 from localimg.errors import Cancelled, InvalidRequest, LocalimgError, Unauthorized
 from localimg.media import encode
 from localimg.media.decode import image_from_text
-from localimg.requests import MAX_SEED, ImageRequest
+from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest
 from localimg.server import a1111_options as options
 from localimg.server.a1111_images import init_inputs, save_images
 from localimg.server.a1111_info import Outcome, grid, info_json, parse_parameters
@@ -156,8 +156,8 @@ def _previews(body: Txt2ImgBody, a1: A1111State) -> int:
     """Previews for /progress's current_image: one every `show_progress_every_n_steps`."""
     if a1.preview_every <= 0:
         return 0
-    steps = body.steps or 20
-    return max(1, min(50, steps // a1.preview_every))
+    steps = body.steps or 20  # the model's own count is known only once merged
+    return min(MAX_PREVIEWS, steps // a1.preview_every)
 
 
 async def _generate(request: Request, a1: A1111State, kind: str) -> Response:

@@ -361,6 +361,8 @@ def test_progress_while_running_then_interrupt(served: Served) -> None:
     assert 0 < progress["progress"] < 1 and progress["state"]["job_count"] == 3
     assert progress["state"]["sampling_steps"] == 80 and progress["eta_relative"] >= 0
     assert progress["current_task"] and progress["textinfo"] is None
+    if progress["current_image"] is not None:  # once the backends send previews
+        assert decode(progress["current_image"]).size == (64, 64)
     assert post(served.url, "interrupt", {}).status_code == 200
     images, info, _ = ok(future.result(timeout=300))
     assert info["interrupted"] is True
