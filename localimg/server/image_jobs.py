@@ -22,7 +22,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -48,16 +48,36 @@ class ImageJobNotFound(LocalimgError):
     default_code = "image_job_not_found"
 
 
-class JobGenerationBody(schemas.GenerationBody):
-    """A generations body, plus how many previews the job makes (0: none)."""
+class JobFields(BaseModel):
+    """What a job body adds to a generations / edits body: how many previews to make (0: none).
+    Streaming belongs to the generations routes; a job streams through `/events`."""
 
     previews: int | None = Field(default=None, ge=0, le=MAX_PREVIEWS)
 
+    @field_validator("stream", check_fields=False)
+    @classmethod
+    def _no_stream(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("a job is not streamed; GET /v1/images/jobs/{id}/events streams it")
+        return value
 
-class JobEditFields(schemas.EditFields):
-    """The text fields of an edits form, plus `previews`."""
+    @field_validator("partial_images", check_fields=False)
+    @classmethod
+    def _no_partial_images(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(
+                f"a job takes 'previews' (0-{MAX_PREVIEWS}) instead; "
+                "GET /v1/images/jobs/{id}?preview=true shows the latest"
+            )
+        return value
 
-    previews: int | None = Field(default=None, ge=0, le=MAX_PREVIEWS)
+
+class JobGenerationBody(schemas.GenerationBody, JobFields):
+    """POST /v1/images/jobs as JSON: a generations body plus `previews`."""
+
+
+class JobEditFields(schemas.EditFields, JobFields):
+    """POST /v1/images/jobs as multipart: the text fields of an edits form plus `previews`."""
 
 
 def _base_url(request: Request) -> str:
@@ -66,17 +86,7 @@ def _base_url(request: Request) -> str:
 
 
 def _with_previews(prepared: schemas.Prepared, fields: Any) -> schemas.Prepared:
-    if getattr(fields, "stream", None):
-        raise InvalidRequest(
-            "stream is not for jobs: GET /v1/images/jobs/{id}/events streams a job's progress",
-            param="stream",
-        )
-    if getattr(fields, "partial_images", None) is not None:
-        raise InvalidRequest(
-            "partial_images belongs to streaming; a job takes 'previews' (0-"
-            f"{MAX_PREVIEWS}) and GET /v1/images/jobs/{{id}}?preview=true shows the latest",
-            param="partial_images",
-        )
+    """The engine request with the job's previews: as asked, else min(steps, 10)."""
     previews = fields.previews
     if previews is None:
         previews = min(prepared.request.steps or DEFAULT_PREVIEWS, DEFAULT_PREVIEWS)

@@ -108,6 +108,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[
     models = root / "models"
     models.mkdir()
     write_model(models, "tiny", tiny_sd)
+    write_model(models, "broken", root / "no-such-model")  # fails when it loads
     yield from _serve(root, models, max_queue=2)
 
 
@@ -169,6 +170,16 @@ def test_url_result_and_delete_of_a_finished_job(served: Served) -> None:
     assert not any(path.exists() for path in files)
     error = assert_openai_error(httpx.get(f"{served.url}/v1/images/jobs/{job_id}"), 404)
     assert error["code"] == "image_job_not_found"
+
+
+def test_a_failing_job_reports_the_error_in_openai_shape(served: Served) -> None:
+    created = served.post_job({"model": "broken", "prompt": "x", "size": "64x64"})
+    assert created.status_code == 202, created.text
+    failed = served.wait_finished(created.json()["id"])
+    assert failed["status"] == "failed" and "result" not in failed
+    error = failed["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "Traceback" not in error["message"]
 
 
 # -- queue position, cancel, 429 -------------------------------------------------------------
@@ -243,21 +254,43 @@ def test_events_stream_every_step_and_end_with_the_result(served: Served) -> Non
     wait_until(served.idle, what="the model to go idle")
 
 
-def test_preview_field_on_request(served: Served) -> None:
+def test_previews_on_request(served: Served) -> None:
     body = {"model": "tiny", "prompt": "p", "size": "64x64", "steps": 4, "previews": 2}
     job_id = served.post_job(body).json()["id"]
     served.wait_finished(job_id)
     shown = served.get(job_id, preview="true")
-    assert "preview" in shown
-    if shown["preview"] is not None:  # once the backends send previews (ProgressEvent.preview)
-        preview = b64_image(shown["preview"])
-        assert preview.format == "PNG"
+    preview = b64_image(shown["preview"])  # the last of the two, made at step 3 of 4
+    assert preview.format == "PNG" and preview.width > 0
     assert "preview" not in served.get(job_id)
+    none = served.post_job({**body, "previews": 0}).json()["id"]
+    served.wait_finished(none)
+    assert served.get(none, preview="true")["preview"] is None
     assert_openai_error(
         httpx.get(f"{served.url}/v1/images/jobs/{job_id}", params={"preview": "maybe"}),
         400,
         "preview",
     )
+
+
+def test_events_carry_the_previews_made(served: Served) -> None:
+    body = {"model": "tiny", "prompt": "p", "size": "64x64", "steps": 4, "previews": 4}
+    long_id = served.start_long()
+    job_id = served.post_job(body).json()["id"]
+    url = f"{served.url}/v1/images/jobs/{job_id}/events"
+    previews: dict[int, str | None] = {}
+    with httpx.stream("GET", url, params={"preview": "true"}, timeout=300) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data = json.loads(line[len("data: ") :])
+                if data["status"] == "queued":
+                    served.delete(long_id)
+                if data["status"] == "in_progress" and data["step"]:  # step 0: started
+                    previews[data["step"]] = data["preview"]
+    assert set(previews) == {1, 2, 3, 4}  # one preview a step (previews >= steps)
+    decoded = [b64_image(text) for text in previews.values() if text]
+    assert len(decoded) == 4 and all(image.format == "PNG" for image in decoded)
+    assert len(set(previews.values())) == 4  # each step its own picture
+    wait_until(served.idle, what="the model to go idle")
 
 
 # -- edits -------------------------------------------------------------------------------------
@@ -288,10 +321,13 @@ def test_edits_job_equals_the_edits_route(served: Served) -> None:
     "body,param",
     [
         ({"prompt": "x", "previews": 51}, "previews"),
+        ({"prompt": "x", "stream": True}, "stream"),
+        ({"prompt": "x", "stream": True, "partial_images": 2}, "stream"),
+        ({"prompt": "x", "partial_images": 2}, "partial_images"),
         ({"prompt": "x", "steps": 0}, "steps"),
         ({"prompt": "x", "colour": "red"}, "colour"),
         ({"prompt": "x", "model": "nope"}, "model"),
-        ({"prompt": ""}, "prompt"),
+        ({"model": "tiny", "prompt": ""}, "prompt"),
     ],
 )
 def test_bad_bodies_are_refused_as_on_generations(
