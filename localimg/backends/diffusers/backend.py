@@ -317,6 +317,12 @@ class DiffusersBackend:
             call["generator"] = torch.Generator("cpu").manual_seed(seed)
             if "callback_on_step_end" in params:
                 call["callback_on_step_end"] = on_step
+            elif request.previews:
+                raise InvalidRequest(
+                    f"{type(pipe).__name__} has no step-end callback to make previews from; "
+                    "ask for previews 0",
+                    param="previews",
+                )
             elif "callback" in params:  # older pipelines (text-to-video): stop by raising
                 call["callback"] = tasks.legacy_callback(pipe, on_step, cancel)
                 call["callback_steps"] = 1
