@@ -57,7 +57,12 @@ def run_bare(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[
     from diffusers import DiffusionPipeline
 
     torch.set_num_threads(args.threads)
-    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    from localimg.backends.diffusers.processors import replacement_components
+
+    # Without torchvision, Qwen-Image-Edit's processor is built as localimg builds it.
+    pipe = DiffusionPipeline.from_pretrained(
+        str(folder), **replacement_components(family, str(folder), {})
+    )
     pipe.set_progress_bar_config(disable=True)
     kwargs: dict[str, Any] = {
         "prompt": PROMPT,
@@ -71,6 +76,14 @@ def run_bare(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[
         kwargs["num_frames"] = FRAMES
     if family in IMAGE_INPUT:
         kwargs["image"] = input_image(args.size)
+    if family == "FluxKontextPipeline":
+        # As localimg calls it: the asked size (else about 1024x1024), the input image at that
+        # size used as it is, cfg_scale 1 is true CFG off, the distilled guidance its default.
+        kwargs["max_area"] = args.size * args.size
+        kwargs["_auto_resize"] = False
+        del kwargs["guidance_scale"]
+    if family == "QwenImageEditPlusPipeline":
+        kwargs["image"] = [kwargs["image"]]
 
     def once() -> Any:
         with torch.inference_mode():
