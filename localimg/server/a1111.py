@@ -309,7 +309,14 @@ def routes() -> list[BaseRoute]:
         ("png-info", png_info, "POST"),
         *options.table(),
     ]
-    return [
+    routes: list[BaseRoute] = [
         Route(f"/sdapi/v1/{path}", _endpoint(handler, a1), methods=[method])
         for path, handler, method in table
     ]
+    # Anything else under /sdapi/v1 answers as FastAPI (A1111) does: 404 {"detail": "Not Found"}.
+    routes.append(Route("/sdapi/v1/{rest:path}", not_found))
+    return routes
+
+
+async def not_found(request: Request) -> Response:
+    return JSONResponse({"detail": "Not Found"}, status_code=404)

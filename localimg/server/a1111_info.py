@@ -138,8 +138,11 @@ def parse_parameters(text: str) -> dict[str, Any]:
     }
     for key, raw in PARAM_RE.findall(last):
         value = raw.strip()
-        if value.startswith('"') and value.endswith('"'):
-            value = json.loads(value) if value.count('"') >= 2 else value[1:-1]
+        if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = value[1:-1]
         size = SIZE_RE.match(value)
         if size:
             result[f"{key}-1"], result[f"{key}-2"] = int(size[1]), int(size[2])

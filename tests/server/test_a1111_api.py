@@ -16,15 +16,15 @@ from localimg.server.a1111_images import fill_masked, read_mask
 from localimg.server.a1111_info import parse_parameters
 from localimg.server.a1111_samplers import choose, engine_of
 from localimg.server.app import ServerSettings, create_app
-from tests.server.a1111_support import a1111_error, basic
-from tests.server_support import serve_in_thread, write_model
+from tests.server.a1111_support import a1111_error, basic, post
+from tests.server_support import serve_in_thread, wait_until, write_model
 
 
-def _serve(tmp_path: Path, tiny_sd: Path, **settings: object) -> Iterator[str]:
+def _serve(tmp_path: Path, tiny_sd: Path, max_queue: int = 16, **settings: object) -> Iterator[str]:
     models = tmp_path / "models"
     models.mkdir()
     write_model(models, "tiny", tiny_sd)
-    engine = Engine(EngineSettings(models_path=models))
+    engine = Engine(EngineSettings(models_path=models, max_queue=max_queue))
     app = create_app(ServerSettings(output_dir=tmp_path / "out", **settings), engine)  # type: ignore[arg-type]
     with serve_in_thread(app) as url:
         yield url
@@ -91,6 +91,11 @@ def test_cors_preflight_for_browser_clients(keyed_server: str) -> None:
     assert response.headers["access-control-allow-origin"] == "http://st.local"
 
 
+def test_unknown_sdapi_route_is_fastapi_404(open_server: str) -> None:
+    response = httpx.get(f"{open_server}/sdapi/v1/extensions", timeout=30)
+    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+
+
 def test_no_a1111_turns_the_routes_off(tmp_path: Path, tiny_sd: Path) -> None:
     for url in _serve(tmp_path, tiny_sd, a1111=False):
         assert options(url).status_code == 404
@@ -105,6 +110,29 @@ def test_body_limit_applies(tmp_path: Path, tiny_sd: Path) -> None:
             f"{url}/sdapi/v1/img2img", json={"init_images": ["A" * 4096]}, timeout=30
         )
         assert response.status_code == 413
+
+
+def _state(url: str) -> dict[str, int]:
+    state: dict[str, int] = httpx.get(f"{url}/sdapi/v1/progress", timeout=30).json()["state"]
+    return state
+
+
+def test_full_queue_is_429_in_a1111_shape(tmp_path: Path, tiny_sd: Path) -> None:
+    import concurrent.futures
+
+    for url in _serve(tmp_path, tiny_sd, max_queue=1):
+        slow = {"prompt": "x", "steps": 30, "width": 64, "height": 64}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(post, url, "txt2img", slow)
+            wait_until(lambda u=url: _state(u)["sampling_step"] > 0, what="the first running")
+            queued = pool.submit(post, url, "txt2img", slow)
+            wait_until(lambda u=url: _state(u)["job_count"] == 2, what="the second queued")
+            response = post(url, "txt2img", slow)
+            a1111_error(response, 429, "queued")
+            assert response.headers["retry-after"] == "5"
+            assert response.json()["error"] == "Busy"
+            assert running.result(timeout=300).status_code == 200
+            assert queued.result(timeout=300).status_code == 200
 
 
 # -- units -----------------------------------------------------------------------------------
