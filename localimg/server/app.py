@@ -259,7 +259,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],  # DELETE: cancel a job
                 allow_headers=["Authorization", "Content-Type"],
                 expose_headers=EXPOSED_HEADERS,
                 max_age=600,

@@ -472,3 +472,32 @@ def test_ggml_job_equals_generations_and_cancels_within_a_step(ggml_served: Serv
     assert final["status"] == "cancelled" and final["step"] < final["total"] == 500
     assert served.wait_finished(queued_id)["step"] == 0
     wait_until(lambda: served.idle("stablediffusion"), what="the model to go idle")
+
+
+def test_api_key_and_cors_on_the_job_routes(tmp_path: Path) -> None:
+    origin = "http://app.example"
+    engine = Engine(EngineSettings(models_path=tmp_path))  # no model: nothing here runs one
+    settings = ServerSettings(api_keys=("sk-job",), cors_origins=(origin,), output_dir=tmp_path)
+    with serve_in_thread(create_app(settings, engine)) as url:
+        base = f"{url}/v1/images/jobs"
+        for response in (
+            httpx.post(base, json={"prompt": "x"}),
+            httpx.get(base),
+            httpx.get(f"{base}/imgjob_x"),
+            httpx.delete(f"{base}/imgjob_x"),
+            httpx.get(f"{base}/imgjob_x/events"),
+        ):
+            assert assert_openai_error(response, 401)["code"] == "invalid_api_key"
+        keyed = {"Authorization": "Bearer sk-job"}
+        assert httpx.get(base, headers=keyed).json() == {"object": "list", "data": []}
+        preflight = httpx.options(
+            f"{base}/imgjob_x",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "DELETE",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert "DELETE" in preflight.headers["access-control-allow-methods"]
