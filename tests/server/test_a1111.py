@@ -409,6 +409,19 @@ def test_ggml_model_through_the_sillytavern_body(served: Served) -> None:
     assert "ggml" in error["detail"]
 
 
+def test_ggml_interrupt(served: Served) -> None:
+    data = small(
+        steps=12, n_iter=2, seed=4, override_settings={"sd_model_checkpoint": "stablediffusion"}
+    )
+    future = _start(served, data)
+    wait_until(
+        lambda: _progress(served)["state"]["sampling_step"] > 0, what="the ggml batch running"
+    )
+    assert post(served.url, "interrupt", {}).status_code == 200
+    _, info, _ = ok(future.result(timeout=300))
+    assert info["interrupted"] is True and len(info["all_seeds"]) < 2
+
+
 def test_ggml_samplers_list_follows_the_current_model(served: Served) -> None:
     post(served.url, "options", {"sd_model_checkpoint": "stablediffusion"})
     try:

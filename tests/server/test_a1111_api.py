@@ -3,6 +3,7 @@ routes here only read the models folder), and the name mappings and parsers as u
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,21 +11,24 @@ import httpx
 import pytest
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings
+from localimg.engine import Engine, EngineSettings, WorkerOptions, worker_slot_factory
 from localimg.errors import InvalidRequest
 from localimg.server.a1111_images import fill_masked, read_mask
 from localimg.server.a1111_info import parse_parameters
 from localimg.server.a1111_samplers import choose, engine_of
 from localimg.server.app import ServerSettings, create_app
-from tests.server.a1111_support import a1111_error, basic, post
+from tests.server.a1111_support import a1111_error, basic, decode, post
 from tests.server_support import serve_in_thread, wait_until, write_model
 
 
-def _serve(tmp_path: Path, tiny_sd: Path, max_queue: int = 16, **settings: object) -> Iterator[str]:
+def _serve(
+    tmp_path: Path, tiny_sd: Path, max_queue: int = 16, workers: bool = False, **settings: object
+) -> Iterator[str]:
     models = tmp_path / "models"
     models.mkdir()
     write_model(models, "tiny", tiny_sd)
-    engine = Engine(EngineSettings(models_path=models, max_queue=max_queue))
+    factory = worker_slot_factory(WorkerOptions(cancel_grace=20)) if workers else None
+    engine = Engine(EngineSettings(models_path=models, max_queue=max_queue), slot_factory=factory)
     app = create_app(ServerSettings(output_dir=tmp_path / "out", **settings), engine)  # type: ignore[arg-type]
     with serve_in_thread(app) as url:
         yield url
@@ -133,6 +137,34 @@ def test_full_queue_is_429_in_a1111_shape(tmp_path: Path, tiny_sd: Path) -> None
             assert response.json()["error"] == "Busy"
             assert running.result(timeout=300).status_code == 200
             assert queued.result(timeout=300).status_code == 200
+
+
+def test_worker_process_previews_and_interrupt(tmp_path: Path, tiny_sd: Path) -> None:
+    """As `localimg serve` runs models: in a worker process, whose previews reach /progress and
+    which /interrupt stops."""
+    import concurrent.futures
+
+    for url in _serve(tmp_path, tiny_sd, workers=True):
+        data = {"prompt": "x", "steps": 60, "n_iter": 2, "width": 64, "height": 64, "seed": 1}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            future = pool.submit(post, url, "txt2img", data)
+
+            def preview(u: str = url) -> bool:
+                return (
+                    httpx.get(f"{u}/sdapi/v1/progress", timeout=30).json()["current_image"]
+                    is not None
+                )
+
+            wait_until(preview, what="a preview of the running batch")
+            image = httpx.get(f"{url}/sdapi/v1/progress", timeout=30).json()["current_image"]
+            assert decode(image).size == (64, 64)
+            skipped = httpx.get(f"{url}/sdapi/v1/progress?skip_current_image=true", timeout=30)
+            assert skipped.json()["current_image"] is None
+            assert post(url, "interrupt", {}).status_code == 200
+            response = future.result(timeout=300)
+        assert response.status_code == 200
+        info = json.loads(response.json()["info"])
+        assert info["interrupted"] is True and len(info["all_seeds"]) < 2
 
 
 # -- units -----------------------------------------------------------------------------------
