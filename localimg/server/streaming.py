@@ -14,7 +14,8 @@ more, and `partial_images` without `stream`). Errors found before the stream sta
 an unknown model, a full queue) are ordinary JSON errors with their HTTP status; one after it
 started is an `error` event whose data is OpenAI's error object (`{"type": "error", "error":
 {message, type, param, code}}`, which the official client raises as an APIError), and the stream
-ends. A client that disconnects cancels the job, and so does the server's --timeout.
+ends. A client that disconnects cancels the job, and so does the server's --timeout. A long
+wait with nothing to send (a queued job, slow steps) sends an SSE comment every KEEPALIVE seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ log = logging.getLogger("localimg.server")
 Kind = Literal["image_generation", "image_edit"]
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Seconds without an event before a comment line keeps idle proxies from closing the stream.
+KEEPALIVE = 15.0
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -153,11 +156,16 @@ async def _events(
         while True:
             getter: asyncio.Future[Any] = asyncio.ensure_future(previews.get())
             waiting: set[asyncio.Future[Any]] = {getter, result_future, gone}
+            left = deadline - loop_time()
             done, _ = await asyncio.wait(
                 waiting,
-                timeout=max(0.0, deadline - loop_time()),
+                timeout=max(0.0, min(left, KEEPALIVE)),
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if not done and left > KEEPALIVE:
+                getter.cancel()
+                yield b": keep-alive\n\n"  # an SSE comment: clients skip it, proxies see traffic
+                continue
             if getter in done:
                 if sent < wanted:
                     yield await asyncio.to_thread(

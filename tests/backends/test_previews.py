@@ -187,10 +187,22 @@ def test_previews_out_of_range_are_refused() -> None:
 
 
 @pytest.mark.ggml
-def test_ggml_projection_previews(ggml_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """stable-diffusion.cpp's own latent-to-RGB projection (what a model without TAESD gets):
-    latent-sized pictures scaled up to the preview size."""
+def test_ggml_previews_every_step_decode_with_taesd(
+    ggml_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where every step is previewed anyway, a model with a TAESD previews with it (the library
+    then decodes each step either way); fewer previews use the projection (as _check above)."""
     from localimg.backends.ggml import previews
 
-    monkeypatch.setattr(previews, "preview_method", lambda _taesd: "proj")
-    _check(ggml_engine, "stablediffusion", (64, 64))
+    methods: list[str] = []
+    real = previews.preview_method
+    monkeypatch.setattr(
+        previews, "preview_method", lambda *a: methods.append(real(*a)) or methods[-1]
+    )
+    plain, _ = _run(ggml_engine, "stablediffusion", 0)
+    shown, events = _run(ggml_engine, "stablediffusion", STEPS)
+    assert methods == ["proj", "tae"]  # the plain call clears the callback (no previews made)
+    assert np.array_equal(np.asarray(plain), np.asarray(shown))
+    with_preview = [e for e in events if e.preview is not None]
+    assert [e.step for e in with_preview] == list(range(1, STEPS + 1))
+    assert all(np.asarray(e.preview).std() > 0 for e in with_preview)

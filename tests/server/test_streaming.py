@@ -282,3 +282,32 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_job(diffusers_served: 
     assert job.cancel_event.is_set()
     last = job.last_event
     assert last is not None and last.step < 400
+
+
+def test_keep_alive_comments_while_waiting_are_skipped_by_clients(
+    diffusers_served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localimg.server import streaming
+
+    monkeypatch.setattr(streaming, "KEEPALIVE", 0.005)
+    body = {"model": "tiny", "prompt": "a boat", "size": "64x64", "steps": 6}
+    body |= {"stream": True, "partial_images": 1}
+    with httpx.stream(
+        "POST", f"{diffusers_served.url}/v1/images/generations", json=body, timeout=120
+    ) as response:
+        raw = response.read().decode()
+    assert ": keep-alive\n\n" in raw
+    events = list(
+        diffusers_served.client().images.generate(
+            model="tiny",
+            prompt="a boat",
+            stream=True,
+            partial_images=1,
+            size="64x64",  # type: ignore[arg-type]
+            extra_body={"steps": 6},
+        )
+    )
+    assert [e.type for e in events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]

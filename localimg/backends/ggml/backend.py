@@ -430,7 +430,7 @@ class GgmlBackend:
                 )
             )
 
-        method = previews.preview_method(self.options.taesd_path)
+        method = previews.preview_method(self.options.taesd_path, len(shows.wanted) >= per_image)
         with (
             native.NATIVE_LOCK,
             native.progress_to(on_step),

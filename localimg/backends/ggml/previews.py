@@ -4,7 +4,8 @@ stable-diffusion.cpp (the one in stable-diffusion-cpp-python 0.4.7) makes a prev
 denoised latents at every sampler step while a preview callback is set: `proj` (a latent-to-RGB
 projection, per family, at latent size: almost free) or `tae` (a decode with the TAESD decoder).
 Its `preview_interval` is stored but not read, so the preview is made at every step; localimg keeps
-the ones at the steps the request asked for (backends/previews.py) and drops the rest.
+the ones at the steps the request asked for (backends/previews.py) and drops the rest. So `tae` is
+used only where every step is previewed anyway (and the model has a TAESD), else `proj`.
 
 The wrapper's own `preview_callback` is not used: its C callback object dies with the call while
 the library keeps the pointer (the progress callback's defect, see native.py), and its image
@@ -82,9 +83,14 @@ def previews_to(sd: Any, handler: PreviewHandler | None, method: str) -> Iterato
         sd.sd_set_preview_callback(None, _mode(sd, "none"), 1, True, False, ctypes.c_void_p(0))
 
 
-def preview_method(taesd_path: str | None) -> str:
-    """`tae` where the model has a TAESD (it then decodes with it anyway), else `proj`."""
-    return "tae" if taesd_path else "proj"
+def preview_method(taesd_path: str | None, every_step: bool) -> str:
+    """`tae` where the model has a TAESD and every step is previewed anyway, else `proj`.
+
+    The library previews every step while previews are on: a TAESD decode per step costs
+    several percent of an SD1.5-size step, too much to pay 20 times for 3 previews, while its
+    projection costs next to nothing.
+    """
+    return "tae" if taesd_path and every_step else "proj"
 
 
 class StepPreviews:
