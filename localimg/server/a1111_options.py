@@ -113,9 +113,18 @@ def keep_overrides(a1: A1111State, overrides: Overrides, model: str) -> None:
         a1.samples_format = overrides.samples_format
 
 
-def model_ref(title: str) -> str:
-    """A title as clients send it back: the name, maybe with A1111's ` [hash]` suffix."""
-    return re.sub(r"\s*\[[0-9a-fA-F]*\]\s*$", "", title.strip())
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".gguf", ".yaml")
+
+
+def model_ref(title: str, names: list[str] | None = None) -> str:
+    """A title as clients send it back: the name, maybe with A1111's ` [hash]` suffix, or as
+    a checkpoint file name (`model.safetensors`) when that names a served model."""
+    ref = re.sub(r"\s*\[[0-9a-fA-F]*\]\s*$", "", title.strip())
+    if names is not None and ref not in names:
+        for suffix in WEIGHT_SUFFIXES:
+            if ref.lower().endswith(suffix) and ref[: -len(suffix)] in names:
+                return ref[: -len(suffix)]
+    return ref
 
 
 def current_config(state: Any, a1: A1111State) -> ModelConfig:
@@ -135,7 +144,7 @@ def current_config(state: Any, a1: A1111State) -> ModelConfig:
 
 def config_for(state: Any, a1: A1111State, ref: str | None) -> ModelConfig:
     if ref:
-        return served_config(state, model_ref(ref))
+        return served_config(state, model_ref(ref, served_names(state)))
     return current_config(state, a1)
 
 
@@ -188,7 +197,7 @@ async def set_options(request: Request, a1: A1111State) -> Response:
     every = _int("show_progress_every_n_steps", every, -1, 1000) if every is not None else None
     ref = data.get("sd_model_checkpoint")
     if ref:
-        config = await asyncio.to_thread(served_config, state, model_ref(str(ref)))
+        config = await asyncio.to_thread(config_for, state, a1, str(ref))
         check_available(state, config.name)
         engine: Engine = state.engine
         await asyncio.to_thread(engine.load, config.name)

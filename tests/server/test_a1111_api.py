@@ -195,6 +195,15 @@ def test_sampler_mapping_per_engine() -> None:
             choose(args[0], args[1], args[2], "sampler_name")  # type: ignore[arg-type]
 
 
+def test_model_titles_as_clients_send_them() -> None:
+    from localimg.server.a1111_options import model_ref
+
+    names = ["tiny", "dreamshaper-8"]
+    assert model_ref("tiny [abc123]", names) == "tiny"
+    assert model_ref("dreamshaper-8.safetensors", names) == "dreamshaper-8"
+    assert model_ref("other.safetensors", names) == "other.safetensors"  # refused by the caller
+
+
 def test_parse_parameters_like_a1111() -> None:
     text = (
         "a cat, best quality\nsecond line\nNegative prompt: ugly, blurry\n"
