@@ -43,7 +43,7 @@ class ImageJob:
 
     id: str
     model: str
-    prepared: schemas.Prepared
+    prepared: schemas.Prepared | None  # dropped once finished, with the input images it holds
     url_prefix: str  # where the output folder is served, from the POST's base URL
     loop: asyncio.AbstractEventLoop
     created_at: int = field(default_factory=lambda: int(time.time()))
@@ -60,7 +60,7 @@ class ImageJob:
     finished_at: float | None = None  # time.time() when finished (the store's bound)
     ttl: float = 3600.0  # the store's: when a finished job (and its files) expires
     preview: Image | None = None
-    _preview_png: tuple[Image, str] | None = field(default=None, repr=False)
+    preview_png: tuple[Image, str] | None = field(default=None, repr=False)
     subscribers: set[asyncio.Queue[ProgressEvent | None]] = field(default_factory=set)
 
     def files(self) -> list[Path]:
@@ -140,12 +140,12 @@ class ImageJob:
         image = image if image is not None else self.preview
         if image is None:
             return None
-        cached = self._preview_png
+        cached = self.preview_png
         if cached is not None and cached[0] is image:
             return cached[1]
         data = await asyncio.to_thread(encode, image, "png")
         text = base64.b64encode(data).decode("ascii")
-        self._preview_png = (image, text)
+        self.preview_png = (image, text)
         return text
 
     async def result_body(self) -> dict[str, Any] | None:
@@ -202,7 +202,10 @@ async def finish(entry: ImageJob, job: Job, output_dir: Path) -> None:
         entry.final_status = entry.final_status or "cancelled"
         raise
     finally:
-        entry.job = None
+        # What is kept of a finished job is small: its files are on disk, and the input images
+        # (in the request) and the last preview are let go.
+        entry.job = entry.prepared = entry.preview = None
+        entry.preview_png = None
         entry.finished_at = time.time()
         if entry.final_status is None:
             entry.final_status = "cancelled"
@@ -210,12 +213,14 @@ async def finish(entry: ImageJob, job: Job, output_dir: Path) -> None:
 
 
 async def _record(entry: ImageJob, job: Job, output_dir: Path) -> None:
+    prepared = entry.prepared
+    assert prepared is not None
     try:
         result = await asyncio.wrap_future(job.future)
         if entry.cancel_requested:  # it got past its last step before the cancel was seen
             entry.final_status = "cancelled"
             return
-        items = await asyncio.to_thread(_write, result, entry, output_dir)
+        items = await asyncio.to_thread(_write, result, entry, prepared, output_dir)
         if entry.cancel_requested:  # deleted while its files were being written
             for path in entry.paths:
                 path.unlink(missing_ok=True)
@@ -239,7 +244,6 @@ async def _record(entry: ImageJob, job: Job, output_dir: Path) -> None:
         }
         entry.final_status = "failed"
         return
-    prepared = entry.prepared
     body = schemas.response_body(result, items, prepared)
     videos.annotate(body, result, prepared)
     if prepared.ignored:
@@ -252,9 +256,10 @@ async def _record(entry: ImageJob, job: Job, output_dir: Path) -> None:
     entry.final_status = "completed"
 
 
-def _write(result: ImageResult, entry: ImageJob, output_dir: Path) -> list[dict[str, Any]]:
+def _write(
+    result: ImageResult, entry: ImageJob, prepared: schemas.Prepared, output_dir: Path
+) -> list[dict[str, Any]]:
     """The result's items as files in the output folder (url items); which to show as b64."""
-    prepared = entry.prepared
     items = output.encode_items(
         result,
         prepared.output_format,

@@ -144,6 +144,9 @@ def test_job_completes_with_the_generations_image(served: Served) -> None:
     assert direct.status_code == 200, direct.text
     same = b64_image(direct.json()["data"][0]["b64_json"])
     assert np.array_equal(pixels(image), pixels(same))
+    kept = served.state.image_jobs.get(job["id"])
+    assert kept is not None and kept.job is None and kept.prepared is None  # only files kept
+    assert len(kept.files()) == 1 and kept.files()[0].is_file()
     # The result is a file of the job's; polled again it is the same image.
     again = served.get(job["id"])["result"]["data"][0]["b64_json"]
     assert again == item["b64_json"]
@@ -255,21 +258,32 @@ def test_events_stream_every_step_and_end_with_the_result(served: Served) -> Non
 
 
 def test_previews_on_request(served: Served) -> None:
-    body = {"model": "tiny", "prompt": "p", "size": "64x64", "steps": 4, "previews": 2}
-    job_id = served.post_job(body).json()["id"]
-    served.wait_finished(job_id)
+    created = served.post_job({**LONG, "previews": 50})  # one every 10 steps
+    job_id = created.json()["id"]
+    wait_until(
+        lambda: served.get(job_id, preview="true")["preview"] is not None,
+        timeout=300,
+        what="a preview",
+    )
     shown = served.get(job_id, preview="true")
-    preview = b64_image(shown["preview"])  # the last of the two, made at step 3 of 4
+    assert shown["status"] == "in_progress" and shown["step"] >= 10
+    preview = b64_image(shown["preview"])
     assert preview.format == "PNG" and preview.width > 0
     assert "preview" not in served.get(job_id)
-    none = served.post_job({**body, "previews": 0}).json()["id"]
-    served.wait_finished(none)
+    served.delete(job_id)
+    # Once finished, the preview is let go (a completed job has its result instead).
+    assert served.wait_finished(job_id)["status"] == "cancelled"
+    assert served.get(job_id, preview="true")["preview"] is None
+    none = served.post_job({**LONG, "previews": 0}).json()["id"]
+    wait_until(lambda: served.get(none)["step"] >= 12, timeout=300, what="steps")
     assert served.get(none, preview="true")["preview"] is None
+    served.delete(none)
     assert_openai_error(
         httpx.get(f"{served.url}/v1/images/jobs/{job_id}", params={"preview": "maybe"}),
         400,
         "preview",
     )
+    wait_until(served.idle, what="the model to go idle")
 
 
 def test_events_carry_the_previews_made(served: Served) -> None:
