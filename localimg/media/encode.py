@@ -62,7 +62,8 @@ def a1111_parameters(result: ImageResult, index: int) -> str:
     if request is not None:
         fields.append(("Size", f"{request.width}x{request.height}"))
         if request.clip_skip:
-            fields.append(("Clip skip", request.clip_skip))
+            # A1111 counts from 1 (no layer skipped); localimg counts the layers skipped.
+            fields.append(("Clip skip", request.clip_skip + 1))
         if request.strength is not None:
             fields.append(("Denoising strength", request.strength))
     if result.model:

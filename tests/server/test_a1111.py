@@ -211,7 +211,7 @@ def test_override_settings_pick_the_model_and_clip_skip(served: Served) -> None:
         post(served.url, "txt2img", small(override_settings={"CLIP_stop_at_last_layers": 2}))
     )
     assert info1["clip_skip"] == 1 and info2["clip_skip"] == 2
-    assert "Clip skip: 1" in info2["infotexts"][0]  # localimg's count: 1 layer skipped
+    assert "Clip skip: 2" in info2["infotexts"][0]  # A1111's count: 2 = one layer skipped
     assert not np.array_equal(pixels(one[0]), pixels(two[0]))
     a1111_error(
         post(
