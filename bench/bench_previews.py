@@ -1,8 +1,9 @@
 """What previews cost: a 20-step generation with 3 previews vs none, on both engines.
 
-Each contender is its own process (a fresh interpreter that loads the model, warms up with one
-generation, then times --runs generations of the same seed through `Engine.generate`) and the two
-alternate, round after round, so neither always runs on a warmer machine. It prints the median
+Each contender is its own process (a fresh interpreter that loads the model and warms up with one
+generation), both stay loaded, and the parent has them generate one at a time, alternating (who
+goes first swaps every round, with a pause before each), --runs times each: the same seed through
+`Engine.generate`, so a machine whose load drifts slows both alike. It prints the median
 seconds of each, their ratio (target: 3 previews add at most 5% on the SD1.5-size model), and
 whether the final images are the same pixels (previews must never change them).
 
@@ -73,8 +74,9 @@ def write_models(folder: Path, model: str) -> dict[str, str]:
     return {"diffusers": "bench-diffusers", "ggml": ggml_name}
 
 
-def child(models: Path, name: str, previews: int, steps: int, size: int, runs: int) -> None:
-    """One contender: load, warm up, time `runs` generations; print one JSON line."""
+def child(models: Path, name: str, previews: int, steps: int, size: int) -> None:
+    """One contender: load and warm up, then one timed generation per `go` line on stdin (its
+    seconds on stdout); `quit` prints the final image's digest and the previews it saw."""
     from localimg.engine import Engine, EngineSettings
     from localimg.requests import ImageRequest
 
@@ -82,31 +84,60 @@ def child(models: Path, name: str, previews: int, steps: int, size: int, runs: i
     request = ImageRequest(
         prompt=PROMPT, seed=SEED, steps=steps, width=size, height=size, previews=previews
     )
-    shown = []
+    shown: list[object] = []
     try:
-        engine.generate(name, request)  # load + warm-up
-        times = []
-        for _ in range(runs):
+        result = engine.generate(name, request)  # load + warm-up
+        print("READY")
+        for line in sys.stdin:
+            if line.strip() != "go":
+                break
+            shown.clear()
             begin = time.perf_counter()
             result = engine.generate(
                 name, request, progress=lambda e: shown.append(e) if e.preview else None
             )
-            times.append(time.perf_counter() - begin)
+            print(f"TIME {time.perf_counter() - begin}")
         digest = hashlib.sha256(result.images[0].tobytes()).hexdigest()
     finally:
         engine.close()
-    line = {"times": times, "digest": digest, "previews_seen": len(shown) // max(1, runs)}
-    print("RESULT " + json.dumps(line))
+    print("DONE " + json.dumps({"digest": digest, "previews_seen": len(shown)}))
 
 
-def run_child(args: list[str]) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True
-    )
-    if done.returncode:
-        raise SystemExit(f"contender failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+class Contender:
+    """A child process holding one loaded model, driven one generation at a time."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--child", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+        self.times: list[float] = []
+        self._expect("READY")
+
+    def _expect(self, prefix: str) -> str:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        raise SystemExit(f"a contender exited (code {self.process.wait()}) before {prefix}")
+
+    def run(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        self.times.append(float(self._expect("TIME ")))
+
+    def finish(self) -> dict:
+        assert self.process.stdin is not None
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        out = json.loads(self._expect("DONE "))
+        self.process.wait()
+        return out  # type: ignore[no-any-return]
 
 
 def main() -> None:
@@ -116,13 +147,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--previews", type=int, default=3)
     parser.add_argument("--size", type=int, default=None, help="[default: 64 tiny, 512 sd15]")
-    parser.add_argument("--runs", type=int, default=3, help="timed generations per process")
-    parser.add_argument("--rounds", type=int, default=2, help="process pairs per engine")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=6, help="timed generations per contender")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        models, name, previews, steps, size, runs = args.child
-        child(Path(models), name, int(previews), int(steps), int(size), int(runs))
+        models, name, previews, steps, size = args.child
+        child(Path(models), name, int(previews), int(steps), int(size))
         return
     size = args.size or (64 if args.model == "tiny" else 512)
     models = Path(tempfile.mkdtemp(prefix="bench-previews-")) / "models"
@@ -130,27 +160,23 @@ def main() -> None:
     engines = ["diffusers", "ggml"] if args.engine == "both" else [args.engine]
     print(
         f"model {args.model}, {size}x{size}, {args.steps} steps, {args.previews} previews vs 0; "
-        f"{args.rounds} rounds x {args.runs} runs per contender, each contender its own process"
+        f"{args.runs} runs each, alternating, each contender its own process"
     )
     for engine in engines:
-        plain: list[float] = []
-        shown: list[float] = []
-        digests = set()
-        seen = 0
-        for index in range(args.rounds):
-            order = [(0, plain), (args.previews, shown)]
-            for previews, times in order if index % 2 == 0 else order[::-1]:
+        common = [str(models), names[engine]]
+        plain = Contender([*common, "0", str(args.steps), str(size)])
+        shown = Contender([*common, str(args.previews), str(args.steps), str(size)])
+        for index in range(args.runs):
+            for contender in (plain, shown) if index % 2 == 0 else (shown, plain):
                 time.sleep(SETTLE)
-                common = [str(models), names[engine], str(previews), str(args.steps), str(size)]
-                out = run_child([*common, str(args.runs)])
-                times.extend(out["times"])
-                digests.add(out["digest"])
-                seen = max(seen, out["previews_seen"]) if previews else seen
-        a, b = statistics.median(shown), statistics.median(plain)
-        same = "same final pixels" if len(digests) == 1 else "FINAL IMAGES DIFFER"
+                contender.run()
+        plain_out, shown_out = plain.finish(), shown.finish()
+        a, b = statistics.median(shown.times), statistics.median(plain.times)
+        same = "same" if plain_out["digest"] == shown_out["digest"] else "DIFFERENT"
         print(
             f"{engine:10s} {args.previews} previews {a:7.3f}s   none {b:7.3f}s   "
-            f"ratio {a / b:.3f} ({(a / b - 1) * 100:+.1f}%)   {seen} previews per image, {same}"
+            f"ratio {a / b:.3f} ({(a / b - 1) * 100:+.1f}%)   "
+            f"{shown_out['previews_seen']} previews per image, {same} final pixels"
         )
 
 
