@@ -51,6 +51,11 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             ),
             ("ggml backend (tiny SD1, 64px)", ["bench_ggml.py", "--size", "64", "--runs", "2"]),
             ("model families vs bare diffusers (tiny)", ["bench_families.py", "--runs", "3"]),
+            ("previews: 3 of 20 steps vs none (tiny)", ["bench_previews.py", "--runs", "3"]),
+            (
+                "load: 16 clients for 20 s (tiny)",
+                ["bench_load.py", "--clients", "16", "--duration", "20"],
+            ),
         ]
     sd15 = ["--model", "sd15", "--steps", "4"]
     return [
@@ -105,6 +110,11 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             "ggml backend vs bare stable_diffusion_cpp and sd-cli (tiny SD1, 128px)",
             ["bench_ggml.py", "--size", "128", "--runs", "3"],
         ),
+        (
+            "previews: 3 of 20 steps vs none (sd15 256px, diffusers)",
+            ["bench_previews.py", "--model", "sd15", "--engine", "diffusers", "--size", "256"],
+        ),
+        ("load: 64 clients for 60 s, queue 8 (tiny)", ["bench_load.py"]),
         (
             "model families vs bare diffusers (tiny pipelines, 64px)",
             ["bench_families.py", "--runs", "5", "--rounds", "2"],
