@@ -10,10 +10,13 @@ never loads it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -384,20 +387,10 @@ class GgmlBackend:
         if cancel.is_set():
             raise Cancelled("the request was cancelled")
         seed = request.seeds[0]
-        with native.NATIVE_LOCK, native.progress_to(on_step):
-            try:
-                output = self.model.generate_video(seed=seed, **call)
-            except (ValueError, RuntimeError) as exc:
-                raise BackendError(f"stable-diffusion.cpp failed: {exc}") from None
-            finally:
-                native.reset_progress(self._sd)
-        if not output:
-            raise BackendError("stable-diffusion.cpp returned no frames (see the log)")
-        frames = []
-        for frame in output:
-            image = frame.convert("RGB")
-            image.info = {}  # the wrapper attaches every call argument (ctypes: not picklable)
-            frames.append(image)
+        output = self._native_call(
+            lambda: self.model.generate_video(seed=seed, **call), on_step, "frames"
+        )
+        frames = [plain_image(frame) for frame in output]
         progress(ProgressEvent("decode", step=steps, total=steps))
         fps = request.fps or self.traits.fps
         return ImageResult(images=frames, seeds=[seed], scheduler=label, fps=fps)
@@ -431,22 +424,34 @@ class GgmlBackend:
             )
 
         method = previews.preview_method(self.options.taesd_path, len(shows.wanted) >= per_image)
-        with (
-            native.NATIVE_LOCK,
-            native.progress_to(on_step),
+        output = self._native_call(
+            lambda: self.model.generate_image(seed=seed, **call),
+            on_step,
+            "image",
             previews_to(self._sd, shows.handler, method),
-        ):
+        )
+        return plain_image(output[0])
+
+    def _native_call(
+        self,
+        run: Callable[[], list[Any]],
+        on_step: Callable[..., None],
+        what: str,
+        *contexts: AbstractContextManager[Any],
+    ) -> list[Any]:
+        """One library call under the native lock, its progress (and preview) callbacks set."""
+        with native.NATIVE_LOCK, native.progress_to(on_step), contextlib.ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context)
             try:
-                output = self.model.generate_image(seed=seed, **call)
+                output = run()
             except (ValueError, RuntimeError) as exc:
                 raise BackendError(f"stable-diffusion.cpp failed: {exc}") from None
             finally:
                 native.reset_progress(self._sd)
         if not output:
-            raise BackendError("stable-diffusion.cpp returned no image (see the log)")
-        image = output[0].convert("RGB")  # the library returns RGBA with an opaque alpha
-        image.info = {}  # it also attaches every call argument (ctypes arrays: not picklable)
-        return image
+            raise BackendError(f"stable-diffusion.cpp returned no {what} (see the log)")
+        return list(output)
 
     def _default_method(self) -> str:
         value = int(self._sd.sd_get_default_sample_method(self.model.model))
@@ -475,3 +480,11 @@ def _sample_method_map(sd: Any) -> dict[str, Any]:
 
     table: dict[str, Any] = wrapper.SAMPLE_METHOD_MAP
     return table
+
+
+def plain_image(image: Any) -> Any:
+    """An image of the library as plain RGB: it returns RGBA with an opaque alpha, and attaches
+    every call argument to `info` (ctypes arrays: not picklable across the worker pipe)."""
+    rgb = image.convert("RGB")
+    rgb.info = {}
+    return rgb
