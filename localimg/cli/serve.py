@@ -120,6 +120,25 @@ def serve(
             help="Serve the AUTOMATIC1111 API under /sdapi/v1 (SillyTavern, Open WebUI).",
         ),
     ] = True,
+    ui: Annotated[
+        bool,
+        typer.Option("--ui/--no-ui", help="Serve the web page at / (try models in a browser)."),
+    ] = True,
+    public_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--public-metrics",
+            help="Serve /metrics without the API key (for a Prometheus that sends none).",
+        ),
+    ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="text or json: json logs one JSON object per line (each request with its id, "
+            "route, model, status, queue and generation seconds).",
+        ),
+    ] = "text",
     device: Device = None,
     threads: Threads = None,
     log_level: Annotated[
@@ -157,6 +176,9 @@ def serve(
         request_timeout=timeout,
         preload=tuple(preload or ()),
         a1111=a1111,
+        ui=ui,
+        public_metrics=public_metrics,
+        log_format=log_format,
     )
     factory = None if in_process else worker_slot_factory(WorkerOptions(log_level=State.log_level))
     engine = Engine(engine_setup, slot_factory=factory)

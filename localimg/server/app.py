@@ -31,7 +31,7 @@ from localimg.engine import as_backend_error, load_now
 from localimg.errors import LocalimgError
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
-from localimg.server import a1111, image_jobs, models, openai, videos
+from localimg.server import a1111, image_jobs, metrics, models, openai, videos, web_page
 from localimg.server import localai as gallery_routes
 from localimg.server.image_job import MAX_FINISHED_IMAGE_JOBS
 from localimg.server.job_store import JobStore
@@ -72,6 +72,9 @@ class ServerSettings:
     request_timeout: float = 600.0  # one generation, queue wait included
     preload: tuple[str, ...] = ()
     a1111: bool = True  # the AUTOMATIC1111 API under /sdapi/v1 (`--no-a1111` turns it off)
+    ui: bool = True  # the web page at / (`--no-ui` turns it off)
+    public_metrics: bool = False  # /metrics without the API key (`--public-metrics`)
+    log_format: str = "text"  # "text" or "json": one access line per request (`--log-format`)
 
 
 class AccessLogMiddleware:
@@ -279,6 +282,8 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         *videos.routes(),
         *image_jobs.routes(),
         *(a1111.routes() if settings.a1111 else []),
+        *metrics.routes(),
+        *(web_page.routes() if settings.ui else []),
     ]
     app = Starlette(
         routes=routes,
