@@ -2,6 +2,7 @@
 from this package, never from its modules, so its inside can be rearranged freely."""
 
 from localimg.engine.engine import Engine
+from localimg.engine.events import EngineEvents, EngineListener, JobFinished
 from localimg.engine.job import Job, ProgressListener, as_backend_error
 from localimg.engine.merge import merge_request
 from localimg.engine.settings import EngineSettings
@@ -10,9 +11,12 @@ from localimg.engine.worker_parent import WorkerOptions, WorkerSlot, load_now, w
 
 __all__ = [
     "Engine",
+    "EngineEvents",
+    "EngineListener",
     "EngineSettings",
     "InProcessSlot",
     "Job",
+    "JobFinished",
     "ProgressListener",
     "Slot",
     "WorkerOptions",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from localimg.backends import canonical_name, get_backend_class
 from localimg.config import ModelConfig, default_model_ref, resolve_model
+from localimg.engine.events import EngineEvents
 from localimg.engine.job import Job, ProgressListener
 from localimg.engine.lifecycle import Lifecycle
 from localimg.engine.settings import EngineSettings
@@ -38,6 +39,8 @@ class Engine:
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        # Job outcomes, loads, rejections and worker restarts of every slot (events.py).
+        self.events = EngineEvents()
         self.lifecycle = Lifecycle(
             lambda: self.slots,
             keep_alive=self.settings.keep_alive,
@@ -58,6 +61,7 @@ class Engine:
             if slot is None:
                 slot = self._slot_factory(config, self.settings)
                 slot.before_load = self.lifecycle.admit
+                slot.events = self.events
                 self._slots[config.name] = slot
             return slot
 

@@ -44,11 +44,32 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     last_event: ProgressEvent | None = None
     started_at: float | None = None  # time.monotonic() when a slot took the job
+    finished_at: float | None = None  # time.monotonic() when its future resolved
     # (step, time.monotonic()) of the first and the latest step event: the pace behind `eta`.
     first_step: tuple[int, float] | None = None
     last_step: tuple[int, float] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _started: bool = False
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(self._finished)
+
+    def _finished(self, future: Future[ImageResult]) -> None:
+        self.finished_at = time.monotonic()
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """How long it waited for its slot's runner; None while it still waits."""
+        if self.started_at is not None:
+            return self.started_at - self.submitted
+        return self.finished_at - self.submitted if self.finished_at is not None else None
+
+    @property
+    def run_seconds(self) -> float | None:
+        """From the runner taking it to its outcome (a model load included); None until then."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
 
     @property
     def started(self) -> bool:

@@ -20,7 +20,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from localimg.config import WEIGHT_SUFFIXES, model_source
 
@@ -234,3 +234,17 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def cuda_allocated() -> int | None:
+    """CUDA memory this process's tensors hold (all devices), or None when CUDA is not in use:
+    torch not imported by now, no CUDA device, or CUDA never initialised (never imports torch)."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        return sum(int(torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count()))
+    except Exception:  # a broken driver must not break a scrape
+        return None

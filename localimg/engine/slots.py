@@ -17,6 +17,7 @@ from localimg.backends import get_backend_class
 from localimg.backends.base import capabilities_of
 from localimg.config import ModelConfig
 from localimg.engine import batching, memory
+from localimg.engine.events import EngineEvents
 from localimg.engine.job import Job, as_backend_error
 from localimg.engine.merge import merge_request
 from localimg.engine.settings import EngineSettings
@@ -47,6 +48,9 @@ class Slot(Protocol):
     def queue_position(self, job: Job) -> int | None: ...
 
     @property
+    def running_jobs(self) -> int: ...
+
+    @property
     def state(self) -> str: ...
 
     def unload(self) -> None: ...
@@ -57,6 +61,13 @@ class Slot(Protocol):
     last_used: float
     memory_need: memory.Need | None
     before_load: Callable[[Any], None] | None
+    # Where job outcomes, loads and restarts are reported (the engine's; events.py).
+    events: EngineEvents
+    backend_name: str
+    loads: int
+
+    @property
+    def gpu_memory_bytes(self) -> int | None: ...
 
     @property
     def busy(self) -> bool: ...
@@ -90,6 +101,9 @@ class InProcessSlot:
         self.memory_need: memory.Need | None = None  # set when admitted, cleared on unload
         self.before_load: Callable[[Any], None] | None = None  # the engine's admission check
         self.loads = 0  # how many times the model was loaded (tests, /v1/models)
+        self.last_load_seconds: float | None = None
+        self.events = EngineEvents()  # the engine hands each slot its own (engine.py)
+        self.backend_name: str = getattr(self.backend_cls, "name", None) or config.backend
         self._thread = threading.Thread(
             target=self._run, name=f"localimg-slot-{config.name}", daemon=True
         )
@@ -115,8 +129,20 @@ class InProcessSlot:
             return None
 
     @property
+    def running_jobs(self) -> int:
+        """Jobs running now (more than one when a batch runs)."""
+        with self._cond:
+            return len(self._active)
+
+    @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        """CUDA memory allocated by this process while the model is loaded (None without CUDA;
+        shared by every model loaded in the process)."""
+        return memory.cuda_allocated() if self.backend is not None else None
 
     @property
     def busy(self) -> bool:
@@ -136,6 +162,7 @@ class InProcessSlot:
                 raise ModelLoading(f"model {self.config.name!r} is shutting down")
             self._queue = collections.deque(j for j in self._queue if not j.future.done())
             if len(self._queue) >= self.settings.max_queue:
+                self.events.job_rejected(self.config.name, self.backend_name)
                 raise Busy(
                     f"model {self.config.name!r} has {len(self._queue)} requests queued "
                     f"(the limit is {self.settings.max_queue}); try again shortly",
@@ -143,6 +170,7 @@ class InProcessSlot:
                 )
             self._queue.append(job)
             self._cond.notify()
+        self.events.watch(job, self.backend_name)
         job.emit(ProgressEvent("queued", message=f"{len(self._queue)} in queue"))
 
     def _next_jobs(self) -> list[Job]:
@@ -284,6 +312,7 @@ class InProcessSlot:
             self._state = "loading"
             job.emit(ProgressEvent("load", message=f"loading {self.config.name}"))
             backend = self.backend_cls(self.settings.runtime)
+            began = time.monotonic()
             try:
                 backend.load(self.config, job.emit)
             except BaseException:
@@ -294,6 +323,8 @@ class InProcessSlot:
             self.loads += 1
             self._state = "loaded"
             self.last_used = time.monotonic()
+            self.last_load_seconds = self.last_used - began
+            self.events.model_loaded(self.config.name, self.backend_name, self.last_load_seconds)
             return backend
 
     def load(self) -> None:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from localimg._util.logs import JsonFormatter
 from localimg.config import ModelConfig
+from localimg.engine import memory
 from localimg.engine.job import Job, as_backend_error
 from localimg.engine.settings import EngineSettings
 from localimg.engine.slots import InProcessSlot
@@ -25,14 +27,29 @@ from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 log = logging.getLogger(__name__)
 
 
+def setup_worker_logging(model: str, log_level: str, log_format: str) -> None:
+    """The worker's log lines on stderr: "[worker name] message", or JSON objects with a
+    `worker` field when the server logs JSON."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter({"worker": model, "pid": os.getpid()}))
+    else:
+        handler.setFormatter(logging.Formatter(f"[worker {model}] %(message)s"))
+    logging.basicConfig(level=log_level, handlers=[handler], force=True)
+
+
 def worker_main(
-    conn: Connection, config: ModelConfig, settings: EngineSettings, log_level: str
+    conn: Connection,
+    config: ModelConfig,
+    settings: EngineSettings,
+    log_level: str,
+    log_format: str = "text",
 ) -> None:
     """Entry point of a worker process: an in-process slot driven over a pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    logging.basicConfig(level=log_level, format=f"[worker {config.name}] %(message)s")
+    setup_worker_logging(config.name, log_level, log_format)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -71,9 +88,16 @@ def worker_main(
     threading.Thread(target=reader, name="localimg-worker-reader", daemon=True).start()
     slot = InProcessSlot(config, settings)
 
+    def report_memory() -> None:
+        allocated = memory.cuda_allocated()  # None on CPU: nothing sent
+        if allocated is not None:
+            send(("memory", allocated))
+
     def loaded() -> None:
         backend = slot.backend
-        send(("loaded", backend.describe() if backend is not None else {}))
+        report_memory()
+        describe = backend.describe() if backend is not None else {}
+        send(("loaded", describe, slot.last_load_seconds))
 
     while True:
         message = inbox.get()
@@ -92,7 +116,8 @@ def worker_main(
                 send(("error", None, as_backend_error(exc)))
             continue
         if kind == "batch":
-            run_batch_here(slot, [jobs[job_id] for job_id, _ in message[1]], jobs, send, loaded)
+            batch = [jobs[job_id] for job_id, _ in message[1]]
+            run_batch_here(slot, batch, jobs, send, loaded, report_memory)
             continue
         if kind != "job":
             continue
@@ -115,6 +140,8 @@ def worker_main(
         jobs.pop(job.id, None)
         if not was_loaded and slot.backend is not None:
             loaded()
+        else:
+            report_memory()
         send(reply)
     slot.close()
     conn.close()
@@ -126,6 +153,7 @@ def run_batch_here(
     jobs: dict[str, Job],
     send: Callable[[tuple[Any, ...]], None],
     loaded: Callable[[], None],
+    report_memory: Callable[[], None],
 ) -> None:
     """The child's side of a batch: run it on the slot, answer each job by id."""
     was_loaded = slot.backend is not None
@@ -147,6 +175,8 @@ def run_batch_here(
         outcomes = [as_backend_error(exc)] * len(batch)
     if not was_loaded and slot.backend is not None:
         loaded()
+    else:
+        report_memory()
     for job, outcome in zip(batch, outcomes, strict=True):
         jobs.pop(job.id, None)
         kind = "error" if isinstance(outcome, BaseException) else "result"

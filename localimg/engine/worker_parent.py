@@ -12,8 +12,12 @@ merging, timings and cancellation are the same code as in the CLI.
 
 Messages, parent → child: ("load",), ("job", id, request), ("batch", [(id, request), ...]),
 ("cancel", id), ("stop",).
-Child → parent: ("loaded", describe), ("progress", id, event), ("result", id, result),
-("error", id or None, LocalimgError).
+Child → parent: ("loaded", describe, load seconds), ("progress", id, event), ("result", id,
+result), ("error", id or None, LocalimgError), ("memory", CUDA bytes allocated) (only where
+CUDA is in use: after a load and before each answer).
+
+Job outcomes are reported by the inherited runner here, in the parent; model loads (from
+"loaded") and restarts are reported to the engine's events here too (events.py).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class WorkerOptions:
     cancel_grace: float = 10.0  # a cancelled job must stop within this, or its worker is killed
     stop_grace: float = 5.0  # how long a stopping worker may take before it is killed
     log_level: str = "WARNING"
+    log_format: str = "text"  # "json": the worker logs JSON lines, as the server does
 
 
 def exit_description(code: int | None) -> str:
@@ -84,6 +89,7 @@ class WorkerSlot(InProcessSlot):
         self._describe: dict[str, str] = {}
         self._current: Job | None = None
         self._heard = False  # whether the child has answered anything about the current job
+        self._gpu_bytes: int | None = None  # the child's last ("memory", bytes) report
         self.restarts = 0
         super().__init__(config, settings)
 
@@ -102,6 +108,17 @@ class WorkerSlot(InProcessSlot):
     @property
     def running(self) -> Job | None:
         return self._current
+
+    @property
+    def resident_bytes(self) -> int | None:
+        """The worker process's resident memory now (/proc), None without a worker."""
+        pid = self.pid
+        return memory.process_rss(pid) if pid is not None else None
+
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        """CUDA memory the worker process last reported (None on CPU or without a worker)."""
+        return self._gpu_bytes if self.pid is not None else None
 
     def info(self) -> dict[str, Any]:
         return {"state": self.state, "pid": self.pid, "restarts": self.restarts, **self._describe}
@@ -128,7 +145,13 @@ class WorkerSlot(InProcessSlot):
         parent_conn, child_conn = context.Pipe(duplex=True)
         process = context.Process(
             target=worker_main,
-            args=(child_conn, self.config, self.settings, self.options.log_level),
+            args=(
+                child_conn,
+                self.config,
+                self.settings,
+                self.options.log_level,
+                self.options.log_format,
+            ),
             name=f"localimg-worker-{self.config.name}",
             daemon=True,
         )
@@ -141,12 +164,16 @@ class WorkerSlot(InProcessSlot):
     def _ensure_process(self) -> Connection:
         if self._process is None or not self._process.is_alive():
             if self._process is not None:
+                how = exit_description(self._process.exitcode)
                 log.warning(
-                    "model %s: worker process is gone; starting a new one", self.config.name
+                    "model %s: worker process %s; starting a new one", self.config.name, how
                 )
                 self._reap()
                 self.restarts += 1
-            self._start_process()
+                self._start_process()
+                self.events.worker_restarted(self.config.name, self.backend_name, how)
+            else:
+                self._start_process()
         assert self._conn is not None
         return self._conn
 
@@ -155,6 +182,7 @@ class WorkerSlot(InProcessSlot):
         process, conn = self._process, self._conn
         self._process, self._conn = None, None
         self._worker_state = "stopped"
+        self._gpu_bytes = None
         if process is not None:
             if process.is_alive():
                 process.kill()
@@ -162,12 +190,13 @@ class WorkerSlot(InProcessSlot):
         if conn is not None:
             conn.close()
 
-    def _restart(self, reload: bool) -> None:
+    def _restart(self, reload: bool, reason: str) -> None:
         """Start a fresh worker after a crash (and load the model again if it was loaded)."""
         self.restarts += 1
         if self._closed:
             return
         self._start_process()
+        self.events.worker_restarted(self.config.name, self.backend_name, reason)
         if reload and self._conn is not None:
             self._worker_state = "loading"
             self._send(self._conn, ("load",))
@@ -220,7 +249,7 @@ class WorkerSlot(InProcessSlot):
         how = exit_description(process.exitcode if process is not None else None)
         was_loaded = self._worker_state == "loaded"
         self._reap()
-        self._restart(reload=was_loaded)
+        self._restart(reload=was_loaded, reason=how)
         what = "while generating" if job is not None else "while loading"
         raise BackendError(
             f"the worker process of model {self.config.name!r} {how} {what}; "
@@ -234,6 +263,12 @@ class WorkerSlot(InProcessSlot):
             self._worker_state = "loaded"
             self._describe = dict(message[1])
             self.loads += 1
+            seconds = message[2] if len(message) > 2 else None
+            if isinstance(seconds, (int, float)):
+                self.last_load_seconds = float(seconds)
+                self.events.model_loaded(self.config.name, self.backend_name, float(seconds))
+        elif kind == "memory":
+            self._gpu_bytes = int(message[1])
         elif kind == "progress":
             phase = message[2].phase
             if phase == "load":
@@ -283,7 +318,7 @@ class WorkerSlot(InProcessSlot):
                     self.options.cancel_grace,
                 )
                 self._reap()
-                self._restart(reload=False)
+                self._restart(reload=False, reason="did not stop after a cancel")
                 raise Cancelled(
                     "the request was cancelled; the model's worker did not stop in time and is "
                     "restarted"
@@ -350,7 +385,7 @@ class WorkerSlot(InProcessSlot):
                 all_cancelled = time.monotonic()
             if all_cancelled and time.monotonic() - all_cancelled > self.options.cancel_grace:
                 self._reap()
-                self._restart(reload=False)
+                self._restart(reload=False, reason="did not stop after a cancel")
                 raise Cancelled("the batch was cancelled; its worker did not stop in time")
             message = self._receive(conn, jobs[0])
             if message is None:
