@@ -43,6 +43,7 @@ from localimg.server.a1111_schemas import (
     validation_response,
 )
 from localimg.server.a1111_state import A1111State, Run
+from localimg.server.access_log import record_job
 from localimg.server.models import check_available
 from localimg.server.openai import await_job
 from localimg.server.security import check_key
@@ -127,6 +128,7 @@ async def _run_batches(
             engine.submit, config.name, base.with_(seed=seed + index * batch), run.listener
         )
         run.job = job
+        record_job(request, job)
         if run.interrupted:  # interrupted while submitting
             job.cancel()
         try:

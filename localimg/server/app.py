@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,23 +26,18 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from localimg._util.logs import LOG_FORMATS
 from localimg.engine import as_backend_error, load_now
 from localimg.errors import LocalimgError
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
 from localimg.server import a1111, image_jobs, metrics, models, openai, videos, web_page
 from localimg.server import localai as gallery_routes
+from localimg.server.access_log import AccessLogMiddleware
 from localimg.server.image_job import MAX_FINISHED_IMAGE_JOBS
 from localimg.server.job_store import JobStore
-from localimg.server.security import (
-    ApiKeyMiddleware,
-    BodyLimitMiddleware,
-    Message,
-    NotFound,
-    Receive,
-    Scope,
-    Send,
-)
+from localimg.server.metrics import ServerMetrics
+from localimg.server.security import ApiKeyMiddleware, BodyLimitMiddleware, NotFound
 from localimg.server.state import ServerState
 from localimg.server.videos import VideoStore
 
@@ -51,7 +45,6 @@ if TYPE_CHECKING:
     from localimg.engine import Engine
 
 log = logging.getLogger("localimg.server")
-access_log = logging.getLogger("localimg.access")
 
 FILES_PATH = "/generated"
 EXPOSED_HEADERS = ["X-Request-Id", "X-Localimg-Seeds", "X-Localimg-Generation-Time", "Retry-After"]
@@ -76,48 +69,10 @@ class ServerSettings:
     public_metrics: bool = False  # /metrics without the API key (`--public-metrics`)
     log_format: str = "text"  # "text" or "json": one access line per request (`--log-format`)
 
-
-class AccessLogMiddleware:
-    """A request id on every request and response, and one log line per request."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = "req_" + secrets.token_hex(8)
-        scope.setdefault("state", {})["request_id"] = request_id
-        started = time.monotonic()
-        status = 0
-        generation = ""
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, generation
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                for name, value in headers:
-                    if name == b"x-localimg-generation-time":
-                        generation = f" gen={value.decode()}s"
-                message["headers"] = headers
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            client = scope.get("client") or ("-", 0)
-            access_log.info(
-                "%s %s %s %s %d %.3fs%s",
-                request_id,
-                client[0],
-                scope["method"],
-                scope["path"],
-                status,
-                time.monotonic() - started,
-                generation,
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}"
             )
 
 
@@ -247,6 +202,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if state.metrics is not None:
+            state.engine.events.remove(state.metrics)
         state.close()
         await asyncio.to_thread(state.engine.close)
         if temp is not None:
@@ -256,7 +213,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
     """The server application around an engine (which the app closes when it shuts down)."""
-    middleware = [Middleware(AccessLogMiddleware)]
+    server_metrics = ServerMetrics(engine)
+    engine.events.add(server_metrics)  # outcomes, loads, 429s, restarts; removed at shutdown
+    middleware = [
+        Middleware(AccessLogMiddleware, metrics=server_metrics, log_format=settings.log_format)
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -303,5 +264,6 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         files_path=FILES_PATH,  # where output_dir is served: response URLs point here
         videos=VideoStore(ttl=settings.url_ttl),
         image_jobs=JobStore(max_finished=MAX_FINISHED_IMAGE_JOBS, ttl=settings.url_ttl),
+        metrics=server_metrics,
     )
     return app

@@ -30,6 +30,7 @@ from starlette.routing import Route
 from localimg.errors import InvalidRequest, LocalimgError
 from localimg.requests import MAX_PREVIEWS
 from localimg.server import openai, schemas
+from localimg.server.access_log import record_job
 from localimg.server.image_job import ImageJob, finish
 from localimg.server.models import check_available
 
@@ -116,6 +117,7 @@ async def create_job(request: Request) -> Response:
         ttl=state.image_jobs.ttl,
     )
     job = await asyncio.to_thread(engine.submit, config.name, prepared.request, entry.on_progress)
+    record_job(request, job)
     entry.job = job
     state.image_jobs.add(entry)
     task = asyncio.create_task(finish(entry, job, state.output_dir))

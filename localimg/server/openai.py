@@ -26,6 +26,7 @@ from localimg.errors import (
 from localimg.media import conditioning, output
 from localimg.media.decode import image_from_text
 from localimg.server import forms, schemas, streaming, videos
+from localimg.server.access_log import record_job
 from localimg.server.models import check_available, served_config
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ async def _submit(request: Request, config: ModelConfig, prepared: schemas.Prepa
     engine: Engine = state.engine
     check_available(state, config.name)
     job: Job = await asyncio.to_thread(engine.submit, config.name, prepared.request)
+    record_job(request, job)
     return job
 
 

@@ -19,6 +19,7 @@ from localimg.server.videos import VideoStore
 if TYPE_CHECKING:
     from localimg.engine import Engine
     from localimg.gallery.install import InstallJobs
+    from localimg.server.metrics import ServerMetrics
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ServerState:
     image_job_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     install_jobs: InstallJobs | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)  # cleanup loop, preloads
+    metrics: ServerMetrics | None = None  # /metrics (set by create_app)
 
     def close(self) -> None:
         """Refuse new work; cancel install jobs, video and image jobs (and their engine jobs),

@@ -36,6 +36,7 @@ from localimg.errors import Cancelled, JobTimeout, LocalimgError
 from localimg.media import encode as images
 from localimg.media import output
 from localimg.server import schemas
+from localimg.server.access_log import record_job
 from localimg.server.models import check_available
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ async def respond(
 
     check_available(state, config.name)
     job: Job = await asyncio.to_thread(engine.submit, config.name, prepared.request, on_progress)
+    record_job(request, job)
     events = _events(request, job, prepared, kind, previews, state.settings.request_timeout)
     return StreamingResponse(events, media_type="text/event-stream", headers=HEADERS)
 

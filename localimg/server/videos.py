@@ -30,6 +30,7 @@ from starlette.routing import Route
 from localimg.errors import InvalidRequest, LocalimgError
 from localimg.media import conditioning, output, video
 from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
+from localimg.server.access_log import record_job
 from localimg.server.job_store import JobStore
 
 if TYPE_CHECKING:
@@ -269,6 +270,7 @@ async def create_video(request: Request) -> Response:
             entry.status = "in_progress"
 
     job = await asyncio.to_thread(engine.submit, config.name, engine_request, on_progress)
+    record_job(request, job)
     entry.job = job
     state.videos.add(entry)
     task = asyncio.create_task(_finish(state, entry, job))
