@@ -124,12 +124,12 @@ def lifecycle_settings(
     }
 
 
-def prepare_runtime() -> None:
-    """Quiet third-party chatter that is not meant for localimg's users."""
+def prepare_runtime(log_format: str = "text") -> None:
+    """Quiet third-party chatter that is not meant for localimg's users; set up logging."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from localimg.cli.console import setup_logging
 
-    setup_logging(State.log_level)
+    setup_logging(State.log_level, log_format)

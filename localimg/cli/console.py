@@ -8,6 +8,7 @@ logs stay clean.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from types import TracebackType
@@ -27,19 +28,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from localimg._util.logs import JsonFormatter
 from localimg.requests import ProgressEvent
 
 err_console = Console(stderr=True)
 
 
-def setup_logging(level: str = "WARNING") -> None:
-    """Library warnings (YAML keys ignored, f16 fallback) go to stderr through rich."""
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
+def setup_logging(level: str = "WARNING", log_format: str = "text") -> None:
+    """Library warnings (YAML keys ignored, f16 fallback) go to stderr through rich; with
+    `log_format="json"` every record is one JSON object a line instead (`serve --log-format`)."""
+    handler: logging.Handler
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("localimg").setLevel(level.upper())
 
 

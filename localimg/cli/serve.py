@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +17,13 @@ from localimg.cli.app import (
     prepare_runtime,
 )
 from localimg.cli.params import Device, ModelsPath, Threads
+
+
+class LogFormat(StrEnum):
+    """`--log-format`: the log lines of the server and its workers."""
+
+    text = "text"
+    json = "json"
 
 
 @app.command()
@@ -132,13 +141,14 @@ def serve(
         ),
     ] = False,
     log_format: Annotated[
-        str,
+        LogFormat,
         typer.Option(
             "--log-format",
+            case_sensitive=False,
             help="text or json: json logs one JSON object per line (each request with its id, "
             "route, model, status, queue and generation seconds).",
         ),
-    ] = "text",
+    ] = LogFormat.text,
     device: Device = None,
     threads: Threads = None,
     log_level: Annotated[
@@ -148,7 +158,7 @@ def serve(
 ) -> None:
     """Run the OpenAI-compatible image server (POST /v1/images/generations ...)."""
     State.log_level = (log_level or "info").upper()
-    prepare_runtime()
+    prepare_runtime(log_format.value)
     from dataclasses import replace
 
     from localimg.config import scan_models
@@ -178,11 +188,16 @@ def serve(
         a1111=a1111,
         ui=ui,
         public_metrics=public_metrics,
-        log_format=log_format,
+        log_format=log_format.value,
     )
-    factory = None if in_process else worker_slot_factory(WorkerOptions(log_level=State.log_level))
+    options = WorkerOptions(log_level=State.log_level, log_format=log_format.value)
+    factory = None if in_process else worker_slot_factory(options)
     engine = Engine(engine_setup, slot_factory=factory)
     app_ = create_app(settings, engine)
     names = [e.name for e in scan_models(engine_setup.models_path) if e.config is not None]
-    typer.echo(startup_line(host, port, engine_setup.models_path, names, len(keys)), err=True)
+    line = startup_line(host, port, engine_setup.models_path, names, len(keys))
+    if log_format is LogFormat.json:
+        logging.getLogger("localimg.server").info("%s", line)  # a JSON line like the rest
+    else:
+        typer.echo(line, err=True)
     build_server(app_, host, port, grace=grace).run()
