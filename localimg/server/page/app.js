@@ -360,6 +360,7 @@ async function showResult(job, params) {
     }));
   }
   ui.current.replaceChildren(...made.map(figure));
+  ui.current.dataset.job = job.id; // which job the images shown are from
   if (made.length) {
     lastSeed = made[0].seed;
     ui.seedReuse.disabled = false;

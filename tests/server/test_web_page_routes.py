@@ -1,0 +1,74 @@
+"""The page's routes without a browser: files, content types, caching, no key needed, --no-ui."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localimg.server.web_page import sampler_choices
+from tests.server.web_page_support import PageServer, page_server
+from tests.server_support import assert_openai_error
+
+KEY = "sk-page-test"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
+    root = tmp_path_factory.mktemp("page-routes")
+    (root / "models").mkdir()
+    with page_server(root, root / "models", api_keys=(KEY,)) as server:
+        yield server
+
+
+def test_page_and_assets_are_served_without_the_key(served: PageServer) -> None:
+    page = httpx.get(served.url + "/")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert '<label for="prompt">Prompt</label>' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+    kinds = {
+        "app.js": "text/javascript",
+        "api.js": "text/javascript",
+        "history.js": "text/javascript",
+        "mask.js": "text/javascript",
+        "style.css": "text/css",
+        "icon.svg": "image/svg+xml",
+    }
+    for name, kind in kinds.items():
+        response = httpx.get(f"{served.url}/ui/{name}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"].startswith(kind), name
+        assert response.headers["cache-control"] == "no-cache"
+        assert "https://" not in response.text, name
+        again = httpx.get(
+            f"{served.url}/ui/{name}", headers={"If-None-Match": response.headers["etag"]}
+        )
+        assert again.status_code == 304 and not again.content
+    # The API itself still wants the key.
+    assert_openai_error(httpx.get(served.url + "/v1/models"), 401)
+
+
+@pytest.mark.parametrize("name", ["nope.js", "..%2Fweb_page.py", "index.py", ".hidden.js"])
+def test_other_names_are_404(served: PageServer, name: str) -> None:
+    assert_openai_error(httpx.get(f"{served.url}/ui/{name}"), 404)
+
+
+def test_samplers_per_engine(served: PageServer) -> None:
+    body = httpx.get(served.url + "/ui/samplers", params={"backend": "diffusers"}).json()
+    assert body["engine"] == "diffusers"
+    values = {s["value"]: s["label"] for s in body["data"]}
+    assert values["euler_a"] == "Euler a" and values["k_dpmpp_2m"] == "DPM++ 2M Karras"
+    ggml = {s["value"] for s in sampler_choices("stablediffusion-ggml")}
+    assert "dpm++2m" in ggml and "euler_a" in ggml and "unipc" not in ggml
+
+
+def test_no_ui_is_404(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    with page_server(tmp_path, tmp_path / "models", ui=False) as server:
+        for path in ("/", "/ui/app.js", "/ui/samplers"):
+            assert_openai_error(httpx.get(server.url + path), 404)
+        assert httpx.get(server.url + "/healthz").status_code == 200
