@@ -277,3 +277,25 @@ def test_api_key_is_asked_for_kept_and_forgotten(
         page.get_by_role("button", name="Close").click()
         assert "401" in error_text(page)
         context.close()
+
+
+def test_full_storage_is_reported_and_results_still_shown(page: Any, served: PageServer) -> None:
+    filled = page.evaluate(
+        """() => {
+            let i = 0;
+            let error = null;
+            for (const size of [262144, 4096, 64, 1]) {
+                const chunk = "x".repeat(size);
+                try { for (;;) { localStorage.setItem("junk" + i, chunk); i += 1; } }
+                catch (err) { error = err.name; }
+            }
+            return error;
+        }"""
+    )
+    assert filled == "QuotaExceededError"
+    page.get_by_label("Prompt", exact=True).fill("no room")
+    fill(page, width="64", height="64", steps="2", seed="3")
+    (image,) = generate(page, served)
+    assert image.size == (64, 64)
+    assert "storage" in page.inner_text("#history-note")
+    assert page.locator("#current a", has_text="Download").count() == 1

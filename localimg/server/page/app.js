@@ -497,5 +497,9 @@ $("history-clear").addEventListener("click", () => {
 });
 
 updateKeyNote();
+if (entries.length) {
+  lastSeed = entries[0].seed;
+  ui.seedReuse.disabled = false;
+}
 renderHistory();
 loadModels();
