@@ -9,12 +9,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
+
+from localimg.engine import Engine, WorkerSlot
 
 
 def free_port() -> int:
@@ -89,3 +92,16 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
     if param is not None:
         assert error["param"] == param, error
     return dict(error)
+
+
+@dataclass
+class ServedEngine:
+    """A running test server and the engine behind it (its models in worker processes)."""
+
+    url: str
+    engine: Engine
+
+    def slot(self, name: str = "tiny") -> WorkerSlot:
+        slot = self.engine.slots[name]
+        assert isinstance(slot, WorkerSlot)
+        return slot

@@ -6,18 +6,18 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from localimg.engine import Engine, EngineSettings, WorkerSlot, worker_slot_factory
+from localimg.engine import Engine, EngineSettings, worker_slot_factory
 from localimg.engine.lifecycle import Budget
 from localimg.requests import ImageRequest, ImageResult
 from localimg.server.app import ServerSettings, create_app
 from tests.server_support import (
+    ServedEngine,
     assert_openai_error,
     b64_image,
     serve_in_thread,
@@ -28,16 +28,7 @@ from tests.server_support import (
 KEEP_ALIVE = 3.0
 
 
-@dataclass
-class Served:
-    url: str
-    engine: Engine
-
-    def slot(self) -> WorkerSlot:
-        slot = self.engine.slots["tiny"]
-        assert isinstance(slot, WorkerSlot)
-        return slot
-
+class Served(ServedEngine):
     def entry(self) -> dict:
         response = httpx.get(f"{self.url}/v1/models/tiny", timeout=30)
         assert response.status_code == 200, response.text

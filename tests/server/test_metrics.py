@@ -9,32 +9,28 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from localimg.engine import Engine, EngineSettings, WorkerOptions, WorkerSlot, worker_slot_factory
+from localimg.engine import Engine, EngineSettings, WorkerOptions, worker_slot_factory
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import assert_openai_error, serve_in_thread, wait_until, write_model
+from tests.server_support import (
+    ServedEngine,
+    assert_openai_error,
+    serve_in_thread,
+    wait_until,
+    write_model,
+)
 
 KEY = "sk-metrics"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 GENERATIONS = "/v1/images/generations"
 
 
-@dataclass
-class Served:
-    url: str
-    engine: Engine
-
-    def slot(self) -> WorkerSlot:
-        slot = self.engine.slots["tiny"]
-        assert isinstance(slot, WorkerSlot)
-        return slot
-
+class Served(ServedEngine):
     def post(self, body: dict) -> httpx.Response:
         return httpx.post(f"{self.url}{GENERATIONS}", json=body, headers=AUTH, timeout=300)
 
