@@ -8,6 +8,8 @@ backend-specific.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -53,6 +55,68 @@ QUALITY_STEP_FACTORS: dict[str, float] = {
 MODES = ("txt2img", "img2img", "inpaint", "depth2img", "variation", "edit", "img2vid", "txt2vid")
 IMAGE_MODES = frozenset({"img2img", "inpaint", "depth2img", "variation", "edit", "img2vid"})
 VIDEO_MODES = frozenset({"img2vid", "txt2vid"})
+
+
+# Step caching (issue 16): a method name the backend knows (diffusers' first_block_cache,
+# taylorseer_cache, mag_cache, faster_cache; stable-diffusion.cpp's easycache, ucache, dbcache,
+# taylorseer, cachedit, spectrum) and the method's own knobs. A request's "none" (or "off") turns
+# off a cache the model's YAML sets. Which methods a loaded model can use is the backend's word.
+CACHE_OFF = frozenset({"none", "off"})
+_CACHE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_CACHE_OPTIONS = 32
+
+
+def parse_cache(value: object, param: str = "cache") -> tuple[str | None, dict[str, Any]]:
+    """A `cache` as a client sends it → (method, knobs).
+
+    Accepted: a method name (`"first_block_cache"`), a JSON object with the method and its knobs
+    (`{"method": "first_block_cache", "threshold": 0.1}`), or the same object as a JSON string (a
+    multipart form field). None or "" → (None, {}).
+    """
+    if value is None or value == "":
+        return None, {}
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"{param}: not a JSON object ({exc.msg})", param=param) from None
+    if isinstance(value, str):
+        return value.strip().lower(), {}
+    if isinstance(value, Mapping):
+        knobs = {str(k): v for k, v in value.items() if k != "method"}
+        method = value.get("method")
+        if method is not None and not isinstance(method, str):
+            raise InvalidRequest(f"{param}.method must be a string", param=param)
+        return (method.strip().lower() if method else None), knobs
+    raise InvalidRequest(
+        f'{param} must be a method name or an object {{"method": name, knob: value, ...}}',
+        param=param,
+    )
+
+
+def check_cache_fields(method: str | None, knobs: Mapping[str, Any]) -> None:
+    """The backend-neutral rules: a method and knob names are lowercase identifiers, knob values
+    are scalars or lists of scalars. What each method accepts is the backend's to check."""
+    if method is not None and not _CACHE_NAME.match(method):
+        raise InvalidRequest(
+            f"cache {method!r} is not a method name (lowercase letters, digits and _)",
+            param="cache",
+        )
+    if len(knobs) > MAX_CACHE_OPTIONS:
+        raise InvalidRequest(f"at most {MAX_CACHE_OPTIONS} cache options", param="cache")
+    for key, value in knobs.items():
+        if not _CACHE_NAME.match(key):
+            raise InvalidRequest(
+                f"cache option {key!r} is not a knob name (lowercase letters, digits and _)",
+                param="cache",
+            )
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, bool | int | float | str) for item in items):
+            raise InvalidRequest(
+                f"cache option {key}: {value!r} is not a number, a string, a boolean or a list "
+                "of them",
+                param="cache",
+            )
 
 
 def random_seed() -> int:
@@ -141,6 +205,11 @@ class ImageRequest:
     # at evenly spaced steps (0: none). A backend makes them cheaply (a tiny decoder or a
     # latent-to-RGB projection); they never change the final image.
     previews: int = 0
+    # Step caching: the method (None: the YAML's, else none; "none"/"off": none even if the YAML
+    # sets one) and its knobs, by the method's own knob names. After the merge `cache` is a
+    # method name or None, and `cache_options` holds the YAML's knobs with the request's over them.
+    cache: str | None = None
+    cache_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -166,6 +235,7 @@ class ImageRequest:
                 f"previews must be between 0 and {MAX_PREVIEWS}, got {self.previews}",
                 param="partial_images",
             )
+        check_cache_fields(self.cache, self.cache_options)
         if not 1 <= self.n <= MAX_N:
             raise InvalidRequest(f"n must be between 1 and {MAX_N}, got {self.n}", param="n")
         if self.width is not None:

@@ -47,6 +47,9 @@ class Capabilities:
     or whether it happens to have a method."""
 
     batch: bool = False  # can run several queued requests in one call (generate_batch)
+    # Step-cache methods the backend knows (ImageRequest.cache). Which of them a loaded model can
+    # use depends on its architecture: the backend refuses the others naming those that work.
+    cache_methods: tuple[str, ...] = ()
 
 
 def capabilities_of(cls: type[Any]) -> Capabilities:

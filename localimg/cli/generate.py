@@ -89,6 +89,22 @@ def generate(
     quality: Annotated[
         int | None, typer.Option("--quality", help="JPEG/WebP quality, 1-100.")
     ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            help="Step cache: diffusers first_block_cache, taylorseer_cache, mag_cache, "
+            "faster_cache; stable-diffusion.cpp easycache, ucache, dbcache, taylorseer, cachedit, "
+            "spectrum; none turns off the model's own.",
+        ),
+    ] = None,
+    cache_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cache-option",
+            help="A knob of the step cache as KEY=VALUE (e.g. threshold=0.1); repeat it.",
+        ),
+    ] = None,
     device: Device = None,
     threads: Threads = None,
     as_json: Annotated[
@@ -114,6 +130,7 @@ def generate(
     elif init is not None:
         init = conditioning.as_init(init)
     references = tuple(conditioning.as_init(extra) for extra in images[1:])
+    cache_options = dict(_cache_option(text) for text in cache_option or [])
     request = ImageRequest(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -132,6 +149,8 @@ def generate(
         mode=parse_mode(mode),
         num_frames=num_frames,
         fps=fps,
+        cache=cache.strip().lower() if cache else None,
+        cache_options=cache_options,
     )
     engine = Engine(engine_settings(models_path, device, threads))
     try:
@@ -142,6 +161,16 @@ def generate(
         engine.close(release_memory=False)  # the process ends next: no need to trim
     paths = results.write_result(result, output, quality)
     _report(result, paths, as_json)
+
+
+def _cache_option(text: str) -> tuple[str, Any]:
+    """`threshold=0.1` → ("threshold", 0.1), the value typed as a YAML option's is."""
+    from localimg.config.options import parse_value
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise _bad(f"--cache-option {text!r} is not KEY=VALUE (for example threshold=0.1)")
+    return key.strip(), parse_value(raw)
 
 
 def _bad(message: str) -> LocalimgError:
@@ -173,6 +202,8 @@ def _report(result: Any, paths: list[Path], as_json: bool) -> None:
             payload["video"] = {"frames": len(result.images), "fps": result.fps}
         if request.strength is not None:
             payload["strength"] = request.strength
+        if request.cache is not None:
+            payload["cache"] = {"method": request.cache, **request.cache_options}
         typer.echo(json.dumps(payload, indent=2))
         return
     for path, seed in zip(paths, seeds, strict=True):

@@ -76,3 +76,28 @@ def parse_options(items: Iterable[Any]) -> dict[str, Any]:
             raise ValueError(f"option {item!r} has no key (write 'key:value')")
         parsed[key] = parse_value(raw) if sep else True
     return parsed
+
+
+# Step caching in `options:` (issue 16): `cache:<method>` picks the method, `cache_<knob>:value`
+# sets one of its knobs (`cache_threshold:0.1`). Neither reaches the pipeline as a keyword: the
+# engine's merge moves them into ImageRequest.cache / cache_options, and the backend applies them.
+CACHE_KEY = "cache"
+CACHE_KNOB_PREFIX = "cache_"
+
+
+def is_cache_key(key: str) -> bool:
+    """Whether an `options:` key belongs to step caching (`cache` or `cache_<knob>`)."""
+    return key == CACHE_KEY or key.startswith(CACHE_KNOB_PREFIX)
+
+
+def cache_from_options(options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The YAML's cache method (lower case, None when unset) and its knobs, prefix removed."""
+    method = options.get(CACHE_KEY)
+    knobs = {
+        key[len(CACHE_KNOB_PREFIX) :]: value
+        for key, value in options.items()
+        if key.startswith(CACHE_KNOB_PREFIX)
+    }
+    if method is True or (method is not None and not isinstance(method, str)):
+        raise ValueError(f"cache:{method!r} must name a method (cache:<method>)")
+    return (method.strip().lower() if method else None), knobs

@@ -11,7 +11,7 @@ the activation memory of one image, and the first request of a batch finishes la
 would alone (the batch as a whole finishes sooner).
 
 Only plain text-to-image requests batch: anything with an input image, a mask, video frames,
-extra pipeline keywords or previews runs alone.
+extra pipeline keywords, previews or a step cache of its own runs alone.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def batch_key(request: ImageRequest) -> Hashable | None:
         or request.fps is not None
         or request.extra
         or request.previews  # previews are made per call, from its own latents
+        or request.cache is not None  # a step cache follows one call's own denoising
+        or request.cache_options
         or request.mode not in (None, "txt2img")
     ):
         return None

@@ -10,9 +10,11 @@ from typing import Any
 
 from localimg.backends.base import BackendDefaults
 from localimg.config import ModelConfig
-from localimg.config.options import OPTION_ALIASES
+from localimg.config.options import OPTION_ALIASES, cache_from_options, is_cache_key
+from localimg.errors import InvalidRequest
 from localimg.media import conditioning
 from localimg.requests import (
+    CACHE_OFF,
     QUALITY_STEP_FACTORS,
     ImageRequest,
     random_seed,
@@ -37,7 +39,7 @@ def merge_request(
     for key, value in options.items():
         if key in OPTION_ALIASES:
             from_options[OPTION_ALIASES[key]] = value
-        elif key not in option_keys:
+        elif key not in option_keys and not is_cache_key(key):
             extra[key] = value
     extra.update(request.extra)
 
@@ -67,6 +69,7 @@ def merge_request(
     cfg_scale = pick("cfg_scale", config.default_cfg_scale)
     seed = pick("seed", config.default_seed)
     try:
+        cache, cache_options = merge_cache(request, options)
         return request.with_(
             prompt=prompt,
             negative_prompt=negative
@@ -83,6 +86,8 @@ def merge_request(
             num_frames=pick("num_frames"),
             fps=pick("fps"),
             extra=extra,
+            cache=cache,
+            cache_options=cache_options,
             # References of an edit keep their own size and aspect: the model reads them, it
             # does not denoise them, so stretching one to the output size would distort it.
             **(
@@ -97,3 +102,35 @@ def merge_request(
         from localimg.errors import ConfigError
 
         raise ConfigError(f"{config.where}: options: {exc}") from None
+
+
+def merge_cache(
+    request: ImageRequest, options: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]]:
+    """The step cache a request runs with: its own method, else the YAML's `cache:`.
+
+    The YAML's `cache_<knob>` options apply when the request keeps the YAML's method (names none,
+    or the same one); the request's knobs win over them. A request's "none" turns the cache off,
+    and knobs without any method to apply to are refused rather than dropped.
+    """
+    yaml_method, yaml_knobs = cache_from_options(options)
+    if request.cache is None or request.cache == yaml_method:
+        method, knobs = yaml_method, {**yaml_knobs, **request.cache_options}
+    else:
+        method, knobs = request.cache, dict(request.cache_options)
+    if method in CACHE_OFF:
+        method = None
+        if request.cache_options:
+            raise InvalidRequest(
+                f"cache options ({', '.join(sorted(request.cache_options))}) need a cache "
+                "method; the request turns caching off",
+                param="cache",
+            )
+        knobs = {}
+    if method is None and knobs:
+        raise InvalidRequest(
+            f"cache options ({', '.join(sorted(knobs))}) need a cache method: name one with "
+            "cache (request) or cache:<method> (YAML options)",
+            param="cache",
+        )
+    return method, knobs

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 from localimg.errors import Cancelled, InvalidRequest, LocalimgError, Unauthorized
 from localimg.media import encode
 from localimg.media.decode import image_from_text
-from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest
+from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
 from localimg.server import a1111_options as options
 from localimg.server.a1111_images import init_inputs, save_images
 from localimg.server.a1111_info import Outcome, grid, info_json, parse_parameters
@@ -203,6 +203,7 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
             strength=body.denoising_strength if kind == "img2img" else None,
             mode=mode,
             previews=_previews(body, a1),
+            **_cache_fields(body),
         )
     except InvalidRequest as exc:
         raise A1111Error(exc.message, status=422, param=exc.param) from None
@@ -322,3 +323,9 @@ def routes() -> list[BaseRoute]:
 
 async def not_found(request: Request) -> Response:
     return JSONResponse({"detail": "Not Found"}, status_code=404)
+
+
+def _cache_fields(body: Txt2ImgBody) -> dict[str, Any]:
+    """localimg's `cache` field (a step-cache method and its knobs) as ImageRequest fields."""
+    method, knobs = parse_cache(body.cache)
+    return {"cache": method, "cache_options": knobs}

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg._util.validation import first_problem
 from localimg.errors import InvalidRequest
-from localimg.requests import MAX_N, ImageRequest, parse_mode, parse_size
+from localimg.requests import MAX_N, ImageRequest, parse_cache, parse_mode, parse_size
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -56,6 +56,9 @@ class ImageParams(BaseModel):
     # (previews of the running generation), then the final image. Generations and edits only.
     stream: bool = False
     partial_images: int | None = Field(default=None, ge=0, le=3)
+    # Step caching (issue 16): a method name, "none", or {"method": name, knob: value, ...} (a
+    # JSON string of it in a multipart form); requests.parse_cache reads it.
+    cache: str | dict[str, Any] | None = None
 
 
 class GenerationBody(ImageParams):
@@ -170,6 +173,7 @@ def prepare(
     )
     if getattr(params, "mode", None) in (0, "0"):
         ignored += ("mode",)  # LocalAI's default NCNN kernel choice: nothing to do here
+    cache, cache_options = parse_cache(params.cache)
     request = ImageRequest(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
@@ -190,6 +194,8 @@ def prepare(
         num_frames=getattr(params, "num_frames", None),
         fps=getattr(params, "fps", None),
         previews=stream_partials or 0,
+        cache=cache,
+        cache_options=cache_options,
     )
     return Prepared(
         request=request,

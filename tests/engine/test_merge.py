@@ -92,3 +92,64 @@ def test_a_reference_edit_model_keeps_a_lone_input_image_as_it_is() -> None:
     assert kept.init_image is not None and kept.init_image.size == (300, 200)
     img2img = merge_request(request.with_(mode="img2img"), config, edits)
     assert img2img.init_image is not None and img2img.init_image.size == (512, 512)
+
+
+def merged_cache(
+    yaml_options: list[str], **request: object
+) -> tuple[str | None, dict[str, object], dict[str, object]]:
+    config = config_from_dict({"name": "m", "options": yaml_options}, where="m.yaml")
+    merged = merge_request(ImageRequest(prompt="otter", **request), config, GGML_DEFAULTS)  # type: ignore[arg-type]
+    return merged.cache, dict(merged.cache_options), dict(merged.extra)
+
+
+def test_the_yaml_cache_and_its_knobs_reach_the_request_not_the_pipeline_keywords() -> None:
+    cache, knobs, extra = merged_cache(["cache:First_Block_Cache", "cache_threshold:0.2", "eta:1"])
+    assert (cache, knobs) == ("first_block_cache", {"threshold": 0.2})
+    assert extra == {"eta": 1}  # cache keys never become pipeline keywords
+
+
+def test_a_requests_knobs_win_over_the_yamls_for_the_same_method() -> None:
+    yaml = ["cache:mag_cache", "cache_threshold:0.2", "cache_max_skip_steps:2"]
+    assert merged_cache(yaml, cache_options={"threshold": 0.5})[:2] == (
+        "mag_cache",
+        {"threshold": 0.5, "max_skip_steps": 2},
+    )
+    assert merged_cache(yaml, cache="mag_cache", cache_options={"threshold": 0.5})[1] == {
+        "threshold": 0.5,
+        "max_skip_steps": 2,
+    }
+
+
+def test_another_method_in_the_request_drops_the_yamls_knobs() -> None:
+    yaml = ["cache:mag_cache", "cache_threshold:0.2"]
+    assert merged_cache(yaml, cache="first_block_cache")[:2] == ("first_block_cache", {})
+
+
+def test_none_turns_off_the_yamls_cache() -> None:
+    assert merged_cache(["cache:mag_cache", "cache_threshold:0.2"], cache="none")[:2] == (None, {})
+    assert merged_cache([], cache="off")[:2] == (None, {})
+
+
+def test_knobs_without_a_method_are_refused_not_dropped() -> None:
+    with pytest.raises(InvalidRequest, match="need a cache method"):
+        merged_cache([], cache_options={"threshold": 0.1})
+    with pytest.raises(InvalidRequest, match="turns caching off"):
+        merged_cache(["cache:mag_cache"], cache="none", cache_options={"threshold": 0.1})
+
+
+def test_cache_fields_are_checked_and_parsed() -> None:
+    from localimg.requests import parse_cache
+
+    assert parse_cache("TaylorSeer") == ("taylorseer", {})
+    assert parse_cache({"method": "easycache", "threshold": 0.3}) == (
+        "easycache",
+        {"threshold": 0.3},
+    )
+    assert parse_cache('{"method": "ucache", "start": 0.1}') == ("ucache", {"start": 0.1})
+    assert parse_cache(None) == (None, {})
+    with pytest.raises(InvalidRequest, match="not a method name"):
+        ImageRequest(prompt="otter", cache="first block")
+    with pytest.raises(InvalidRequest, match="is not a number"):
+        ImageRequest(prompt="otter", cache="x", cache_options={"threshold": {"a": 1}})
+    with pytest.raises(InvalidRequest, match="not a JSON object"):
+        parse_cache("{nope")

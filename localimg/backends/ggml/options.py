@@ -15,7 +15,7 @@ from pydantic import (
 from localimg._util.validation import first_problem
 from localimg.backends.ggml import samplers
 from localimg.config import ModelConfig
-from localimg.config.options import OPTION_ALIASES
+from localimg.config.options import OPTION_ALIASES, is_cache_key
 from localimg.errors import ConfigError, InvalidRequest
 
 # Weight types stable-diffusion.cpp can convert to on load (`wtype`).
@@ -131,7 +131,9 @@ FILE_OPTIONS = (
 def parse_options(config: ModelConfig) -> GgmlOptions:
     """The YAML's options as GgmlOptions; an unknown key or bad value names the file and key."""
     raw = config.parsed_options()
-    unknown = sorted(k for k in raw if k not in OPTION_KEYS and k not in OPTION_ALIASES)
+    unknown = sorted(
+        k for k in raw if k not in OPTION_KEYS and k not in OPTION_ALIASES and not is_cache_key(k)
+    )
     if unknown:
         raise ConfigError(
             f"{config.where}: options: unknown key {unknown[0]!r} for the stablediffusion-ggml "
