@@ -23,7 +23,7 @@ from localimg.backends.base import (
     ProgressCallback,
     RuntimeSettings,
 )
-from localimg.backends.diffusers import call_args, families, schedulers, tasks
+from localimg.backends.diffusers import cache_setup, call_args, families, schedulers, tasks
 from localimg.backends.diffusers.batch_invariance import BatchGrouping
 from localimg.backends.diffusers.loading import (
     DEFAULT_PIPELINE,
@@ -86,8 +86,11 @@ class DiffusersBackend:
     requirements: ClassVar[tuple[str, ...]] = ("torch", "diffusers", "transformers")
     extra: ClassVar[str] = "diffusers"
     option_keys: ClassVar[frozenset[str]] = OPTION_KEYS
-    # generate_batch runs several merged text-to-image requests in one pipeline call
-    capabilities: ClassVar[Capabilities] = Capabilities(batch=True)
+    # generate_batch runs several merged text-to-image requests in one pipeline call; the step
+    # caches are diffusers' hooks (caching.py), each where the loaded pipeline can use it
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        batch=True, cache_methods=cache_setup.METHODS
+    )
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -104,6 +107,7 @@ class DiffusersBackend:
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
         self._compiled = False
         self._grouping = BatchGrouping()  # replaced on load (backends/batch_invariance.py)
+        self._caches = cache_setup.Caches()  # which step caches each pipeline can use
 
     @classmethod
     def weight_itemsize(cls, config: ModelConfig, where: str) -> int | None:
@@ -117,6 +121,7 @@ class DiffusersBackend:
         """Refuse before queueing: unknown scheduler, gated parameters, sizes not multiple of 8."""
         if request.scheduler is not None:
             schedulers.lookup(request.scheduler)
+        cache_setup.check_request(request, config)
         for side in ("width", "height"):
             value = getattr(request, side)
             if value is not None and value % 8:
@@ -208,6 +213,8 @@ class DiffusersBackend:
             if k not in OPTION_KEYS and k not in OPTION_ALIASES
         }
         self._check_extra(extras, where=f"{config.where}: options")
+        self._caches = cache_setup.Caches(self._compiled)
+        self._caches.check_yaml(pipe, config)
 
     def _compute_defaults(self, pipe: Any) -> BackendDefaults:
         scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
@@ -291,6 +298,7 @@ class DiffusersBackend:
         if getattr(pipe, "scheduler", None) is not None:
             schedulers.check_steps(pipe.scheduler, steps, label)
         total = steps * request.n
+        cache = self._caches.plan_for(pipe, request)
         images: list[Any] = []
         shows = StepPreviews(pipe, request.previews, steps, request.width or 0, request.height or 0)
         for index, seed in enumerate(request.seeds):
@@ -331,7 +339,11 @@ class DiffusersBackend:
                 "f16, or options vae_tiling / attention_slicing / cpu_offload"
             )
             try:
-                with _pipeline_errors(pipe, oom), torch.inference_mode():
+                with (
+                    _pipeline_errors(pipe, oom),
+                    torch.inference_mode(),
+                    self._caches.applied(pipe, cache, request),
+                ):
                     output = pipe(**call)
             except tasks.Interrupted:
                 raise Cancelled("the request was cancelled") from None
@@ -394,12 +406,18 @@ class DiffusersBackend:
 
         if "callback_on_step_end" in params:
             kwargs["callback_on_step_end"] = on_step
+        cache = self._caches.plan_for_batch(pipe, requests)
         oom = (
             f"out of memory for a batch of {len(prompts)} at {first.width}x{first.height}: "
             "lower --max-batch"
         )
         grouped = self._grouping.images_per_call(pipe, len(prompts))
-        with _pipeline_errors(pipe, oom), torch.inference_mode(), grouped:
+        with (
+            _pipeline_errors(pipe, oom),
+            torch.inference_mode(),
+            grouped,
+            self._caches.applied(pipe, cache, first),
+        ):
             output = pipe(**kwargs)
         if cancel.is_set():
             raise Cancelled("the request was cancelled")
@@ -422,6 +440,7 @@ class DiffusersBackend:
         the heap (memory.release_free_memory), in that order, so the cache is emptied after the
         tensors are really freed."""
         self._siblings = {}
+        self._caches = cache_setup.Caches()
         self.pipe = None
 
     def describe(self) -> dict[str, str]:
@@ -432,4 +451,5 @@ class DiffusersBackend:
             "family": self._family.name if self._family is not None else "",
             "attention": attention_kind(self.pipe) if self.pipe is not None else "",
             "compiled": "yes" if self._compiled else "no",
+            "cache": self._caches.describe(self.pipe),
         }
