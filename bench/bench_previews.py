@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +32,6 @@ print = functools.partial(print, flush=True)  # progress shows as it happens
 
 PROMPT = "a red fox in the snow"
 SEED = 1
-SETTLE = 1.0  # seconds between contenders, so one's idle threads do not slow the other
 
 
 def write_models(folder: Path, model: str) -> dict[str, str]:
@@ -75,8 +70,10 @@ def write_models(folder: Path, model: str) -> dict[str, str]:
 
 
 def child(models: Path, name: str, previews: int, steps: int, size: int) -> None:
-    """One contender: load and warm up, then one timed generation per `go` line on stdin (its
-    seconds on stdout); `quit` prints the final image's digest and the previews it saw."""
+    """One contender (bench/contenders.py): load and warm up, then one timed generation per `go`;
+    its info says how many previews the last one showed."""
+    from contenders import serve
+
     from localimg.engine import Engine, EngineSettings
     from localimg.requests import ImageRequest
 
@@ -85,59 +82,22 @@ def child(models: Path, name: str, previews: int, steps: int, size: int) -> None
         prompt=PROMPT, seed=SEED, steps=steps, width=size, height=size, previews=previews
     )
     shown: list[object] = []
+
+    def generate() -> object:
+        shown.clear()
+        result = engine.generate(
+            name, request, progress=lambda e: shown.append(e) if e.preview else None
+        )
+        return result.images[0]
+
+    def setup() -> Callable[[], object]:
+        engine.generate(name, request)  # load + warm-up
+        return generate
+
     try:
-        result = engine.generate(name, request)  # load + warm-up
-        print("READY")
-        for line in sys.stdin:
-            if line.strip() != "go":
-                break
-            shown.clear()
-            begin = time.perf_counter()
-            result = engine.generate(
-                name, request, progress=lambda e: shown.append(e) if e.preview else None
-            )
-            print(f"TIME {time.perf_counter() - begin}")
-        digest = hashlib.sha256(result.images[0].tobytes()).hexdigest()
+        serve(setup, info=lambda: {"previews_seen": len(shown)})
     finally:
         engine.close()
-    print("DONE " + json.dumps({"digest": digest, "previews_seen": len(shown)}))
-
-
-class Contender:
-    """A child process holding one loaded model, driven one generation at a time."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--child", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-        )
-        self.times: list[float] = []
-        self._expect("READY")
-
-    def _expect(self, prefix: str) -> str:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-        raise SystemExit(f"a contender exited (code {self.process.wait()}) before {prefix}")
-
-    def run(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-        self.times.append(float(self._expect("TIME ")))
-
-    def finish(self) -> dict:
-        assert self.process.stdin is not None
-        self.process.stdin.write("quit\n")
-        self.process.stdin.flush()
-        out = json.loads(self._expect("DONE "))
-        self.process.wait()
-        return out  # type: ignore[no-any-return]
 
 
 def main() -> None:
@@ -154,6 +114,9 @@ def main() -> None:
         models, name, previews, steps, size = args.child
         child(Path(models), name, int(previews), int(steps), int(size))
         return
+    import numpy as np
+    from contenders import Contender, alternate
+
     size = args.size or (64 if args.model == "tiny" else 512)
     models = Path(tempfile.mkdtemp(prefix="bench-previews-")) / "models"
     names = write_models(models, args.model)
@@ -164,15 +127,12 @@ def main() -> None:
     )
     for engine in engines:
         common = [str(models), names[engine]]
-        plain = Contender([*common, "0", str(args.steps), str(size)])
-        shown = Contender([*common, str(args.previews), str(args.steps), str(size)])
-        for index in range(args.runs):
-            for contender in (plain, shown) if index % 2 == 0 else (shown, plain):
-                time.sleep(SETTLE)
-                contender.run()
-        plain_out, shown_out = plain.finish(), shown.finish()
-        a, b = statistics.median(shown.times), statistics.median(plain.times)
-        same = "same" if plain_out["digest"] == shown_out["digest"] else "DIFFERENT"
+        plain = Contender(__file__, [*common, "0", str(args.steps), str(size)])
+        shown = Contender(__file__, [*common, str(args.previews), str(args.steps), str(size)])
+        alternate(args.runs, [plain.run, shown.run])
+        (_, plain_pixels), (shown_out, shown_pixels) = plain.finish(), shown.finish()
+        same = "same" if np.array_equal(plain_pixels, shown_pixels) else "DIFFERENT"
+        a, b = shown.median(), plain.median()
         print(
             f"{engine:10s} {args.previews} previews {a:7.3f}s   none {b:7.3f}s   "
             f"ratio {a / b:.3f} ({(a / b - 1) * 100:+.1f}%)   "
