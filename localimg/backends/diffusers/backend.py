@@ -45,7 +45,7 @@ from localimg.backends.diffusers.previews import StepPreviews
 from localimg.backends.diffusers.sampling import Sampling
 from localimg.backends.diffusers.speed import attention_kind, denoiser_of, place, speed_up
 from localimg.config import ModelConfig, model_source
-from localimg.config.options import OPTION_ALIASES
+from localimg.config.options import OPTION_ALIASES, is_cache_key
 from localimg.errors import (
     BackendError,
     BackendNotInstalled,
@@ -210,7 +210,8 @@ class DiffusersBackend:
         extras = {
             k: v
             for k, v in config.parsed_options().items()
-            if k not in OPTION_KEYS and k not in OPTION_ALIASES
+            # the step cache's options go to cache_setup, not to the pipeline
+            if k not in OPTION_KEYS and k not in OPTION_ALIASES and not is_cache_key(k)
         }
         self._check_extra(extras, where=f"{config.where}: options")
         self._caches = cache_setup.Caches(self._compiled)
