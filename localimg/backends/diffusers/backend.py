@@ -23,7 +23,16 @@ from localimg.backends.base import (
     ProgressCallback,
     RuntimeSettings,
 )
-from localimg.backends.diffusers import cache_setup, call_args, families, schedulers, tasks
+from localimg.backends.diffusers import (
+    cache_setup,
+    call_args,
+    families,
+    gguf_files,
+    quantize,
+    schedulers,
+    tasks,
+    tiny_vae,
+)
 from localimg.backends.diffusers.batch_invariance import BatchGrouping
 from localimg.backends.diffusers.loading import (
     DEFAULT_PIPELINE,
@@ -106,6 +115,7 @@ class DiffusersBackend:
         self._options = DiffusersOptions()
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
         self._compiled = False
+        self._decoder = "full"  # or where the tiny autoencoder came from (tiny_vae.py)
         self._grouping = BatchGrouping()  # replaced on load (backends/batch_invariance.py)
         self._caches = cache_setup.Caches()  # which step caches each pipeline can use
 
@@ -165,6 +175,7 @@ class DiffusersBackend:
         if config.diffusers.scheduler_type:
             schedulers.lookup(config.diffusers.scheduler_type, param="scheduler_type")
         self._options = options
+        quantize.check(options, gguf_files.is_gguf(source), self.device)
         quiet_library_progress()
         try:
             pipe = load_pipeline(pipeline_type, source, options, self.dtype, config)
@@ -187,7 +198,9 @@ class DiffusersBackend:
             pipe.safety_checker = None
         bridge_clip_text_model(pipe)
         apply_loras(pipe, config)
+        self._decoder = tiny_vae.swap_in(pipe, options, config, self.dtype)
         self._grouping = place(pipe, options, self.device)
+        quantize.quantize(pipe, options, self.dtype)  # after place: see quantize.py
         self._compiled = speed_up(pipe, options, self.device)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
@@ -453,4 +466,12 @@ class DiffusersBackend:
             "attention": attention_kind(self.pipe) if self.pipe is not None else "",
             "compiled": "yes" if self._compiled else "no",
             "cache": self._caches.describe(self.pipe),
+            "weights": self._weights_kind(),
+            "vae": "full" if self._decoder == "full" else f"taesd ({self._decoder})",
         }
+
+    def _weights_kind(self) -> str:
+        """How the weights are stored: gguf, int8, fp8 or the dtype's name."""
+        if self.config is not None and gguf_files.is_gguf(model_source(self.config)):
+            return "gguf"
+        return self._options.quantization or str(self.dtype).removeprefix("torch.")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from localimg._util.system import cpu_has_bf16
 from localimg.backends.base import RuntimeSettings
-from localimg.backends.diffusers import processors
+from localimg.backends.diffusers import gguf_files, processors
 from localimg.backends.diffusers.families import FAMILIES, check_needs
 from localimg.backends.diffusers.options import DTYPES, DiffusersOptions
 from localimg.config import ModelConfig, ModelSource
@@ -305,6 +305,8 @@ def load_pipeline(
     uses_hub = source.kind == "hub" or pipeline_type == "FluxTransformer2DModel"
     if (uses_hub or (source.kind == "file" and not local_config)) and not hub_reachable():
         common["local_files_only"] = True  # every later lookup from the cache, without retries
+    if gguf_files.is_gguf(source):
+        return load_gguf(pipeline_type, source, options, config, common)
     if pipeline_type == "FluxTransformer2DModel":
         return load_flux_transformer(source, options, dtype, common)
     if source.kind == "file":
@@ -345,6 +347,27 @@ def load_pipeline(
     loads = str(own) if own and pipeline_type in AUTO_TYPES else cls.__name__
     common.update(processors.replacement_components(loads, source.location, common))
     return cls.from_pretrained(source.location, **common)
+
+
+def load_gguf(
+    pipeline_type: str,
+    source: ModelSource,
+    options: DiffusersOptions,
+    config: ModelConfig | None,
+    common: dict[str, Any],
+) -> Any:
+    """A GGUF transformer file in the pipeline of its base repo (gguf_files.py)."""
+    base = gguf_files.base_of(options, config)
+    base_source = ModelSource("folder" if Path(base).is_dir() else "hub", base)
+    index = model_index(base_source, options.revision, bool(common.get("local_files_only")))
+    if pipeline_type in AUTO_TYPES or pipeline_type == "FluxTransformer2DModel":
+        cls = pipeline_class(str(index.get("_class_name") or ""))
+    else:
+        cls = pipeline_class(pipeline_type)
+    check_needs(cls.__name__)
+    dtype = common[dtype_key()]
+    common = {**common, **processors.replacement_components(cls.__name__, base, common)}
+    return gguf_files.load_gguf_pipeline(source, cls, index, base, dtype, common)
 
 
 def load_flux_transformer(

@@ -40,6 +40,13 @@ class DiffusersOptions(BaseModel):
     cpu_offload: bool = False
     channels_last: bool = False  # NHWC weights for the UNet/VAE convolutions (faster on many CPUs)
     compile: bool = False  # torch.compile the denoiser: the first generation pays a warm-up
+    # Weights in 1 byte each (quantize.py): torchao int8 weight-only, or fp8 storage cast per
+    # layer to the compute dtype. A `.gguf` model file is quantized already (gguf_files.py).
+    quantization: Literal["int8", "fp8"] | None = None
+    # The decoder (tiny_vae.py): taesd swaps the VAE for a tiny autoencoder (taesd_path, or the
+    # family's published one); full keeps the model's own VAE.
+    vae: Literal["taesd", "full"] | None = None
+    taesd_path: str | None = None
     # Generation settings of the model families (families.py); a request's `extra` may override
     # each. guidance: the distilled guidance of a family that also has true CFG (FLUX.1 Kontext,
     # a guidance-distilled Qwen-Image); shift: a fixed flow shift (flow.py).
@@ -73,6 +80,10 @@ def weight_itemsize(config: ModelConfig, where: str) -> int:
     for key, value in config.parsed_options().items():
         if key == "dtype":
             dtype = str(value).lower()
+        elif key == "quantization" and str(value).lower() in ("int8", "fp8"):
+            # int8: the denoiser and text encoders; fp8: the denoiser, the bulk of the weights
+            # (its text encoders keep the dtype: `memory:` in the YAML gives an exact budget)
+            return 1
     if dtype is not None:
         return 2 if DTYPES.get(dtype, dtype) in HALF_DTYPES else 4
     if config.f16 and (where == "vram" or cpu_has_bf16()):
