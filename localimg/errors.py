@@ -114,6 +114,18 @@ class BackendError(LocalimgError):
     default_code = "backend_error"
 
 
+class ReplicaFailed(LocalimgError):
+    """A Ray Serve replica died (or was lost) while it ran the request (`serve --ray`).
+
+    502: the server itself is fine and Ray starts a new replica; the request may be sent again.
+    """
+
+    exit_code = 5
+    http_status = 502
+    error_type = "server_error"
+    default_code = "replica_failed"
+
+
 class Busy(LocalimgError):
     """The model's queue is full; try again later."""
 

@@ -1,11 +1,13 @@
-"""`localimg serve`: the HTTP server over an engine whose models run in worker processes."""
+"""`localimg serve`: the HTTP server over an engine whose models run in worker processes (or,
+with `--ray`, in the replicas of one Ray Serve deployment per model: server/ray_serve.py)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -149,6 +151,44 @@ def serve(
             "route, model, status, queue and generation seconds).",
         ),
     ] = LogFormat.text,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run each model as a Ray Serve deployment (replicas, autoscaling, several "
+            "GPUs or hosts); needs pip install 'localimg[ray]'.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --ray: join this Ray cluster (auto, or HOST:6379) [default: start a local "
+            "Ray instance, stopped with the server].",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas", min=1, help="With --ray: replicas per model (a YAML's ray: wins) [1]."
+        ),
+    ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            help="With --ray: autoscale each model between MIN:MAX replicas (e.g. 1:4).",
+        ),
+    ] = None,
+    gpus_per_replica: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-replica",
+            min=0,
+            help="With --ray: GPUs each replica reserves (0.5: two per GPU) [default: 1 where "
+            "the cluster has GPUs, else 0].",
+        ),
+    ] = None,
     device: Device = None,
     threads: Threads = None,
     log_level: Annotated[
@@ -190,14 +230,89 @@ def serve(
         public_metrics=public_metrics,
         log_format=log_format.value,
     )
+    names = [e.name for e in scan_models(engine_setup.models_path) if e.config is not None]
+    line = startup_line(host, port, engine_setup.models_path, names, len(keys))
+    if ray:
+        refuse_with_ray(in_process, max_loaded_models, max_memory, max_batch)
+
+        def server_for(app_: Any) -> Any:
+            announce(line, log_format)
+            return build_server(app_, host, port, grace=grace)
+
+        on_ray = ray_options(ray_address, replicas, autoscale, gpus_per_replica)
+        run_on_ray(settings, engine_setup, on_ray, server_for)
+        return
+    ray_only = {
+        "--ray-address": ray_address,
+        "--replicas": replicas,
+        "--autoscale": autoscale,
+        "--gpus-per-replica": gpus_per_replica,
+    }
+    for flag, value in ray_only.items():
+        if value is not None:
+            raise typer.BadParameter("only applies with --ray", param_hint=flag)
     options = WorkerOptions(log_level=State.log_level, log_format=log_format.value)
     factory = None if in_process else worker_slot_factory(options)
     engine = Engine(engine_setup, slot_factory=factory)
     app_ = create_app(settings, engine)
-    names = [e.name for e in scan_models(engine_setup.models_path) if e.config is not None]
-    line = startup_line(host, port, engine_setup.models_path, names, len(keys))
+    announce(line, log_format)
+    build_server(app_, host, port, grace=grace).run()
+
+
+def announce(line: str, log_format: LogFormat) -> None:
     if log_format is LogFormat.json:
         logging.getLogger("localimg.server").info("%s", line)  # a JSON line like the rest
     else:
         typer.echo(line, err=True)
-    build_server(app_, host, port, grace=grace).run()
+
+
+def refuse_with_ray(
+    in_process: bool, max_loaded_models: int, max_memory: str | None, max_batch: int
+) -> None:
+    """Options of the one-machine engine that mean nothing on Ray are refused, not ignored."""
+    why = {
+        "--in-process": (in_process, "models run in their Ray replicas"),
+        "--max-loaded-models": (
+            max_loaded_models != 0,
+            "Ray places replicas by their CPUs and GPUs; use --replicas/--autoscale",
+        ),
+        "--max-memory": (max_memory is not None, "Ray places replicas by their CPUs and GPUs"),
+        "--max-batch": (max_batch != 1, "each replica runs one request at a time"),
+    }
+    for flag, (given, reason) in why.items():
+        if given:
+            raise typer.BadParameter(f"cannot be used with --ray ({reason})", param_hint=flag)
+
+
+def ray_options(
+    address: str | None, replicas: int | None, autoscale: str | None, gpus: float | None
+) -> Any:
+    from localimg.server.ray_cluster import RayServeOptions, parse_autoscale
+
+    if replicas is not None and autoscale is not None:
+        raise typer.BadParameter(
+            "give --replicas or --autoscale, not both", param_hint="--autoscale"
+        )
+    bounds = None
+    if autoscale is not None:
+        try:
+            bounds = parse_autoscale(autoscale)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--autoscale") from None
+    return RayServeOptions(
+        address=address, replicas=replicas or 1, autoscale=bounds, gpus_per_replica=gpus
+    )
+
+
+def run_on_ray(
+    settings: Any, engine_setup: Any, options: Any, server: Callable[[Any], Any]
+) -> None:
+    """Start (or join) Ray, serve the app over it, and stop what was started on the way out."""
+    from localimg.server.ray_cluster import RayCluster
+    from localimg.server.ray_serve import create_ray_app
+
+    cluster = RayCluster(options).start()  # without ray[serve]: the one-line install hint
+    try:
+        server(create_ray_app(settings, engine_setup, cluster)).run()
+    finally:
+        cluster.stop()

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from localimg.config.options import OPTION_ALIASES, parse_options, parse_value
 from localimg.errors import ConfigError, InvalidRequest
@@ -182,6 +182,30 @@ class DiffusersSection(_Strict):
         return value
 
 
+class RaySection(BaseModel):
+    """`ray:` of a model YAML (localimg): how `serve --ray` deploys this model. Wins over the
+    server's --replicas / --autoscale / --gpus-per-replica for this model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int | None = Field(default=None, ge=1, le=1024)  # a fixed number of replicas
+    min_replicas: int | None = Field(default=None, ge=0, le=1024)  # autoscaling between
+    max_replicas: int | None = Field(default=None, ge=1, le=1024)  # these two
+    gpus_per_replica: float | None = Field(default=None, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> RaySection:
+        bounds = (self.min_replicas, self.max_replicas)
+        if self.replicas is not None and bounds != (None, None):
+            raise ValueError("give either replicas or min_replicas/max_replicas, not both")
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("autoscaling needs both min_replicas and max_replicas")
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_replicas ({low}) is more than max_replicas ({high})")
+        return self
+
+
 class ModelConfig(_Strict):
     """One model: LocalAI's image YAML keys plus a few documented localimg extensions."""
 
@@ -199,6 +223,7 @@ class ModelConfig(_Strict):
     keep_alive: str | float | None = None  # localimg: idle time before unloading (5m, 300, -1)
     memory: str | int | None = None  # localimg: what loading the model takes (14G, 512M)
     diffusers: DiffusersSection = Field(default_factory=DiffusersSection)
+    ray: RaySection | None = None  # localimg: replicas and GPUs under `serve --ray`
     lora_adapter: str | None = None  # LocalAI's single-adapter form
     lora_scale: float | None = None
     lora_adapters: list[str] = Field(default_factory=list)

@@ -426,6 +426,8 @@ def load_now(slot: object) -> None:
     elif isinstance(slot, InProcessSlot):
         config = slot.config
         slot.ensure_loaded(Job(id="preload", model=config.name, request=ImageRequest(prompt="")))
+    else:  # any other Slot (serve --ray's RaySlot deploys its model here)
+        slot.load()  # type: ignore[attr-defined]
 
 
 def worker_slot_factory(

@@ -47,7 +47,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("localimg.server")
 
 FILES_PATH = "/generated"
-EXPOSED_HEADERS = ["X-Request-Id", "X-Localimg-Seeds", "X-Localimg-Generation-Time", "Retry-After"]
+EXPOSED_HEADERS = [
+    "X-Request-Id",
+    "X-Localimg-Seeds",
+    "X-Localimg-Generation-Time",
+    "X-Localimg-Replica",  # serve --ray: the replica that made the images
+    "Retry-After",
+]
 
 
 @dataclass(frozen=True)
