@@ -56,6 +56,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_qwen_im
     write_model(folder, "plain", tiny_sd)
     write_model(folder, "int8", tiny_sd, "options:\n- quantization:int8\n")
     write_model(folder, "fp8", tiny_sd, "options:\n- quantization:fp8\n")
+    write_model(folder, "bf16", tiny_sd, "options:\n- dtype:bfloat16\n")
+    write_model(folder, "int8-bf16", tiny_sd, "options:\n- quantization:int8\n- dtype:bf16\n")
     return folder
 
 
@@ -129,6 +131,23 @@ def test_int8_quantizes_the_unet_and_text_encoder(engine: Engine) -> None:
         assert linears and all(type(m.weight).__name__ == "Int8Tensor" for m in linears)
     assert type(pipe.vae.decoder.conv_in.weight) is torch.nn.Parameter  # the VAE keeps float
     assert backend_of(engine, "int8").describe()["weights"] == "int8"
+    assert not np.array_equal(result, plain)
+    assert psnr(result, plain) > 30, psnr(result, plain)
+
+
+def test_int8_in_bfloat16_quantizes_while_loading(engine: Engine) -> None:
+    """diffusers' loader quantizes each weight as it reads it (the model never sits in memory
+    at 2 bytes a weight): the same int8 weights as quantizing afterwards."""
+    import torch
+
+    plain = arr(engine.generate("bf16", REQUEST))
+    result = arr(engine.generate("int8-bf16", REQUEST))
+    pipe = backend_of(engine, "int8-bf16").pipe
+    assert pipe.unet.hf_quantizer is not None  # the loader did it
+    for module in (pipe.unet, pipe.text_encoder):
+        linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m.weight).__name__ == "Int8Tensor" for m in linears)
+    assert pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16
     assert not np.array_equal(result, plain)
     assert psnr(result, plain) > 30, psnr(result, plain)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from localimg._util.system import cpu_has_bf16
 from localimg.backends.base import RuntimeSettings
-from localimg.backends.diffusers import gguf_files, processors
+from localimg.backends.diffusers import gguf_files, processors, quantize
 from localimg.backends.diffusers.families import FAMILIES, check_needs
 from localimg.backends.diffusers.options import DTYPES, DiffusersOptions
 from localimg.config import ModelConfig, ModelSource
@@ -326,6 +326,9 @@ def load_pipeline(
             common["original_config"] = options.original_config
         return cls.from_single_file(str(source.path), **common)
     index = model_index(source, options.revision, bool(common.get("local_files_only")))
+    quantization = quantize.load_time_config(options, dtype, index)
+    if quantization is not None:
+        common["quantization_config"] = quantization
     if "safety_checker" in index:
         common["safety_checker"] = None
         common["requires_safety_checker"] = False

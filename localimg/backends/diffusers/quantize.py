@@ -9,11 +9,14 @@
   models: a transformers text encoder under the same hooks still reports float8 as its `dtype`,
   and pipelines make their latents in the text encoder's dtype (measured: SD1.5 then fails).
 
-Both are applied to the loaded pipeline, after placement (`speed.place`) so the fp8 casting
-hooks wrap the batch-invariant linear layers instead of being replaced by them, and before
-`torch.compile`. Loading therefore briefly holds each module at its dtype: a model larger than
-the memory needs a pre-quantized GGUF file (gguf_files.py) instead. The VAE keeps its dtype: it
-is small and most sensitive to rounding.
+int8 in bfloat16 from a diffusers folder or repo is quantized while loading (diffusers'
+`PipelineQuantizationConfig`, each weight quantized as it is read), so the whole model never sits
+in memory at 2 bytes a weight; the same int8 weights (measured: identical pixels) as quantizing
+afterwards, which is what every other case does (single files; float32, where diffusers' torchao
+loader leaves float32 inputs meeting bfloat16 biases). fp8 is applied to the loaded pipeline,
+after placement (`speed.place`) so its casting hooks wrap the batch-invariant linear layers
+instead of being replaced by them, and before `torch.compile`. The VAE keeps its dtype: it is
+small and the most sensitive to rounding.
 """
 
 from __future__ import annotations
@@ -49,6 +52,42 @@ def check(options: DiffusersOptions, gguf: bool, device: str) -> None:
         )
     if options.quantization == "int8" and device == "mps":
         raise ConfigError("options: quantization:int8 (torchao) runs on CUDA and the CPU, not MPS")
+
+
+def load_time_config(options: DiffusersOptions, dtype: Any, index: dict[str, Any]) -> Any:
+    """The `quantization_config` for from_pretrained that quantizes int8 while loading, or None
+    where quantizing afterwards is the way (see the module's docstring)."""
+    import torch
+
+    if options.quantization != "int8" or dtype != torch.bfloat16:
+        return None
+    quiet_torchao()
+    try:
+        import diffusers
+        import transformers
+        from torchao.quantization import Int8WeightOnlyConfig
+    except ImportError:
+        return None  # quantize_int8 says what to install
+    mapping: dict[str, Any] = {}
+    for name in (*DENOISERS, *TEXT_ENCODERS):
+        entry = index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+            continue
+        if entry[0] == "diffusers":
+            mapping[name] = diffusers.TorchAoConfig(Int8WeightOnlyConfig())
+        elif entry[0] == "transformers":
+            mapping[name] = transformers.TorchAoConfig(Int8WeightOnlyConfig())
+    return diffusers.PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None
+
+
+def is_int8(module: Any) -> bool:
+    """Whether the module's linear layers hold torchao int8 weights already."""
+    import torch
+
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Linear):
+            return type(layer.weight).__name__ == "Int8Tensor"
+    return False
 
 
 def modules_to_quantize(pipe: Any) -> dict[str, Any]:
@@ -92,7 +131,8 @@ def quantize_int8(modules: dict[str, Any]) -> None:
             f"options: quantization:int8 needs torchao: pip install torchao ({exc})"
         ) from None
     for module in modules.values():
-        quantize_(module, Int8WeightOnlyConfig())
+        if not is_int8(module):  # quantized while loading (load_time_config)
+            quantize_(module, Int8WeightOnlyConfig())
 
 
 def store_fp8(modules: dict[str, Any], dtype: Any) -> None:
