@@ -14,6 +14,8 @@ import concurrent.futures
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,14 @@ import pytest
 from localimg.backends.base import RuntimeSettings
 from localimg.engine import Engine, EngineSettings
 from localimg.server.app import ServerSettings
-from tests.server_support import assert_openai_error, b64_image, serve_in_thread, wait_until
+from tests.server_support import (
+    assert_openai_error,
+    b64_image,
+    free_port,
+    serve_in_thread,
+    wait_until,
+    write_model,
+)
 
 pytest.importorskip("ray.serve", reason="serve --ray needs pip install 'localimg[ray]'")
 
@@ -272,3 +281,49 @@ def test_stop_leaves_no_ray_process(
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, [p.pid for p in alive]
     assert not [p for p in ray_processes() if p.is_running()]
+
+
+def test_the_serve_command_on_ray_answers_and_stops_without_leftovers(
+    tmp_path: Path, tiny_sd: Path
+) -> None:
+    """`localimg serve --ray` as users run it: a local Ray instance of its own, one replica per
+    --replicas, the replica header, and nothing of Ray left once SIGTERM has stopped it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    write_model(models, "tiny", tiny_sd)
+    port = free_port()
+    command = [sys.executable, "-m", "localimg", "serve", "--ray", "--replicas", "1"]
+    command += ["--threads", "1", "--port", str(port), "--models-path", str(models)]
+    command += ["--preload", "tiny"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: ready(url), timeout=240, what="the Ray server and its preload")
+        answer = httpx.post(
+            f"{url}/v1/images/generations",
+            json={"prompt": "x", "size": "64x64", "steps": 2},
+            timeout=300,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-localimg-replica"].startswith("tiny#")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(c.cmdline()) for c in children)
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal after its clean stop; Ray's driver handler turns it
+        # into exit status 15 once the `finally` that stops Ray has run.
+        assert proc.wait(timeout=120) in (0, 15, -signal.SIGTERM)
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+        assert "localimg serve stopped" in log and "Ray stopped" in log
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, [" ".join(p.cmdline())[:80] for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
