@@ -43,8 +43,8 @@ FAMILY_ENTRIES: dict[str, tuple[str, str | None, str]] = {
     "qwen-image-edit-2511": ("diffusers", "QwenImageEditPlusPipeline", "60G"),
     "qwen-image-edit-2511-ggml": ("stablediffusion-ggml", None, "21G"),
     "flux.1-kontext-dev-ggml": ("stablediffusion-ggml", None, "19G"),
-    "chroma1-hd": ("diffusers", "ChromaPipeline", "29G"),
-    "wan2.2-ti2v-5b": ("diffusers", "WanPipeline", "26G"),
+    "chroma1-hd": ("diffusers", "ChromaPipeline", "16G"),
+    "wan2.2-ti2v-5b": ("diffusers", "WanPipeline", "16G"),
     "wan2.2-ti2v-5b-ggml": ("stablediffusion-ggml", None, "14G"),
 }
 # The option naming the LLM text encoder, per ggml entry: the family's encoder, not any file.
