@@ -56,6 +56,7 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
                 "load: 16 clients for 20 s (tiny)",
                 ["bench_load.py", "--clients", "16", "--duration", "20"],
             ),
+            ("serve --ray: 1 vs 2 replicas (tiny)", ["bench_ray.py", "--rounds", "2"]),
         ]
     sd15 = ["--model", "sd15", "--steps", "4"]
     return [
@@ -115,6 +116,7 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             ["bench_previews.py", "--model", "sd15", "--engine", "diffusers", "--size", "256"],
         ),
         ("load: 64 clients for 60 s, queue 8 (tiny)", ["bench_load.py"]),
+        ("serve --ray: 1 vs 2 replicas, one thread each (tiny, 64px)", ["bench_ray.py"]),
         (
             "model families vs bare diffusers (tiny pipelines, 64px)",
             ["bench_families.py", "--runs", "5", "--rounds", "2"],
