@@ -7,15 +7,17 @@ side by side in one run and printed as ratios (target: within 2%):
 - in process: `Engine.generate` vs `StableDiffusion.generate_image` on loaded models (median of
   --runs generations each, interleaved, after a warm-up of each);
 - over HTTP: POST /v1/images/generations to a real uvicorn `localimg serve` app whose model is
-  loaded in its worker process (started with the same thread count) vs the same bare call in this
-  process (the returned b64 PNG is decoded and checked);
+  loaded in its worker process (started with the same thread count) vs the same bare call in a
+  clean process of its own with the same threads (bench/contenders.py; in this process, next to
+  the HTTP client and the server's event loop, it came out slower than the worker: a ratio below
+  1 that measured the yardstick); the returned b64 PNG is decoded and compared with its pixels;
 - whole command: `localimg generate` vs a bare Python script vs stable-diffusion.cpp's own `sd-cli`,
   each a fresh process that loads the model, generates and writes a PNG (the three images are
   compared pixel for pixel, which checks that they really ran the same generation).
 
-The in-process bare model is built with localimg's `ggml_native` callbacks (one process can have
-only one set) and its leak-free subclass; the bare script in the whole-command leg is plain
-`stable_diffusion_cpp`.
+The bare model of the first two legs is built with localimg's `ggml_native` callbacks (one process
+can have only one set) and its leak-free subclass; the bare script in the whole-command leg is
+plain `stable_diffusion_cpp`.
 
     python bench/bench_ggml.py --size 128 --steps 4 --runs 5 --sd-cli /path/to/sd-cli
 
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 print = functools.partial(print, flush=True)  # progress shows as it happens
 
 PROMPT = "a red fox"
@@ -93,6 +96,48 @@ def interleaved(runs: int, first: Callable[[], float], second: Callable[[], floa
     return statistics.median(a), statistics.median(b)
 
 
+def bare_model(model: str, taesd: str, threads: int) -> Any:
+    """The bare stable_diffusion_cpp model, with localimg's native callbacks installed (one set
+    per process) and its leak-free subclass, loaded quietly."""
+    from localimg.backends.ggml import native as ggml_native
+
+    native = ggml_native.install()
+    with contextlib.redirect_stdout(io.StringIO()):  # the wrapper print()s a blank line on load
+        bare = ggml_native.leak_free_class(native)(
+            model_path=model, taesd_path=taesd, n_threads=threads, verbose=True
+        )
+    ggml_native.quiet_wrapper()
+    return bare
+
+
+def bare_call_args(size: int, steps: int) -> dict[str, Any]:
+    return dict(prompt=PROMPT, width=size, height=size, sample_steps=steps, seed=SEED,
+                cfg_scale=CFG, sample_method=SAMPLER, eta=float("inf"))  # fmt: skip
+
+
+def child(model: str, taesd: str, threads: int, size: int, steps: int) -> None:
+    """The bare contender of the HTTP leg (bench/contenders.py): the model loaded in this clean
+    process, one timed `generate_image` per `go`."""
+    from contenders import serve
+
+    bare = bare_model(model, taesd, threads)
+    call = bare_call_args(size, steps)
+
+    def generate() -> Any:
+        image = bare.generate_image(**call)[0]
+        assert image.size == (size, size), image.size
+        return image
+
+    def setup() -> Callable[[], Any]:
+        generate()  # warm-up
+        return generate
+
+    try:
+        serve(setup)
+    finally:
+        bare.close()
+
+
 def row(leg: str, name: str, a: float, other: str, b: float, note: str = "") -> None:
     print(f"{leg:12s} {name:18s} {a:7.3f}s  {other:19s} {b:7.3f}s  ratio {a / b:.3f}{note}")
 
@@ -120,7 +165,12 @@ def main() -> None:
         default=Path(os.environ["LOCALIMG_SD_CLI"]) if os.environ.get("LOCALIMG_SD_CLI") else None,
         help="stable-diffusion.cpp's sd-cli binary [default: $LOCALIMG_SD_CLI]",
     )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        model, taesd, threads, size, steps = args.child
+        child(model, taesd, int(threads), int(size), int(steps))
+        return
     if args.size % 64:
         parser.error("--size must be a multiple of 64 (SD1)")
     if args.sd_cli is not None and not os.access(args.sd_cli, os.X_OK):
@@ -128,11 +178,11 @@ def main() -> None:
 
     import httpx
     import stable_diffusion_cpp as sd
+    from contenders import Contender, alternate, describe_difference
     from PIL import Image
 
     from localimg._util.system import physical_cores
     from localimg.backends.base import RuntimeSettings
-    from localimg.backends.ggml import native as ggml_native
     from localimg.engine import Engine, EngineSettings, worker_slot_factory
     from localimg.requests import ImageRequest
     from localimg.server.app import ServerSettings, create_app
@@ -162,15 +212,9 @@ def main() -> None:
         keep_alive=None,  # never unloaded between runs
     )
 
-    # The bare model, in this process.
-    native = ggml_native.install()
-    with contextlib.redirect_stdout(io.StringIO()):  # the wrapper print()s a blank line on load
-        bare = ggml_native.leak_free_class(native)(
-            model_path=model, taesd_path=taesd, n_threads=threads, verbose=True
-        )
-    ggml_native.quiet_wrapper()
-    call = dict(prompt=PROMPT, width=size, height=size, sample_steps=steps, seed=SEED,
-                cfg_scale=CFG, sample_method=SAMPLER, eta=float("inf"))  # fmt: skip
+    # The bare model, in this process (the in-process leg).
+    bare = bare_model(model, taesd, threads)
+    call = bare_call_args(size, steps)
     reference = bare.generate_image(**call)[0]  # warm-up
     assert reference.size == (size, size), reference.size
 
@@ -197,6 +241,7 @@ def main() -> None:
 
     a, b = interleaved(args.runs, engine_call, bare_call)
     engine.close()  # only one localimg copy of the model at a time
+    bare.close()  # the HTTP leg's bare model is in a process of its own
     row("in process", "Engine.generate", a, "bare generate_image", b,
         same_pixels(ours.images[0], reference))  # fmt: skip
 
@@ -227,14 +272,25 @@ def main() -> None:
             last[:] = [image]
             return elapsed
 
+        http_times: list[float] = []
+
+        def timed_http() -> float:
+            http_times.append(over_http())
+            return http_times[-1]
+
         over_http()  # starts the worker, loads the model there, warms it up
         worker = served.slots["stablediffusion"].info()  # type: ignore[attr-defined]
         assert worker.get("threads") == str(threads), worker
-        a, b = interleaved(args.runs, over_http, bare_call)
+        clean = Contender(__file__, [model, taesd, str(threads), str(size), str(steps)], "bare")
+        try:
+            alternate(args.runs, [timed_http, clean.run])
+            _, clean_pixels = clean.finish()
+        finally:
+            clean.close()
     served.close()
-    bare.close()  # the whole-command leg runs fresh processes only
-    row("over HTTP", "localimg serve", a, "bare generate_image", b,
-        same_pixels(last[0], reference))  # fmt: skip
+    row("over HTTP", "localimg serve", statistics.median(http_times),
+        "bare, own process", clean.median(),
+        f"  ({describe_difference(clean_pixels, last[0])})")  # fmt: skip
 
     # -- whole commands ----------------------------------------------------------------------
     env = {**os.environ, "LOCALIMG_MODELS_PATH": str(models)}
