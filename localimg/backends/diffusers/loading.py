@@ -175,8 +175,24 @@ def dtype_key() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
+# Warnings that importing diffusers prints once torchao (quantization:int8) is installed, about
+# parts localimg never uses: torchao's CUDA kernels missing on a CPU build, tensor classes of
+# torchao-serialized checkpoints, and torch's notice about an enum torchao registers.
+IMPORT_NOISE_LOGGERS = (
+    "torchao",
+    "diffusers.quantizers.torchao.torchao_quantizer",
+    "torch.utils._pytree",
+)
+
+
 def quiet_library_progress() -> None:
-    """diffusers/transformers draw their own tqdm bars while loading; localimg shows its own."""
+    """diffusers/transformers draw their own tqdm bars while loading; localimg shows its own.
+    Also silences import-time warnings that say nothing about the user's model (before the
+    first diffusers import, which is what prints them)."""
+    import logging
+
+    for name in IMPORT_NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
