@@ -182,6 +182,30 @@ def test_img2img_sibling_shares_the_cache_and_previews_still_come(engine: Engine
     assert moved(run(engine, "qwen-image", init_image=image, strength=0.9), plain) == 0
 
 
+def test_flux1_takes_mag_cache_with_the_ratios_diffusers_ships(tmp_path: Path) -> None:
+    """FLUX.1's FluxPipeline (built here from the tiny Kontext's parts, which are FLUX.1's) opens
+    cache contexts; MagCache needs no mag_ratios there (diffusers' FLUX_MAG_RATIOS)."""
+    from diffusers import DiffusionPipeline, FluxPipeline
+
+    kontext = DiffusionPipeline.from_pretrained(tiny_families.tiny_flux_kontext_path())
+    FluxPipeline.from_pipe(kontext).save_pretrained(tmp_path / "flux1")
+    (tmp_path / "flux1.yaml").write_text(model_yaml("flux1", tmp_path / "flux1"), "utf-8")
+    engine = Engine(EngineSettings(models_path=tmp_path))
+    try:
+        plain = run(engine, "flux1")
+        described = engine.slots["flux1"].backend.describe()["cache"]  # type: ignore[attr-defined]
+        assert described == "first_block_cache,taylorseer_cache,mag_cache"
+        skips = {"retention_ratio": 0.0, "threshold": 1e9, "max_skip_steps": 100}
+        assert moved(run(engine, "flux1", cache="mag_cache", cache_options=skips), plain) > 0
+        forced = run(
+            engine, "flux1", cache="first_block_cache", cache_options=FORCE["first_block_cache"]
+        )
+        assert moved(forced, plain) > 0
+        assert moved(run(engine, "flux1"), plain) == 0
+    finally:
+        engine.close()
+
+
 # -- refusals -------------------------------------------------------------------------------
 
 
