@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from localimg.errors import BackendNotInstalled
+from localimg.errors import BackendError, BackendNotInstalled
 
 if TYPE_CHECKING:
     from localimg.config import ModelConfig
@@ -155,7 +155,18 @@ class RayCluster:
             init["address"] = self.options.address
         elif self.options.num_cpus is not None:
             init["num_cpus"] = self.options.num_cpus
-        ray.init(**init)
+        try:
+            ray.init(**init)
+        except (ConnectionError, RuntimeError) as exc:
+            if self.options.address is None:
+                raise
+            raise BackendError(
+                f"cannot join the Ray cluster at {self.options.address}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Is `ray start` "
+                "running there? A cluster with token authentication (Ray's default) also needs "
+                "RAY_AUTH_MODE=token here, and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token",
+                code="ray_unreachable",
+            ) from None
         # No Ray HTTP proxy: localimg serves the HTTP API and calls replicas through handles.
         serve.start(proxy_location="Disabled")
         self._ray = ray

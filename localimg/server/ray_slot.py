@@ -160,6 +160,7 @@ class RaySlot:
                 handle = self.cluster.deploy(self.config, replica_settings, plan)
                 answer = handle.check.remote().result()
             except Exception as exc:
+                log.warning("model %s: deploying failed", self.config.name, exc_info=True)
                 self._state = "unloaded"
                 self.cluster.delete(self.config.name)
                 raise BackendError(

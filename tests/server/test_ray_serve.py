@@ -149,6 +149,8 @@ def test_requests_spread_over_both_replicas_which_make_the_same_images(served: R
     # /v1/models and /metrics see the deployed model as loaded, with its queue empty.
     assert served.slot().state == "loaded" and served.slot().queue_depth == 0
     assert metric(served, "localimg_model_loaded") == 1.0
+    entry = httpx.get(f"{served.url}/v1/models/tiny", timeout=30).json()
+    assert entry["loaded"] is True and entry["queued"] == 0
 
 
 def test_sixteen_clients_are_all_answered_200_or_429(served: RayServed) -> None:
