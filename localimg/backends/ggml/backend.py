@@ -27,7 +27,7 @@ from localimg.backends.base import (
     ProgressCallback,
     RuntimeSettings,
 )
-from localimg.backends.ggml import calls, native, previews, samplers
+from localimg.backends.ggml import caching, calls, native, previews, samplers
 from localimg.backends.ggml.families import Family, family_of, guidance_embed
 from localimg.backends.ggml.lora import lora_dir, lora_tags
 from localimg.backends.ggml.options import (
@@ -67,7 +67,7 @@ class GgmlBackend:
     # No batching: one native context runs one image (or video) at a time under NATIVE_LOCK.
     # What each loaded model makes (images, reference edits, Wan videos) is per family and is
     # checked at generation time (families.py, calls.py), since the family is known once loaded.
-    capabilities: ClassVar[Capabilities] = Capabilities(batch=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(batch=False, cache_methods=caching.METHODS)
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -110,6 +110,7 @@ class GgmlBackend:
                     param="size",
                 )
         cls._check_extra(request.extra)
+        caching.check_request_cache(request.cache, request.cache_options, config)
         lora_tags(request.prompt, lora_dir(config, options))
 
     @staticmethod
@@ -195,6 +196,8 @@ class GgmlBackend:
             "diffusion_flash_attn": options.diffusion_flash_attn,
             "flash_attn": options.flash_attn,
             "offload_params_to_cpu": options.offload_params_to_cpu,
+            # vae:full with a TAESD: the full VAE decodes and the TAESD only makes previews.
+            "tae_preview_only": options.vae == "full" and bool(options.taesd_path),
             "verbose": True,  # never False: it redirects the whole process's stdout/stderr
         }
         progress(ProgressEvent("load", message=f"loading {Path(model_file).name}"))
@@ -221,6 +224,7 @@ class GgmlBackend:
         traits = family_of(version, texts, options.reference_edit, guidance_embed(texts))
         try:
             calls.check_options(traits, options, config.where)
+            caching.check_config_cache(config, traits)
         except ConfigError:
             native.close(model)
             raise
@@ -322,6 +326,7 @@ class GgmlBackend:
         base = calls.common(
             request, self.options, self._prompt_with_loras(request), method, schedule
         )
+        base.update(caching.call_keywords(request.cache, request.cache_options, self.traits))
         label = samplers.label(method or self._default_method(), schedule)
         if self.traits.video:
             if request.previews:
