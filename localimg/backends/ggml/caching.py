@@ -223,7 +223,7 @@ def check_request_cache(method: str | None, knobs: Mapping[str, Any], config: Mo
     """Before queueing: the method (the request's, else the YAML's) is known and its knobs fit.
     Whether the loaded model's architecture can use it is checked at generation."""
     yaml_method, yaml_knobs = _yaml_cache(config)
-    if yaml_method not in (None, *CACHE_OFF) and method in (None, yaml_method):
+    if yaml_method is not None and yaml_method not in CACHE_OFF and method in (None, yaml_method):
         try:
             parse_knobs(yaml_method, yaml_knobs)
         except InvalidRequest as exc:

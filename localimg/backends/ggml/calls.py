@@ -109,6 +109,7 @@ def check(request: ImageRequest, family: Family, options: GgmlOptions, mode: str
     if (
         family.name.startswith(("Qwen Image", "Anima"))
         and options.taesd_path
+        and options.vae != "full"
         and request.init_image is not None
     ):
         # 0.4.7 encodes an image with the tiny video autoencoder at the wrong rank and aborts

@@ -40,6 +40,10 @@ class GgmlOptions(BaseModel):
     high_noise_diffusion_model_path: str | None = None  # Wan 2.2 A14B: the high-noise expert
     vae_path: str | None = None
     taesd_path: str | None = None
+    # Which autoencoder decodes: taesd (the tiny one of taesd_path: fast, rougher) or full (the
+    # model's VAE or vae_path; a taesd_path then only makes previews). Unset: LocalAI's meaning,
+    # the TAESD decodes whenever taesd_path is given.
+    vae: str | None = None
     lora_dir: str | None = None  # where <lora:name:weight> looks (default: the models dir)
     sampler: str | None = None
     scheduler: str | None = None  # the sigma schedule (discrete, karras, ...)
@@ -94,6 +98,37 @@ class GgmlOptions(BaseModel):
             raise ValueError(f"unknown weight type; use one of {', '.join(WTYPES)}")
         return value.lower() if value else None
 
+    @field_validator("vae")
+    @classmethod
+    def _known_vae(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in VAE_CHOICES:
+            raise ValueError(
+                "vae takes taesd (decode with the tiny autoencoder of taesd_path) or full (decode "
+                "with the model's VAE or vae_path; taesd_path then only makes previews)"
+            )
+        return value.lower() if value else None
+
+    @model_validator(mode="after")
+    def _taesd_needs_its_file(self) -> GgmlOptions:
+        if self.vae == "taesd" and not self.taesd_path:
+            raise ValueError(
+                "vae:taesd decodes with a tiny autoencoder: name its file with "
+                "taesd_path:<file> (taesd.safetensors for SD1/SD2, taesdxl for SDXL, taef1 for "
+                "FLUX.1, taef2 for FLUX.2, taew2_1 for Wan/Qwen-Image)"
+            )
+        if self.vae_path and self.taesd_path and self.vae is None:
+            raise ValueError(
+                "vae_path and taesd_path: say which one decodes, vae:full (vae_path decodes, "
+                "the TAESD only makes previews) or vae:taesd without vae_path "
+                "(stable-diffusion.cpp would not load vae_path at all)"
+            )
+        if self.vae == "taesd" and self.vae_path:
+            raise ValueError(
+                "vae:taesd with vae_path: stable-diffusion.cpp decodes and encodes with the TAESD "
+                "and never loads vae_path; remove vae_path or use vae:full"
+            )
+        return self
+
     @model_validator(mode="after")
     def _high_noise_needs_its_model(self) -> GgmlOptions:
         if not self.high_noise_diffusion_model_path:
@@ -106,6 +141,7 @@ class GgmlOptions(BaseModel):
         return self
 
 
+VAE_CHOICES = ("taesd", "full")
 HIGH_NOISE_KEYS = (
     "high_noise_cfg_scale",
     "high_noise_steps",
