@@ -186,6 +186,8 @@ class RaySlot:
 
     def unload(self, release_memory: bool = True) -> None:
         """Remove the deployment (after the jobs running now); the next job deploys again."""
+        while self.running_jobs and not self._closed.is_set():
+            time.sleep(WATCH_SECONDS)
         with self._deploy_lock:
             if self._handle is None:
                 return

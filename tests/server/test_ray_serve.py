@@ -288,13 +288,14 @@ def test_stop_leaves_no_ray_process(
 def test_the_serve_command_on_ray_answers_and_stops_without_leftovers(
     tmp_path: Path, tiny_sd: Path
 ) -> None:
-    """`localimg serve --ray` as users run it: a local Ray instance of its own, one replica per
-    --replicas, the replica header, and nothing of Ray left once SIGTERM has stopped it."""
+    """`localimg serve --ray` as users run it: a local Ray instance of its own, a model deployed
+    with autoscaling (from 1 replica), the replica header, and nothing of Ray left once SIGTERM
+    has stopped it."""
     models = tmp_path / "models"
     models.mkdir()
     write_model(models, "tiny", tiny_sd)
     port = free_port()
-    command = [sys.executable, "-m", "localimg", "serve", "--ray", "--replicas", "1"]
+    command = [sys.executable, "-m", "localimg", "serve", "--ray", "--autoscale", "1:2"]
     command += ["--threads", "1", "--port", str(port), "--models-path", str(models)]
     command += ["--preload", "tiny"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
