@@ -28,6 +28,8 @@ import pytest
 
 from localimg.backends.base import RuntimeSettings
 from localimg.engine import Engine, EngineSettings
+from localimg.errors import LocalimgError
+from localimg.requests import ImageRequest
 from localimg.server.app import ServerSettings
 from tests.server_support import (
     assert_openai_error,
@@ -88,7 +90,8 @@ def ray_processes() -> list[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def ray_started() -> Iterator[tuple[RayCluster, list[psutil.Process]]]:
-    cluster = RayCluster(RayServeOptions(num_cpus=2)).start()
+    # 3 logical CPUs: tiny's two replicas and broken's one (never more than two work at once).
+    cluster = RayCluster(RayServeOptions(num_cpus=3)).start()
     stopped = False
     try:
         yield cluster, ray_processes()
@@ -113,6 +116,7 @@ def served(
         "ray:\n  replicas: 2\n",
         encoding="utf-8",
     )
+    write_model(models, "broken", root / "no-such-model", "ray:\n  replicas: 1\n")
     cluster, _ = ray_started
     settings = EngineSettings(
         models_path=models, runtime=RuntimeSettings(threads=1), max_queue=MAX_QUEUE
@@ -227,6 +231,7 @@ def test_cancelled_job_stops_on_its_replica(served: RayServed) -> None:
 def test_a1111_previews_and_interrupt_through_ray(served: RayServed) -> None:
     url = served.url
     data = {"prompt": "x", "steps": 60, "n_iter": 2, "width": 64, "height": 64, "seed": 1}
+    data["override_settings"] = {"sd_model_checkpoint": "tiny"}  # not the first model, broken
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(httpx.post, f"{url}/sdapi/v1/txt2img", json=data, timeout=300)
 
@@ -240,6 +245,31 @@ def test_a1111_previews_and_interrupt_through_ray(served: RayServed) -> None:
     assert response.status_code == 200
     info = json.loads(response.json()["info"])
     assert info["interrupted"] is True and len(info["all_seeds"]) < 2
+
+
+def test_a_model_that_cannot_load_answers_its_own_error_and_leaves_no_deployment(
+    served: RayServed,
+) -> None:
+    from ray import serve
+
+    answer = httpx.post(
+        f"{served.url}/v1/images/generations",
+        json={"model": "broken", "prompt": "x", "size": "64x64"},
+        timeout=300,
+    )
+    error = assert_openai_error(answer, answer.status_code)
+    # The same error as without Ray (the engine in this process, loading the same YAML).
+    alone = Engine(served.engine.settings)
+    try:
+        with pytest.raises(LocalimgError) as raised:
+            alone.generate("broken", ImageRequest(prompt="x", width=64, height=64))
+    finally:
+        alone.close()
+    assert answer.status_code == raised.value.http_status >= 400
+    assert error["code"] == raised.value.code and error["message"] == raised.value.message
+    assert served.engine.slots["broken"].state == "unloaded"
+    assert "localimg-broken" not in serve.status().applications
+    assert served.generate(seed=1, steps=2).status_code == 200  # the other model still serves
 
 
 def test_a_killed_replica_costs_only_its_request(served: RayServed) -> None:
