@@ -87,6 +87,8 @@ class DeploymentPlan:
             "max_queued_requests": self.max_queued,
             "ray_actor_options": {"num_cpus": self.threads, "num_gpus": self.gpus},
             "graceful_shutdown_timeout_s": 5,
+            # localimg's own access log names each request once; Ray's would repeat it.
+            "logging_config": {"enable_access_log": False},
         }
         if self.autoscale is not None:
             options["autoscaling_config"] = {

@@ -59,6 +59,8 @@ class RayServed:
     cluster: RayCluster
 
     def slot(self) -> RaySlot:
+        if "tiny" not in self.engine.slots:  # a test run alone: deploy it first
+            self.engine.load("tiny")
         slot = self.engine.slots["tiny"]
         assert isinstance(slot, RaySlot)
         return slot
@@ -293,14 +295,20 @@ def test_a_killed_replica_costs_only_its_request(served: RayServed) -> None:
     assert metric(served, "localimg_worker_restarts_total") == 1.0
     # The other replica answers meanwhile, and Ray starts a new one in the dead one's place.
     assert served.generate(seed=5, steps=2).status_code == 200
-    names: set[str] = set()
+    pids: dict[str, int] = {}
 
     def replaced() -> bool:
-        names.add(served.replica_status()["replica"])
-        return len(names - {victim}) == 2
+        status = served.replica_status()
+        pids[status["replica"]] = status["pid"]
+        return len(set(pids) - {victim}) == 2
 
     wait_until(replaced, timeout=180, what="a new replica in place of the killed one")
-    assert victim not in names
+    assert victim not in pids
+    # A replica killed while idle costs nothing: a request Ray still routes to it is resent.
+    os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        after = list(pool.map(lambda i: served.generate(seed=i, steps=2), (6, 7)))
+    assert [a.status_code for a in after] == [200, 200], [a.text for a in after]
 
 
 def test_stop_leaves_no_ray_process(
