@@ -79,6 +79,9 @@ class DeploymentPlan:
     gpus: float
     threads: int  # torch / sd.cpp threads in each replica, and the CPUs Ray reserves for it
     max_queued: int  # requests waiting for a free replica before Ray refuses more
+    # --device, else "cpu" for a replica without GPUs (Ray leaves CUDA_VISIBLE_DEVICES alone
+    # then, so auto would take a GPU Ray did not give it), else None: the GPU(s) Ray gave it.
+    device: str | None = None
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments of `serve.deployment` for this plan."""
@@ -130,12 +133,14 @@ def plan_for(
     if gpus is None:
         gpus = 1.0 if has_gpus else 0.0
     threads = settings.runtime.threads or config.threads or 1
+    device = settings.runtime.device or ("cpu" if gpus == 0 else None)
     return DeploymentPlan(
         replicas=replicas,
         autoscale=autoscale,
         gpus=gpus,
         threads=threads,
         max_queued=settings.max_queue,
+        device=device,
     )
 
 

@@ -152,9 +152,8 @@ class RaySlot:
             if job is not None:
                 job.emit(ProgressEvent("load", message=f"deploying {self.config.name} on Ray"))
             plan = plan_for(self.config, self.settings, self.options, self.cluster.has_gpus)
-            replica_settings = replace(
-                self.settings, runtime=replace(self.settings.runtime, threads=plan.threads)
-            )
+            runtime = replace(self.settings.runtime, threads=plan.threads, device=plan.device)
+            replica_settings = replace(self.settings, runtime=runtime)
             began = time.monotonic()
             try:
                 handle = self.cluster.deploy(self.config, replica_settings, plan)
@@ -221,7 +220,9 @@ class RaySlot:
             self._waiting.append(job)
         self.events.watch(job, self.backend_name)
         job.emit(ProgressEvent("queued", message=f"{self.queue_depth} in queue"))
-        threading.Thread(target=self._run, args=(job,), name=f"localimg-{job.id}").start()
+        threading.Thread(
+            target=self._run, args=(job,), name=f"localimg-{job.id}", daemon=True
+        ).start()
 
     def _run(self, job: Job) -> None:
         outcome: ImageResult | LocalimgError

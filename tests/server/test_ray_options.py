@@ -44,6 +44,10 @@ def test_flags_make_each_models_deployment() -> None:
     assert options["ray_actor_options"]["num_gpus"] == 1.0  # the cluster has GPUs
     half = RayServeOptions(gpus_per_replica=0.5)
     assert plan_for(config(), settings, half, has_gpus=True).gpus == 0.5
+    # The device in each replica: --device, else the CPU without GPUs, else the GPU Ray gives.
+    assert plan.device == "cpu" and scaled.device is None
+    cuda = EngineSettings(runtime=RuntimeSettings(device="cuda"))
+    assert plan_for(config(), cuda, RayServeOptions(), has_gpus=False).device == "cuda"
 
 
 def test_the_yaml_ray_section_wins_for_its_model() -> None:
