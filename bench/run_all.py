@@ -125,6 +125,11 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             "diffusers vs stablediffusion-ggml on the same weights (sd15, 256px)",
             ["bench_backends.py", "--size", "256", "--steps", "4", "--runs", "3"],
         ),
+        (
+            "accelerators: speed and image change (sd15, 256px, 20 steps)",
+            ["bench_speedups.py", "--model", "sd15", "--runs", "2"],
+        ),
+        ("accelerators: speed and image change (tiny models)", ["bench_speedups.py"]),
     ]
 
 
