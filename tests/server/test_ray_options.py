@@ -3,6 +3,7 @@ model's deployment, what means nothing on Ray is refused, and a missing Ray says
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,3 +117,18 @@ def test_serve_ray_without_ray_says_how_to_install_it(
     assert result.exit_code == 4
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install 'localimg[ray]'" in lines[0]
+
+
+def test_ray_is_imported_only_by_serve_ray() -> None:
+    """`localimg --help`, plain `serve` and the server app never load Ray (it takes seconds)."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from localimg.cli import app\n"
+        "import localimg.server.app, localimg.server.ray_serve\n"
+        "assert CliRunner().invoke(app, ['serve', '--help']).exit_code == 0\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
