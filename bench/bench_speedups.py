@@ -207,6 +207,9 @@ def plan(model: Any, method: Method) -> Plan | str:
             return str(model.no_taesd)
         if model.engine == "diffusers":
             return Plan(("vae:taesd", f"taesd_path:{model.taesd}"))
+        if model.full_vae:  # the model file has no VAE: the plain side loads a full one
+            full = (f"vae_path:{model.full_vae}", "vae:full")
+            return Plan(("vae:taesd",), own_plain=True, plain_options=full)
         return Plan((f"taesd_path:{model.taesd}", "vae:taesd"))
     if method.kind == "gguf":
         if model.gguf is None:

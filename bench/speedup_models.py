@@ -29,7 +29,7 @@ TINY_FAMILIES = (
     "WanPipeline",
 )
 VIDEO_FRAMES = 5  # Wan takes 4k+1 frames
-NO_FULL_VAE = "the tiny ggml files have no full VAE to compare with (the TAESD always decodes)"
+NO_FULL_VAE = "no full VAE of this family's latents here to compare with"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Model:
     frames: int = 0  # a video model: frames per generation
     taesd: str | None = None  # a tiny autoencoder for vae:taesd
     no_taesd: str = "no tiny autoencoder for this model here"
+    # ggml: a full VAE for the plain side of the vae:taesd row, when the model file has none.
+    full_vae: str | None = None
     # The GGUF row: (diffusers base folder, .gguf file of its transformer), or why not.
     gguf: tuple[str, str] | None = None
     no_gguf: str = "GGUF files hold DiT transformers; the tiny one here is Qwen-Image's"
@@ -100,6 +102,7 @@ def tiny_models(families: tuple[str, ...] = TINY_FAMILIES) -> list[Model]:
     from tests.tiny_families import FAMILY_BUILDERS
     from tests.tiny_ggml import tiny_checkpoint_path, tiny_taesd_path
     from tests.tiny_ggml_families import flux2_klein_files
+    from tests.tiny_ggml_vae import sd1_vae_path
     from tests.tiny_models import tiny_sd_path
 
     taesd = _tiny_autoencoder(4, 2, "tiny-sd-taesd")
@@ -126,7 +129,8 @@ def tiny_models(families: tuple[str, ...] = TINY_FAMILIES) -> list[Model]:
             "ggml",
             str(tiny_checkpoint_path()),
             options=(f"taesd_path:{tiny_taesd_path()}", "sampler:euler"),
-            no_taesd=NO_FULL_VAE,
+            taesd=str(tiny_taesd_path()),
+            full_vae=str(sd1_vae_path()),  # SD1's VAE at its real size, random weights
             no_gguf="ggml files are quantized by wtype",
         ),
         Model(
