@@ -48,7 +48,7 @@ class Model:
     full_vae: str | None = None
     # The GGUF row: (diffusers base folder, .gguf file of its transformer), or why not.
     gguf: tuple[str, str] | None = None
-    no_gguf: str = "GGUF files hold DiT transformers; the tiny one here is Qwen-Image's"
+    no_gguf: str = "GGUF files hold DiT transformers, and the tiny one here is Qwen-Image's"
 
 
 def yaml_text(name: str, model: Model, options: tuple[str, ...], path: str | None = None) -> str:
