@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from localimg._util.validation import first_problem
-from localimg.errors import InvalidRequest
+from localimg.backends import cache_knobs as shared
 
 METHODS = ("first_block_cache", "taylorseer_cache", "mag_cache", "faster_cache")
 
@@ -95,33 +94,14 @@ KNOBS: dict[str, type[Knobs]] = {
 
 def check_method(method: str) -> type[Knobs]:
     """The knob model of a method this backend knows, else an error naming them all."""
-    model = KNOBS.get(method)
-    if model is None:
-        raise InvalidRequest(
-            f"unknown cache method {method!r} for the diffusers backend; it knows "
-            f"{', '.join(METHODS)} (none turns caching off)",
-            param="cache",
-        )
-    return model
+    return shared.knob_model(KNOBS, method, "diffusers")
 
 
 def knob_list(method: str) -> str:
     """`threshold (0.05)`: each knob of the method with its default, for messages and docs."""
-    model = KNOBS[method]
-    return ", ".join(f"{name} ({field.default!r})" for name, field in model.model_fields.items())
+    return shared.knob_list(KNOBS[method])
 
 
 def parse_knobs(method: str, knobs: Mapping[str, Any]) -> Knobs:
     """The method's knobs typed and checked; a bad one is refused naming what the method takes."""
-    model = check_method(method)
-    try:
-        return model(**dict(knobs))
-    except ValidationError as exc:
-        problem = first_problem(exc)
-        if problem.kind == "extra_forbidden":
-            what = f"{method} has no knob {problem.key!r}"
-        else:
-            what = f"{method}: {problem.describe()}"
-        raise InvalidRequest(
-            f"{what}; its knobs (defaults): {knob_list(method)}", param="cache"
-        ) from None
+    return shared.parse_knobs(KNOBS, method, knobs, "diffusers")

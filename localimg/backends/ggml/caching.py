@@ -28,9 +28,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from localimg._util.validation import first_problem
+from localimg.backends import cache_knobs as shared
 from localimg.backends.ggml.families import Family
 from localimg.config import ModelConfig
 from localimg.config.options import cache_from_options
@@ -132,45 +132,21 @@ KNOBS: dict[str, type[Knobs]] = {
 
 def check_method(method: str) -> type[Knobs]:
     """The knob model of a method this backend knows, else an error naming them all."""
-    model = KNOBS.get(method)
-    if model is None:
-        raise InvalidRequest(
-            f"unknown cache method {method!r} for the stablediffusion-ggml backend; it knows "
-            f"{', '.join(METHODS)} (none turns caching off)",
-            param="cache",
-        )
-    return model
+    return shared.knob_model(KNOBS, method, "stablediffusion-ggml")
 
 
 def knob_list(method: str) -> str:
     """`threshold (0.2), start (0.15), ...`: the method's knobs with their defaults."""
-    model = KNOBS[method]
-    return ", ".join(f"{name} ({field.default!r})" for name, field in model.model_fields.items())
+    return shared.knob_list(KNOBS[method])
 
 
 def parse_knobs(method: str, knobs: Mapping[str, Any]) -> Knobs:
     """The method's knobs typed and checked; a bad one is refused naming what the method takes."""
-    model = check_method(method)
-    for key in knobs:
-        if key not in model.model_fields:
-            inert = (
-                f" (stable-diffusion.cpp 0.4.7 accepts {INERT[key]} but never applies it)"
-                if key in INERT
-                else ""
-            )
-            raise InvalidRequest(
-                f"{method} has no knob {key!r}{inert}; its knobs (defaults): {knob_list(method)}",
-                param="cache",
-            )
-    try:
-        return model.model_validate(dict(knobs))
-    except ValidationError as exc:
-        problem = first_problem(exc)
-        what = problem.message if problem.key == "(top level)" else problem.describe()
-        raise InvalidRequest(
-            f"{method}: {what}; its knobs (defaults): {knob_list(method)}",
-            param="cache",
-        ) from None
+    inert = {
+        key: f"stable-diffusion.cpp 0.4.7 accepts {value} but never applies it"
+        for key, value in INERT.items()
+    }
+    return shared.parse_knobs(KNOBS, method, knobs, "stablediffusion-ggml", inert)
 
 
 def methods_for(family: Family) -> tuple[str, ...]:
