@@ -442,3 +442,25 @@ def test_empty_lists_where_localimg_has_none(served: Served) -> None:
         "loaded": {},
         "skipped": {},
     }
+
+
+def test_the_cache_extension_reaches_the_engine_and_is_refused_where_it_cannot_run(
+    served: Served,
+) -> None:
+    """localimg's `cache` field on A1111 bodies is read, not ignored: a stable-diffusion.cpp step
+    cache that reuses steps changes the image, and a method the model cannot use is an A1111
+    error naming the cache."""
+    ggml = {"override_settings": {"sd_model_checkpoint": "stablediffusion"}, "steps": 10}
+    plain = post(served.url, "txt2img", small(**ggml))
+    cached = post(
+        served.url, "txt2img", small(**ggml, cache={"method": "ucache", "threshold": 100})
+    )
+    assert plain.status_code == cached.status_code == 200, cached.text
+    assert "cache" not in cached.headers.get("X-Localimg-Ignored", "")
+    assert not np.array_equal(
+        np.asarray(decode(plain.json()["images"][0])),
+        np.asarray(decode(cached.json()["images"][0])),
+    )
+    refused = post(served.url, "txt2img", small(**ggml, cache="nope"))
+    assert refused.status_code in (400, 422), refused.text
+    assert "unknown cache method 'nope'" in refused.text
