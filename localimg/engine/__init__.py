@@ -3,7 +3,13 @@ from this package, never from its modules, so its inside can be rearranged freel
 
 from localimg.engine.engine import Engine
 from localimg.engine.events import EngineEvents, EngineListener, JobFinished
-from localimg.engine.job import Job, ProgressListener, as_backend_error
+from localimg.engine.job import (
+    Job,
+    ProgressListener,
+    as_backend_error,
+    waiting_count,
+    waiting_position,
+)
 from localimg.engine.merge import merge_request
 from localimg.engine.settings import EngineSettings
 from localimg.engine.slots import InProcessSlot, Slot
@@ -24,5 +30,7 @@ __all__ = [
     "as_backend_error",
     "load_now",
     "merge_request",
+    "waiting_count",
+    "waiting_position",
     "worker_slot_factory",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -124,3 +124,21 @@ class Job:
 
     def result(self, timeout: float | None = None) -> ImageResult:
         return self.future.result(timeout)
+
+
+def waiting_count(queue: Iterable[Job]) -> int:
+    """Jobs of a queue still waiting: a cancelled one leaves the count at once, though its slot
+    drops it from the queue only when it gets to it."""
+    return sum(1 for job in queue if not job.future.done())
+
+
+def waiting_position(queue: Iterable[Job], job: Job) -> int | None:
+    """How many waiting jobs are ahead of `job` in `queue` (0: it runs next); None when it is not
+    waiting there (running, done, cancelled, or not in this queue)."""
+    ahead = 0
+    for queued in queue:
+        if queued is job:
+            return None if job.future.done() else ahead
+        if not queued.future.done():
+            ahead += 1
+    return None

@@ -18,7 +18,7 @@ from localimg.backends.base import capabilities_of
 from localimg.config import ModelConfig
 from localimg.engine import batching, memory
 from localimg.engine.events import EngineEvents
-from localimg.engine.job import Job, as_backend_error
+from localimg.engine.job import Job, as_backend_error, waiting_count, waiting_position
 from localimg.engine.merge import merge_request
 from localimg.engine.settings import EngineSettings
 from localimg.errors import Busy, Cancelled, LocalimgError, ModelLoading
@@ -114,19 +114,13 @@ class InProcessSlot:
         """Jobs waiting (a cancelled one leaves the count at once, though the runner drops it
         from the queue only when it gets to it)."""
         with self._cond:
-            return sum(1 for j in self._queue if not j.future.done())
+            return waiting_count(self._queue)
 
     def queue_position(self, job: Job) -> int | None:
         """How many waiting jobs are ahead of `job` (0: it runs next); None when it is not
         waiting (running, done, cancelled, or not this slot's)."""
         with self._cond:
-            ahead = 0
-            for queued in self._queue:
-                if queued is job:
-                    return None if job.future.done() else ahead
-                if not queued.future.done():
-                    ahead += 1
-            return None
+            return waiting_position(self._queue, job)
 
     @property
     def running_jobs(self) -> int:

@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from localimg.engine import EngineEvents, Job
+from localimg.engine import EngineEvents, Job, waiting_count, waiting_position
 from localimg.errors import (
     BackendError,
     Busy,
@@ -94,17 +94,11 @@ class RaySlot:
     @property
     def queue_depth(self) -> int:
         with self._lock:
-            return sum(1 for job in self._waiting if not job.future.done())
+            return waiting_count(self._waiting)
 
     def queue_position(self, job: Job) -> int | None:
         with self._lock:
-            ahead = 0
-            for waiting in self._waiting:
-                if waiting is job:
-                    return None if job.future.done() else ahead
-                if not waiting.future.done():
-                    ahead += 1
-            return None
+            return waiting_position(self._waiting, job)
 
     @property
     def running_jobs(self) -> int:
