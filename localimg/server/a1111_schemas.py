@@ -74,7 +74,8 @@ class Txt2ImgBody(BaseModel):
     infotext: str | None = None
     clip_skip: int | None = Field(default=None, ge=1, le=25)  # SD.Next's; A1111 counting
     # localimg's step caching (issue 16), as on /v1: a method name, "none" or {"method", knobs}
-    cache: str | dict[str, Any] | None = None
+    # Checked by requests.parse_cache, whose error says what a cache looks like.
+    cache: Any = None
     # hires fix (txt2img only; refused when enabled)
     enable_hr: bool = False
     firstphase_width: int = 0

@@ -58,7 +58,8 @@ class ImageParams(BaseModel):
     partial_images: int | None = Field(default=None, ge=0, le=3)
     # Step caching (issue 16): a method name, "none", or {"method": name, knob: value, ...} (a
     # JSON string of it in a multipart form); requests.parse_cache reads it.
-    cache: str | dict[str, Any] | None = None
+    # Checked by requests.parse_cache, whose error says what a cache looks like.
+    cache: Any = None
 
 
 class GenerationBody(ImageParams):

@@ -153,3 +153,5 @@ def test_cache_fields_are_checked_and_parsed() -> None:
         ImageRequest(prompt="otter", cache="x", cache_options={"threshold": {"a": 1}})
     with pytest.raises(InvalidRequest, match="not a JSON object"):
         parse_cache("{nope")
+    with pytest.raises(InvalidRequest, match="a method name or an object"):
+        parse_cache(5)
