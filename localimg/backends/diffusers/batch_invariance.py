@@ -1,19 +1,23 @@
 """Make a batched diffusers call give each image the pixels it would get alone, bit for bit.
 
-Batching (localimg/batching.py) runs N queued requests as one pipeline call. Convolutions,
-attention and normalisation compute each sample the same way at any batch size, measured on the
-CPU with torch's kernels; two things do not:
+Batching (localimg/engine/batching.py) runs N queued requests as one pipeline call.
+Convolutions, attention and normalisation compute each sample the same way at any batch size,
+measured on the CPU with torch's kernels; three things do not:
 
 - linear layers: the matrix library picks its kernel, and with it the order of the sums, from the
   number of rows. One image with classifier-free guidance feeds a UNet linear layer 2 samples
   ([uncond, cond]); a batch of N feeds it 2N ([uncond x N, cond x N]), and the products round
   differently (seen on SD1.5's shapes: 128 against 384 rows of width 1280);
-- the VAE decoder's small convolutions, for a batch of 4 against a batch of 1.
+- the VAE decoder's small convolutions, for a batch of 4 against a batch of 1;
+- element-wise operations whose element count is not made of whole SIMD register pairs, which
+  round their scalar remainder differently (pointwise_invariance.py: seen with AVX-512 on widths
+  such as 48, which AVX2 loops cover exactly).
 
 So during a batched call (and only then: a lone call runs the library's own code, at full speed)
 each linear layer regroups its input into the lone call's shape, [uncond_i, cond_i] per image,
-and multiplies group by group, and the VAE decodes one image at a time. The rest of the batch
-(convolutions, attention: most of the work) still runs batched. GPU libraries choose kernels
+and multiplies group by group, the VAE decodes one image at a time, and on the CPU each
+misaligned element-wise operation runs image by image. The rest of the batch (convolutions,
+attention, aligned element-wise work: most of it) still runs batched. GPU libraries choose kernels
 more freely; there a batched image may differ from a lone one by float rounding.
 """
 
@@ -23,6 +27,8 @@ import contextlib
 import types
 from collections.abc import Iterator
 from typing import Any
+
+from localimg.backends.diffusers.pointwise_invariance import PointwiseRegrouping
 
 
 class BatchGrouping:
@@ -39,8 +45,15 @@ class BatchGrouping:
         self.images = images
         if slicing is not None:
             vae.use_slicing = True
+        on_cpu = str(getattr(pipe, "device", "cpu")).startswith("cpu")
+        pointwise = (
+            PointwiseRegrouping(images).active()
+            if on_cpu and images > 1
+            else contextlib.nullcontext()
+        )
         try:
-            yield
+            with pointwise:
+                yield
         finally:
             self.images = 1
             if slicing is not None:
