@@ -78,9 +78,9 @@ def main() -> int:
 
     from localimg.backends.base import RuntimeSettings
     from localimg.engine import EngineSettings
+    from localimg.ray.app import create_ray_app
+    from localimg.ray.cluster import RayCluster, RayServeOptions
     from localimg.server.app import ServerSettings
-    from localimg.server.ray_cluster import RayCluster, RayServeOptions
-    from localimg.server.ray_serve import create_ray_app
     from tests.server_support import serve_in_thread
     from tests.tiny_models import tiny_sd_path
 

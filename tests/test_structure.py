@@ -30,7 +30,8 @@ LAYERS: dict[str, set[str]] = {
     "gallery": BASE | {"config", "download", "backends"},
     "engine": BASE | {"config", "media", "backends"},
     "server": BASE | {"config", "media", "engine", "gallery", "download"},
-    "cli": BASE | {"config", "media", "engine", "gallery", "download", "server", "backends"},
+    "ray": BASE | {"config", "media", "engine", "gallery", "download", "server"},
+    "cli": BASE | {"config", "media", "engine", "gallery", "download", "server", "backends", "ray"},
     "__main__": {"cli"},
 }
 

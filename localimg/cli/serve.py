@@ -1,5 +1,5 @@
 """`localimg serve`: the HTTP server over an engine whose models run in worker processes (or,
-with `--ray`, in the replicas of one Ray Serve deployment per model: server/ray_serve.py)."""
+with `--ray`, in the replicas of one Ray Serve deployment per model: ray/app.py)."""
 
 from __future__ import annotations
 
@@ -287,7 +287,7 @@ def refuse_with_ray(
 def ray_options(
     address: str | None, replicas: int | None, autoscale: str | None, gpus: float | None
 ) -> Any:
-    from localimg.server.ray_cluster import RayServeOptions, parse_autoscale
+    from localimg.ray.cluster import RayServeOptions, parse_autoscale
 
     if replicas is not None and autoscale is not None:
         raise typer.BadParameter(
@@ -308,8 +308,8 @@ def run_on_ray(
     settings: Any, engine_setup: Any, options: Any, server: Callable[[Any], Any]
 ) -> None:
     """Start (or join) Ray, serve the app over it, and stop what was started on the way out."""
-    from localimg.server.ray_cluster import RayCluster
-    from localimg.server.ray_serve import create_ray_app
+    from localimg.ray.app import create_ray_app
+    from localimg.ray.cluster import RayCluster
 
     cluster = RayCluster(options).start()  # without ray[serve]: the one-line install hint
     try:

@@ -15,7 +15,7 @@ from localimg.cli import app
 from localimg.config import ModelConfig, load_config_file
 from localimg.engine import EngineSettings
 from localimg.errors import ConfigError
-from localimg.server.ray_cluster import RayServeOptions, parse_autoscale, plan_for
+from localimg.ray.cluster import RayServeOptions, parse_autoscale, plan_for
 
 
 def config(**ray: object) -> ModelConfig:
@@ -125,7 +125,7 @@ def test_ray_is_imported_only_by_serve_ray() -> None:
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from localimg.cli import app\n"
-        "import localimg.server.app, localimg.server.ray_serve\n"
+        "import localimg.server.app, localimg.ray.app\n"
         "assert CliRunner().invoke(app, ['serve', '--help']).exit_code == 0\n"
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
     )

@@ -1,7 +1,7 @@
 """The app of `serve --ray`: the same Starlette app (`create_app`) over an engine of Ray slots.
 
 Every front end (the OpenAI routes with streaming, image jobs, A1111 with interrupt, the page,
-/metrics) works unchanged, because only the engine's slots differ (ray_slot.py). On top, each
+/metrics) works unchanged, because only the engine's slots differ (ray/slot.py). On top, each
 response that carries a finished generation names the replica(s) that made it in
 `X-Localimg-Replica` (a comma-separated list when one request ran several jobs, as A1111's
 n_iter). Streams and 202 job answers start before a replica is chosen, so they carry none.
@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from localimg.engine import Engine
+from localimg.ray.cluster import RayCluster
+from localimg.ray.slot import RaySlot, ray_slot_factory
 from localimg.server.app import ServerSettings, create_app
-from localimg.server.ray_cluster import RayCluster
-from localimg.server.ray_slot import RaySlot, ray_slot_factory
 from localimg.server.security import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:

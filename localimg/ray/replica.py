@@ -1,7 +1,7 @@
 """One replica of a model's Ray Serve deployment: an ordinary in-process slot with the backend.
 
 Ray runs this class in a replica process of its own (on any host of the cluster); the ingress
-(ray_slot.RaySlot) calls `run` through a streaming deployment handle. The model is loaded in the
+(slot.RaySlot) calls `run` through a streaming deployment handle. The model is loaded in the
 constructor, so a replica counts as ready (and receives requests) only once it can generate;
 a model that cannot load does not fail the deployment over and over: the replica keeps the error
 and answers it (`check`, and every `run`), so the ingress gets localimg's own error.
@@ -33,7 +33,7 @@ Message = tuple[Any, ...]
 
 
 class ModelReplica:
-    """A Serve deployment class (ray_cluster.deploy wraps it with `serve.deployment`)."""
+    """A Serve deployment class (cluster.deploy wraps it with `serve.deployment`)."""
 
     def __init__(self, config: ModelConfig, settings: EngineSettings) -> None:
         from ray import serve

@@ -5,10 +5,10 @@ Ray is imported here only, and only when `serve --ray` runs: `localimg serve` wi
 `BackendNotInstalled` naming the extra to install.
 
 Each model becomes its own Serve application (`localimg-<model>`), with one deployment whose
-replicas each hold the model (ray_replica.py). No Ray HTTP proxy is started: the HTTP API is
+replicas each hold the model (ray/replica.py). No Ray HTTP proxy is started: the HTTP API is
 served by `localimg serve` itself (the one ingress, which keeps the image jobs, A1111's
 progress and the url-format files), and it calls the replicas through deployment handles
-(ray_slot.py). How a model is deployed (`DeploymentPlan`) comes from the server's flags, with the
+(ray/slot.py). How a model is deployed (`DeploymentPlan`) comes from the server's flags, with the
 model YAML's `ray:` section winning for that model, as a YAML's `keep_alive:` does.
 """
 
@@ -194,7 +194,7 @@ class RayCluster:
         (each has loaded the model). Its deployment handle."""
         from ray import serve
 
-        from localimg.server.ray_replica import ModelReplica
+        from localimg.ray.replica import ModelReplica
 
         name = app_name(config.name)
         deployment: Any = serve.deployment(name="model", **plan.deployment_options())(ModelReplica)

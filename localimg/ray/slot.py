@@ -3,7 +3,7 @@
 The engine, the routes and the page do not know Ray is there: the slot keeps the engine's
 contract (a bounded queue answered with 429 Busy at once, queue positions, running counts,
 progress events with previews, cancel, job outcomes reported to the engine's events) while the
-work goes to the model's deployment through a streaming handle call (ray_replica.py). Several
+work goes to the model's deployment through a streaming handle call (ray/replica.py). Several
 jobs run at once, one per replica; Ray's router holds the rest (`max_queued_requests`).
 
 - Deploy: on the first job (or `--preload`), blocking that job as a model load would; keep-alive
@@ -33,13 +33,13 @@ from localimg.errors import (
     ModelLoading,
     ReplicaFailed,
 )
+from localimg.ray.cluster import plan_for
 from localimg.requests import ImageResult, ProgressEvent
-from localimg.server.ray_cluster import plan_for
 
 if TYPE_CHECKING:
     from localimg.config import ModelConfig
     from localimg.engine import EngineSettings
-    from localimg.server.ray_cluster import RayCluster, RayServeOptions
+    from localimg.ray.cluster import RayCluster, RayServeOptions
 
 log = logging.getLogger("localimg.server.ray")
 

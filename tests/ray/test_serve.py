@@ -42,9 +42,9 @@ from tests.server_support import (
 
 pytest.importorskip("ray.serve", reason="serve --ray needs pip install 'localimg[ray]'")
 
-from localimg.server.ray_cluster import RayCluster, RayServeOptions
-from localimg.server.ray_serve import create_ray_app
-from localimg.server.ray_slot import RaySlot
+from localimg.ray.app import create_ray_app
+from localimg.ray.cluster import RayCluster, RayServeOptions
+from localimg.ray.slot import RaySlot
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
