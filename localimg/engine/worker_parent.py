@@ -10,11 +10,7 @@ runner thread (inherited from `InProcessSlot`), but `run_job` ships the request 
 waits for progress events and the result. The child runs an ordinary `InProcessSlot`, so request
 merging, timings and cancellation are the same code as in the CLI.
 
-Messages, parent → child: ("load",), ("job", id, request), ("batch", [(id, request), ...]),
-("cancel", id), ("stop",).
-Child → parent: ("loaded", describe, load seconds), ("progress", id, event), ("result", id,
-result), ("error", id or None, LocalimgError), ("memory", CUDA bytes allocated) (only where
-CUDA is in use: after a load and before each answer).
+The messages both ways are the dataclasses of worker_messages.py.
 
 Job outcomes are reported by the inherited runner here, in the parent; model loads (from
 "loaded") and restarts are reported to the engine's events here too (events.py).
@@ -39,6 +35,21 @@ from localimg.engine.job import Job
 from localimg.engine.settings import EngineSettings
 from localimg.engine.slots import InProcessSlot
 from localimg.engine.worker_child import worker_main
+from localimg.engine.worker_messages import (
+    Cancel,
+    Failure,
+    Load,
+    Loaded,
+    MemoryReport,
+    Progress,
+    Result,
+    RunBatch,
+    RunJob,
+    Stop,
+    ToChild,
+    ToParent,
+    job_of,
+)
 from localimg.errors import BackendError, Cancelled
 from localimg.requests import ImageRequest, ImageResult
 
@@ -89,7 +100,7 @@ class WorkerSlot(InProcessSlot):
         self._describe: dict[str, str] = {}
         self._current: Job | None = None
         self._heard = False  # whether the child has answered anything about the current job
-        self._gpu_bytes: int | None = None  # the child's last ("memory", bytes) report
+        self._gpu_bytes: int | None = None  # the child's last MemoryReport
         self.restarts = 0
         super().__init__(config, settings)
 
@@ -199,9 +210,9 @@ class WorkerSlot(InProcessSlot):
         self.events.worker_restarted(self.config.name, self.backend_name, reason)
         if reload and self._conn is not None:
             self._worker_state = "loading"
-            self._send(self._conn, ("load",))
+            self._send(self._conn, Load())
 
-    def _send(self, conn: Connection, message: tuple[Any, ...]) -> None:
+    def _send(self, conn: Connection, message: ToChild) -> None:
         # A dead child is noticed by the receive loop.
         with contextlib.suppress(OSError, EOFError):
             conn.send(message)
@@ -214,28 +225,26 @@ class WorkerSlot(InProcessSlot):
             self._admit()
             conn = self._ensure_process()
             self._worker_state = "loading"
-            self._send(conn, ("load",))
+            self._send(conn, Load())
             while True:
-                message = self._receive(conn, None)
-                if message is None:
-                    continue
-                if message[0] == "loaded":
-                    self.last_used = time.monotonic()
-                    return
-                if message[0] == "error" and message[1] is None:
-                    self._worker_state = "failed"
-                    self.memory_need = None
-                    raise message[2]
+                match self._receive(conn, None):
+                    case Loaded():
+                        self.last_used = time.monotonic()
+                        return
+                    case Failure(job_id=None, error=error):
+                        self._worker_state = "failed"
+                        self.memory_need = None
+                        raise error
 
     def load(self) -> None:
         """Load the model in the worker process now (not in this one)."""
         self.preload()
 
-    def _receive(self, conn: Connection, job: Job | None) -> tuple[Any, ...] | None:
+    def _receive(self, conn: Connection, job: Job | None) -> ToParent | None:
         """The next message from the child, None after a quiet poll; raises if it died."""
         try:
             if conn.poll(POLL_SECONDS):
-                message: tuple[Any, ...] = conn.recv()
+                message: ToParent = conn.recv()
                 self._note(message)
                 return message
         except (EOFError, OSError):
@@ -257,24 +266,23 @@ class WorkerSlot(InProcessSlot):
             code="worker_crashed",
         )
 
-    def _note(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "loaded":
-            self._worker_state = "loaded"
-            self._describe = dict(message[1])
-            self.loads += 1
-            seconds = message[2] if len(message) > 2 else None
-            if isinstance(seconds, (int, float)):
-                self.last_load_seconds = float(seconds)
-                self.events.model_loaded(self.config.name, self.backend_name, float(seconds))
-        elif kind == "memory":
-            self._gpu_bytes = int(message[1])
-        elif kind == "progress":
-            phase = message[2].phase
-            if phase == "load":
-                self._worker_state = "loading"
-            elif phase in ("step", "decode", "done"):
+    def _note(self, message: ToParent) -> None:
+        """What every message tells the slot itself: its state, load count, memory."""
+        match message:
+            case Loaded(describe=describe, seconds=seconds):
                 self._worker_state = "loaded"
+                self._describe = dict(describe)
+                self.loads += 1
+                if isinstance(seconds, (int, float)):
+                    self.last_load_seconds = float(seconds)
+                    self.events.model_loaded(self.config.name, self.backend_name, float(seconds))
+            case MemoryReport(cuda_bytes=cuda_bytes):
+                self._gpu_bytes = int(cuda_bytes)
+            case Progress(event=event):
+                if event.phase == "load":
+                    self._worker_state = "loading"
+                elif event.phase in ("step", "decode", "done"):
+                    self._worker_state = "loaded"
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -287,7 +295,7 @@ class WorkerSlot(InProcessSlot):
                 for attempt in (1, 2):
                     conn = self._ensure_process()
                     self._heard = False
-                    self._send(conn, ("job", job.id, job.request))
+                    self._send(conn, RunJob(job.id, job.request))
                     try:
                         return self._await(conn, job)
                     except BackendError as exc:
@@ -306,7 +314,7 @@ class WorkerSlot(InProcessSlot):
         cancel_sent: float | None = None
         while True:
             if job.cancel_event.is_set() and cancel_sent is None:
-                self._send(conn, ("cancel", job.id))
+                self._send(conn, Cancel(job.id))
                 cancel_sent = time.monotonic()
             if (
                 cancel_sent is not None
@@ -326,18 +334,17 @@ class WorkerSlot(InProcessSlot):
             message = self._receive(conn, job)
             if message is None:
                 continue
-            kind = message[0]
-            if message[1:2] == (job.id,):
+            if job_of(message) == job.id:
                 self._heard = True
-            if kind == "progress" and message[1] == job.id:
-                job.emit(message[2])
-            elif kind == "result" and message[1] == job.id:
-                result: ImageResult = message[2]
-                return result
-            elif kind == "error" and message[1] == job.id:
-                raise message[2]
-            elif kind == "error":
-                log.warning("model %s: background load failed: %s", self.config.name, message[2])
+            match message:
+                case Progress(job_id=job.id, event=event):
+                    job.emit(event)
+                case Result(job_id=job.id, result=result):
+                    return result
+                case Failure(job_id=job.id, error=error):
+                    raise error
+                case Failure(error=error):
+                    log.warning("model %s: background load failed: %s", self.config.name, error)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -346,7 +353,7 @@ class WorkerSlot(InProcessSlot):
         if process is None or conn is None:
             self._reap()
             return
-        self._send(conn, ("stop",))
+        self._send(conn, Stop())
         process.join(timeout=self.options.stop_grace)
         self._reap()
 
@@ -366,7 +373,7 @@ class WorkerSlot(InProcessSlot):
             try:
                 self._admit()
                 conn = self._ensure_process()
-                self._send(conn, ("batch", [(job.id, job.request) for job in jobs]))
+                self._send(conn, RunBatch(tuple((job.id, job.request) for job in jobs)))
                 return self._await_batch(conn, jobs)
             finally:
                 self._current = None
@@ -379,7 +386,7 @@ class WorkerSlot(InProcessSlot):
         while len(outcomes) < len(jobs):
             for job in jobs:
                 if job.cancel_event.is_set() and job.id not in cancels_sent:
-                    self._send(conn, ("cancel", job.id))
+                    self._send(conn, Cancel(job.id))
                     cancels_sent.add(job.id)
             if len(cancels_sent) == len(jobs) and all_cancelled is None:
                 all_cancelled = time.monotonic()
@@ -388,16 +395,13 @@ class WorkerSlot(InProcessSlot):
                 self._restart(reload=False, reason="did not stop after a cancel")
                 raise Cancelled("the batch was cancelled; its worker did not stop in time")
             message = self._receive(conn, jobs[0])
-            if message is None:
-                continue
-            kind, job_id = message[0], message[1]
-            target = by_id.get(job_id) if isinstance(job_id, str) else None
-            if target is None:
-                continue
-            if kind == "progress":
-                target.emit(message[2])
-            elif kind in ("result", "error"):
-                outcomes[job_id] = message[2]
+            match message:
+                case Progress(job_id=job_id, event=event) if job_id in by_id:
+                    by_id[job_id].emit(event)
+                case Result(job_id=job_id, result=result) if job_id in by_id:
+                    outcomes[job_id] = result
+                case Failure(job_id=str(job_id), error=error) if job_id in by_id:
+                    outcomes[job_id] = error
         return [outcomes[job.id] for job in jobs]
 
     def close(self, release_memory: bool = True) -> None:
