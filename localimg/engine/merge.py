@@ -6,6 +6,7 @@ scales the model's own step count here because only here is the backend's defaul
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from localimg.backends.base import BackendDefaults
@@ -34,38 +35,12 @@ def merge_request(
     cfg scale and seed, and `extra` holding the pipeline keywords from `options` and the request.
     """
     options = config.parsed_options()
-    from_options: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in OPTION_ALIASES:
-            from_options[OPTION_ALIASES[key]] = value
-        elif key not in option_keys and not is_cache_key(key):
-            extra[key] = value
-    extra.update(request.extra)
-
-    def pick(field_name: str, *yaml_values: Any) -> Any:
-        value = getattr(request, field_name)
-        if value is not None:
-            return value
-        for candidate in (*yaml_values, from_options.get(field_name)):
-            if candidate is not None:
-                return candidate
-        return None
-
+    layers = Layers(request, *split_options(options, option_keys))
+    layers.extra.update(request.extra)
+    pick = layers.pick
     prompt, negative = split_prompt(request.prompt, request.negative_prompt)
-    size = config.default_size
-    # An input image sets the size when neither the request nor the YAML does (conditioning.py).
-    own: tuple[int | None, int | None] = (None, None)
-    if request.init_image is not None:
-        own = conditioning.size_for(request.init_image, defaults.size_multiple)
-    width = pick("width", size[0] if size else None) or own[0] or defaults.width
-    height = pick("height", size[1] if size else None) or own[1] or defaults.height
-    steps = pick("steps", config.step)
-    if steps is None or (request.steps is None and request.quality is not None):
-        # OpenAI's quality scales the model's own count: its YAML's, else the backend's default.
-        base_steps = steps or defaults.steps
-        factor = QUALITY_STEP_FACTORS[request.quality] if request.quality else 1.0
-        steps = max(1, round(base_steps * factor))
+    width, height = merged_size(layers, config, defaults)
+    steps = merged_steps(layers, config, defaults)
     cfg_scale = pick("cfg_scale", config.default_cfg_scale)
     seed = pick("seed", config.default_seed)
     try:
@@ -74,7 +49,7 @@ def merge_request(
             prompt=prompt,
             negative_prompt=negative
             if negative is not None
-            else from_options.get("negative_prompt"),
+            else layers.from_options.get("negative_prompt"),
             width=int(width),
             height=int(height),
             steps=int(steps),
@@ -85,23 +60,91 @@ def merge_request(
             strength=pick("strength"),
             num_frames=pick("num_frames"),
             fps=pick("fps"),
-            extra=extra,
+            extra=layers.extra,
             cache=cache,
             cache_options=cache_options,
-            # References of an edit keep their own size and aspect: the model reads them, it
-            # does not denoise them, so stretching one to the output size would distort it.
-            **(
-                {}
-                if request.mode == "edit"
-                or request.reference_images
-                or (defaults.reference_edits and request.mode is None and request.mask is None)
-                else conditioning.fitted(request, int(width), int(height))
-            ),
+            **fitted_inputs(request, defaults, int(width), int(height)),
         )
     except (TypeError, ValueError) as exc:
         from localimg.errors import ConfigError
 
         raise ConfigError(f"{config.where}: options: {exc}") from None
+
+
+def split_options(
+    options: dict[str, Any], option_keys: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The YAML `options` as (request fields they set, under their request names; pipeline
+    keywords for `extra`); the backend's own option keys and the cache keys are neither."""
+    from_options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in OPTION_ALIASES:
+            from_options[OPTION_ALIASES[key]] = value
+        elif key not in option_keys and not is_cache_key(key):
+            extra[key] = value
+    return from_options, extra
+
+
+@dataclass
+class Layers:
+    """The request and what the YAML's `options` set, for picking each field in order."""
+
+    request: ImageRequest
+    from_options: dict[str, Any]
+    extra: dict[str, Any]
+
+    def pick(self, field_name: str, *yaml_values: Any) -> Any:
+        """The request's value, else the first YAML key given, else the YAML option; or None."""
+        value = getattr(self.request, field_name)
+        if value is not None:
+            return value
+        for candidate in (*yaml_values, self.from_options.get(field_name)):
+            if candidate is not None:
+                return candidate
+        return None
+
+
+def merged_size(layers: Layers, config: ModelConfig, defaults: BackendDefaults) -> tuple[Any, Any]:
+    """Width and height: request > YAML `size` > YAML options > the input image's own size
+    (conditioning.py) > the backend's default."""
+    request = layers.request
+    size = config.default_size
+    own: tuple[int | None, int | None] = (None, None)
+    if request.init_image is not None:
+        own = conditioning.size_for(request.init_image, defaults.size_multiple)
+    width = layers.pick("width", size[0] if size else None) or own[0] or defaults.width
+    height = layers.pick("height", size[1] if size else None) or own[1] or defaults.height
+    return width, height
+
+
+def merged_steps(layers: Layers, config: ModelConfig, defaults: BackendDefaults) -> Any:
+    """The step count; OpenAI's quality scales the model's own count: its YAML's, else the
+    backend's default (a request's own steps win over quality)."""
+    request = layers.request
+    steps = layers.pick("steps", config.step)
+    if steps is None or (request.steps is None and request.quality is not None):
+        base_steps = steps or defaults.steps
+        factor = QUALITY_STEP_FACTORS[request.quality] if request.quality else 1.0
+        steps = max(1, round(base_steps * factor))
+    return steps
+
+
+def fitted_inputs(
+    request: ImageRequest, defaults: BackendDefaults, width: int, height: int
+) -> dict[str, Any]:
+    """The input image and mask fitted to the output size (conditioning.fitted), or nothing.
+
+    References of an edit keep their own size and aspect: the model reads them, it does not
+    denoise them, so stretching one to the output size would distort it.
+    """
+    if (
+        request.mode == "edit"
+        or request.reference_images
+        or (defaults.reference_edits and request.mode is None and request.mask is None)
+    ):
+        return {}
+    return conditioning.fitted(request, width, height)
 
 
 def merge_cache(
