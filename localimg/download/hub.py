@@ -1,8 +1,9 @@
 """The Hugging Face hub: its endpoint, file metadata, cached downloads and its errors in words.
 
 huggingface_hub raises a family of exceptions for gated, missing and unreachable repos; every
-caller (file downloads, gallery snapshot listings) turns them into the same DownloadError text
-through `hub_error`, so a user sees one wording whichever command touched the hub.
+download caller (file downloads, gallery snapshot listings) turns them into a DownloadError
+through `hub_error`, with the words of _util/hub_errors.py that model loading uses too, so a user
+sees one wording whichever command touched the hub.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import threading
 from typing import Any
 
+from localimg._util.hub_errors import hub_problem
 from localimg.download.progress import Progress
 from localimg.download.uris import SHA256, Source
 from localimg.errors import DownloadError
@@ -26,20 +28,11 @@ def hub_endpoint() -> str | None:
 
 
 def hub_error(exc: Exception, subject: str, action: str = "download") -> DownloadError:
-    """huggingface_hub's exception `exc` about `subject` as localimg's one message."""
-    from huggingface_hub import errors as hf_errors
-
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return DownloadError(f"{subject} is gated: accept its license on the hub and set HF_TOKEN")
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return DownloadError(f"{subject}: repository not found (or private: set HF_TOKEN)")
-    if isinstance(exc, hf_errors.EntryNotFoundError):
-        return DownloadError(f"{subject}: no such file in the repository")
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError):
-        return DownloadError(
-            f"{subject} is not in the Hugging Face cache and the hub cannot be reached "
-            "(offline mode or no network)"
-        )
+    """huggingface_hub's exception `exc` about `subject` in the words of _util/hub_errors.py, or
+    what went wrong while trying to `action` it."""
+    problem = hub_problem(exc, subject)
+    if problem is not None:
+        return DownloadError(problem)
     if isinstance(exc, OSError | ValueError):
         return DownloadError(f"cannot {action} {subject}: {exc}")
     return DownloadError(f"cannot {action} {subject}: {type(exc).__name__}: {exc}")

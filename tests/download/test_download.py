@@ -189,3 +189,29 @@ def test_cancel_leaves_a_resumable_partial(hosts: FakeHosts, tmp_path: Path) -> 
     assert [r.range for r in hosts.requests("/files/big.bin") if r.method == "GET"][-1] == (
         f"bytes={kept}-"
     )
+
+
+def test_hub_file_missing_from_the_cache_offline_says_offline(
+    hub: FakeHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface_hub's offline cache miss (LocalEntryNotFoundError) is a subclass of its
+    missing-file error: it must read as offline, not as a file missing from the repository."""
+    from huggingface_hub import constants
+
+    hub.repos["owner/repo"] = {"model.gguf": DATA}
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DownloadError) as err:
+        download.download_files([FileSpec("m.gguf", "hf://owner/repo/model.gguf")], tmp_path)
+    assert "not in the local Hugging Face cache and the hub cannot be reached" in err.value.message
+    assert "no such file" not in err.value.message
+
+
+def test_hub_errors_read_the_same_narrowest_class_first() -> None:
+    from huggingface_hub import errors as hf_errors
+
+    offline = download.hub_error(hf_errors.LocalEntryNotFoundError("miss"), "hf://o/r/f")
+    assert "not in the local Hugging Face cache" in offline.message
+    missing = download.hub_error(hf_errors.EntryNotFoundError("404 f"), "hf://o/r/f")
+    assert missing.message == "hf://o/r/f: no such file in the repository (404 f)"
+    switched_off = download.hub_error(hf_errors.OfflineModeIsEnabled("off"), "hf://o/r/f")
+    assert "hub cannot be reached" in switched_off.message
