@@ -1,0 +1,63 @@
+"""Which side models exist: a factory per (kind, name), asked for a model when one is needed.
+
+A factory, not a model, is registered, so knowing a side model costs nothing until a request
+uses it; the engine keeps what the factory made (engine/side_models.py). The built-in registry
+holds the resampling upscalers; ESRGAN files in `upscale_models/` and the ControlNet
+preprocessors are registered the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from localimg.backends.base import RuntimeSettings
+from localimg.backends.side.base import SIDE_KINDS, SideModel
+from localimg.backends.side.resize import FILTERS, ResizeUpscaler
+from localimg.errors import ModelNotFound
+
+SideFactory = Callable[[RuntimeSettings], SideModel]
+
+
+class SideRegistry:
+    """Side-model factories by kind and name."""
+
+    def __init__(self) -> None:
+        self._factories: dict[tuple[str, str], SideFactory] = {}
+
+    def register(self, kind: str, name: str, factory: SideFactory) -> None:
+        """Make `name` of `kind` available; a later registration of the same name replaces it."""
+        if kind not in SIDE_KINDS:
+            raise ValueError(f"no side-model kind {kind!r}; known: {', '.join(SIDE_KINDS)}")
+        self._factories[(kind, name)] = factory
+
+    def names(self, kind: str) -> list[str]:
+        """The names of `kind`, sorted."""
+        return sorted(name for k, name in self._factories if k == kind)
+
+    def create(self, kind: str, name: str, runtime: RuntimeSettings) -> SideModel:
+        """A new, unloaded model; ModelNotFound (listing the known names) for an unknown one."""
+        factory = self._factories.get((kind, name))
+        if factory is None:
+            known = ", ".join(self.names(kind)) or "none"
+            raise ModelNotFound(f"no {kind} named {name!r}; known: {known}", param=kind)
+        model = factory(runtime)
+        if not isinstance(model, SIDE_KINDS[kind]) or model.kind != kind:
+            raise TypeError(f"the factory of {kind} {name!r} made a {type(model).__name__}")
+        return model
+
+
+def default_registry() -> SideRegistry:
+    """A registry of the built-in side models: the resampling upscalers."""
+    registry = SideRegistry()
+    for name in FILTERS:
+        registry.register("upscaler", name, resize_factory(name))
+    return registry
+
+
+def resize_factory(name: str) -> SideFactory:
+    """The factory of one resampling upscaler (it needs nothing from the runtime)."""
+
+    def make(runtime: RuntimeSettings) -> SideModel:
+        return ResizeUpscaler(name)
+
+    return make
