@@ -3,38 +3,53 @@
 The CLI and the server both call `Engine.submit` (or its blocking form `Engine.generate`). Each
 model gets a slot with a bounded queue and a single runner, because a pipeline is neither
 thread-safe nor able to share its device with a second generation. `merge_request` is the single
-place where request values, YAML values and backend defaults are combined.
+place where request values, YAML values and backend defaults are combined. Side models
+(upscalers, control preprocessors) are called through the engine too (`Engine.upscale`), so they
+share the pipelines' memory budget, keep-alive and LRU eviction (side_models.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from localimg.backends import canonical_name, get_backend_class
+from localimg.backends.side import SideRegistry, Upscaler, default_registry
 from localimg.config import ModelConfig, default_model_ref, resolve_model
 from localimg.engine.events import EngineEvents
 from localimg.engine.job import Job, ProgressListener
 from localimg.engine.lifecycle import Lifecycle
 from localimg.engine.settings import EngineSettings
+from localimg.engine.side_models import SideModels
 from localimg.engine.slots import InProcessSlot, Slot
-from localimg.errors import LocalimgError
+from localimg.errors import InvalidRequest, LocalimgError
 from localimg.requests import (
     ImageRequest,
     ImageResult,
 )
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 SlotFactory = Callable[[ModelConfig, "EngineSettings"], Slot]
 
 
 class Engine:
-    """Resolves model references, owns one slot per model and hands out jobs."""
+    """Resolves model references, owns one slot per model and hands out jobs; holds the side
+    models (upscalers, control preprocessors) that requests use around the pipelines."""
 
     def __init__(
-        self, settings: EngineSettings | None = None, slot_factory: SlotFactory | None = None
+        self,
+        settings: EngineSettings | None = None,
+        slot_factory: SlotFactory | None = None,
+        side_registry: SideRegistry | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
+        # Side models by (kind, name), made from the registry on first use (side_models.py).
+        self.side = SideModels(side_registry or default_registry(), self.settings.runtime)
         self._slot_factory: SlotFactory = slot_factory or InProcessSlot
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
@@ -47,7 +62,9 @@ class Engine:
             max_loaded=self.settings.max_loaded_models,
             budget=self.settings.memory_budget,
             runtime=self.settings.runtime,
+            side=lambda: self.side.entries,
         )
+        self.side.before_load = self.lifecycle.admit_side
         self.lifecycle.start()
 
     def resolve(self, ref: str | None) -> ModelConfig:
@@ -109,6 +126,20 @@ class Engine:
         except LocalimgError:
             raise
 
+    def upscale(
+        self, image: Image.Image, upscaler: str = "lanczos", scale: float = 2.0
+    ) -> Image.Image:
+        """`image` enlarged `scale` times by the named upscaler, on the caller's thread.
+
+        The upscaler is a side model: loaded on first use (room made for it under the memory
+        budget, as for a pipeline), kept for the next call, evicted or reaped like a pipeline.
+        ModelNotFound names the known upscalers.
+        """
+        if not 0 < scale < math.inf:
+            raise InvalidRequest(f"scale must be a number above 0, not {scale}", param="scale")
+        with self.side.use("upscaler", upscaler) as model:
+            return cast(Upscaler, model).upscale(image, scale)  # the registry checked its kind
+
     def load(self, model: str | None) -> Slot:
         """Load a model now (blocking), making room for it as a request would; its slot."""
         slot = self.slot_for(self.resolve(model))
@@ -130,3 +161,4 @@ class Engine:
             slots, self._slots = list(self._slots.values()), {}
         for slot in slots:
             slot.close(release_memory)
+        self.side.close()
