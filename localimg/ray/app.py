@@ -15,7 +15,7 @@ from localimg.engine import Engine
 from localimg.ray.cluster import RayCluster
 from localimg.ray.slot import RaySlot, ray_slot_factory
 from localimg.server.app import ServerSettings, create_app
-from localimg.server.security import Message, Receive, Scope, Send
+from localimg.server.http.asgi import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

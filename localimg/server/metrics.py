@@ -32,7 +32,8 @@ from starlette.routing import Route
 
 from localimg import __version__
 from localimg.engine import EngineListener, JobFinished, WorkerSlot
-from localimg.server.security import NotFound, check_key
+from localimg.server.errors import NotFound
+from localimg.server.http.keys import check_key
 
 if TYPE_CHECKING:
     from localimg.engine import Engine

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localimg.server.image_job import MAX_FINISHED_IMAGE_JOBS, ImageJob
-from localimg.server.job_store import JobStore
-from localimg.server.videos import VideoStore
+from localimg.server.jobs.image_job import MAX_FINISHED_IMAGE_JOBS, ImageJob
+from localimg.server.jobs.store import JobStore
+from localimg.server.jobs.videos import VideoStore
 
 if TYPE_CHECKING:
     from localimg.engine import Engine

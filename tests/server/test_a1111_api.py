@@ -13,9 +13,9 @@ from PIL import Image
 
 from localimg.engine import Engine, EngineSettings, WorkerOptions, worker_slot_factory
 from localimg.errors import InvalidRequest
-from localimg.server.a1111_images import fill_masked, read_mask
-from localimg.server.a1111_info import parse_parameters
-from localimg.server.a1111_samplers import choose, engine_of
+from localimg.server.a1111.images import fill_masked, read_mask
+from localimg.server.a1111.info import parse_parameters
+from localimg.server.a1111.samplers import choose, engine_of
 from localimg.server.app import ServerSettings, create_app
 from tests.server.a1111_support import a1111_error, basic, decode, post
 from tests.server_support import serve_in_thread, wait_until, write_model
@@ -196,7 +196,7 @@ def test_sampler_mapping_per_engine() -> None:
 
 
 def test_model_titles_as_clients_send_them() -> None:
-    from localimg.server.a1111_options import model_ref
+    from localimg.server.a1111.options import model_ref
 
     names = ["tiny", "dreamshaper-8"]
     assert model_ref("tiny [abc123]", names) == "tiny"

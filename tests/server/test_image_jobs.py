@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 from localimg.engine import Engine, EngineSettings, WorkerOptions, WorkerSlot, worker_slot_factory
-from localimg.server import schemas
 from localimg.server.app import ServerSettings, create_app
-from localimg.server.image_job import ImageJob
-from localimg.server.job_store import JobStore
+from localimg.server.jobs.image_job import ImageJob
+from localimg.server.jobs.store import JobStore
+from localimg.server.openai import schemas
 from localimg.server.state import ServerState
 from tests.conditioned_fixtures import half_mask, noise_image
 from tests.conditioned_fixtures import png_bytes as encode_png

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from localimg.server.jobs.videos import VideoJob, VideoStore
 from localimg.server.state import ServerState
-from localimg.server.videos import VideoJob, VideoStore
 
 
 def finished(index: int, at: float, folder: Path) -> VideoJob:

@@ -287,7 +287,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_job(diffusers_served: 
 def test_keep_alive_comments_while_waiting_are_skipped_by_clients(
     diffusers_served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localimg.server import streaming
+    from localimg.server.openai import streaming
 
     monkeypatch.setattr(streaming, "KEEPALIVE", 0.005)
     body = {"model": "tiny", "prompt": "a boat", "size": "64x64", "steps": 6}

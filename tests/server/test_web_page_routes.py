@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localimg.server.web_page import sampler_choices
+from localimg.server.ui.web_page import sampler_choices
 from tests.server.web_page_support import PageServer, page_server
 from tests.server_support import assert_openai_error
 

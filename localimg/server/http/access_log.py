@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.routing import Match
 
-from localimg.server.security import Message, Receive, Scope, Send
+from localimg.server.http.asgi import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from localimg.engine import Job

@@ -19,14 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localimg.errors import InvalidRequest, ModelNotFound
-from localimg.server.a1111_samplers import engine_of, sampler_items, scheduler_items
-from localimg.server.a1111_schemas import A1111Error, json_object
-from localimg.server.models import check_available, served_config, served_names
+from localimg.server.a1111.samplers import engine_of, sampler_items, scheduler_items
+from localimg.server.a1111.schemas import A1111Error, json_object
+from localimg.server.served import check_available, served_config, served_names
 
 if TYPE_CHECKING:
     from localimg.config import ModelConfig
     from localimg.engine import Engine
-    from localimg.server.a1111_state import A1111State
+    from localimg.server.a1111.state import A1111State
 
 FORMATS = ("png", "jpg", "jpeg", "webp")
 OFF_VAES = ("", "Automatic", "None", None)

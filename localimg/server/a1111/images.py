@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from localimg._util.files import write_atomic
 from localimg.media import conditioning, encode
 from localimg.media.decode import image_from_text
-from localimg.server.a1111_schemas import Img2ImgBody, mask_blur
+from localimg.server.a1111.schemas import Img2ImgBody, mask_blur
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from localimg.server.a1111_info import Outcome
-    from localimg.server.a1111_state import A1111State
+    from localimg.server.a1111.info import Outcome
+    from localimg.server.a1111.state import A1111State
 
 
 def read_mask(image: Image, *, blur: int, invert: bool, round_: bool) -> Image:

@@ -30,13 +30,13 @@ from starlette.routing import Route
 from localimg.errors import InvalidRequest, LocalimgError
 from localimg.media import conditioning, output, video
 from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
-from localimg.server.access_log import record_job
-from localimg.server.job_store import JobStore
+from localimg.server.http.access_log import record_job
+from localimg.server.jobs.store import JobStore
 
 if TYPE_CHECKING:
     from localimg.engine import Engine, Job
     from localimg.requests import ImageResult, ProgressEvent
-    from localimg.server.schemas import Prepared
+    from localimg.server.openai.schemas import Prepared
 
 log = logging.getLogger("localimg.server")
 
@@ -231,7 +231,7 @@ def build_request(data: dict[str, Any], init_image: Any) -> tuple[ImageRequest, 
 async def create_video(request: Request) -> Response:
     """POST /v1/videos: queue a video job and answer at once."""
     from localimg.media.decode import decode_image, image_from_text
-    from localimg.server.models import check_available, served_config
+    from localimg.server.served import check_available, served_config
 
     state = request.app.state
     data, upload = await _fields(request)

@@ -1,11 +1,11 @@
-"""The web page at `/`: static HTML, CSS and JavaScript shipped as package data (server/page/).
+"""The web page at `/`: static HTML, CSS and JavaScript shipped as package data (ui/page/).
 
 No build step and nothing from the internet: `/` is index.html, `/ui/{name}` the page's other
 files (app.js and its modules, style.css, icon.svg), read from the installed package. The page
 talks to the server only through the public API (`/v1/models`, `/v1/images/jobs`), sending the
 API key itself, so these routes stay open like `/healthz` (ApiKeyMiddleware guards `/v1`).
 `/ui/samplers?backend=...` lists the sampler names the `scheduler` field of a generation takes on
-that backend's engine, with A1111's labels (a1111_samplers.py has the one table of them).
+that backend's engine, with A1111's labels (a1111/samplers.py has the one table of them).
 
 Every file is answered with an ETag and `Cache-Control: no-cache`: a browser revalidates (a 304
 when nothing changed), so an upgraded server never runs an old page. A Content-Security-Policy
@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from localimg.server.a1111_samplers import DIFFUSERS_KARRAS, SAMPLERS, engine_of
-from localimg.server.security import NotFound
+from localimg.server.a1111.samplers import DIFFUSERS_KARRAS, SAMPLERS, engine_of
+from localimg.server.errors import NotFound
 
-PAGE_PACKAGE = "localimg.server"
+PAGE_PACKAGE = "localimg.server.ui"
 PAGE_FOLDER = "page"
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -25,9 +25,10 @@ from localimg.errors import (
 )
 from localimg.media import conditioning, output
 from localimg.media.decode import image_from_text
-from localimg.server import forms, schemas, streaming, videos
-from localimg.server.access_log import record_job
-from localimg.server.models import check_available, served_config
+from localimg.server.http.access_log import record_job
+from localimg.server.jobs import videos
+from localimg.server.openai import forms, schemas, streaming
+from localimg.server.served import check_available, served_config
 
 if TYPE_CHECKING:
     from localimg.config import ModelConfig
@@ -149,7 +150,7 @@ async def prepare_generation(
 ) -> tuple[ModelConfig, schemas.Prepared, schemas.GenerationBody]:
     """A generations body (JSON) → its model, the engine request and the parsed fields.
 
-    The image job API (image_jobs.py) takes the same body through here, with `body` a subclass
+    The image job API (jobs/images.py) takes the same body through here, with `body` a subclass
     that adds its own fields.
     """
     state = request.app.state

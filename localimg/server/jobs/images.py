@@ -29,10 +29,12 @@ from starlette.routing import Route
 
 from localimg.errors import InvalidRequest, LocalimgError
 from localimg.requests import MAX_PREVIEWS
-from localimg.server import openai, schemas
-from localimg.server.access_log import record_job
-from localimg.server.image_job import ImageJob, finish
-from localimg.server.models import check_available
+from localimg.server.http import sse
+from localimg.server.http.access_log import record_job
+from localimg.server.jobs.image_job import ImageJob, finish
+from localimg.server.openai import images as openai_images
+from localimg.server.openai import schemas
+from localimg.server.served import check_available
 
 if TYPE_CHECKING:
     from localimg.engine import Engine
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 DEFAULT_PREVIEWS = 10
 HEARTBEAT_SECONDS = 15.0  # an SSE comment line this often keeps proxies from closing the stream
 CHECK_SECONDS = 0.5  # how often a stream looks for changes no event reports (queue position)
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class ImageJobNotFound(LocalimgError):
@@ -100,11 +101,13 @@ async def create_job(request: Request) -> Response:
     state = request.app.state
     fields: schemas.ImageParams
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        config, prepared, fields = await openai.prepare_conditioned(
+        config, prepared, fields = await openai_images.prepare_conditioned(
             request, "edits", needs_prompt=True, fields=JobEditFields
         )
     else:
-        config, prepared, fields = await openai.prepare_generation(request, JobGenerationBody)
+        config, prepared, fields = await openai_images.prepare_generation(
+            request, JobGenerationBody
+        )
     prepared = _with_previews(prepared, fields)
     check_available(state, config.name)
     engine: Engine = state.engine
@@ -172,7 +175,7 @@ async def delete_job(request: Request) -> Response:
 
 
 def _frame(body: dict[str, Any]) -> str:
-    return f"event: image.job.{body['status']}\ndata: {json.dumps(body)}\n\n"
+    return sse.frame(f"image.job.{body['status']}", json.dumps(body))
 
 
 async def _events(entry: ImageJob, engine: Engine, preview: bool) -> AsyncIterator[str]:
@@ -209,7 +212,7 @@ async def _events(entry: ImageJob, engine: Engine, preview: bool) -> AsyncIterat
                 else:
                     quiet += CHECK_SECONDS
                     if quiet >= HEARTBEAT_SECONDS:
-                        yield ": keep-alive\n\n"
+                        yield sse.KEEPALIVE_COMMENT
                         quiet = 0.0
                 continue
             if event is None or entry.finished:
@@ -226,7 +229,7 @@ async def job_events(request: Request) -> Response:
     """GET /v1/images/jobs/{id}/events[?preview=true]: Server-Sent Events."""
     entry = _entry(request)
     stream = _events(entry, request.app.state.engine, _flag(request, "preview"))
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(stream, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
 def routes() -> list[Route]:

@@ -3,9 +3,9 @@
 txt2img and img2img run through the same engine as the OpenAI routes (queue, limits, cancel on
 client disconnect); `n_iter` batches run one after another with their seeds continuing, so
 image i of a request has seed `seed + i` as in A1111. The request mapping and refusals are in
-a1111_schemas.py, sampler names in a1111_samplers.py, the `info` string in a1111_info.py, the
-current model and the runs `/progress`, `/interrupt` and `/skip` see in a1111_state.py, and the
-model and option routes in a1111_options.py. The API key, when set, is checked on every route
+schemas.py, sampler names in samplers.py, the `info` string in info.py, the current model and
+the runs `/progress`, `/interrupt` and `/skip` see in state.py, and the model and option routes
+in options.py (all in this folder). The API key, when set, is checked on every route
 (Bearer, or Basic with the key as the password); errors leave in A1111's shapes.
 """
 
@@ -25,11 +25,11 @@ from localimg.errors import Cancelled, InvalidRequest, LocalimgError, Unauthoriz
 from localimg.media import encode
 from localimg.media.decode import image_from_text
 from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
-from localimg.server import a1111_options as options
-from localimg.server.a1111_images import init_inputs, save_images
-from localimg.server.a1111_info import Outcome, grid, info_json, parse_parameters
-from localimg.server.a1111_samplers import choose, engine_of, sampler_label
-from localimg.server.a1111_schemas import (
+from localimg.server.a1111 import options
+from localimg.server.a1111.images import init_inputs, save_images
+from localimg.server.a1111.info import Outcome, grid, info_json, parse_parameters
+from localimg.server.a1111.samplers import choose, engine_of, sampler_label
+from localimg.server.a1111.schemas import (
     A1111Error,
     Img2ImgBody,
     Txt2ImgBody,
@@ -42,11 +42,11 @@ from localimg.server.a1111_schemas import (
     refusals,
     validation_response,
 )
-from localimg.server.a1111_state import A1111State, Run
-from localimg.server.access_log import record_job
-from localimg.server.models import check_available
-from localimg.server.openai import await_job
-from localimg.server.security import check_key
+from localimg.server.a1111.state import A1111State, Run
+from localimg.server.http.access_log import record_job
+from localimg.server.http.keys import check_key
+from localimg.server.openai.images import await_job
+from localimg.server.served import check_available
 
 if TYPE_CHECKING:
     from localimg.config import ModelConfig

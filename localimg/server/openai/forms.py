@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from localimg.errors import InvalidRequest
 from localimg.media.decode import ImageLimits, decode_image
-from localimg.server import schemas
+from localimg.server.openai import schemas
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -3,7 +3,7 @@
 Installing takes minutes, so `/models/apply` answers at once with a job id and a status URL, and
 `/models/jobs/{uuid}` reports progress in LocalAI's shape. These routes change the models dir, so
 they always need the API key when one is configured (the /v1 key middleware does not cover them;
-the check here is security.check_key, the middleware's own). The galleries are the shipped
+the check here is http/keys.check_key, the middleware's own). The galleries are the shipped
 index plus `LOCALIMG_GALLERIES`; an installed model is served at once (the engine reads the
 models dir).
 
@@ -25,8 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from localimg.errors import InvalidRequest
-from localimg.server.models import check_available, model_list, served_config
-from localimg.server.security import NotFound, check_key
+from localimg.server.errors import NotFound
+from localimg.server.http.keys import check_key
+from localimg.server.openai.models import model_list
+from localimg.server.served import check_available, served_config
 
 if TYPE_CHECKING:
     from localimg.engine import Engine

@@ -52,7 +52,7 @@ class ImageParams(BaseModel):
     cfg_scale: float | None = Field(default=None, ge=0, le=100)
     scheduler: str | None = None
     clip_skip: int | None = Field(default=None, ge=0, le=24)
-    # OpenAI's streaming (server/streaming.py): Server-Sent Events with up to 3 partial images
+    # OpenAI's streaming (openai/streaming.py): Server-Sent Events with up to 3 partial images
     # (previews of the running generation), then the final image. Generations and edits only.
     stream: bool = False
     partial_images: int | None = Field(default=None, ge=0, le=3)
@@ -111,7 +111,7 @@ class Prepared:
     output_format: Literal["png", "jpeg", "webp"]
     compression: int | None
     ignored: tuple[str, ...]
-    # Video results (server/videos.py): the format asked for (mp4, webp, gif; None: mp4) and
+    # Video results (jobs/videos.py): the format asked for (mp4, webp, gif; None: mp4) and
     # whether response_format was given (a video answers with a url unless asked otherwise).
     video_format: str | None = None
     response_format_given: bool = True

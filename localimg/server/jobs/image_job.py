@@ -1,5 +1,5 @@
 """One image job of `/v1/images/jobs` and what it reports: status, step, progress, ETA, queue
-position, the latest preview and, once done, the result (image_jobs.py has the routes).
+position, the latest preview and, once done, the result (jobs/images.py has the routes).
 
 The engine's progress listener runs on a slot's thread; it only records the step and preview and
 hands the event to the event loop, where each `/events` stream has a queue of its own, so every
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from localimg.errors import Cancelled, LocalimgError
 from localimg.media import output
 from localimg.media.encode import encode
-from localimg.server import schemas, videos
+from localimg.server.jobs import videos
+from localimg.server.openai import schemas
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -1,9 +1,9 @@
-"""API keys, the body size limit and CORS: what stands between the network and the engine.
+"""API keys: the one check every protected route shares (`--api-key`).
 
-Both checks are plain ASGI middleware so that they run before any body is read and answer in
-OpenAI's error shape. Health routes and generated-image files stay open: orchestrators probe
-the first without credentials, and browsers load the second from `<img src>` (their names are
-random and they expire).
+Plain ASGI middleware for /v1, so that it runs before any body is read and answers in OpenAI's
+error shape; LocalAI's, A1111's and the metrics routes call `check_key` themselves. Health
+routes and generated-image files stay open: orchestrators probe the first without credentials,
+and browsers load the second from `<img src>` (their names are random and they expire).
 """
 
 from __future__ import annotations
@@ -11,36 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Iterable
 
-from localimg.errors import LocalimgError, PayloadTooLarge, Unauthorized
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from localimg.errors import Unauthorized
+from localimg.server.http.asgi import ASGIApp, Receive, Scope, Send, send_error
 
 PROTECTED_PREFIX = "/v1"
-
-
-class NotFound(LocalimgError):
-    """A path that names nothing (an unknown route, an expired image)."""
-
-    http_status = 404
-    error_type = "invalid_request_error"
-    default_code = "not_found"
-
-
-async def send_error(send: Send, error: LocalimgError) -> None:
-    """Answer an error directly from middleware, in OpenAI's shape."""
-    body = json.dumps(error.to_openai()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def key_matches(presented: str, keys: Iterable[str]) -> bool:
@@ -123,38 +99,3 @@ class ApiKeyMiddleware:
             await send_error(send, exc)
             return
         await self.app(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """413 for a body over the limit: refused by Content-Length, or cut off while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"the request body is larger than the limit of {self.max_bytes} bytes "
-            "(the server's --max-body-mb)"
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await send_error(send, self._too_large())
-                return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
-            return message
-
-        await self.app(scope, limited, send)

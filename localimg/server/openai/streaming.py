@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,9 +34,10 @@ from starlette.responses import Response, StreamingResponse
 from localimg.errors import Cancelled, JobTimeout, LocalimgError
 from localimg.media import encode as images
 from localimg.media import output
-from localimg.server import schemas
-from localimg.server.access_log import record_job
-from localimg.server.models import check_available
+from localimg.server.http import sse
+from localimg.server.http.access_log import record_job
+from localimg.server.openai import schemas
+from localimg.server.served import check_available
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -50,15 +50,8 @@ log = logging.getLogger("localimg.server")
 
 Kind = Literal["image_generation", "image_edit"]
 
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Seconds without an event before a comment line keeps idle proxies from closing the stream.
 KEEPALIVE = 15.0
-
-
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    """One Server-Sent Event: its `event:` line, one `data:` line of compact JSON, a blank line."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {event}\ndata: {text}\n\n".encode()
 
 
 def _common(prepared: schemas.Prepared, size: str) -> dict[str, Any]:
@@ -86,7 +79,7 @@ def partial_event(kind: Kind, prepared: schemas.Prepared, image: Image, index: i
         "partial_image_index": index,
         **_common(prepared, _asked_size(prepared)),
     }
-    return sse(body["type"], body)
+    return sse.compact_event(body["type"], body)
 
 
 def completed_event(kind: Kind, prepared: schemas.Prepared, result: ImageResult) -> bytes:
@@ -107,11 +100,11 @@ def completed_event(kind: Kind, prepared: schemas.Prepared, result: ImageResult)
         **_common(prepared, size),
         "usage": schemas.usage(result),
     }
-    return sse(body["type"], body)
+    return sse.compact_event(body["type"], body)
 
 
 def error_event(error: LocalimgError) -> bytes:
-    return sse("error", {"type": "error", **error.to_openai()})
+    return sse.compact_event("error", {"type": "error", **error.to_openai()})
 
 
 async def respond(
@@ -131,7 +124,7 @@ async def respond(
     job: Job = await asyncio.to_thread(engine.submit, config.name, prepared.request, on_progress)
     record_job(request, job)
     events = _events(request, job, prepared, kind, previews, state.settings.request_timeout)
-    return StreamingResponse(events, media_type="text/event-stream", headers=HEADERS)
+    return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -166,7 +159,7 @@ async def _events(
             )
             if not done and left > KEEPALIVE:
                 getter.cancel()
-                yield b": keep-alive\n\n"  # an SSE comment: clients skip it, proxies see traffic
+                yield sse.KEEPALIVE_COMMENT.encode()
                 continue
             if getter in done:
                 if sent < wanted:
