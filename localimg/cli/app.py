@@ -8,7 +8,6 @@ mapping holds under `typer.testing.CliRunner` too, since it runs inside the clic
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from localimg import __version__
+from localimg._util.quiet import quiet_library_warnings
 from localimg.errors import LocalimgError
 
 # Set in the (shared) click context meta by commands whose work a rerun resumes (downloads).
@@ -128,8 +128,7 @@ def prepare_runtime(log_format: str = "text") -> None:
     """Quiet third-party chatter that is not meant for localimg's users; set up logging."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_library_warnings()
     from localimg.cli.console import setup_logging
 
     setup_logging(State.log_level, log_format)

@@ -16,6 +16,7 @@ import threading
 from multiprocessing.connection import Connection
 
 from localimg._util.logs import JsonFormatter
+from localimg._util.quiet import quiet_library_warnings
 from localimg.config import ModelConfig
 from localimg.engine import memory
 from localimg.engine.job import Job, as_backend_error
@@ -64,10 +65,7 @@ def worker_main(
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     setup_worker_logging(config.name, log_level, log_format)
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_library_warnings()  # the libraries' own, not those our code earns
     WorkerChild(conn, config, settings).serve()
 
 
