@@ -28,7 +28,7 @@ from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
 from localimg.server.a1111 import options
 from localimg.server.a1111.images import init_inputs, save_images
 from localimg.server.a1111.info import Outcome, grid, info_json, parse_parameters
-from localimg.server.a1111.samplers import choose, engine_of, sampler_label
+from localimg.server.a1111.samplers import Choice, choose, engine_of, sampler_label
 from localimg.server.a1111.schemas import (
     A1111Error,
     Img2ImgBody,
@@ -49,6 +49,8 @@ from localimg.server.openai.images import await_job
 from localimg.server.served import check_available
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from localimg.config import ModelConfig
     from localimg.engine import Engine
 
@@ -179,34 +181,10 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
         "sampler_name",
     )
     init_image = mask = None
-    mode = None
     if isinstance(body, Img2ImgBody):
         init_image, mask = await asyncio.to_thread(init_inputs, body, state.settings)
-        mode = "inpaint" if mask is not None else "img2img"
-    count = body.batch_size * body.n_iter
-    seed = _seed(body, count)
-    try:
-        base = ImageRequest(
-            prompt=body.prompt,
-            negative_prompt=body.negative_prompt or None,
-            width=body.width,
-            height=body.height,
-            steps=body.steps,
-            cfg_scale=body.cfg_scale,
-            seed=seed,
-            n=body.batch_size,
-            scheduler=choice.scheduler,
-            clip_skip=_clip_skip(body, overrides, a1),
-            extra=choice.extra,
-            init_image=init_image,
-            mask=mask,
-            strength=body.denoising_strength if kind == "img2img" else None,
-            mode=mode,
-            previews=_previews(body, a1),
-            **_cache_fields(body),
-        )
-    except InvalidRequest as exc:
-        raise A1111Error(exc.message, status=422, param=exc.param) from None
+    seed = _seed(body, body.batch_size * body.n_iter)
+    base = _base_request(body, kind, a1, overrides, choice, init_image, mask, seed)
     run = a1.start(kind, body.n_iter, body.force_task_id)
     try:
         outcome = await _run_batches(request, run, config, base, body.batch_size)
@@ -233,6 +211,45 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
     if ignored:
         headers["X-Localimg-Ignored"] = ",".join(ignored)
     return JSONResponse({"images": images, "parameters": echo(body), "info": info}, headers=headers)
+
+
+def _base_request(
+    body: Txt2ImgBody,
+    kind: str,
+    a1: A1111State,
+    overrides: options.Overrides,
+    choice: Choice,
+    init_image: Image | None,
+    mask: Image | None,
+    seed: int,
+) -> ImageRequest:
+    """The request of the first batch (`_run_batches` moves the seed on for the next ones);
+    a field the engine refuses answers as A1111's 422."""
+    mode = None
+    if isinstance(body, Img2ImgBody):
+        mode = "inpaint" if mask is not None else "img2img"
+    try:
+        return ImageRequest(
+            prompt=body.prompt,
+            negative_prompt=body.negative_prompt or None,
+            width=body.width,
+            height=body.height,
+            steps=body.steps,
+            cfg_scale=body.cfg_scale,
+            seed=seed,
+            n=body.batch_size,
+            scheduler=choice.scheduler,
+            clip_skip=_clip_skip(body, overrides, a1),
+            extra=choice.extra,
+            init_image=init_image,
+            mask=mask,
+            strength=body.denoising_strength if kind == "img2img" else None,
+            mode=mode,
+            previews=_previews(body, a1),
+            **_cache_fields(body),
+        )
+    except InvalidRequest as exc:
+        raise A1111Error(exc.message, status=422, param=exc.param) from None
 
 
 def _encode_all(outcome: Outcome, fmt: str, send: bool) -> list[str]:

@@ -148,32 +148,13 @@ def prepare(
     """Check the cross-field rules and build the engine's `ImageRequest`."""
     if not params.prompt.strip() and init_image is None:
         raise InvalidRequest("prompt is required (a non-empty string)", param="prompt")
-    asked = "jpeg" if params.output_format == "jpg" else params.output_format
+    asked, video_format, output_format = _output_formats(params)
     given = params.model_fields_set
-    video_format = asked if asked in ("mp4", "gif", "webp") and "output_format" in given else None
-    output_format: Literal["png", "jpeg", "webp"] = (
-        asked if asked in ("png", "jpeg", "webp") else "png"
-    )
-    if params.output_compression is not None and asked in ("png", "gif"):
-        raise InvalidRequest(
-            f"output_compression applies to jpeg, webp and mp4 output, not {asked}",
-            param="output_compression",
-        )
-    if params.background == "transparent":
-        raise InvalidRequest(
-            "background 'transparent' is not supported: diffusion models here paint opaque "
-            "images (use 'opaque' or 'auto')",
-            param="background",
-        )
     stream_partials = _stream_partials(params, asked in ("mp4", "gif"))
     width = height = None
     if params.size and params.size.strip().lower() != "auto":
         width, height = parse_size(params.size)
-    ignored = tuple(
-        name for name in ("style", "moderation") if getattr(params, name, None) is not None
-    )
-    if getattr(params, "mode", None) in (0, "0"):
-        ignored += ("mode",)  # LocalAI's default NCNN kernel choice: nothing to do here
+    ignored = _ignored(params)
     cache, cache_options = parse_cache(params.cache)
     request = ImageRequest(
         prompt=params.prompt,
@@ -210,6 +191,41 @@ def prepare(
         quality=params.quality if params.quality in ("low", "medium", "high") else "auto",
         background=params.background or "auto",
     )
+
+
+def _output_formats(
+    params: ImageParams,
+) -> tuple[str, str | None, Literal["png", "jpeg", "webp"]]:
+    """The format asked for, the video format it names (when given), the still-image format;
+    the output options that cannot apply to it are refused."""
+    asked = "jpeg" if params.output_format == "jpg" else params.output_format
+    given = params.model_fields_set
+    video_format = asked if asked in ("mp4", "gif", "webp") and "output_format" in given else None
+    output_format: Literal["png", "jpeg", "webp"] = (
+        asked if asked in ("png", "jpeg", "webp") else "png"
+    )
+    if params.output_compression is not None and asked in ("png", "gif"):
+        raise InvalidRequest(
+            f"output_compression applies to jpeg, webp and mp4 output, not {asked}",
+            param="output_compression",
+        )
+    if params.background == "transparent":
+        raise InvalidRequest(
+            "background 'transparent' is not supported: diffusion models here paint opaque "
+            "images (use 'opaque' or 'auto')",
+            param="background",
+        )
+    return asked, video_format, output_format
+
+
+def _ignored(params: ImageParams) -> tuple[str, ...]:
+    """Fields accepted for compatibility that change nothing (named in X-Localimg-Ignored)."""
+    ignored = tuple(
+        name for name in ("style", "moderation") if getattr(params, name, None) is not None
+    )
+    if getattr(params, "mode", None) in (0, "0"):
+        ignored += ("mode",)  # LocalAI's default NCNN kernel choice: nothing to do here
+    return ignored
 
 
 def _stream_partials(params: ImageParams, video: bool) -> int | None:
