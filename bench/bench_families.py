@@ -57,7 +57,7 @@ def run_bare(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[
     from diffusers import DiffusionPipeline
 
     torch.set_num_threads(args.threads)
-    from localimg.backends.diffusers.processors import replacement_components
+    from localimg.backends.diffusers.load.processors import replacement_components
 
     # Without torchvision, Qwen-Image-Edit's processor is built as localimg builds it.
     pipe = DiffusionPipeline.from_pretrained(

@@ -93,7 +93,7 @@ MULTIPLES = {
 def load(name: str) -> Any:
     from diffusers import DiffusionPipeline
 
-    from localimg.backends.diffusers.processors import replacement_components
+    from localimg.backends.diffusers.load.processors import replacement_components
 
     folder = str(FAMILY_BUILDERS[name]())
     # Without torchvision, Qwen-Image-Edit's processor is built as localimg builds it.

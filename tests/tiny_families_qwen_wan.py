@@ -127,13 +127,13 @@ def tiny_qwen_image_path() -> Path:
 def qwen_vl_processor() -> Any:
     """A Qwen2VLProcessor: Qwen2-VL's image processor (14 px patches, 2x2 merge) + the tokenizer.
 
-    Built as localimg builds it without torchvision (backends/diffusers/processors.py): the PIL
+    Built as localimg builds it without torchvision (backends/diffusers/load/processors.py): the PIL
     image processor and no video processor, as Qwen-Image-Edit never passes videos. The saved
     folder names the real Qwen2VLProcessor (see `tiny_qwen_image_edit_plus_path`).
     """
     from transformers import Qwen2VLImageProcessorPil
 
-    from localimg.backends.diffusers.processors import image_only_processor
+    from localimg.backends.diffusers.load.processors import image_only_processor
 
     images = Qwen2VLImageProcessorPil(
         patch_size=14,

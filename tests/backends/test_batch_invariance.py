@@ -1,7 +1,8 @@
 """Batched diffusers calls give each image the bits it gets alone, on every CPU capability torch
 can run on this machine (AVX-512, AVX2, the plain C++ kernels): the element-wise regrouping
-(backends/diffusers/pointwise_invariance.py) at the level of single operations, and the pipeline
-batch tests rerun in a fresh process under each `ATEN_CPU_CAPABILITY` other than this one."""
+(backends/diffusers/pipeline/pointwise_invariance.py) at the level of single operations, and the
+pipeline batch tests rerun in a fresh process under each `ATEN_CPU_CAPABILITY` other than this
+one."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from localimg.backends.diffusers.pointwise_invariance import (  # noqa: E402
+from localimg.backends.diffusers.pipeline.pointwise_invariance import (  # noqa: E402
     PointwiseRegrouping,
     lanes_aligned,
 )
@@ -112,10 +113,16 @@ def test_without_regrouping_avx512_rounds_a_batch_differently() -> None:
 
 
 def test_tensors_that_are_not_per_image_are_left_alone() -> None:
-    table = torch.linspace(-3, 3, 5 * 48).reshape(5, 48)  # 5 rows: not a batch of 2
-    with torch.inference_mode(), PointwiseRegrouping(2).active():
-        assert torch.equal(torch.nn.functional.silu(table), torch.nn.functional.silu(table))
-        assert torch.equal(torch.exp(torch.tensor(2.0)), torch.tensor(2.0).exp())
+    """A scheduler's 1000 alphas or a 5-row table in a batch of 2 are computed as the lone call
+    computes them: splitting them would move their scalar remainder instead of keeping it."""
+    gelu = OPERATIONS["gelu"]
+    alphas = torch.linspace(-3, 3, 1000)
+    table = torch.linspace(-3, 3, 5 * 48).reshape(5, 48)
+    with torch.inference_mode():
+        alone = [gelu(alphas, None), gelu(table, None)]
+        with PointwiseRegrouping(2).active():
+            batched = [gelu(alphas, None), gelu(table, None)]
+    assert all(torch.equal(a, b) for a, b in zip(alone, batched, strict=True))
 
 
 # -- every CPU capability ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from localimg.backends.diffusers import schedulers
+from localimg.backends.diffusers.sampling import schedulers
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import (
     BackendNotInstalled,

@@ -70,7 +70,7 @@ def test_queued_requests_run_as_one_batch_with_their_own_prompts_and_seeds(
     for together, single in zip(batched, alone, strict=False):
         for a, b in zip(pixels(together), pixels(single), strict=True):
             # Bit for bit: the pipeline's per-sample linear layers and the VAE decode do not
-            # depend on the batch size (localimg/backends/batch_invariance.py).
+            # depend on the batch size (localimg/backends/diffusers/pipeline/batch_invariance.py).
             assert np.array_equal(a, b), int(np.abs(a - b).max())
     # ...and each request really got its own prompt and seed.
     first, third = pixels(batched[0])[0], pixels(batched[2])[0]

@@ -46,7 +46,7 @@ FORCE: dict[str, dict[str, Any]] = {
         "mag_ratios": RATIOS,
     },
 }
-# What each tiny family can use in diffusers 0.42.1 (see caching.py for why the others cannot).
+# What each tiny family can use in diffusers 0.42.1 (cache/caching.py says why the others cannot).
 USABLE: dict[str, tuple[str, ...]] = {
     "qwen-image": ("first_block_cache", "taylorseer_cache", "mag_cache"),
     "klein": ("taylorseer_cache", "mag_cache"),  # FLUX.2's head and tail blocks differ

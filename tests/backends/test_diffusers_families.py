@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localimg.backends.diffusers import families, flow
+from localimg.backends.diffusers import families
+from localimg.backends.diffusers.sampling import flow
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import InvalidRequest
 from localimg.requests import ImageRequest, ImageResult
@@ -394,7 +395,7 @@ def bare_call(case: Case, **kwargs: Any) -> np.ndarray:
     import diffusers
     import torch
 
-    from localimg.backends.diffusers.processors import replacement_components
+    from localimg.backends.diffusers.load.processors import replacement_components
 
     folder = str(getattr(tiny_families, case.builder)())
     # Without torchvision, Qwen-Image-Edit's processor is built as localimg builds it.

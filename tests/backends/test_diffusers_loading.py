@@ -1,4 +1,4 @@
-"""localimg/backends/diffusers/loading.py: how a hub id fails when the hub cannot be reached."""
+"""localimg/backends/diffusers/load/: how a hub id fails when the hub cannot be reached."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_unreachable_hub_fails_once_with_the_clear_message(
 
 def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
     from localimg.backends.diffusers.families import FAMILIES
-    from localimg.backends.diffusers.loading import PIPELINE_TYPES, pipeline_class
+    from localimg.backends.diffusers.load.loading import PIPELINE_TYPES, pipeline_class
 
     # LocalAI's 12 names, then the families' own classes (issue 13)
     assert len(PIPELINE_TYPES) == 12 + 12
@@ -64,3 +64,23 @@ def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
         assert pipeline_class(name) is not None
     with pytest.raises(ConfigError, match="unknown pipeline_type"):
         pipeline_class("NotAPipeline")
+
+
+def test_an_offline_cache_miss_reads_as_offline_not_as_a_missing_file() -> None:
+    """LocalEntryNotFoundError subclasses EntryNotFoundError: loading's words (the same table as
+    downloads') must find the offline case first, and add what to do instead."""
+    from huggingface_hub import errors as hf_errors
+
+    from localimg.backends.diffusers.load.hub import hub_error
+    from localimg.config import ModelSource
+
+    source = ModelSource("hub", "owner/repo")
+    offline = hub_error(source, hf_errors.LocalEntryNotFoundError("cache miss"))
+    assert isinstance(offline, ModelUnavailable)
+    assert "owner/repo is not in the local Hugging Face cache" in offline.message
+    assert "--model" in offline.message
+    missing = hub_error(source, hf_errors.EntryNotFoundError("404 model_index.json"))
+    assert "no such file in the repository (404 model_index.json)" in missing.message
+    assert "--model" not in missing.message
+    other = hub_error(source, RuntimeError("boom\nmore"))
+    assert other.message == "cannot load owner/repo: boom"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from localimg.backends.base import RuntimeSettings
 from localimg.backends.diffusers.backend import DiffusersBackend
-from localimg.backends.diffusers.tiny_vae import published_for
+from localimg.backends.diffusers.decode.tiny_vae import published_for
 from localimg.config import config_from_dict
 from localimg.engine import Engine, EngineSettings, InProcessSlot
 from localimg.errors import ConfigError

@@ -49,7 +49,7 @@ def test_a_request_with_previews_is_never_batched() -> None:
 def test_projection_known_families_and_packed_latents() -> None:
     import torch
 
-    from localimg.backends.diffusers.previews import Previewer, projection_for
+    from localimg.backends.diffusers.decode.previews import Previewer, projection_for
 
     assert projection_for("StableDiffusionPipeline", 4) is not None
     assert projection_for("StableDiffusionXLPipeline", 4) != projection_for("X", 4)
@@ -81,7 +81,7 @@ def test_a_tiny_autoencoder_decodes_the_preview() -> None:
     import torch
     from diffusers import AutoencoderTiny
 
-    from localimg.backends.diffusers.previews import Previewer
+    from localimg.backends.diffusers.decode.previews import Previewer
 
     torch.manual_seed(0)
     vae = AutoencoderTiny(

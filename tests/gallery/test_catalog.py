@@ -194,8 +194,8 @@ def test_gallery_check_reports_problems(tmp_path: Path) -> None:
 def test_shipped_entries_pass_their_backends_checks() -> None:
     """Each shipped YAML as the backend would read it: pipeline, scheduler, ggml options."""
     from localimg.backends.diffusers import options as diffusers_options
-    from localimg.backends.diffusers import schedulers
-    from localimg.backends.diffusers.loading import pipeline_class
+    from localimg.backends.diffusers.load.loading import pipeline_class
+    from localimg.backends.diffusers.sampling import schedulers
     from localimg.config import config_from_dict
 
     catalog = Catalog.load(gallery.default_sources(builtin=True))

@@ -107,7 +107,7 @@ def test_entry_loads_as_a_model_config_the_backend_accepts(
     assert not unknown, f"{name}: options the {backend} backend does not know: {unknown}"
     if backend == "diffusers":
         from localimg.backends.diffusers import options as diffusers_options
-        from localimg.backends.diffusers.loading import pipeline_class
+        from localimg.backends.diffusers.load.loading import pipeline_class
 
         assert config.diffusers.pipeline_type == pipeline
         assert pipeline_class(pipeline).__name__ == pipeline

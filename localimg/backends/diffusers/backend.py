@@ -1,21 +1,22 @@
 """The diffusers backend: Hugging Face pipelines on torch (CUDA, MPS or CPU).
 
-Loading is in loading.py, the YAML's options in options.py, placement and speed options in
-speed.py, request → call keywords in call_args.py (the model families' own rules in families.py),
-the scheduler of each call in sampling.py; this module is the backend the engine drives. torch
-and diffusers are imported only inside methods, so importing this module (and `localimg --help`)
-stays fast.
+Loading is in load/ (loading.py: the pipeline; precision.py: device and dtype; hub.py: the hub),
+the YAML's options in options.py, placement and speed options in speed.py, request → call
+keywords in pipeline/call_args.py (the model families' own rules in families.py), the scheduler
+of each call in sampling/, step caches in cache/, previews and the tiny VAE in decode/; this
+module is the backend the engine drives. torch and diffusers are imported only inside methods, so
+importing this module (and `localimg --help`) stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from localimg._util.hub_errors import first_line
 from localimg._util.system import physical_cores
 from localimg.backends.base import (
     BackendDefaults,
@@ -23,42 +24,35 @@ from localimg.backends.base import (
     ProgressCallback,
     RuntimeSettings,
 )
-from localimg.backends.diffusers import (
-    cache_setup,
-    call_args,
-    families,
-    gguf_files,
-    quantize,
-    schedulers,
-    tasks,
-    tiny_vae,
-)
-from localimg.backends.diffusers.batch_invariance import BatchGrouping
-from localimg.backends.diffusers.loading import (
-    DEFAULT_PIPELINE,
-    apply_loras,
+from localimg.backends.diffusers import families
+from localimg.backends.diffusers.cache import cache_setup
+from localimg.backends.diffusers.decode import tiny_vae
+from localimg.backends.diffusers.decode.previews import StepPreviews
+from localimg.backends.diffusers.load import gguf_files, quantize
+from localimg.backends.diffusers.load.hub import hub_error
+from localimg.backends.diffusers.load.library import (
     bridge_clip_text_model,
-    choose_device,
-    choose_dtype,
-    hub_error,
-    load_pipeline,
     quiet_library_progress,
 )
-from localimg.backends.diffusers.options import (
-    OPTION_KEYS,
-    DiffusersOptions,
-    parse_options,
+from localimg.backends.diffusers.load.loading import DEFAULT_PIPELINE, load_pipeline
+from localimg.backends.diffusers.load.loras import apply_loras
+from localimg.backends.diffusers.load.precision import (
+    choose_device,
+    choose_dtype,
     weight_itemsize,
 )
-from localimg.backends.diffusers.previews import StepPreviews
-from localimg.backends.diffusers.sampling import Sampling
+from localimg.backends.diffusers.options import OPTION_KEYS, DiffusersOptions, parse_options
+from localimg.backends.diffusers.pipeline import call_args, tasks
+from localimg.backends.diffusers.pipeline.batch_invariance import BatchGrouping
+from localimg.backends.diffusers.pipeline.run import run_call
+from localimg.backends.diffusers.sampling import schedulers
+from localimg.backends.diffusers.sampling.sampling import Sampling
 from localimg.backends.diffusers.speed import attention_kind, denoiser_of, place, speed_up
 from localimg.config import ModelConfig, model_source
 from localimg.config.options import OPTION_ALIASES, is_cache_key
 from localimg.errors import (
     BackendError,
     BackendNotInstalled,
-    Cancelled,
     InvalidRequest,
     LocalimgError,
     ModelUnavailable,
@@ -73,19 +67,15 @@ DEFAULT_STEPS = 30  # LocalAI's documented default
 GATED = ("negative_prompt", "num_inference_steps", "clip_skip", "image", "mask_image")
 
 
-@contextlib.contextmanager
-def _pipeline_errors(pipe: Any, out_of_memory: str) -> Iterator[None]:
-    """Turn what a pipeline call raises into localimg errors (one place for every call site)."""
-    import torch
+@dataclass(frozen=True)
+class Prepared:
+    """What generate and generate_batch prepare alike before their pipeline call."""
 
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        raise BackendError(out_of_memory) from None
-    except ValueError as exc:
-        raise InvalidRequest(f"{type(pipe).__name__}: {exc}") from None
-    except RuntimeError as exc:
-        raise BackendError(f"generation failed: {exc}") from None
+    pipe: Any  # the loaded pipeline or the sibling that serves the request's task
+    params: dict[str, inspect.Parameter]  # that pipeline's call signature
+    kwargs: dict[str, Any]  # the call's keywords (call_args.py), without seeds or callbacks
+    label: str  # the scheduler's label, for the result's metadata
+    steps: int
 
 
 class DiffusersBackend:
@@ -96,7 +86,7 @@ class DiffusersBackend:
     extra: ClassVar[str] = "diffusers"
     option_keys: ClassVar[frozenset[str]] = OPTION_KEYS
     # generate_batch runs several merged text-to-image requests in one pipeline call; the step
-    # caches are diffusers' hooks (caching.py), each where the loaded pipeline can use it
+    # caches are diffusers' hooks (cache/caching.py), each where the loaded pipeline can use it
     capabilities: ClassVar[Capabilities] = Capabilities(
         batch=True, cache_methods=cache_setup.METHODS
     )
@@ -115,8 +105,8 @@ class DiffusersBackend:
         self._options = DiffusersOptions()
         self._defaults = BackendDefaults(width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.5)
         self._compiled = False
-        self._decoder = "full"  # or where the tiny autoencoder came from (tiny_vae.py)
-        self._grouping = BatchGrouping()  # replaced on load (backends/batch_invariance.py)
+        self._decoder = "full"  # or where the tiny autoencoder came from (decode/tiny_vae.py)
+        self._grouping = BatchGrouping()  # replaced on load (pipeline/batch_invariance.py)
         self._caches = cache_setup.Caches()  # which step caches each pipeline can use
 
     @classmethod
@@ -186,7 +176,7 @@ class DiffusersBackend:
         except Exception as exc:
             if source.kind == "hub":
                 raise hub_error(source, exc) from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             hint = ""
             if source.kind == "file" and not options.config:
                 hint = (
@@ -200,7 +190,7 @@ class DiffusersBackend:
         apply_loras(pipe, config)
         self._decoder = tiny_vae.swap_in(pipe, options, config, self.dtype)
         self._grouping = place(pipe, options, self.device)
-        quantize.quantize(pipe, options, self.dtype)  # after place: see quantize.py
+        quantize.quantize(pipe, options, self.dtype)  # after place: see load/quantize.py
         self._compiled = speed_up(pipe, options, self.device)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
@@ -268,7 +258,7 @@ class DiffusersBackend:
     # -- generation -------------------------------------------------------------------------
 
     def _pipe_for(self, request: ImageRequest) -> tuple[Any, str]:
-        """The pipeline that serves the request's task (see tasks.py) and that task."""
+        """The pipeline that serves the request's task (see pipeline/tasks.py) and that task."""
         family = self._family
         edit = families.choose_mode(family, request) if family is not None else None
         if edit is not None or (family is not None and family.references):
@@ -296,21 +286,29 @@ class DiffusersBackend:
             request, pipe, params, self._defaults.size_multiple, generation
         )
 
-    def generate(
-        self, request: ImageRequest, progress: ProgressCallback, cancel: threading.Event
-    ) -> ImageResult:
-        import torch
-
+    def _prepare(self, request: ImageRequest, batch: bool = False) -> Prepared:
+        """The pipeline, keywords and scheduler of a request (for a batch: of its first one)."""
         if self.pipe is None:
             raise BackendError("the model is not loaded")
-        pipe, _mode = self._pipe_for(request)
+        pipe, mode = self._pipe_for(request)
         # The loaded pipeline's signature was read at load time; a sibling's on first use.
         params = self._call_params if pipe is self.pipe else tasks.call_params(pipe)
+        if batch and (mode != "txt2img" or "num_frames" in params or "prompt" not in params):
+            raise InvalidRequest("only text-to-image requests can be batched")
         kwargs = self._call_kwargs(request, pipe, params)
         label = self._set_scheduler(request, pipe)
         steps = request.steps or 1
         if getattr(pipe, "scheduler", None) is not None:
             schedulers.check_steps(pipe.scheduler, steps, label)
+        return Prepared(pipe, params, kwargs, label, steps)
+
+    def generate(
+        self, request: ImageRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> ImageResult:
+        import torch
+
+        prepared = self._prepare(request)
+        pipe, params, steps = prepared.pipe, prepared.params, prepared.steps
         total = steps * request.n
         cache = self._caches.plan_for(pipe, request)
         images: list[Any] = []
@@ -335,7 +333,7 @@ class DiffusersBackend:
                     p._interrupt = True
                 return tensors
 
-            call = dict(kwargs)
+            call = dict(prepared.kwargs)
             call["generator"] = torch.Generator("cpu").manual_seed(seed)
             if "callback_on_step_end" in params:
                 call["callback_on_step_end"] = on_step
@@ -352,17 +350,7 @@ class DiffusersBackend:
                 f"out of memory at {request.width}x{request.height}: try a smaller size, "
                 "f16, or options vae_tiling / attention_slicing / cpu_offload"
             )
-            try:
-                with (
-                    _pipeline_errors(pipe, oom),
-                    torch.inference_mode(),
-                    self._caches.applied(pipe, cache, request),
-                ):
-                    output = pipe(**call)
-            except tasks.Interrupted:
-                raise Cancelled("the request was cancelled") from None
-            if cancel.is_set():
-                raise Cancelled("the request was cancelled")
+            output = run_call(pipe, call, oom, cancel, self._caches.applied(pipe, cache, request))
             progress(
                 ProgressEvent("decode", step=(index + 1) * steps, total=total, image_index=index)
             )
@@ -371,7 +359,7 @@ class DiffusersBackend:
         fps = None
         if "num_frames" in params:
             fps = request.fps or tasks.default_fps(params)
-        return ImageResult(images=images, seeds=request.seeds, scheduler=label, fps=fps)
+        return ImageResult(images=images, seeds=request.seeds, scheduler=prepared.label, fps=fps)
 
     def generate_batch(
         self,
@@ -386,18 +374,9 @@ class DiffusersBackend:
         """
         import torch
 
-        if self.pipe is None:
-            raise BackendError("the model is not loaded")
         first = requests[0]
-        pipe, mode = self._pipe_for(first)
-        params = tasks.call_params(pipe)
-        if mode != "txt2img" or "num_frames" in params or "prompt" not in params:
-            raise InvalidRequest("only text-to-image requests can be batched")
-        kwargs = self._call_kwargs(first, pipe, params)
-        label = self._set_scheduler(first, pipe)
-        steps = first.steps or 1
-        if getattr(pipe, "scheduler", None) is not None:
-            schedulers.check_steps(pipe.scheduler, steps, label)
+        prepared = self._prepare(first, batch=True)
+        pipe, kwargs, steps = prepared.pipe, prepared.kwargs, prepared.steps
         prompts: list[str] = []
         negatives: list[str] = []
         generators = []
@@ -418,7 +397,7 @@ class DiffusersBackend:
                 p._interrupt = True
             return tensors
 
-        if "callback_on_step_end" in params:
+        if "callback_on_step_end" in prepared.params:
             kwargs["callback_on_step_end"] = on_step
         cache = self._caches.plan_for_batch(pipe, requests)
         oom = (
@@ -426,22 +405,16 @@ class DiffusersBackend:
             "lower --max-batch"
         )
         grouped = self._grouping.images_per_call(pipe, len(prompts))
-        with (
-            _pipeline_errors(pipe, oom),
-            torch.inference_mode(),
-            grouped,
-            self._caches.applied(pipe, cache, first),
-        ):
-            output = pipe(**kwargs)
-        if cancel.is_set():
-            raise Cancelled("the request was cancelled")
+        output = run_call(
+            pipe, kwargs, oom, cancel, grouped, self._caches.applied(pipe, cache, first)
+        )
         results = []
         images = list(output.images)
         for request, emit in zip(requests, progress, strict=True):
             count = len(request.seeds)
             mine, images = images[:count], images[count:]
             emit(ProgressEvent("decode", step=steps, total=steps))
-            results.append(ImageResult(images=mine, seeds=request.seeds, scheduler=label))
+            results.append(ImageResult(images=mine, seeds=request.seeds, scheduler=prepared.label))
         return results
 
     def _set_scheduler(self, request: ImageRequest, pipe: Any) -> str:

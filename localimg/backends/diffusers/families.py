@@ -2,7 +2,7 @@
 row per family saying how a request maps onto its pipeline, read from each pipeline's code
 (diffusers 0.42).
 
-The generic request mapping (call_args.py) was written for Stable Diffusion: `cfg_scale` is
+The generic request mapping (pipeline/call_args.py) was written for Stable Diffusion: `cfg_scale` is
 `guidance_scale`, a negative prompt is always welcome, an image means img2img. These families
 differ, and a difference handled wrongly is a parameter silently ignored, so each row says:
 

@@ -1,5 +1,5 @@
-"""`options:` keys the diffusers backend consumes at load time, typed, and what they imply for
-the engine's memory estimate (bytes per weight once loaded)."""
+"""`options:` keys the diffusers backend consumes at load time, typed (what they imply for the
+engine's memory estimate is decided with the dtype, in load/precision.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from localimg._util.system import cpu_has_bf16
 from localimg._util.validation import first_problem
 from localimg.config import ModelConfig
 from localimg.errors import ConfigError
@@ -40,16 +39,16 @@ class DiffusersOptions(BaseModel):
     cpu_offload: bool = False
     channels_last: bool = False  # NHWC weights for the UNet/VAE convolutions (faster on many CPUs)
     compile: bool = False  # torch.compile the denoiser: the first generation pays a warm-up
-    # Weights in 1 byte each (quantize.py): torchao int8 weight-only, or fp8 storage cast per
-    # layer to the compute dtype. A `.gguf` model file is quantized already (gguf_files.py).
+    # Weights in 1 byte each (load/quantize.py): torchao int8 weight-only, or fp8 storage cast per
+    # layer to the compute dtype. A `.gguf` model file is quantized already (load/gguf_files.py).
     quantization: Literal["int8", "fp8"] | None = None
-    # The decoder (tiny_vae.py): taesd swaps the VAE for a tiny autoencoder (taesd_path, or the
-    # family's published one); full keeps the model's own VAE.
+    # The decoder (decode/tiny_vae.py): taesd swaps the VAE for a tiny autoencoder (taesd_path, or
+    # the family's published one); full keeps the model's own VAE.
     vae: Literal["taesd", "full"] | None = None
     taesd_path: str | None = None
     # Generation settings of the model families (families.py); a request's `extra` may override
     # each. guidance: the distilled guidance of a family that also has true CFG (FLUX.1 Kontext,
-    # a guidance-distilled Qwen-Image); shift: a fixed flow shift (flow.py).
+    # a guidance-distilled Qwen-Image); shift: a fixed flow shift (sampling/flow.py).
     guidance: float | None = Field(default=None, ge=0, le=100)
     shift: float | None = Field(default=None, gt=0, le=100)
     max_sequence_length: int | None = Field(default=None, ge=1, le=4096)
@@ -59,33 +58,9 @@ OPTION_KEYS = frozenset(DiffusersOptions.model_fields)
 GENERATION_KEYS = ("guidance", "shift", "max_sequence_length")
 
 
-HALF_DTYPES = frozenset({"float16", "bfloat16"})
-
-
 def parse_options(config: ModelConfig) -> DiffusersOptions:
     raw = {k: v for k, v in config.parsed_options().items() if k in OPTION_KEYS}
     try:
         return DiffusersOptions.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{config.where}: options: {first_problem(exc).describe()}") from None
-
-
-def weight_itemsize(config: ModelConfig, where: str) -> int:
-    """Bytes per float weight once loaded on `where` ("vram" or "ram"), decided without torch.
-
-    It mirrors choose_dtype (loading.py): the dtype option wins; else f16 means half precision
-    on a GPU, and bfloat16 on a CPU only where the CPU has native bfloat16 arithmetic.
-    """
-    dtype = None
-    for key, value in config.parsed_options().items():
-        if key == "dtype":
-            dtype = str(value).lower()
-        elif key == "quantization" and str(value).lower() in ("int8", "fp8"):
-            # int8: the denoiser and text encoders; fp8: the denoiser, the bulk of the weights
-            # (its text encoders keep the dtype: `memory:` in the YAML gives an exact budget)
-            return 1
-    if dtype is not None:
-        return 2 if DTYPES.get(dtype, dtype) in HALF_DTYPES else 4
-    if config.f16 and (where == "vram" or cpu_has_bf16()):
-        return 2
-    return 4

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from localimg.backends.diffusers.batch_invariance import (
+from localimg.backends.diffusers.options import DiffusersOptions
+from localimg.backends.diffusers.pipeline.batch_invariance import (
     BatchGrouping,
     make_linear_layers_batch_invariant,
 )
-from localimg.backends.diffusers.options import DiffusersOptions
 from localimg.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ def attention_kind(pipe: Any) -> str:
 
 def place(pipe: Any, options: DiffusersOptions, device: str) -> BatchGrouping:
     """Move the pipeline to `device` (or offload it) and apply the memory options; returns how
-    its linear layers group images (batch_invariance.py)."""
+    its linear layers group images (pipeline/batch_invariance.py)."""
     if options.cpu_offload:
         if not device.startswith("cuda"):
             raise ConfigError("options: cpu_offload needs a CUDA GPU")

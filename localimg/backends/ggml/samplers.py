@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from localimg.backends.diffusers import schedulers
+from localimg.backends.diffusers.sampling import schedulers
 from localimg.errors import InvalidRequest
 
 # stable-diffusion.cpp's sample methods → the AUTOMATIC1111-style label written into metadata.

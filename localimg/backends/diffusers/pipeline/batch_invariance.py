@@ -28,7 +28,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from localimg.backends.diffusers.pointwise_invariance import PointwiseRegrouping
+from localimg.backends.diffusers.pipeline.pointwise_invariance import PointwiseRegrouping
 
 
 class BatchGrouping:

@@ -114,7 +114,8 @@ def swap_in(pipe: Any, options: DiffusersOptions, config: ModelConfig, dtype: An
     where = where_from(options, pipe, config)
     from diffusers import AutoencoderTiny
 
-    from localimg.backends.diffusers.loading import dtype_key, hub_reachable
+    from localimg.backends.diffusers.load.hub import hub_reachable
+    from localimg.backends.diffusers.load.library import dtype_key
 
     local = Path(where).exists()
     if local:

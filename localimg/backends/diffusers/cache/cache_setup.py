@@ -12,8 +12,15 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from localimg.backends.diffusers.cache_knobs import METHODS, parse_knobs
-from localimg.backends.diffusers.caching import Plan, Support, applied, denoisers, plan, survey
+from localimg.backends.diffusers.cache.cache_knobs import METHODS, parse_knobs
+from localimg.backends.diffusers.cache.caching import (
+    Plan,
+    Support,
+    applied,
+    denoisers,
+    plan,
+    survey,
+)
 from localimg.config.options import cache_from_options
 from localimg.errors import ConfigError, InvalidRequest
 from localimg.requests import CACHE_OFF

@@ -85,7 +85,7 @@ def names() -> list[str]:
 
 def lookup(name: str, pipeline: str) -> FlowSpec:
     """The flow spec for a sampler name; a name without one is refused with the ones that work."""
-    from localimg.backends.diffusers import schedulers
+    from localimg.backends.diffusers.sampling import schedulers
 
     key = name.strip().lower()
     key = schedulers.ALIASES.get(key, key)

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from localimg.backends.diffusers.cache_knobs import (
+from localimg.backends.diffusers.cache.cache_knobs import (
     METHODS,
     FasterCacheKnobs,
     FirstBlockCacheKnobs,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from localimg.backends.diffusers import flow, schedulers
+from localimg.backends.diffusers.sampling import flow, schedulers
 from localimg.errors import InvalidRequest
 
 

@@ -28,6 +28,53 @@ from typing import Any
 _VECTOR_PAIR = 64
 # at::internal::GRAIN_SIZE: tensors up to this many elements run on one thread.
 _GRAIN = 32768
+# Operations whose every result is correctly rounded (IEEE arithmetic, comparisons, selection):
+# the scalar and the vector code give the same bits, so where the remainder falls cannot matter.
+# `add` and `sub` only without an alpha (alpha may be fused into a multiply-add in one path only).
+_EXACT = frozenset(
+    [
+        "add",
+        "sub",
+        "rsub",
+        "mul",
+        "div",
+        "neg",
+        "abs",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "where",
+        "clamp",
+        "clamp_min",
+        "clamp_max",
+        "maximum",
+        "minimum",
+        "fill",
+        "masked_fill",
+        "copy",
+        "relu",
+        "threshold",
+        "sign",
+        "floor",
+        "ceil",
+        "trunc",
+        "round",
+        "sqrt",
+        "logical_and",
+        "logical_or",
+        "logical_not",
+        "logical_xor",
+        "bitwise_and",
+        "bitwise_or",
+        "bitwise_not",
+        "bitwise_xor",
+        "isnan",
+        "isinf",
+    ]
+)
 
 
 def _thread_share(numel: int, threads: int) -> int:
@@ -75,15 +122,18 @@ class PointwiseRegrouping:
     def dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         import torch
 
-        if torch.Tag.pointwise not in func.tags:
+        if torch.Tag.pointwise not in func.tags or _is_exact(func, kwargs):
             return func(*args, **kwargs)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if not tensors or any(t.device.type != "cpu" for t in tensors):
             return func(*args, **kwargs)
         shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-        rows = shape[0] if len(shape) else 0
+        rows = shape[0] if len(shape) >= 2 else 0
         images = self.images
-        if rows < images or rows % images:
+        # A batch holds each image's rows once (a text encoder, a transformer called per guidance
+        # branch) or twice ([uncond x N, cond x N]); any other leading size is not per image (a
+        # scheduler's 1000 alphas, a frequency table) and runs as the lone call runs it.
+        if rows not in (images, 2 * images):
             return func(*args, **kwargs)
         numel = shape.numel()
         simple = all(t.shape == shape and t.is_contiguous() for t in tensors)
@@ -130,6 +180,14 @@ class PointwiseRegrouping:
     def active(self) -> Iterator[None]:
         with self.mode:
             yield
+
+
+def _is_exact(func: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether `func` gives the same bits in torch's scalar and vector loops (see _EXACT)."""
+    name = func._schema.name.split("::")[-1].rstrip("_")
+    if name in ("add", "sub", "rsub") and kwargs.get("alpha", 1) != 1:
+        return False
+    return name in _EXACT
 
 
 def _functional_of(func: Any) -> Any:

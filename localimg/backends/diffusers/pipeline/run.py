@@ -1,0 +1,59 @@
+"""One pipeline call, guarded: what it raises becomes a localimg error, a cancel stops it.
+
+generate (one image per call) and generate_batch (several merged requests in one call) both run
+the pipeline through `run_call`, so an out-of-memory, a pipeline's ValueError or a cancelled
+request reads the same whichever path ran it. torch is imported only when a call runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from localimg.backends.diffusers.pipeline.tasks import Interrupted
+from localimg.errors import BackendError, Cancelled, InvalidRequest
+
+
+@contextlib.contextmanager
+def pipeline_errors(pipe: Any, out_of_memory: str) -> Iterator[None]:
+    """Turn what a pipeline call raises into localimg errors (one place for every call site)."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise BackendError(out_of_memory) from None
+    except ValueError as exc:
+        raise InvalidRequest(f"{type(pipe).__name__}: {exc}") from None
+    except RuntimeError as exc:
+        raise BackendError(f"generation failed: {exc}") from None
+
+
+def run_call(
+    pipe: Any,
+    arguments: dict[str, Any],
+    out_of_memory: str,
+    cancel: threading.Event,
+    *contexts: AbstractContextManager[Any],
+) -> Any:
+    """`pipe(**arguments)` without autograd, inside `contexts` (entered in order: batch grouping,
+    step cache); Cancelled when the request was cancelled during the call."""
+    import torch
+
+    try:
+        with (
+            pipeline_errors(pipe, out_of_memory),
+            torch.inference_mode(),
+            contextlib.ExitStack() as stack,
+        ):
+            for context in contexts:
+                stack.enter_context(context)
+            output = pipe(**arguments)
+    except Interrupted:  # a legacy step callback stopped it (tasks.legacy_callback)
+        raise Cancelled("the request was cancelled") from None
+    if cancel.is_set():
+        raise Cancelled("the request was cancelled")
+    return output
