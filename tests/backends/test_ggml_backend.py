@@ -18,7 +18,7 @@ from PIL import Image
 pytest.importorskip("stable_diffusion_cpp")
 
 from localimg.backends.base import RuntimeSettings
-from localimg.backends.ggml import samplers as ggml_samplers
+from localimg.backends.ggml import schedulers as ggml_schedulers
 from localimg.backends.ggml.backend import GgmlBackend
 from localimg.config import load_config_file
 from localimg.engine import Engine, EngineSettings, merge_request
@@ -88,14 +88,14 @@ def test_seeds_are_reproducible_and_image_i_uses_seed_plus_i(engine: Engine) -> 
 
 
 @pytest.mark.parametrize(
-    "name", [*ggml_samplers.SAMPLERS, *ggml_samplers.DIFFUSERS_EQUIVALENTS, "karras"]
+    "name", [*ggml_schedulers.SAMPLERS, *ggml_schedulers.DIFFUSERS_EQUIVALENTS, "karras"]
 )
 def test_every_sampler_name_runs(engine: Engine, name: str) -> None:
     result = generate(engine, seed=3, scheduler=name, steps=1)
     assert result.images[0].size == (64, 64)  # type: ignore[attr-defined]
-    sampling = ggml_samplers.resolve(name)
+    sampling = ggml_schedulers.resolve(name)
     if sampling.method:
-        assert result.scheduler.startswith(ggml_samplers.SAMPLERS[sampling.method])  # type: ignore[attr-defined]
+        assert result.scheduler.startswith(ggml_schedulers.SAMPLERS[sampling.method])  # type: ignore[attr-defined]
 
 
 def test_karras_schedule_changes_the_image(engine: Engine) -> None:

@@ -1,5 +1,5 @@
 """Step caching on stable-diffusion.cpp (issue 16): the real library on the tiny SD1 UNet and the
-tiny FLUX.2 klein DiT, and the rules of localimg/backends/ggml/caching.py.
+tiny FLUX.2 klein DiT, and the rules of localimg/backends/ggml/caching.py and cache_knobs.py.
 
 A cache only changes the image when it reuses a step, so the tests use knobs that force reuse
 (a threshold far above any change). That each knob reaches the C library is read from the line
@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("stable_diffusion_cpp")
 
 from localimg.backends.base import RuntimeSettings, capabilities_of
-from localimg.backends.ggml import caching, native
+from localimg.backends.ggml import cache_knobs, caching, native
 from localimg.backends.ggml.backend import GgmlBackend
 from localimg.backends.ggml.families import Family, family_of
 from localimg.config import config_from_dict, load_config_file
@@ -125,8 +125,8 @@ def logged(engine: Engine, model: str, cache: str, **knobs: Any) -> str:
 def test_the_backend_names_the_six_methods_of_the_binding() -> None:
     from stable_diffusion_cpp import stable_diffusion as wrapper
 
-    assert capabilities_of(GgmlBackend).cache_methods == caching.METHODS
-    assert set(caching.METHODS) == set(wrapper.SD_CACHE_MODE_MAP) - {"disabled"}
+    assert capabilities_of(GgmlBackend).cache_methods == cache_knobs.METHODS
+    assert set(cache_knobs.METHODS) == set(wrapper.SD_CACHE_MODE_MAP) - {"disabled"}
     assert capabilities_of(GgmlBackend).batch is False
 
 
@@ -147,8 +147,8 @@ def test_every_binding_keyword_a_knob_names_exists() -> None:
 
     image = set(inspect.signature(StableDiffusion.generate_image).parameters)
     video = set(inspect.signature(StableDiffusion.generate_video).parameters)
-    for method in caching.METHODS:
-        keywords = set(caching.parse_knobs(method, {}).keywords())
+    for method in cache_knobs.METHODS:
+        keywords = set(cache_knobs.parse_knobs(method, {}).keywords())
         assert keywords <= image, method
         if method != "spectrum":
             assert keywords <= video, method

@@ -1,4 +1,5 @@
-"""`<lora:name:weight>` prompt tags: each resolved to a file inside the model's LoRA folder."""
+"""`<lora:name:weight>` prompt tags: each resolved to a file inside the model's LoRA folder, and
+the prompt the library gets, with every LoRA (the YAML's too) as a tag naming its absolute file."""
 
 from __future__ import annotations
 
@@ -54,3 +55,22 @@ def lora_tags(prompt: str, folder: Path) -> tuple[str, list[tuple[Path, float]]]
             ) from None
         found.append((find_lora(name, folder), weight))
     return LORA_TAG.sub("", prompt).strip(), found
+
+
+def prompt_with_loras(
+    prompt: str, config: ModelConfig, options: GgmlOptions, yaml_loras: list[tuple[Path, float]]
+) -> str:
+    """The prompt with every LoRA (YAML + tags) as a tag naming its absolute file: the form the
+    library parses, whatever folder the file is in."""
+    plain, tagged = lora_tags(prompt, lora_dir(config, options))
+    tags = []
+    for path, weight in [*yaml_loras, *tagged]:
+        text = str(path)
+        if ":" in text or ">" in text:
+            raise InvalidRequest(
+                f"LoRA path {text!r} contains ':' or '>', which stable-diffusion-cpp-python "
+                "cannot pass on; move the file to a folder without them",
+                param="prompt",
+            )
+        tags.append(f"<lora:{text}:{weight:g}>")
+    return " ".join([plain, *tags]).strip()

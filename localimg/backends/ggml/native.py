@@ -29,8 +29,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
+
+from localimg.errors import BackendError
 
 log = logging.getLogger("localimg.ggml.native")
 
@@ -199,3 +201,26 @@ def close(model: Any) -> None:
         if not context_ok(model):
             discard_failed(model)
         model.close()
+
+
+def native_call(
+    sd: Any,
+    run: Callable[[], list[Any]],
+    on_step: StepHandler,
+    what: str,
+    *contexts: AbstractContextManager[Any],
+) -> list[Any]:
+    """One library call under the native lock, its progress (and preview) callbacks set; the
+    library's exceptions and empty outputs become BackendError."""
+    with NATIVE_LOCK, progress_to(on_step), ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        try:
+            output = run()
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"stable-diffusion.cpp failed: {exc}") from None
+        finally:
+            reset_progress(sd)
+    if not output:
+        raise BackendError(f"stable-diffusion.cpp returned no {what} (see the log)")
+    return list(output)

@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from localimg._util.validation import first_problem
-from localimg.backends.ggml import samplers
+from localimg.backends.ggml import schedulers
 from localimg.config import ModelConfig
 from localimg.config.options import OPTION_ALIASES, is_cache_key
 from localimg.errors import ConfigError, InvalidRequest
@@ -78,7 +78,7 @@ class GgmlOptions(BaseModel):
     def _known_sampler(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             key = info.field_name or "sampler"
-            sampling = samplers.resolve(value, param=key)
+            sampling = schedulers.resolve(value, param=key)
             if sampling.method is None:
                 other = key.replace("sampler", "scheduler")
                 raise ValueError(f"{value!r} is a schedule, not a sampler: use {other}:{value}")
@@ -89,7 +89,7 @@ class GgmlOptions(BaseModel):
     def _known_schedule(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        return samplers.resolve_schedule(value, param=info.field_name or "scheduler")
+        return schedulers.resolve_schedule(value, param=info.field_name or "scheduler")
 
     @field_validator("wtype")
     @classmethod

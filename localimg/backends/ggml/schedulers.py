@@ -1,4 +1,5 @@
-"""Sampler and schedule names of stable-diffusion.cpp, and the diffusers-style names mapped to them.
+"""Sampler and schedule names of stable-diffusion.cpp, the diffusers-style names mapped to them,
+and the loaded model's default sample method.
 
 stable-diffusion.cpp splits what diffusers calls a scheduler in two: a sample method (`sampler`:
 euler, dpm++2m, ...) and a sigma schedule (`scheduler`: discrete, karras, ...). A request's
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Any
 
 from localimg.backends.diffusers.sampling import schedulers
 from localimg.errors import InvalidRequest
@@ -123,3 +125,13 @@ def label(method: str, schedule: str | None) -> str:
     if schedule and schedule != "discrete":
         text = f"{text} {SCHEDULES.get(schedule, schedule)}"
     return text
+
+
+def default_method(sd: Any, model: Any) -> str:
+    """The sample method the loaded model uses when none is named (it depends on the model)."""
+    from stable_diffusion_cpp import stable_diffusion as wrapper
+
+    value = int(sd.sd_get_default_sample_method(model.model))
+    table: dict[str, Any] = wrapper.SAMPLE_METHOD_MAP
+    names = {int(v): k for k, v in table.items() if v is not None}
+    return names.get(value, "default")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from localimg.backends.ggml import schedulers
 from localimg.backends.ggml.families import (
     Family,
     check_frames,
@@ -68,44 +69,10 @@ def resolve_mode(request: ImageRequest, family: Family) -> str:
 
 def check(request: ImageRequest, family: Family, options: GgmlOptions, mode: str) -> None:
     """Refuse what this family would ignore or change (after resolve_mode)."""
-    count = len(request.input_images)
     if mode == "edit":
-        if not family.references:
-            raise InvalidRequest(
-                f"{family.label} takes no reference images; reference edits are for FLUX.2 and "
-                f"for {reference_edit_families()} marked with options reference_edit:true",
-                param="image",
-            )
-        if count > family.references:
-            plural = "s" if family.references > 1 else ""
-            raise InvalidRequest(
-                f"{family.label} takes {family.references} input image{plural}; got {count}",
-                param="image",
-            )
-        if request.strength is not None:
-            raise InvalidRequest(
-                "strength is for img2img; a reference edit does not noise the input image "
-                "(remove strength from the request or the YAML, or ask for mode img2img)",
-                param="strength",
-            )
+        _check_edit(request, family)
     elif family.video:
-        limit = 2 if family.end_image else (1 if family.image_input_video else 0)
-        if count > limit:
-            raise InvalidRequest(
-                f"{family.label} takes {limit} input image{'s' if limit != 1 else ''} "
-                f"(first{' and last' if limit == 2 else ''} frame); got {count}",
-                param="image",
-            )
-        if request.n > 1:
-            raise InvalidRequest(
-                f"{family.label} makes one video per request; n must be 1", param="n"
-            )
-        if request.strength is not None:
-            raise InvalidRequest(
-                f"strength does not apply to {family.label} videos", param="strength"
-            )
-        if request.mask is not None:
-            raise InvalidRequest(f"{family.label} takes no mask", param="mask")
+        _check_video(request, family)
     if (
         family.name.startswith(("Qwen Image", "Anima"))
         and options.taesd_path
@@ -140,6 +107,47 @@ def check(request: ImageRequest, family: Family, options: GgmlOptions, mode: str
         )
     if family.video:
         check_frames(request.num_frames or DEFAULT_FRAMES, family)
+
+
+def _check_edit(request: ImageRequest, family: Family) -> None:
+    """A reference edit: the family takes references, as many as given, and no strength."""
+    count = len(request.input_images)
+    if not family.references:
+        raise InvalidRequest(
+            f"{family.label} takes no reference images; reference edits are for FLUX.2 and "
+            f"for {reference_edit_families()} marked with options reference_edit:true",
+            param="image",
+        )
+    if count > family.references:
+        plural = "s" if family.references > 1 else ""
+        raise InvalidRequest(
+            f"{family.label} takes {family.references} input image{plural}; got {count}",
+            param="image",
+        )
+    if request.strength is not None:
+        raise InvalidRequest(
+            "strength is for img2img; a reference edit does not noise the input image "
+            "(remove strength from the request or the YAML, or ask for mode img2img)",
+            param="strength",
+        )
+
+
+def _check_video(request: ImageRequest, family: Family) -> None:
+    """A video: the first (and last) frame at most, one video, no strength or mask."""
+    count = len(request.input_images)
+    limit = 2 if family.end_image else (1 if family.image_input_video else 0)
+    if count > limit:
+        raise InvalidRequest(
+            f"{family.label} takes {limit} input image{'s' if limit != 1 else ''} "
+            f"(first{' and last' if limit == 2 else ''} frame); got {count}",
+            param="image",
+        )
+    if request.n > 1:
+        raise InvalidRequest(f"{family.label} makes one video per request; n must be 1", param="n")
+    if request.strength is not None:
+        raise InvalidRequest(f"strength does not apply to {family.label} videos", param="strength")
+    if request.mask is not None:
+        raise InvalidRequest(f"{family.label} takes no mask", param="mask")
 
 
 def check_options(family: Family, options: GgmlOptions, where: str) -> None:
@@ -253,3 +261,46 @@ def video_call(
         if options.moe_boundary is not None:
             call["moe_boundary"] = options.moe_boundary
     return call
+
+
+def steps_run(request: ImageRequest, mode: str, default_steps: int) -> int:
+    """Denoising steps stable-diffusion.cpp runs: fewer for img2img with strength < 1."""
+    steps = request.steps or default_steps
+    strength = request.strength if request.strength is not None else 0.75
+    if mode == "edit" or request.init_image is None or strength >= 1:
+        return steps
+    t_enc = int(steps * strength)
+    if t_enc == steps:
+        t_enc -= 1
+    return t_enc + 1
+
+
+def sampling(request: ImageRequest, options: GgmlOptions) -> tuple[str | None, str | None]:
+    """(sample method, schedule) of a call: request > YAML options > the library's defaults
+    (None)."""
+    method: str | None = None
+    schedule = options.scheduler
+    if options.sampler:
+        picked = schedulers.resolve(options.sampler, param="sampler")
+        method, schedule = picked.method, schedule or picked.schedule
+    # The engine copies the YAML's `scheduler` option into request.scheduler: that one is the
+    # schedule already applied; anything else the request names is resolved here.
+    if request.scheduler is not None and request.scheduler != options.scheduler:
+        picked = schedulers.resolve(request.scheduler)
+        method = picked.method or method
+        schedule = picked.schedule or schedule
+    extra_sampler = request.extra.get("sampler")
+    if extra_sampler is not None:
+        picked = schedulers.resolve(str(extra_sampler), param="sampler")
+        method = picked.method or method
+        schedule = picked.schedule or schedule
+    return method, schedule
+
+
+def high_noise_sampling(options: GgmlOptions) -> tuple[str | None, str | None]:
+    """The Wan 2.2 high-noise expert's (sample method, schedule) from the YAML, if set."""
+    method = schedule = None
+    if options.high_noise_sampler:
+        picked = schedulers.resolve(options.high_noise_sampler, param="high_noise_sampler")
+        method, schedule = picked.method, picked.schedule
+    return method, options.high_noise_scheduler or schedule
