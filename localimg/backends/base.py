@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from localimg.config import ModelConfig
@@ -92,7 +92,7 @@ class Backend(Protocol):
 
     # Optional, read through capabilities_of (default Capabilities()):
     #     capabilities: ClassVar[Capabilities]
-    # and, with batch=True, generate_batch(requests, progress, cancel) -> list[ImageResult].
+    # and, with batch=True, the generate_batch of BatchBackend (below).
     # Optional classmethod, read through weight_itemsize_of (default None, as stored):
     #     weight_itemsize(config, where) -> int | None
     # Optional classmethod, read through weight_files_of (default None: the model's own files):
@@ -118,4 +118,22 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, str]:
         """Facts for `models list` and `/v1/models` (device, dtype, pipeline)."""
+        ...
+
+
+@runtime_checkable
+class BatchBackend(Backend, Protocol):
+    """A Backend that can run several merged requests in one call (capabilities batch=True).
+
+    The engine checks a loaded backend against this protocol before it hands it a batch, so a
+    plugin that declares batch without the method fails with a clear error, and the call is typed.
+    """
+
+    def generate_batch(
+        self,
+        requests: list[ImageRequest],
+        progress: list[ProgressCallback],
+        cancel: threading.Event,
+    ) -> list[ImageResult]:
+        """Generate every request in one call; the results in the requests' order."""
         ...

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from localimg.backends import get_backend_class
-from localimg.backends.base import capabilities_of
+from localimg.backends.base import BatchBackend, capabilities_of
 from localimg.config import ModelConfig
 from localimg.engine import batching, memory
 from localimg.engine.events import EngineEvents
@@ -251,7 +251,9 @@ class InProcessSlot:
         ]
         begin = time.monotonic()
         cancel = batching.AllCancelled([j.cancel_event for j in jobs])
-        results = backend.generate_batch(requests, [j.emit for j in jobs], cancel)  # type: ignore[attr-defined]
+        if not isinstance(backend, BatchBackend):  # declared batch=True without the method
+            raise TypeError(f"backend {self.backend_cls.name} has no generate_batch")
+        results = backend.generate_batch(requests, [j.emit for j in jobs], cancel)
         inference = time.monotonic() - begin
         outcomes: list[ImageResult | BaseException] = []
         for job, request, result in zip(jobs, requests, results, strict=True):

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from localimg.backends.base import Capabilities, capabilities_of, weight_itemsize_of
+from localimg.backends.base import (
+    BatchBackend,
+    Capabilities,
+    RuntimeSettings,
+    capabilities_of,
+    weight_itemsize_of,
+)
 from localimg.config import ModelConfig, config_from_dict
 
 
@@ -33,6 +39,16 @@ def test_builtin_backends_declare_what_they_can_do() -> None:
     assert capabilities_of(DiffusersBackend).batch is True
     ggml = pytest.importorskip("localimg.backends.ggml.backend")
     assert capabilities_of(ggml.GgmlBackend).batch is False
+
+
+def test_a_backend_that_batches_is_a_batch_backend_and_one_that_does_not_is_not() -> None:
+    """The engine hands a batch only to a BatchBackend (an isinstance check, typed)."""
+    from localimg.backends.diffusers.backend import DiffusersBackend
+
+    assert isinstance(DiffusersBackend(RuntimeSettings()), BatchBackend)
+    assert not isinstance(OldPlugin(), BatchBackend)
+    ggml = pytest.importorskip("localimg.backends.ggml.backend")
+    assert not isinstance(ggml.GgmlBackend(RuntimeSettings()), BatchBackend)
 
 
 def test_weight_itemsize_defaults_to_as_stored(tmp_path: Path) -> None:
