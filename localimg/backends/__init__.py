@@ -11,6 +11,7 @@ import importlib.util
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
+from localimg.config import BACKEND_ALIASES, DIFFUSERS, GGML
 from localimg.errors import BackendNotInstalled, ConfigError
 
 if TYPE_CHECKING:
@@ -18,21 +19,14 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "localimg.backends"
 
+# The class of each built-in backend; their names and aliases are config/backend_names.py's.
 BUILTIN: dict[str, str] = {
-    "diffusers": "localimg.backends.diffusers.backend:DiffusersBackend",
-    "stablediffusion-ggml": "localimg.backends.ggml.backend:GgmlBackend",
+    DIFFUSERS: "localimg.backends.diffusers.backend:DiffusersBackend",
+    GGML: "localimg.backends.ggml.backend:GgmlBackend",
 }
+ALIASES = BACKEND_ALIASES
 
-ALIASES: dict[str, str] = {
-    "huggingface-diffusers": "diffusers",
-    "ggml": "stablediffusion-ggml",
-    "stablediffusion-cpp": "stablediffusion-ggml",
-    "stable-diffusion.cpp": "stablediffusion-ggml",
-    "sd.cpp": "stablediffusion-ggml",
-    "sdcpp": "stablediffusion-ggml",
-}
-
-EXTRAS: dict[str, str] = {"diffusers": "diffusers", "stablediffusion-ggml": "ggml"}
+EXTRAS: dict[str, str] = {DIFFUSERS: "diffusers", GGML: "ggml"}
 
 
 def _plugin_targets() -> dict[str, str]:

@@ -2,6 +2,13 @@
 model references. This package's names are its public API (`localimg.config.ModelConfig` is the
 import path plugins use); other parts import from here, never from its modules."""
 
+from localimg.config.backend_names import (
+    BACKEND_ALIASES,
+    BUILTIN_BACKENDS,
+    DIFFUSERS,
+    GGML,
+    builtin_backend,
+)
 from localimg.config.files import config_from_dict, load_config_file, save_config
 from localimg.config.model import (
     DEFAULT_HUB_MODEL,
@@ -17,8 +24,12 @@ from localimg.config.models_dir import ModelEntry, ModelsDir, models_dir, scan_m
 from localimg.config.resolve import ModelSource, default_model_ref, model_source, resolve_model
 
 __all__ = [
+    "BACKEND_ALIASES",
+    "BUILTIN_BACKENDS",
     "DEFAULT_HUB_MODEL",
     "DEFAULT_MODEL_ENV",
+    "DIFFUSERS",
+    "GGML",
     "HUB_ID",
     "MODELS_PATH_ENV",
     "WEIGHT_SUFFIXES",
@@ -27,6 +38,7 @@ __all__ = [
     "ModelEntry",
     "ModelSource",
     "ModelsDir",
+    "builtin_backend",
     "config_from_dict",
     "default_model_ref",
     "default_models_path",

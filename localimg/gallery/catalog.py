@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from localimg import download
 from localimg._util.units import parse_bytes
 from localimg._util.validation import first_problem
+from localimg.config import BUILTIN_BACKENDS, builtin_backend
 from localimg.errors import ConfigError, GalleryError, ModelNotFound
 
 GALLERIES_ENV = "LOCALIMG_GALLERIES"
@@ -42,7 +43,7 @@ BUILTIN_INDEX = (
 )
 LOCALAI_INDEX = "github:mudler/LocalAI/gallery/index.yaml@master"
 SHORTCUTS = {"localai": LOCALAI_INDEX}
-IMAGE_BACKENDS = ("diffusers", "stablediffusion-ggml")
+IMAGE_BACKENDS = BUILTIN_BACKENDS
 IMAGE_TAGS = frozenset(
     {
         "text-to-image",
@@ -287,10 +288,7 @@ def is_image_entry(entry: GalleryEntry) -> bool:
     """Whether an entry (from any index) is an image model, without fetching its template."""
     backend = entry.overrides.get("backend") or _inline_config(entry).get("backend")
     if backend:
-        return str(backend).lower() in IMAGE_BACKENDS or str(backend).lower() in (
-            "stablediffusion",
-            "ggml",
-        )
+        return builtin_backend(str(backend)) is not None
     if IMAGE_TAGS & {t.lower() for t in entry.tags}:
         return True
     ref = (entry.template_ref or "").lower()

@@ -19,7 +19,7 @@ from localimg.gallery.catalog import (
     merge_options,
     resolve_entry,
 )
-from tests.fake_hosts import FakeHosts, hosts  # noqa: F401
+from tests.support.fake_hosts import FakeHosts, hosts  # noqa: F401
 
 # LocalAI's gallery/flux-ggml.yaml and its flux.1-dev-ggml entry, in their published shape.
 LOCALAI_FLUX_TEMPLATE = """\
@@ -225,7 +225,7 @@ def test_localai_flux_entry_installs_with_full_options(
 
     from localimg.config import load_config_file
     from localimg.gallery.install import install
-    from tests.fake_hosts import sha256
+    from tests.support.fake_hosts import sha256
 
     weights = {"flux1-dev-Q2_K.gguf": b"gguf" * 100, "ae.safetensors": b"vae" * 100}
     hosts.repos["city96/FLUX.1-dev-gguf"] = {"flux1-dev-Q2_K.gguf": weights["flux1-dev-Q2_K.gguf"]}
@@ -302,3 +302,26 @@ def test_a_users_own_index_lists_its_entries_without_tags(
     )
     assert found.exit_code == 0, found.output
     assert [e["name"] for e in json.loads(found.output)] == ["my-otter-model"]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["diffusers", "stablediffusion-ggml", "sd.cpp", "GGML", "stablediffusion", "llama-cpp"],
+)
+def test_gallery_lists_exactly_the_backends_install_accepts(backend: str) -> None:
+    """`gallery list` once showed `backend: stablediffusion` entries (LocalAI's retired ncnn
+    backend) that install then refused: both now read config/backend_names.py."""
+    from localimg.backends import canonical_name
+    from localimg.errors import ConfigError
+    from localimg.gallery.catalog import is_image_entry, is_other_kind
+
+    entry = gallery.GalleryEntry(
+        name="x", tags=["stable-diffusion"], overrides={"backend": backend}
+    )
+    try:
+        canonical_name(backend)
+        installable = True
+    except ConfigError:
+        installable = False
+    assert is_image_entry(entry) == installable
+    assert is_other_kind(entry) == (not installable)

@@ -20,25 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from localimg.config import GGML, builtin_backend
 from localimg.errors import InvalidRequest
 
 Engine = Literal["diffusers", "ggml"]
 
-GGML_BACKENDS = frozenset(
-    {
-        "stablediffusion-ggml",
-        "ggml",
-        "stablediffusion-cpp",
-        "stable-diffusion.cpp",
-        "sd.cpp",
-        "sdcpp",
-    }
-)
-
 
 def engine_of(backend: str) -> Engine:
     """Which vocabulary a model's backend takes; plugins get the diffusers-style names."""
-    return "ggml" if backend.strip().lower() in GGML_BACKENDS else "diffusers"
+    return "ggml" if builtin_backend(backend) == GGML else "diffusers"
 
 
 @dataclass(frozen=True)
