@@ -100,38 +100,15 @@ def check(gallery_dir: Path = DEFAULT_DIR) -> list[str]:
 
 
 def _check_entry(path: Path, data: dict[str, Any], gallery_dir: Path) -> list[str]:
-    problems = []
-    unknown = sorted(set(data) - set(ENTRY_KEYS))
-    if unknown:
-        problems.append(f"unknown keys {', '.join(unknown)} (allowed: {', '.join(ENTRY_KEYS)})")
-    for key in ("name", "description", "license", "urls", "tags", "template"):
-        if not data.get(key):
-            problems.append(f"{key!r} is missing or empty")
-    name = str(data.get("name", ""))
-    if name and not NAME.match(name):
-        problems.append(f"name {name!r} is not a safe file name")
-    if name and path.stem != name:
-        problems.append(f"file name should be {name}.yaml")
+    """Everything wrong with one entry file: its keys, its files, then what it resolves to."""
+    problems = _check_keys(path, data)
     template = gallery_dir / "templates" / str(data.get("template", ""))
     if data.get("template") and not template.is_file():
         problems.append(f"template {data['template']!r} not found in {template.parent}")
         return problems
     files = data.get("files") or []
     for item in files:
-        label = item.get("filename", "?")
-        extra = sorted(set(item) - set(FILE_KEYS))
-        if extra:
-            problems.append(f"file {label}: unknown keys {', '.join(extra)}")
-        sha = str(item.get("sha256") or "")
-        if sha and not download.SHA256.match(sha):
-            problems.append(f"file {label}: sha256 is not 64 lowercase hex digits")
-        if not sha and not item.get("sha256_reason"):
-            problems.append(f"file {label}: no sha256 and no sha256_reason saying why")
-        try:
-            download.safe_target(Path(tempfile.gettempdir()) / "gallery-check", str(label))
-            download.parse_uri(str(item.get("uri", "")))
-        except LocalimgError as exc:
-            problems.append(f"file {label}: {exc.message}")
+        problems.extend(_check_file(item))
     try:
         entry = GalleryEntry.model_validate(
             {**data, "url": None, "template": str(template.resolve())}
@@ -144,19 +121,62 @@ def _check_entry(path: Path, data: dict[str, Any], gallery_dir: Path) -> list[st
     except Exception as exc:
         problems.append(f"invalid entry: {exc}")
         return problems
-    backend = str(resolved.config.get("backend", ""))
-    if backend == "stablediffusion-ggml" and resolved.config.get("memory") is None:
-        # localimg's own estimate sees only the model file, not the text encoders and VAE the
-        # options name: the entry has to say what the whole set takes.
-        problems.append("overrides.memory is missing (what the model and its files need)")
     if not is_image_entry(entry):
         problems.append("not recognised as an image model (add an image tag such as text-to-image)")
     shipped = {str(f.get("filename")) for f in files}
-    for option in resolved.config.get("options") or []:
+    return problems + _check_config(resolved.config, shipped)
+
+
+def _check_keys(path: Path, data: dict[str, Any]) -> list[str]:
+    """The entry's own keys: none unknown, the required ones present, a safe matching name."""
+    problems = []
+    unknown = sorted(set(data) - set(ENTRY_KEYS))
+    if unknown:
+        problems.append(f"unknown keys {', '.join(unknown)} (allowed: {', '.join(ENTRY_KEYS)})")
+    for key in ("name", "description", "license", "urls", "tags", "template"):
+        if not data.get(key):
+            problems.append(f"{key!r} is missing or empty")
+    name = str(data.get("name", ""))
+    if name and not NAME.match(name):
+        problems.append(f"name {name!r} is not a safe file name")
+    if name and path.stem != name:
+        problems.append(f"file name should be {name}.yaml")
+    return problems
+
+
+def _check_file(item: dict[str, Any]) -> list[str]:
+    """One shipped file: known keys, a sha256 (or the reason there is none), a safe target."""
+    problems = []
+    label = item.get("filename", "?")
+    extra = sorted(set(item) - set(FILE_KEYS))
+    if extra:
+        problems.append(f"file {label}: unknown keys {', '.join(extra)}")
+    sha = str(item.get("sha256") or "")
+    if sha and not download.SHA256.match(sha):
+        problems.append(f"file {label}: sha256 is not 64 lowercase hex digits")
+    if not sha and not item.get("sha256_reason"):
+        problems.append(f"file {label}: no sha256 and no sha256_reason saying why")
+    try:
+        download.safe_target(Path(tempfile.gettempdir()) / "gallery-check", str(label))
+        download.parse_uri(str(item.get("uri", "")))
+    except LocalimgError as exc:
+        problems.append(f"file {label}: {exc.message}")
+    return problems
+
+
+def _check_config(config: dict[str, Any], shipped: set[str]) -> list[str]:
+    """The resolved model YAML: a ggml memory figure, and every file it names shipped."""
+    problems = []
+    backend = str(config.get("backend", ""))
+    if backend == "stablediffusion-ggml" and config.get("memory") is None:
+        # localimg's own estimate sees only the model file, not the text encoders and VAE the
+        # options name: the entry has to say what the whole set takes.
+        problems.append("overrides.memory is missing (what the model and its files need)")
+    for option in config.get("options") or []:
         key, _, value = str(option).partition(":")
         if key.endswith("_path") and value and value not in shipped:
             problems.append(f"option {option!r} names a file the entry does not ship")
-    model = str((resolved.config.get("parameters") or {}).get("model", ""))
+    model = str((config.get("parameters") or {}).get("model", ""))
     if not model:
         problems.append("parameters.model is not set")
     elif model not in shipped and not HUB_ID.match(model):
