@@ -383,6 +383,11 @@ def run_parallel(
     except KeyboardInterrupt:
         cancel.set()
         raise
+    _raise_outcome(errors, cancel)
+
+
+def _raise_outcome(errors: list[BaseException], cancel: threading.Event) -> None:
+    """The first worker's error as a localimg error, or the cancellation; nothing if all done."""
     if errors:
         first = errors[0]
         if isinstance(first, LocalimgError):

@@ -134,21 +134,7 @@ def load_pipeline(
     if pipeline_type == "FluxTransformer2DModel":
         return load_flux_transformer(source, options, dtype, common)
     if source.kind == "file":
-        name = PIPELINE_TYPES.get(pipeline_type, pipeline_type)
-        if pipeline_type in AUTO_TYPES:
-            name = single_file_class(source.path)
-        cls = pipeline_class(name)
-        if not hasattr(cls, "from_single_file"):
-            raise ConfigError(
-                f"pipeline_type {pipeline_type!r} cannot load a single file; use a diffusers "
-                "folder or hub id, or a pipeline type such as StableDiffusionPipeline"
-            )
-        if options.config:
-            local = config.resolve_path(options.config) if config else None
-            common["config"] = str(local) if local and local.exists() else options.config
-        if options.original_config:
-            common["original_config"] = options.original_config
-        return cls.from_single_file(str(source.path), **common)
+        return load_single_file(pipeline_type, source, options, config, common)
     index = model_index(source, options.revision, bool(common.get("local_files_only")))
     quantization = quantize.load_time_config(options, dtype, index)
     if quantization is not None:
@@ -174,6 +160,33 @@ def load_pipeline(
     loads = str(own) if own and pipeline_type in AUTO_TYPES else cls.__name__
     common.update(processors.replacement_components(loads, source.location, common))
     return cls.from_pretrained(source.location, **common)
+
+
+def load_single_file(
+    pipeline_type: str,
+    source: ModelSource,
+    options: DiffusersOptions,
+    config: ModelConfig | None,
+    common: dict[str, Any],
+) -> Any:
+    """One checkpoint file through the pipeline class's from_single_file (its type read from
+    the file's keys when the YAML leaves it automatic)."""
+    name = PIPELINE_TYPES.get(pipeline_type, pipeline_type)
+    if pipeline_type in AUTO_TYPES:
+        name = single_file_class(source.path)
+    cls = pipeline_class(name)
+    if not hasattr(cls, "from_single_file"):
+        raise ConfigError(
+            f"pipeline_type {pipeline_type!r} cannot load a single file; use a diffusers "
+            "folder or hub id, or a pipeline type such as StableDiffusionPipeline"
+        )
+    common = dict(common)
+    if options.config:
+        local = config.resolve_path(options.config) if config else None
+        common["config"] = str(local) if local and local.exists() else options.config
+    if options.original_config:
+        common["original_config"] = options.original_config
+    return cls.from_single_file(str(source.path), **common)
 
 
 def load_gguf(

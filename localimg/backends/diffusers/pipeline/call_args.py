@@ -90,25 +90,12 @@ def call_kwargs(
         if "image" not in kwargs:
             wanted.update(image=request.init_image, mask_image=request.mask)
     else:
-        families.refuse_references(pipeline, request)
-        for key in ("guidance", "max_sequence_length"):
-            if key in generation and key not in params:
-                raise InvalidRequest(
-                    f"{key} applies to the model families localimg knows ({pipeline} is none of "
-                    "them)",
-                    param=key,
-                )
-        if "max_sequence_length" in generation:
-            kwargs["max_sequence_length"] = int(generation["max_sequence_length"])
+        kwargs.update(_unknown_family_kwargs(request, pipeline, params, generation))
         wanted.update(
             negative_prompt=request.negative_prompt,
             image=request.init_image,
             mask_image=request.mask,
         )
-        if "guidance_scale" in params:
-            kwargs["guidance_scale"] = request.cfg_scale
-        elif "max_guidance_scale" in params:
-            kwargs["max_guidance_scale"] = request.cfg_scale
     for key, value in wanted.items():
         if value is None:
             continue
@@ -125,6 +112,28 @@ def call_kwargs(
     extra = {k: v for k, v in request.extra.items() if k not in GENERATION_KEYS}
     check_extra(extra, where="extra parameters", pipe=pipe, params=params)
     kwargs.update(extra)
+    return kwargs
+
+
+def _unknown_family_kwargs(
+    request: ImageRequest, pipeline: str, params: dict[str, Any], generation: dict[str, Any]
+) -> dict[str, Any]:
+    """The guidance and sequence-length keywords of a pipeline no family rule describes: the
+    generic names where the pipeline takes them, a refusal for the family-only settings."""
+    families.refuse_references(pipeline, request)
+    for key in ("guidance", "max_sequence_length"):
+        if key in generation and key not in params:
+            raise InvalidRequest(
+                f"{key} applies to the model families localimg knows ({pipeline} is none of them)",
+                param=key,
+            )
+    kwargs: dict[str, Any] = {}
+    if "max_sequence_length" in generation:
+        kwargs["max_sequence_length"] = int(generation["max_sequence_length"])
+    if "guidance_scale" in params:
+        kwargs["guidance_scale"] = request.cfg_scale
+    elif "max_guidance_scale" in params:
+        kwargs["max_guidance_scale"] = request.cfg_scale
     return kwargs
 
 
