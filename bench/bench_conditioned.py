@@ -63,7 +63,7 @@ def main() -> None:
 
     from localimg.engine import Engine, EngineSettings
     from localimg.requests import ImageRequest
-    from tests.tiny_models import tiny_sd_path
+    from tests.support.tiny_models import tiny_sd_path
 
     folder = tiny_sd_path()
     base = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)

@@ -1,9 +1,9 @@
 """localimg against the bare diffusers call on today's model families, side by side in one run.
 
-For each family the test suite builds a tiny random pipeline of (tests/tiny_families.py: Z-Image,
-FLUX.2 and klein, Chroma, FLUX.1 Kontext, Qwen-Image, Qwen-Image-Edit-Plus, Wan), two contenders
-run the same generation (size, steps, seed, guidance 1, threads), each in a clean process of its
-own so neither inherits the other's thread pools or caches:
+For each family the test suite builds a tiny random pipeline of (tests/support/tiny_families.py:
+Z-Image, FLUX.2 and klein, Chroma, FLUX.1 Kontext, Qwen-Image, Qwen-Image-Edit-Plus, Wan), two
+contenders run the same generation (size, steps, seed, guidance 1, threads), each in a clean process
+of its own so neither inherits the other's thread pools or caches:
 
 - bare: `DiffusionPipeline.from_pretrained(folder)` and `pipe(prompt, ...)` with a seeded
   generator, as a user's script would;
@@ -139,7 +139,7 @@ def run_localimg(family: str, folder: Path, args: argparse.Namespace) -> tuple[l
 def child(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from tests.tiny_families import FAMILY_BUILDERS
+    from tests.support.tiny_families import FAMILY_BUILDERS
 
     folder = FAMILY_BUILDERS[args.family]()
     run = run_bare if args.child == "bare" else run_localimg
@@ -186,7 +186,7 @@ def main() -> None:
         return
     import numpy as np
 
-    from tests.tiny_families import FAMILY_BUILDERS
+    from tests.support.tiny_families import FAMILY_BUILDERS
 
     families = [f for f in args.families.split(",") if f] or list(FAMILY_BUILDERS)
     print(

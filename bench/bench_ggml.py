@@ -1,8 +1,8 @@
 """stablediffusion-ggml overhead: localimg vs the bare stable_diffusion_cpp call vs `sd-cli`.
 
-All on the random SD1 tiny-UNet model of tests/tiny_ggml.py, with the same prompt, size, steps,
-seed (1), sampler (euler, the default "discrete" schedule), cfg scale (4.5) and threads, measured
-side by side in one run and printed as ratios (target: within 2%):
+All on the random SD1 tiny-UNet model of tests/support/tiny_ggml.py, with the same prompt, size,
+steps, seed (1), sampler (euler, the default "discrete" schedule), cfg scale (4.5) and threads,
+measured side by side in one run and printed as ratios (target: within 2%):
 
 - in process: `Engine.generate` vs `StableDiffusion.generate_image` on loaded models (median of
   --runs generations each, interleaved, after a warm-up of each);
@@ -186,8 +186,8 @@ def main() -> None:
     from localimg.engine import Engine, EngineSettings, worker_slot_factory
     from localimg.requests import ImageRequest
     from localimg.server.app import ServerSettings, create_app
-    from tests.server_support import serve_in_thread
-    from tests.tiny_ggml import (
+    from tests.support.server_support import serve_in_thread
+    from tests.support.tiny_ggml import (
         populate_models_dir,
         tiny_checkpoint_path,
         tiny_lora_path,

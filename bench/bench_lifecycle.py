@@ -75,7 +75,7 @@ class Server:
     """`localimg serve` as a user runs it, in a child process."""
 
     def __init__(self, models: Path, *options: str) -> None:
-        from tests.server_support import free_port
+        from tests.support.server_support import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -249,7 +249,7 @@ def main() -> None:
 
     from sd15 import model_folder
 
-    from tests.server_support import write_model
+    from tests.support.server_support import write_model
 
     skip = set(filter(None, args.skip.split(",")))
     folder = model_folder(args.model)

@@ -366,7 +366,7 @@ def main() -> int:
     import httpx
     from sd15 import model_folder
 
-    from tests.server_support import write_model
+    from tests.support.server_support import write_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-load-"))
     models = work / "models"

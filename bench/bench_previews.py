@@ -38,13 +38,13 @@ def write_models(folder: Path, model: str) -> dict[str, str]:
     """The YAML for each engine; the model names to ask for."""
     folder.mkdir(parents=True, exist_ok=True)
     if model == "tiny":
-        from tests.tiny_ggml import (
+        from tests.support.tiny_ggml import (
             populate_models_dir,
             tiny_checkpoint_path,
             tiny_lora_path,
             tiny_taesd_path,
         )
-        from tests.tiny_models import tiny_sd_path
+        from tests.support.tiny_models import tiny_sd_path
 
         files = {
             "model": tiny_checkpoint_path(),

@@ -81,8 +81,8 @@ def main() -> int:
     from localimg.ray.app import create_ray_app
     from localimg.ray.cluster import RayCluster, RayServeOptions
     from localimg.server.app import ServerSettings
-    from tests.server_support import serve_in_thread
-    from tests.tiny_models import tiny_sd_path
+    from tests.support.server_support import serve_in_thread
+    from tests.support.tiny_models import tiny_sd_path
 
     cores = os.cpu_count() or 1
     print(f"machine: {cores} CPU cores; replicas of {args.threads} thread(s) each")

@@ -94,7 +94,7 @@ def main() -> None:
     from localimg.backends.base import RuntimeSettings
     from localimg.engine import Engine, EngineSettings, worker_slot_factory
     from localimg.server.app import ServerSettings, create_app
-    from tests.server_support import serve_in_thread, write_model
+    from tests.support.server_support import serve_in_thread, write_model
 
     threads = args.threads or physical_cores()
 

@@ -24,7 +24,7 @@ def build_sd15(folder: Path) -> Path:
     import torch
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 
-    from tests.tiny_models import kl_vae, save_sd_pipeline, tiny_text_encoder
+    from tests.support.tiny_models import kl_vae, save_sd_pipeline, tiny_text_encoder
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -43,15 +43,15 @@ def build_sd15(folder: Path) -> Path:
 
 def sd15_folder() -> Path:
     """The cached diffusers folder, built on first use (about 4 GB, a few minutes)."""
-    from tests.tiny_models import cache_dir
+    from tests.support.tiny_models import cache_dir
 
     return build_sd15(cache_dir() / f"bench-sd15-v{VERSION}")
 
 
 def sd15_checkpoint() -> Path:
     """The same weights as one ldm-layout .safetensors file (for stable-diffusion.cpp)."""
-    from tests.tiny_models import cache_dir
-    from tests.tiny_single_file import write_ldm_checkpoint
+    from tests.support.tiny_models import cache_dir
+    from tests.support.tiny_single_file import write_ldm_checkpoint
 
     target = cache_dir() / f"bench-sd15-v{VERSION}.safetensors"
     if not target.is_file():
@@ -63,6 +63,6 @@ def sd15_checkpoint() -> Path:
 
 def model_folder(kind: str) -> Path:
     """`sd15` (this module's model) or `tiny` (the test suite's toy pipeline)."""
-    from tests.tiny_models import tiny_sd_path
+    from tests.support.tiny_models import tiny_sd_path
 
     return tiny_sd_path() if kind == "tiny" else sd15_folder()

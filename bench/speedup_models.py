@@ -3,9 +3,10 @@
 Two sets, both random weights (real compute, nothing downloaded):
 
 - `tiny`: the test suite's tiny model of each family: diffusers' tiny SD pipeline
-  (tests/tiny_models.py) and the text-to-image and text-to-video families of
-  tests/tiny_families.py (as bench_families.py uses them); stable-diffusion.cpp's tiny-UNet SD1
-  checkpoint (tests/tiny_ggml.py) and tiny FLUX.2 klein (tests/tiny_ggml_families.py).
+  (tests/support/tiny_models.py) and the text-to-image and text-to-video families of
+  tests/support/tiny_families.py (as bench_families.py uses them); stable-diffusion.cpp's
+  tiny-UNet SD1 checkpoint (tests/support/tiny_ggml.py) and tiny FLUX.2 klein
+  (tests/support/tiny_ggml_families.py).
 - `sd15`: bench/sd15.py's SD1.5-size pipeline on diffusers and the same weights as one checkpoint
   on stable-diffusion.cpp, each with a TAESD-shaped tiny autoencoder for `vae:taesd`.
 
@@ -18,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# Families of tests/tiny_families.py measured by default: text to image and text to video (the
-# edit families need input images, which the caches treat alike; `--models` can name them).
+# Families of tests/support/tiny_families.py measured by default: text to image and text to
+# video (the edit families need input images, which the caches treat alike; `--models` can name
+# them).
 TINY_FAMILIES = (
     "ZImagePipeline",
     "Flux2KleinPipeline",
@@ -62,7 +64,7 @@ def yaml_text(name: str, model: Model, options: tuple[str, ...], path: str | Non
 
 
 def _work() -> Path:
-    from tests.tiny_models import cache_dir
+    from tests.support.tiny_models import cache_dir
 
     folder = cache_dir() / "bench-speedups-v1"
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,10 +72,10 @@ def _work() -> Path:
 
 
 def _tiny_autoencoder(latent_channels: int, blocks: int, name: str) -> str | None:
-    """A random AutoencoderTiny folder (tests/backends/tiny_quant.py), None when that module is
+    """A random AutoencoderTiny folder (tests/support/tiny_quant.py), None when that module is
     not there."""
     try:
-        from tests.backends.tiny_quant import tiny_autoencoder
+        from tests.support.tiny_quant import tiny_autoencoder
     except ImportError:
         return None
     folder = _work() / name
@@ -85,10 +87,10 @@ def _tiny_autoencoder(latent_channels: int, blocks: int, name: str) -> str | Non
 def _qwen_gguf() -> tuple[str, str] | None:
     """The 64-wide tiny Qwen-Image folder and its transformer as a Q8_0 GGUF file."""
     try:
-        from tests.backends.tiny_quant import qwen_base, wide_qwen_transformer, write_gguf
+        from tests.support.tiny_quant import qwen_base, wide_qwen_transformer, write_gguf
     except ImportError:
         return None
-    from tests.tiny_families import FAMILY_BUILDERS
+    from tests.support.tiny_families import FAMILY_BUILDERS
 
     base, gguf = _work() / "qwen-image-wide", _work() / "qwen-image-wide-Q8_0.gguf"
     if not (base / "model_index.json").is_file():
@@ -99,11 +101,11 @@ def _qwen_gguf() -> tuple[str, str] | None:
 
 
 def tiny_models(families: tuple[str, ...] = TINY_FAMILIES) -> list[Model]:
-    from tests.tiny_families import FAMILY_BUILDERS
-    from tests.tiny_ggml import tiny_checkpoint_path, tiny_taesd_path
-    from tests.tiny_ggml_families import flux2_klein_files
-    from tests.tiny_ggml_vae import sd1_vae_path
-    from tests.tiny_models import tiny_sd_path
+    from tests.support.tiny_families import FAMILY_BUILDERS
+    from tests.support.tiny_ggml import tiny_checkpoint_path, tiny_taesd_path
+    from tests.support.tiny_ggml_families import flux2_klein_files
+    from tests.support.tiny_ggml_vae import sd1_vae_path
+    from tests.support.tiny_models import tiny_sd_path
 
     taesd = _tiny_autoencoder(4, 2, "tiny-sd-taesd")
     models = [
@@ -166,7 +168,7 @@ def _sd15_autoencoder() -> str:
 def sd15_models() -> list[Model]:
     from sd15 import sd15_checkpoint, sd15_folder
 
-    from tests.tiny_ggml import tiny_taesd_path
+    from tests.support.tiny_ggml import tiny_taesd_path
 
     return [
         Model(
@@ -182,7 +184,7 @@ def sd15_models() -> list[Model]:
             "ggml",
             str(sd15_checkpoint()),
             options=("sampler:euler",),
-            taesd=str(tiny_taesd_path()),  # tests/tiny_ggml.py's TAESD has the real shapes
+            taesd=str(tiny_taesd_path()),  # tests/support/tiny_ggml.py's TAESD has the real shapes
             no_gguf="ggml files are quantized by wtype",
         ),
     ]

@@ -18,7 +18,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 @pytest.fixture(scope="session")
 def tiny_sd() -> Path:
     """A tiny random StableDiffusionPipeline folder (64x64 default size), built once and cached."""
-    from tests.tiny_models import tiny_sd_path
+    from tests.support.tiny_models import tiny_sd_path
 
     return tiny_sd_path()
 
@@ -53,7 +53,7 @@ def tiny_copy(tmp_path: Path, tiny_sd: Path) -> Iterator[Path]:
 def tiny_ggml() -> dict[str, Path]:
     """The random SD1 tiny-UNet checkpoint, TAESD and LoRA for stable-diffusion.cpp (cached)."""
     pytest.importorskip("stable_diffusion_cpp")
-    from tests.tiny_ggml import tiny_checkpoint_path, tiny_lora_path, tiny_taesd_path
+    from tests.support.tiny_ggml import tiny_checkpoint_path, tiny_lora_path, tiny_taesd_path
 
     return {
         "model": tiny_checkpoint_path(),
@@ -65,7 +65,7 @@ def tiny_ggml() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def ggml_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ggml: dict[str, Path]) -> Path:
     """A models dir with the ggml files (hard links where possible) and the seed's YAML shape."""
-    from tests.tiny_ggml import populate_models_dir
+    from tests.support.tiny_ggml import populate_models_dir
 
     return populate_models_dir(tmp_path_factory.mktemp("ggml-models"), tiny_ggml)
 
@@ -73,7 +73,7 @@ def ggml_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ggml: dict[st
 @pytest.fixture(scope="session")
 def conditioned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seed's image and video YAML files plus tiny.yaml, all on tiny models."""
-    from tests.conditioned_fixtures import write_models
+    from tests.support.conditioned_fixtures import write_models
 
     return write_models(tmp_path_factory.mktemp("conditioned") / "models")
 
@@ -81,7 +81,7 @@ def conditioned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_z_image() -> Path:
     """A tiny random ZImagePipeline folder (sizes in multiples of 4), built once and cached."""
-    from tests.tiny_families import tiny_z_image_path
+    from tests.support.tiny_families import tiny_z_image_path
 
     return tiny_z_image_path()
 
@@ -89,7 +89,7 @@ def tiny_z_image() -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux2_klein() -> Path:
     """A tiny random Flux2KleinPipeline folder (distilled like klein 4B; multiples of 4), cached."""
-    from tests.tiny_families import tiny_flux2_klein_path
+    from tests.support.tiny_families import tiny_flux2_klein_path
 
     return tiny_flux2_klein_path()
 
@@ -97,7 +97,7 @@ def tiny_flux2_klein() -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux2() -> Path:
     """A tiny random Flux2Pipeline folder (FLUX.2 [dev]-like, multiples of 4), cached."""
-    from tests.tiny_families import tiny_flux2_path
+    from tests.support.tiny_families import tiny_flux2_path
 
     return tiny_flux2_path()
 
@@ -105,7 +105,7 @@ def tiny_flux2() -> Path:
 @pytest.fixture(scope="session")
 def tiny_chroma() -> Path:
     """A tiny random ChromaPipeline folder (multiples of 4), built once and cached."""
-    from tests.tiny_families import tiny_chroma_path
+    from tests.support.tiny_families import tiny_chroma_path
 
     return tiny_chroma_path()
 
@@ -113,7 +113,7 @@ def tiny_chroma() -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_kontext() -> Path:
     """A tiny random FluxKontextPipeline folder (one input image, multiples of 16), cached."""
-    from tests.tiny_families import tiny_flux_kontext_path
+    from tests.support.tiny_families import tiny_flux_kontext_path
 
     return tiny_flux_kontext_path()
 
@@ -121,7 +121,7 @@ def tiny_flux_kontext() -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen_image() -> Path:
     """A tiny random QwenImagePipeline folder (multiples of 16), built once and cached."""
-    from tests.tiny_families import tiny_qwen_image_path
+    from tests.support.tiny_families import tiny_qwen_image_path
 
     return tiny_qwen_image_path()
 
@@ -129,7 +129,7 @@ def tiny_qwen_image() -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen_image_edit_plus() -> Path:
     """A tiny QwenImageEditPlusPipeline folder (its processor built without torchvision)."""
-    from tests.tiny_families import tiny_qwen_image_edit_plus_path
+    from tests.support.tiny_families import tiny_qwen_image_edit_plus_path
 
     return tiny_qwen_image_edit_plus_path()
 
@@ -137,7 +137,7 @@ def tiny_qwen_image_edit_plus() -> Path:
 @pytest.fixture(scope="session")
 def tiny_wan() -> Path:
     """A tiny random WanPipeline folder (Wan 2.1 T2V: multiples of 16, 4k+1 frames), cached."""
-    from tests.tiny_families import tiny_wan_path
+    from tests.support.tiny_families import tiny_wan_path
 
     return tiny_wan_path()
 
@@ -146,7 +146,7 @@ def tiny_wan() -> Path:
 def tiny_wan_i2v() -> Path:
     """A tiny WanImageToVideoPipeline folder (Wan 2.2 TI2V-5B style); skips without ftfy."""
     pytest.importorskip("ftfy")
-    from tests.tiny_families import tiny_wan_i2v_path
+    from tests.support.tiny_families import tiny_wan_i2v_path
 
     return tiny_wan_i2v_path()
 
@@ -154,6 +154,6 @@ def tiny_wan_i2v() -> Path:
 @pytest.fixture(scope="session")
 def tiny_wan22_ti2v() -> Path:
     """The tiny Wan 2.2 TI2V-5B saved as a WanPipeline (expand_timesteps), cached."""
-    from tests.tiny_families import tiny_wan22_ti2v_path
+    from tests.support.tiny_families import tiny_wan22_ti2v_path
 
     return tiny_wan22_ti2v_path()

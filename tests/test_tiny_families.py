@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.tiny_families import FAMILY_BUILDERS
+from tests.support.tiny_families import FAMILY_BUILDERS
 
 # Per family: the call's keyword arguments (besides prompt, steps, generator, output_type).
 CALLS: dict[str, dict[str, Any]] = {
@@ -75,7 +75,7 @@ REFERENCES: dict[str, tuple[int, ...]] = {
 }
 
 
-# The size multiple each tiny pipeline needs (documented in tests/tiny_families.py).
+# The size multiple each tiny pipeline needs (documented in tests/support/tiny_families.py).
 MULTIPLES = {
     "ZImagePipeline": 4,
     "Flux2KleinPipeline": 4,
@@ -155,7 +155,7 @@ def test_wan22_ti2v_folder_loads_as_both_pipelines() -> None:
     import torch
     from diffusers import DiffusionPipeline, WanImageToVideoPipeline
 
-    from tests.tiny_families import tiny_wan22_ti2v_path
+    from tests.support.tiny_families import tiny_wan22_ti2v_path
 
     folder = str(tiny_wan22_ti2v_path())
     t2v = DiffusionPipeline.from_pretrained(folder)

@@ -28,10 +28,11 @@ from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
 from localimg.server import files, health, metrics
 from localimg.server.a1111 import routes as a1111
+from localimg.server.a1111.schemas import unauthorized as a1111_unauthorized
 from localimg.server.errors import exception_handlers
 from localimg.server.http.access_log import AccessLogMiddleware
 from localimg.server.http.cors import cors_middleware
-from localimg.server.http.keys import ApiKeyMiddleware
+from localimg.server.http.keys import PUBLIC_PATHS, ApiKeyMiddleware
 from localimg.server.http.limits import BodyLimitMiddleware
 from localimg.server.jobs import images as image_jobs
 from localimg.server.jobs import videos
@@ -121,6 +122,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         log.info("localimg serve stopped")
 
 
+def public_paths(settings: ServerSettings) -> tuple[str, ...]:
+    """What ApiKeyMiddleware lets through without the key (http/keys.py), for these settings."""
+    return (*PUBLIC_PATHS, *(["/metrics"] if settings.public_metrics else []))
+
+
 def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
     """The server application around an engine (which the app closes when it shuts down)."""
     server_metrics = ServerMetrics(engine)
@@ -132,7 +138,12 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         middleware.append(cors_middleware(settings.cors_origins))
     middleware += [
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        Middleware(ApiKeyMiddleware, keys=settings.api_keys),
+        Middleware(
+            ApiKeyMiddleware,
+            keys=settings.api_keys,
+            public=public_paths(settings),
+            shapes={"/sdapi/": a1111_unauthorized},
+        ),
     ]
     routes = [
         *health.routes(),

@@ -5,8 +5,8 @@ histograms move on engine events (engine/events.py: job outcomes, loads, rejecti
 restarts), which the engine reports in this process even when the models run in worker
 processes, and on each HTTP request (the access log middleware). Gauges (queues, running jobs,
 loaded models, each worker's memory) are read from the engine's slots at scrape time, so they
-are never stale. The route is behind the API key unless the server runs with
-`--public-metrics`.
+are never stale. The route is behind the API key (ApiKeyMiddleware) unless the server runs with
+`--public-metrics`, which puts it on the middleware's public list.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from starlette.routing import Route
 from localimg import __version__
 from localimg.engine import EngineListener, JobFinished, WorkerSlot
 from localimg.server.errors import NotFound
-from localimg.server.http.keys import check_key
 
 if TYPE_CHECKING:
     from localimg.engine import Engine
@@ -210,8 +209,6 @@ class ServerMetrics(EngineListener):
 async def metrics(request: Request) -> Response:
     """GET /metrics: the Prometheus text format."""
     state = request.app.state
-    if not state.settings.public_metrics:
-        check_key(request.headers.raw, state.settings.api_keys)
     server_metrics: ServerMetrics | None = state.metrics
     if server_metrics is None:  # a ServerState built without create_app
         raise NotFound("metrics are not enabled on this server")

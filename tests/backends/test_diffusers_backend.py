@@ -33,7 +33,7 @@ def yaml_for(tiny: Path, name: str, extra: str = "") -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Path:
     folder = tmp_path_factory.mktemp("models")
-    from tests.tiny_models import build_tiny_lora
+    from tests.support.tiny_models import build_tiny_lora
 
     build_tiny_lora(tiny_sd, folder / "loras" / "tiny-lora.safetensors")
     specs = {
@@ -309,7 +309,7 @@ def test_pndm_refuses_too_few_steps(engine: Engine) -> None:
 
 def test_single_file_checkpoint_loads_with_from_single_file(tmp_path: Path, tiny_sd: Path) -> None:
     """An original-layout .safetensors file gives the same pixels as the diffusers folder."""
-    from tests.tiny_single_file import write_ldm_checkpoint
+    from tests.support.tiny_single_file import write_ldm_checkpoint
 
     models = tmp_path / "models"
     write_ldm_checkpoint(tiny_sd, models / "tiny-ldm.safetensors")

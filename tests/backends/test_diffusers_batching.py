@@ -13,7 +13,7 @@ import pytest
 from localimg.engine import Engine, EngineSettings, Job
 from localimg.errors import Cancelled
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
-from tests.server_support import write_model
+from tests.support.server_support import write_model
 
 BASE = ImageRequest(prompt="a lighthouse", steps=3, width=64, height=64)
 

@@ -1,5 +1,5 @@
-"""Step caching on the diffusers backend (issue 16) through the engine, on the tiny family
-pipelines (tests/tiny_families.py) and the tiny SD1.5: which methods each family can use, that a
+"""Step caching on the diffusers backend (issue 16) through the engine, on the tiny family pipelines
+(tests/support/tiny_families.py) and the tiny SD1.5: which methods each family can use, that a
 method changes the image when it skips and gives the uncached image when it never skips, that the
 cache is off again for the next call, the refusals, the YAML's cache, batches and HTTP.
 
@@ -23,9 +23,9 @@ from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 from localimg.server.app import ServerSettings, create_app
 from tests.backends.test_diffusers_families import refused
-from tests.server_support import b64_image, serve_in_thread
+from tests.support.server_support import b64_image, serve_in_thread
 
-tiny_families = pytest.importorskip("tests.tiny_families")
+tiny_families = pytest.importorskip("tests.support.tiny_families")
 
 STEPS = 4
 RATIOS = [1.0] * STEPS  # MagCache's magnitude ratios (a checkpoint's own in real use)

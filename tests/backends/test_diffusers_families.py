@@ -1,7 +1,7 @@
 """The model families of issue 13 on the real diffusers backend, through the engine, on tiny random
-pipelines (tests/tiny_families.py): each family is recognised from its folder, is deterministic,
-and every parameter changes the image or is refused with a message naming what is allowed; the
-image equals the bare pipeline call with the same arguments."""
+pipelines (tests/support/tiny_families.py): each family is recognised from its folder, is
+deterministic, and every parameter changes the image or is refused with a message naming what is
+allowed; the image equals the bare pipeline call with the same arguments."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from localimg.engine import Engine, EngineSettings
 from localimg.errors import InvalidRequest
 from localimg.requests import ImageRequest, ImageResult
 
-tiny_families = pytest.importorskip("tests.tiny_families")
+tiny_families = pytest.importorskip("tests.support.tiny_families")
 
 STEPS = 2
 # Long enough to be cut by max_sequence_length:8, short enough for the tiny Z-Image's RoPE table.
@@ -32,7 +32,7 @@ class Case:
     """What the test expects of one family (from its pipeline's code, see families.py)."""
 
     pipeline: str  # the class recognised from model_index.json
-    builder: str  # tests/tiny_families.py function
+    builder: str  # tests/support/tiny_families.py function
     side: int = 32  # a tiny size the family makes
     cfg: tuple[float, float] | None = (1.0, 4.0)  # two cfg values that give different images
     negative: bool = True  # takes a negative prompt (with guidance on)
@@ -531,7 +531,7 @@ def test_stable_diffusion_refuses_reference_edits(tmp_path: Path, tiny_sd: Path)
 @pytest.fixture(scope="module")
 def server(models: Path) -> Iterator[str]:
     from localimg.server.app import ServerSettings, create_app
-    from tests.server_support import serve_in_thread
+    from tests.support.server_support import serve_in_thread
 
     app = create_app(ServerSettings(), Engine(EngineSettings(models_path=models)))
     with serve_in_thread(app) as url:
@@ -553,7 +553,7 @@ def edit_files(*images: Image.Image) -> list[tuple[str, tuple[str, bytes, str]]]
 def test_reference_edit_over_http_with_two_image_files(server: str, name: str) -> None:
     import httpx
 
-    from tests.server_support import b64_image
+    from tests.support.server_support import b64_image
 
     side = PRESENT[name].edit_side
     data = {"prompt": "an otter", "model": name, "size": f"{side}x{side}", "seed": "4"}
@@ -575,7 +575,7 @@ def test_reference_edit_over_http_with_two_image_files(server: str, name: str) -
 def test_too_many_images_over_http_is_a_400_naming_the_limit(server: str) -> None:
     import httpx
 
-    from tests.server_support import assert_openai_error
+    from tests.support.server_support import assert_openai_error
 
     for name, words in (
         ("kontext", "FLUX.1 Kontext takes 1 input image; got 2"),

@@ -16,8 +16,8 @@ from localimg.config import config_from_dict
 from localimg.engine import Engine, EngineSettings, InProcessSlot
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult
-from tests.backends.tiny_quant import qwen_base, wide_qwen_transformer, write_gguf
-from tests.server_support import write_model
+from tests.support.server_support import write_model
+from tests.support.tiny_quant import qwen_base, wide_qwen_transformer, write_gguf
 
 REQUEST = ImageRequest(prompt="a windmill", seed=5, steps=3)
 QWEN_REQUEST = ImageRequest(prompt="a windmill", seed=5, steps=3, width=64, height=64)

@@ -13,7 +13,7 @@ import pytest
 from localimg.engine import Engine, EngineSettings, InProcessSlot
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult
-from tests.server_support import write_model
+from tests.support.server_support import write_model
 
 REQUEST = ImageRequest(prompt="a windmill", seed=5, steps=2)
 

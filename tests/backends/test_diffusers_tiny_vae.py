@@ -19,8 +19,8 @@ from localimg.config import config_from_dict
 from localimg.engine import Engine, EngineSettings, InProcessSlot
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
-from tests.backends.tiny_quant import tiny_autoencoder
-from tests.server_support import write_model
+from tests.support.server_support import write_model
+from tests.support.tiny_quant import tiny_autoencoder
 
 REQUEST = ImageRequest(prompt="a windmill", seed=5, steps=3)
 

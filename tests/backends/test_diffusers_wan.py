@@ -1,6 +1,6 @@
 """Wan 2.1/2.2 video through the real diffusers backend and the engine, on tiny random pipelines
-(tests/tiny_families.py): text-to-video, image-to-video, TI2V (an image on a WanPipeline with
-`expand_timesteps`), Wan's 4k+1 frames and size multiples, and parity with the bare call."""
+(tests/support/tiny_families.py): text-to-video, image-to-video, TI2V (an image on a WanPipeline
+with `expand_timesteps`), Wan's 4k+1 frames and size multiples, and parity with the bare call."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from localimg.engine import Engine, EngineSettings
 from localimg.requests import ImageRequest, ImageResult
 from tests.backends.test_diffusers_families import backend_of, noise, refused
 
-tiny_families = pytest.importorskip("tests.tiny_families")
+tiny_families = pytest.importorskip("tests.support.tiny_families")
 
 HAS_WAN = hasattr(tiny_families, "tiny_wan_path") and hasattr(tiny_families, "tiny_wan_i2v_path")
 

@@ -1,6 +1,7 @@
 """The stablediffusion-ggml backend end to end: the real stable-diffusion.cpp on a random SD1 model.
 
-The model is the tiny-UNet SD1 checkpoint of tests/tiny_ggml.py (64x64 images in about a second).
+The model is the tiny-UNet SD1 checkpoint of tests/support/tiny_ggml.py (64x64 images in about a
+second).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from localimg.errors import (
     ModelUnavailable,
 )
 from localimg.requests import ImageRequest, ProgressEvent
-from tests.tiny_ggml import SEED_YAML, populate_models_dir
+from tests.support.tiny_ggml import SEED_YAML, populate_models_dir
 
 pytestmark = pytest.mark.ggml
 

@@ -27,8 +27,8 @@ from localimg.config import config_from_dict, load_config_file
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import ConfigError, InvalidRequest
 from localimg.requests import ImageRequest
-from tests.tiny_ggml import link_or_copy
-from tests.tiny_ggml_families import flux2_klein_files
+from tests.support.tiny_ggml import link_or_copy
+from tests.support.tiny_ggml_families import flux2_klein_files
 
 pytestmark = pytest.mark.ggml
 

@@ -28,7 +28,7 @@ pytest.importorskip("stable_diffusion_cpp")
 from localimg.cli import app
 from localimg.engine import Engine, EngineSettings, WorkerOptions, WorkerSlot, worker_slot_factory
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import (
+from tests.support.server_support import (
     assert_openai_error,
     b64_image,
     serve_in_thread,

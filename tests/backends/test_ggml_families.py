@@ -1,5 +1,5 @@
 """The 2025-26 families through the real stable-diffusion.cpp: FLUX.2 klein (text to image and
-reference edits) on tiny random checkpoints from tests/tiny_ggml_families.py.
+reference edits) on tiny random checkpoints from tests/support/tiny_ggml_families.py.
 
 What the tiny files cover and what they cannot is written in that module's docstring.
 """
@@ -22,8 +22,8 @@ from localimg.config import load_config_file
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import ConfigError, InvalidRequest
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
-from tests.tiny_ggml import link_or_copy
-from tests.tiny_ggml_families import flux2_klein_files
+from tests.support.tiny_ggml import link_or_copy
+from tests.support.tiny_ggml_families import flux2_klein_files
 
 pytestmark = pytest.mark.ggml
 
@@ -263,7 +263,7 @@ options:
 
 @pytest.fixture(scope="module")
 def flux1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    from tests.tiny_ggml_families import flux1_files
+    from tests.support.tiny_ggml_families import flux1_files
 
     files = flux1_files()
     folder = tmp_path_factory.mktemp("flux1-models")
@@ -336,7 +336,7 @@ options:
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    from tests.tiny_ggml_families import qwen_image_files
+    from tests.support.tiny_ggml_families import qwen_image_files
 
     files = qwen_image_files()
     folder = tmp_path_factory.mktemp("qwen-models")
@@ -391,7 +391,7 @@ options:
 
 @pytest.fixture(scope="module")
 def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_ggml_families import wan_files
+    from tests.support.tiny_ggml_families import wan_files
 
     files = wan_files()
     folder = tmp_path_factory.mktemp("wan-models")

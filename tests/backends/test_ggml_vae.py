@@ -1,7 +1,7 @@
 """Which autoencoder decodes on stable-diffusion.cpp: `vae:taesd`, `vae:full` and `taesd_path`.
 
-The real library on the tiny SD1 UNet (tests/tiny_ggml.py) with a random full-size SD1 VAE
-(tests/tiny_ggml_vae.py) and the random TAESD. What is checked:
+The real library on the tiny SD1 UNet (tests/support/tiny_ggml.py) with a random full-size SD1 VAE
+(tests/support/tiny_ggml_vae.py) and the random TAESD. What is checked:
 - taesd_path alone keeps LocalAI's meaning (the TAESD decodes) and equals vae:taesd;
 - vae:full with a taesd_path decodes with the VAE (the same pixels as without any TAESD) and
   the TAESD still makes the previews;
@@ -26,7 +26,7 @@ from localimg.config import config_from_dict
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ProgressEvent
-from tests.tiny_ggml import link_or_copy
+from tests.support.tiny_ggml import link_or_copy
 
 pytestmark = pytest.mark.ggml
 
@@ -57,7 +57,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 def engine(
     tmp_path_factory: pytest.TempPathFactory, tiny_ggml: dict[str, Path]
 ) -> Iterator[Engine]:
-    from tests.tiny_ggml_vae import sd1_vae_path
+    from tests.support.tiny_ggml_vae import sd1_vae_path
 
     folder = tmp_path_factory.mktemp("ggml-vae")
     link_or_copy(tiny_ggml["model"], folder / "sd1.safetensors")

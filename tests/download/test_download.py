@@ -13,7 +13,7 @@ import pytest
 from localimg import download
 from localimg.download import FileSpec
 from localimg.errors import DownloadError, GalleryError
-from tests.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
+from tests.support.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 

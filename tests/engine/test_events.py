@@ -12,7 +12,7 @@ import pytest
 from localimg.engine import Engine, EngineEvents, EngineListener, EngineSettings, JobFinished
 from localimg.errors import Busy, Cancelled
 from localimg.requests import ImageRequest
-from tests.server_support import wait_until, write_model
+from tests.support.server_support import wait_until, write_model
 
 
 class Recorder(EngineListener):

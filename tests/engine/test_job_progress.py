@@ -11,7 +11,7 @@ from localimg.engine import Engine, EngineSettings, Job
 from localimg.engine import job as job_module
 from localimg.errors import Cancelled
 from localimg.requests import ImageRequest, ProgressEvent
-from tests.server_support import wait_until, write_model
+from tests.support.server_support import wait_until, write_model
 
 
 class Clock:

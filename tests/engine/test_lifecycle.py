@@ -15,7 +15,7 @@ from localimg.engine import Engine, EngineSettings, InProcessSlot, memory
 from localimg.engine.lifecycle import Budget, parse_budget
 from localimg.errors import ConfigError, InsufficientMemory, ModelLoading
 from localimg.requests import ImageRequest, ProgressEvent
-from tests.server_support import wait_until, write_model
+from tests.support.server_support import wait_until, write_model
 
 REQUEST = ImageRequest(prompt="a lighthouse", seed=3, steps=2)
 

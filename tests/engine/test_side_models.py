@@ -17,7 +17,7 @@ from localimg.engine import Engine, EngineSettings, InProcessSlot, memory
 from localimg.engine.lifecycle import Budget
 from localimg.errors import InsufficientMemory, InvalidRequest, ModelLoading, ModelNotFound
 from localimg.requests import ImageRequest
-from tests.server_support import wait_until, write_model
+from tests.support.server_support import wait_until, write_model
 
 MIB = 1024**2
 IMAGE = Image.new("RGB", (8, 6), "blue")

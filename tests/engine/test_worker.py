@@ -27,7 +27,7 @@ from localimg.engine.worker_messages import (
 )
 from localimg.errors import BackendError, Cancelled, InvalidRequest
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
-from tests.server_support import wait_until, write_model
+from tests.support.server_support import wait_until, write_model
 
 REQUEST = ImageRequest(prompt="a lighthouse", seed=3, steps=2)
 

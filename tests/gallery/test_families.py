@@ -28,7 +28,7 @@ from localimg.gallery import build as gallery_build
 from localimg.gallery import catalog as gallery
 from localimg.gallery.catalog import Catalog, GalleryEntry, resolve_entry
 from localimg.requests import ImageRequest
-from tests.server_support import write_model
+from tests.support.server_support import write_model
 
 # name → (backend, pipeline class or None, declared memory)
 FAMILY_ENTRIES: dict[str, tuple[str, str | None, str]] = {

@@ -17,7 +17,7 @@ from localimg.config import load_config_file
 from localimg.errors import DownloadError, GalleryError
 from localimg.gallery.catalog import Catalog, GallerySource
 from localimg.gallery.install import install, read_record, remove
-from tests.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
+from tests.support.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
 
 GGUF = b"GGUF" + bytes(range(256)) * 64
 VAE = b"vae-weights" * 1000

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from localimg.cli import app
-from tests.fake_hosts import FakeHosts, hosts, hub  # noqa: F401
+from tests.support.fake_hosts import FakeHosts, hosts, hub  # noqa: F401
 
 
 @pytest.mark.parametrize(

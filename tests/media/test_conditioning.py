@@ -19,7 +19,7 @@ from localimg.errors import InvalidRequest, LocalimgError, PayloadTooLarge, Unre
 from localimg.media import conditioning
 from localimg.media.decode import ImageLimits, decode_image
 from localimg.requests import ImageRequest, parse_mode
-from tests.conditioned_fixtures import file_server, half_mask, noise_image, png_bytes
+from tests.support.conditioned_fixtures import file_server, half_mask, noise_image, png_bytes
 
 
 def pixels(image: Image.Image) -> np.ndarray:

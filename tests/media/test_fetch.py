@@ -10,7 +10,7 @@ import pytest
 
 from localimg.errors import InvalidRequest, PayloadTooLarge
 from localimg.media.fetch import FetchPolicy, check_url, fetch
-from tests.server_support import png_bytes
+from tests.support.server_support import png_bytes
 
 PNG = png_bytes((8, 8))
 

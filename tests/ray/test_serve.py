@@ -31,7 +31,7 @@ from localimg.engine import Engine, EngineSettings
 from localimg.errors import LocalimgError
 from localimg.requests import ImageRequest
 from localimg.server.app import ServerSettings
-from tests.server_support import (
+from tests.support.server_support import (
     assert_openai_error,
     b64_image,
     free_port,

@@ -24,7 +24,7 @@ from PIL import Image
 from localimg.engine import Engine, EngineSettings
 from localimg.server.app import ServerSettings, create_app
 from tests.server.a1111_support import a1111_error, basic, body, decode, ok, pixels, post
-from tests.server_support import serve_in_thread, wait_until, write_model
+from tests.support.server_support import serve_in_thread, wait_until, write_model
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Served:
 def served(
     tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_ggml: dict[str, Path]
 ) -> Iterator[Served]:
-    from tests.tiny_ggml import populate_models_dir
+    from tests.support.tiny_ggml import populate_models_dir
 
     root = tmp_path_factory.mktemp("a1111")
     models = populate_models_dir(root / "models", tiny_ggml)  # stablediffusion.yaml (ggml)

@@ -18,7 +18,7 @@ from localimg.server.a1111.info import parse_parameters
 from localimg.server.a1111.samplers import choose, engine_of
 from localimg.server.app import ServerSettings, create_app
 from tests.server.a1111_support import a1111_error, basic, decode, post
-from tests.server_support import serve_in_thread, wait_until, write_model
+from tests.support.server_support import serve_in_thread, wait_until, write_model
 
 
 def _serve(

@@ -26,7 +26,7 @@ from localimg.engine import Engine, EngineSettings
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
 from localimg.server.app import ServerSettings, create_app
-from tests.conditioned_fixtures import file_server, half_mask, noise_image, png_bytes
+from tests.support.conditioned_fixtures import file_server, half_mask, noise_image, png_bytes
 
 
 def _serve(settings: ServerSettings, models: Path) -> Iterator[str]:

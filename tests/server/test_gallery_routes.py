@@ -22,8 +22,8 @@ from PIL import Image
 from localimg.engine import Engine, EngineSettings
 from localimg.gallery.catalog import GALLERIES_ENV
 from localimg.server.app import ServerSettings, create_app
-from tests.fake_hosts import FakeHosts, hosts, hub  # noqa: F401
 from tests.gallery.test_install import index  # noqa: F401
+from tests.support.fake_hosts import FakeHosts, hosts, hub  # noqa: F401
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

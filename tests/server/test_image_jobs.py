@@ -25,9 +25,9 @@ from localimg.server.jobs.image_job import ImageJob
 from localimg.server.jobs.store import JobStore
 from localimg.server.openai import schemas
 from localimg.server.state import ServerState
-from tests.conditioned_fixtures import half_mask, noise_image
-from tests.conditioned_fixtures import png_bytes as encode_png
-from tests.server_support import (
+from tests.support.conditioned_fixtures import half_mask, noise_image
+from tests.support.conditioned_fixtures import png_bytes as encode_png
+from tests.support.server_support import (
     assert_openai_error,
     b64_image,
     serve_in_thread,

@@ -12,7 +12,7 @@ import httpx
 from localimg._util.logs import JsonFormatter
 from localimg.engine import Engine, EngineSettings
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import serve_in_thread, write_model
+from tests.support.server_support import serve_in_thread, write_model
 
 
 def test_json_access_lines(tmp_path: Path, tiny_sd: Path) -> None:

@@ -16,7 +16,7 @@ from localimg.engine import Engine, EngineSettings, worker_slot_factory
 from localimg.engine.lifecycle import Budget
 from localimg.requests import ImageRequest, ImageResult
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import (
+from tests.support.server_support import (
     ServedEngine,
     assert_openai_error,
     b64_image,

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from localimg.engine import Engine, EngineSettings, WorkerOptions, worker_slot_factory
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import (
+from tests.support.server_support import (
     ServedEngine,
     assert_openai_error,
     serve_in_thread,

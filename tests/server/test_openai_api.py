@@ -26,7 +26,7 @@ from PIL import Image
 from localimg.engine import Engine, EngineSettings, WorkerOptions, WorkerSlot, worker_slot_factory
 from localimg.media.decode import ImageLimits
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import (
+from tests.support.server_support import (
     assert_openai_error,
     b64_image,
     png_bytes,

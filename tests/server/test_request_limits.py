@@ -17,7 +17,7 @@ from localimg.engine import Engine, EngineSettings
 from localimg.errors import PayloadTooLarge
 from localimg.media.decode import ImageLimits, decode_image
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import assert_openai_error, serve_in_thread
+from tests.support.server_support import assert_openai_error, serve_in_thread
 
 
 @dataclass

@@ -31,7 +31,7 @@ from localimg.engine import (
 )
 from localimg.errors import Cancelled
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import (
+from tests.support.server_support import (
     assert_openai_error,
     b64_image,
     free_port,

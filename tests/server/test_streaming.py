@@ -26,7 +26,12 @@ from PIL import Image
 
 from localimg.engine import Engine, EngineSettings, Job
 from localimg.server.app import ServerSettings, create_app
-from tests.server_support import assert_openai_error, png_bytes, serve_in_thread, write_model
+from tests.support.server_support import (
+    assert_openai_error,
+    png_bytes,
+    serve_in_thread,
+    write_model,
+)
 
 
 @dataclass

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conditioned_fixtures import noise_image, png_bytes
 from tests.server.web_page_support import (
     PageServer,
     chromium,
@@ -26,7 +25,8 @@ from tests.server.web_page_support import (
     pixels,
     watch_requests,
 )
-from tests.server_support import wait_until, write_model
+from tests.support.conditioned_fixtures import noise_image, png_bytes
+from tests.support.server_support import wait_until, write_model
 
 pytestmark = pytest.mark.slow
 WAIT = 180_000  # ms: a readiness limit (the first job loads the model), not a timing assertion

@@ -10,7 +10,7 @@ import pytest
 
 from localimg.server.ui.web_page import sampler_choices
 from tests.server.web_page_support import PageServer, page_server
-from tests.server_support import assert_openai_error
+from tests.support.server_support import assert_openai_error
 
 KEY = "sk-page-test"
 

@@ -23,7 +23,7 @@ from PIL import Image
 from localimg.engine import Engine, EngineSettings
 from localimg.server.app import ServerSettings, create_app
 from localimg.server.state import ServerState
-from tests.server_support import serve_in_thread
+from tests.support.server_support import serve_in_thread
 
 CHROMIUM = os.environ.get("LOCALIMG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -5,8 +5,9 @@ client disconnect); `n_iter` batches run one after another with their seeds cont
 image i of a request has seed `seed + i` as in A1111. The request mapping and refusals are in
 schemas.py, sampler names in samplers.py, the `info` string in info.py, the current model and
 the runs `/progress`, `/interrupt` and `/skip` see in state.py, and the model and option routes
-in options.py (all in this folder). The API key, when set, is checked on every route
-(Bearer, or Basic with the key as the password); errors leave in A1111's shapes.
+in options.py (all in this folder). The API key, when set, is checked on every route by
+ApiKeyMiddleware (Bearer, or Basic with the key as the password); errors, its 401 included,
+leave in A1111's shapes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from localimg.errors import Cancelled, InvalidRequest, LocalimgError, Unauthorized
+from localimg.errors import Cancelled, InvalidRequest, LocalimgError
 from localimg.media import encode
 from localimg.media.decode import image_from_text
 from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
@@ -44,7 +45,6 @@ from localimg.server.a1111.schemas import (
 )
 from localimg.server.a1111.state import A1111State, Run
 from localimg.server.http.access_log import record_job
-from localimg.server.http.keys import check_key
 from localimg.server.openai.images import await_job
 from localimg.server.served import check_available
 
@@ -58,18 +58,11 @@ Handler = Callable[[Request, A1111State], Awaitable[Response]]
 
 
 def _endpoint(handler: Handler, a1: A1111State) -> Callable[[Request], Awaitable[Response]]:
-    """The API key check and A1111's error shapes around a handler."""
+    """A1111's error shapes around a handler (ApiKeyMiddleware checks the key, answering in
+    A1111's shape: schemas.unauthorized)."""
 
     async def endpoint(request: Request) -> Response:
         try:
-            try:
-                check_key(request.headers.raw, request.app.state.settings.api_keys)
-            except Unauthorized:
-                raise A1111Error(
-                    "Incorrect username or password",
-                    status=401,
-                    headers={"WWW-Authenticate": "Basic"},
-                ) from None
             return await handler(request, a1)
         except ValidationError as exc:
             return validation_response(exc)

@@ -146,6 +146,16 @@ def error_response(exc: LocalimgError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.http_status, headers=exc.headers)
 
 
+def unauthorized(exc: LocalimgError) -> JSONResponse:
+    """A1111's 401 (ApiKeyMiddleware's renderer for /sdapi): the words of its own basic auth,
+    with a Basic challenge, which is what A1111 clients send."""
+    return error_response(
+        A1111Error(
+            "Incorrect username or password", status=401, headers={"WWW-Authenticate": "Basic"}
+        )
+    )
+
+
 def validation_response(exc: ValidationError) -> JSONResponse:
     """FastAPI's 422 for a body that does not fit the model (what A1111 answers)."""
     detail = [

@@ -1,9 +1,15 @@
-"""API keys: the one check every protected route shares (`--api-key`).
+"""API keys (`--api-key`): required on every route unless its path is on the public list.
 
-Plain ASGI middleware for /v1, so that it runs before any body is read and answers in OpenAI's
-error shape; LocalAI's, A1111's and the metrics routes call `check_key` themselves. Health
-routes and generated-image files stay open: orchestrators probe the first without credentials,
-and browsers load the second from `<img src>` (their names are random and they expire).
+Secure by default: a new route needs the key without anyone remembering to check it, because the
+check is plain ASGI middleware in front of all routes (it runs before any body is read). The
+public list is short and explicit (PUBLIC_PATHS): the page and its static files (the page asks
+for the key itself and sends it with its API calls), the health probes orchestrators send
+without credentials, /openapi.json, and the url-format output files under /generated, which
+browsers load from `<img src>` like OpenAI's own image URLs (their names are random tokens and
+they expire). CORS preflights (OPTIONS) pass too: browsers send them without credentials.
+
+Each API family answers the 401 in its own shape: the middleware takes a renderer per path
+prefix (A1111's for /sdapi), OpenAI's error object everywhere else.
 """
 
 from __future__ import annotations
@@ -11,12 +17,32 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 
-from localimg.errors import Unauthorized
-from localimg.server.http.asgi import ASGIApp, Receive, Scope, Send, send_error
+from starlette.responses import Response
 
-PROTECTED_PREFIX = "/v1"
+from localimg.errors import LocalimgError, Unauthorized
+from localimg.server.errors import error_response
+from localimg.server.http.asgi import ASGIApp, Receive, Scope, Send
+
+# Paths open without the key; `*` stands for one path segment. `--public-metrics` adds /metrics.
+PUBLIC_PATHS = (
+    "/",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    *(f"/ui/*.{kind}" for kind in ("html", "css", "js", "svg")),  # the page's static files
+    "/generated/*",  # url-format outputs: random names, expiring
+)
+
+ErrorShape = Callable[[LocalimgError], Response]
+
+
+def public_matcher(paths: Iterable[str]) -> re.Pattern[str]:
+    """One regular expression for a public list (`*`: one segment, never a slash)."""
+    parts = [re.escape(path).replace(r"\*", "[^/]+") for path in paths]
+    return re.compile("(?:" + "|".join(parts) + ")")
 
 
 def key_matches(presented: str, keys: Iterable[str]) -> bool:
@@ -57,7 +83,7 @@ def basic_password(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 
 def check_key(headers: Iterable[tuple[bytes, bytes]], keys: tuple[str, ...]) -> None:
-    """The one API key check (the /v1 middleware, LocalAI's and A1111's routes): 401 unless a
+    """The one API key check (ApiKeyMiddleware's, for every non-public route): 401 unless a
     configured key is presented as `Authorization: Bearer <key>`, or as the password of
     `Authorization: Basic` (any user name: A1111 clients send Basic); nothing to check when no
     keys are set, so the empty Basic header those clients send without credentials passes."""
@@ -78,24 +104,46 @@ def check_key(headers: Iterable[tuple[bytes, bytes]], keys: tuple[str, ...]) -> 
 
 
 class ApiKeyMiddleware:
-    """Bearer auth on every /v1 route when keys are configured (CORS preflights pass)."""
+    """The key on every route but the public ones, when keys are configured (module docstring).
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    `shapes` maps a path prefix to its API family's 401 renderer; other paths answer OpenAI's
+    error object. `public` is the public list (PUBLIC_PATHS unless given).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: tuple[str, ...],
+        public: Iterable[str] = PUBLIC_PATHS,
+        shapes: Mapping[str, ErrorShape] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.public = public_matcher(public)
+        self.shapes = dict(shapes or {})
+
+    def is_public(self, path: str) -> bool:
+        return self.public.fullmatch(path) is not None
+
+    def shape_for(self, path: str) -> ErrorShape:
+        for prefix, shape in self.shapes.items():
+            if path.startswith(prefix):
+                return shape
+        return error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             not self.keys
             or scope["type"] != "http"
             or scope["method"] == "OPTIONS"
-            or not (scope["path"] == PROTECTED_PREFIX or scope["path"].startswith("/v1/"))
+            or self.is_public(scope["path"])
         ):
             await self.app(scope, receive, send)
             return
         try:
             check_key(scope["headers"], self.keys)
         except Unauthorized as exc:
-            await send_error(send, exc)
+            response = self.shape_for(scope["path"])(exc)
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

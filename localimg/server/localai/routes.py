@@ -1,11 +1,11 @@
 """LocalAI's model-management routes: GET /models/available, POST /models/apply, GET /models/jobs.
 
 Installing takes minutes, so `/models/apply` answers at once with a job id and a status URL, and
-`/models/jobs/{uuid}` reports progress in LocalAI's shape. These routes change the models dir, so
-they always need the API key when one is configured (the /v1 key middleware does not cover them;
-the check here is http/keys.check_key, the middleware's own). The galleries are the shipped
-index plus `LOCALIMG_GALLERIES`; an installed model is served at once (the engine reads the
-models dir).
+`/models/jobs/{uuid}` reports progress in LocalAI's shape. These routes change the models dir,
+so they need the API key when one is configured (ApiKeyMiddleware, as every route off its public
+list; its 401 is OpenAI's error object, as LocalAI answers). The galleries are the shipped index
+plus `LOCALIMG_GALLERIES`; an installed model is served at once (the engine reads the models
+dir).
 
 POST /models/{name}/load and /models/{name}/unload warm a served model up, or give its memory
 back. Loading goes through the same admission as a request (engine lifecycle): idle models may
@@ -26,7 +26,6 @@ from starlette.routing import Route
 
 from localimg.errors import InvalidRequest
 from localimg.server.errors import NotFound
-from localimg.server.http.keys import check_key
 from localimg.server.openai.models import model_list
 from localimg.server.served import check_available, served_config
 
@@ -34,11 +33,6 @@ if TYPE_CHECKING:
     from localimg.engine import Engine
 
 APPLY_KEYS = ("id", "name")
-
-
-def require_key(request: Request) -> None:
-    """LocalAI's routes sit outside /v1: the same key check as the /v1 middleware."""
-    check_key(request.headers.raw, request.app.state.settings.api_keys)
 
 
 def _catalog() -> Any:
@@ -61,7 +55,6 @@ def _jobs(request: Request) -> Any:
 
 async def available(request: Request) -> Response:
     """The image models of the galleries, each marked installed or not."""
-    require_key(request)
     from localimg.config import scan_models
 
     models_path = request.app.state.engine.settings.models_path
@@ -82,7 +75,6 @@ async def available(request: Request) -> Response:
 
 async def apply(request: Request) -> Response:
     """Start installing a gallery model: `{"id": "name" or "gallery@name", "name": optional}`."""
-    require_key(request)
     try:
         body = json.loads(await request.body() or b"null")
     except ValueError:
@@ -109,7 +101,6 @@ async def apply(request: Request) -> Response:
 
 
 async def job_status(request: Request) -> Response:
-    require_key(request)
     job = _jobs(request).get(request.path_params["uuid"])
     if job is None:
         raise NotFound(f"no install job {request.path_params['uuid']!r}")
@@ -117,7 +108,6 @@ async def job_status(request: Request) -> Response:
 
 
 async def all_jobs(request: Request) -> Response:
-    require_key(request)
     return JSONResponse({job.id: job.to_localai() for job in _jobs(request).all()})
 
 
@@ -132,7 +122,6 @@ def _model_entry(state: Any, name: str) -> dict[str, Any]:
 
 
 async def load(request: Request) -> Response:
-    require_key(request)
     state = request.app.state
     config = await asyncio.to_thread(served_config, state, request.path_params["name"])
     check_available(state, config.name)
@@ -142,7 +131,6 @@ async def load(request: Request) -> Response:
 
 
 async def unload(request: Request) -> Response:
-    require_key(request)
     state = request.app.state
     config = await asyncio.to_thread(served_config, state, request.path_params["name"])
     engine: Engine = state.engine

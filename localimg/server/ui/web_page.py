@@ -3,9 +3,10 @@
 No build step and nothing from the internet: `/` is index.html, `/ui/{name}` the page's other
 files (app.js and its modules, style.css, icon.svg), read from the installed package. The page
 talks to the server only through the public API (`/v1/models`, `/v1/images/jobs`), sending the
-API key itself, so these routes stay open like `/healthz` (ApiKeyMiddleware guards `/v1`).
-`/ui/samplers?backend=...` lists the sampler names the `scheduler` field of a generation takes on
-that backend's engine, with A1111's labels (a1111/samplers.py has the one table of them).
+API key itself, so `/` and the static files stay open like `/healthz` (on ApiKeyMiddleware's
+public list). `/ui/samplers?backend=...`, which the page fetches with the key, lists the
+sampler names the `scheduler` field of a generation takes on that backend's engine, with
+A1111's labels (a1111/samplers.py has the one table of them).
 
 Every file is answered with an ETag and `Cache-Control: no-cache`: a browser revalidates (a 304
 when nothing changed), so an upgraded server never runs an old page. A Content-Security-Policy

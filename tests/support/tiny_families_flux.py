@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.tiny_family_parts import (
+from tests.support.tiny_family_parts import (
     clip_tokenizer,
     family_folder,
     mistral3_encoder,
@@ -195,7 +195,7 @@ def make_flux_kontext() -> Any:
     import torch
     from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 
-    from tests.tiny_models import tiny_text_encoder
+    from tests.support.tiny_models import tiny_text_encoder
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(

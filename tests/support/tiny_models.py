@@ -19,7 +19,7 @@ CACHE_VERSION = "2"
 
 def cache_dir() -> Path:
     root = os.environ.get("LOCALIMG_TEST_CACHE")
-    path = Path(root) if root else Path(__file__).resolve().parent.parent / ".test-cache"
+    path = Path(root) if root else Path(__file__).resolve().parents[2] / ".test-cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.tiny_models import cache_dir
+from tests.support.tiny_models import cache_dir
 
 CACHE_VERSION = "1"
 VOCAB = 151_936  # Qwen2/3 tokenizer size

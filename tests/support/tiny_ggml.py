@@ -10,7 +10,7 @@ downsamplers at 3 and 6; output blocks 0,1 / 3,4 / 6,7 with upsamplers at 2.1 an
 No KL VAE is written: a random TAESD (passed as `taesd_path`) encodes and decodes the latents. It is
 initialised so its output is mid-grey noise rather than clipped black and white, which makes pixel
 comparisons between seeds meaningful. Everything is written once with numpy + safetensors and cached
-next to the diffusers fixtures (`tests.tiny_models.cache_dir()`).
+next to the diffusers fixtures (`tests.support.tiny_models.cache_dir()`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.tiny_models import cache_dir
+from tests.support.tiny_models import cache_dir
 
 CACHE_VERSION = "2"
 CHECKPOINT = "tiny-sd1-unet.safetensors"

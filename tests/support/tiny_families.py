@@ -57,21 +57,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.tiny_families_flux import (
+from tests.support.tiny_families_flux import (
     tiny_chroma_path,
     tiny_flux2_klein_base_path,
     tiny_flux2_klein_path,
     tiny_flux2_path,
     tiny_flux_kontext_path,
 )
-from tests.tiny_families_qwen_wan import (
+from tests.support.tiny_families_qwen_wan import (
     tiny_qwen_image_edit_plus_path,
     tiny_qwen_image_path,
     tiny_wan22_ti2v_path,
     tiny_wan_i2v_path,
     tiny_wan_path,
 )
-from tests.tiny_family_parts import family_folder, qwen3_config, qwen_tokenizer, save_pipeline
+from tests.support.tiny_family_parts import (
+    family_folder,
+    qwen3_config,
+    qwen_tokenizer,
+    save_pipeline,
+)
 
 __all__ = [
     "FAMILY_BUILDERS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny_models import cache_dir
+from tests.support.tiny_models import cache_dir
 
 CACHE_VERSION = "1"
 
@@ -23,7 +23,7 @@ def sd1_vae_path() -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from tests.tiny_models import kl_vae
+    from tests.support.tiny_models import kl_vae
 
     torch.manual_seed(0)
     vae = kl_vae([128, 256, 512, 512], groups=32, layers_per_block=2)

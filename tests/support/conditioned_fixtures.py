@@ -18,10 +18,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from tests.tiny_conditioned import tiny_path
-from tests.tiny_models import tiny_sd_path
+from tests.support.tiny_conditioned import tiny_path
+from tests.support.tiny_models import tiny_sd_path
 
-SEED_DIR = Path(__file__).parent / "data" / "seed"
+SEED_DIR = Path(__file__).parents[1] / "data" / "seed"
 SEED_MODELS = {
     "stablediffusion-edit": ("sd", 4),
     "stablediffusion-depth": ("depth2img", 3),

@@ -1,6 +1,6 @@
 """Tiny Qwen-Image (text-to-image, Edit Plus) and Wan (text/image-to-video) pipelines.
 
-See tests/tiny_families.py for what each accepts. Qwen-Image's text encoder is a Qwen2.5-VL
+See tests/support/tiny_families.py for what each accepts. Qwen-Image's text encoder is a Qwen2.5-VL
 (vision tower included, used by Edit Plus for its input images); its VAE is the Wan-style
 AutoencoderKLQwenImage.
 """
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.tiny_family_parts import (
+from tests.support.tiny_family_parts import (
     QWEN_VOCAB,
     family_folder,
     qwen_token_id,

@@ -8,7 +8,8 @@ real pipeline code runs end to end in a second or two on a CPU:
 - txt2vid: TextToVideoSDPipeline (UNet3D), the class `DiffusionPipeline` resolves for
   damo-vilab/text-to-video-ms-1.7b.
 
-Folders live in `tests.tiny_models.cache_dir()`, keyed by a version so a change rebuilds them.
+Folders live in `tests.support.tiny_models.cache_dir()`, keyed by a version so a change rebuilds
+them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.tiny_models import cache_dir, tiny_text_encoder, tiny_tokenizer, tiny_vae
+from tests.support.tiny_models import cache_dir, tiny_text_encoder, tiny_tokenizer, tiny_vae
 
 CACHE_VERSION = "2"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.tiny_models import cache_dir
+from tests.support.tiny_models import cache_dir
 
 FAMILIES_VERSION = "1"
 
@@ -271,12 +271,12 @@ def t5_encoder(umt5: bool = False) -> Any:
 
 
 def clip_tokenizer() -> Any:
-    """tests.tiny_models' byte-level CLIP tokenizer (ids 512/513 = start/end of text)."""
+    """tests.support.tiny_models' byte-level CLIP tokenizer (ids 512/513 = start/end of text)."""
     import tempfile
 
     from transformers import CLIPTokenizer
 
-    from tests.tiny_models import write_tokenizer
+    from tests.support.tiny_models import write_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer(Path(tmp))
