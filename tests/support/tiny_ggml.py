@@ -18,8 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
+from tests.support.ggml_writer import Writer, build
 from tests.support.tiny_models import cache_dir
 
 CACHE_VERSION = "2"
@@ -27,53 +26,18 @@ CHECKPOINT = "tiny-sd1-unet.safetensors"
 TAESD = "tiny-taesd.safetensors"
 LORA = "tiny-lora.safetensors"
 
-Tensors = dict[str, np.ndarray]
 
-
-class _Writer:
-    """Collects tensors with a fixed random stream so the files are the same on every machine."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.tensors: Tensors = {}
-
-    def normal(self, name: str, shape: tuple[int, ...], std: float) -> None:
-        data = self.rng.standard_normal(size=shape, dtype=np.float32)
-        data *= np.float32(std)
-        self.tensors[name] = data.astype(np.float16)
-
-    def const(self, name: str, shape: tuple[int, ...], value: float) -> None:
-        self.tensors[name] = np.full(shape, value, dtype=np.float16)
-
-    def linear(self, name: str, n_in: int, n_out: int, bias: bool = True) -> None:
-        self.normal(f"{name}.weight", (n_out, n_in), n_in**-0.5)
-        if bias:
-            self.const(f"{name}.bias", (n_out,), 0.0)
-
-    def conv(
-        self, name: str, n_in: int, n_out: int, k: int = 3, bias: bool = True, gain: float = 1.0
-    ) -> None:
-        fan_in = n_in * k * k
-        self.normal(f"{name}.weight", (n_out, n_in, k, k), gain * fan_in**-0.5)
-        if bias:
-            self.const(f"{name}.bias", (n_out,), 0.0)
-
-    def norm(self, name: str, channels: int) -> None:
-        self.const(f"{name}.weight", (channels,), 1.0)
-        self.const(f"{name}.bias", (channels,), 0.0)
-
-
-def _resblock(w: _Writer, name: str, n_in: int, n_out: int, emb: int = 1280) -> None:
+def _resblock(w: Writer, name: str, n_in: int, n_out: int, emb: int = 1280) -> None:
     w.norm(f"{name}.in_layers.0", n_in)
     w.conv(f"{name}.in_layers.2", n_in, n_out)
-    w.linear(f"{name}.emb_layers.1", emb, n_out)
+    w.linear(f"{name}.emb_layers.1", emb, n_out, bias=True)
     w.norm(f"{name}.out_layers.0", n_out)
     w.conv(f"{name}.out_layers.3", n_out, n_out)
     if n_in != n_out:
         w.conv(f"{name}.skip_connection", n_in, n_out, k=1)
 
 
-def _transformer(w: _Writer, name: str, channels: int, context: int = 768) -> None:
+def _transformer(w: Writer, name: str, channels: int, context: int = 768) -> None:
     w.norm(f"{name}.norm", channels)
     w.conv(f"{name}.proj_in", channels, channels, k=1)
     block = f"{name}.transformer_blocks.0"
@@ -81,18 +45,18 @@ def _transformer(w: _Writer, name: str, channels: int, context: int = 768) -> No
         w.linear(f"{block}.{attn}.to_q", channels, channels, bias=False)
         w.linear(f"{block}.{attn}.to_k", kv_dim, channels, bias=False)
         w.linear(f"{block}.{attn}.to_v", kv_dim, channels, bias=False)
-        w.linear(f"{block}.{attn}.to_out.0", channels, channels)
-    w.linear(f"{block}.ff.net.0.proj", channels, channels * 4 * 2)  # GEGLU
-    w.linear(f"{block}.ff.net.2", channels * 4, channels)
+        w.linear(f"{block}.{attn}.to_out.0", channels, channels, bias=True)
+    w.linear(f"{block}.ff.net.0.proj", channels, channels * 4 * 2, bias=True)  # GEGLU
+    w.linear(f"{block}.ff.net.2", channels * 4, channels, bias=True)
     for index in (1, 2, 3):
         w.norm(f"{block}.norm{index}", channels)
     w.conv(f"{name}.proj_out", channels, channels, k=1)
 
 
-def _unet(w: _Writer) -> None:
+def _unet(w: Writer) -> None:
     p = "model.diffusion_model"
-    w.linear(f"{p}.time_embed.0", 320, 1280)
-    w.linear(f"{p}.time_embed.2", 1280, 1280)
+    w.linear(f"{p}.time_embed.0", 320, 1280, bias=True)
+    w.linear(f"{p}.time_embed.2", 1280, 1280, bias=True)
     w.conv(f"{p}.input_blocks.0.0", 4, 320)
     # (block index, in, out) of the input res blocks; each has an attention block `.1`.
     for index, n_in, n_out in ((1, 320, 320), (4, 320, 640), (7, 640, 1280)):
@@ -120,7 +84,7 @@ def _unet(w: _Writer) -> None:
     w.conv(f"{p}.out.2", 320, 4, gain=0.05)
 
 
-def _clip_text(w: _Writer) -> None:
+def _clip_text(w: Writer) -> None:
     """CLIP ViT-L/14's text encoder: width 768, 12 layers, 12 heads, MLP 3072, 49408 tokens."""
     p = "cond_stage_model.transformer.text_model"
     w.normal(f"{p}.embeddings.token_embedding.weight", (49408, 768), 0.02)
@@ -128,15 +92,15 @@ def _clip_text(w: _Writer) -> None:
     for layer in range(12):
         base = f"{p}.encoder.layers.{layer}"
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            w.linear(f"{base}.self_attn.{proj}", 768, 768)
+            w.linear(f"{base}.self_attn.{proj}", 768, 768, bias=True)
         w.norm(f"{base}.layer_norm1", 768)
         w.norm(f"{base}.layer_norm2", 768)
-        w.linear(f"{base}.mlp.fc1", 768, 3072)
-        w.linear(f"{base}.mlp.fc2", 3072, 768)
+        w.linear(f"{base}.mlp.fc1", 768, 3072, bias=True)
+        w.linear(f"{base}.mlp.fc2", 3072, 768, bias=True)
     w.norm(f"{p}.final_layer_norm", 768)
 
 
-def _taeblocks(w: _Writer, name: str) -> None:
+def _taeblocks(w: Writer, name: str) -> None:
     # He init (ReLU between the convs); the last conv small so that the residual sums of ten
     # blocks do not blow the activations up.
     w.conv(f"{name}.conv.0", 64, 64, gain=2**0.5)
@@ -144,7 +108,7 @@ def _taeblocks(w: _Writer, name: str) -> None:
     w.conv(f"{name}.conv.4", 64, 64, gain=0.5)
 
 
-def _taesd(w: _Writer) -> None:
+def _taesd(w: Writer) -> None:
     """TAESD for SD1 latents (4 channels), encoder and decoder, 64 channels wide."""
     enc = "encoder.layers"
     w.conv(f"{enc}.0", 3, 64, gain=2**0.5)
@@ -165,7 +129,7 @@ def _taesd(w: _Writer) -> None:
     w.const(f"{dec}.18.bias", (3,), 0.5)
 
 
-def _lora(w: _Writer) -> None:
+def _lora(w: Writer) -> None:
     """A rank-4 kohya-style LoRA on the attention projections of the first input block."""
     for attn, context in (("attn1", 320), ("attn2", 768)):
         for proj, n_in in (("to_q", 320), ("to_k", context), ("to_v", context)):
@@ -173,22 +137,6 @@ def _lora(w: _Writer) -> None:
             w.normal(f"{key}.lora_down.weight", (4, n_in), 1.0)
             w.normal(f"{key}.lora_up.weight", (320, 4), 1.0)
             w.const(f"{key}.alpha", (), 4.0)
-
-
-def _save(tensors: Tensors, path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
-def _build(path: Path, fill: object, seed: int) -> Path:
-    if not path.exists():
-        writer = _Writer(seed)
-        fill(writer)  # type: ignore[operator]
-        _save(writer.tensors, path)
-    return path
 
 
 def folder() -> Path:
@@ -200,19 +148,19 @@ def folder() -> Path:
 def tiny_checkpoint_path() -> Path:
     """The SD1 tiny-UNet checkpoint (UNet + CLIP text encoder, no VAE), about 0.9 GB in f16."""
 
-    def fill(w: _Writer) -> None:
+    def fill(w: Writer) -> None:
         _unet(w)
         _clip_text(w)
 
-    return _build(folder() / CHECKPOINT, fill, seed=1)
+    return build(folder() / CHECKPOINT, fill, seed=1)
 
 
 def tiny_taesd_path() -> Path:
-    return _build(folder() / TAESD, _taesd, seed=2)
+    return build(folder() / TAESD, _taesd, seed=2)
 
 
 def tiny_lora_path() -> Path:
-    return _build(folder() / LORA, _lora, seed=3)
+    return build(folder() / LORA, _lora, seed=3)
 
 
 if __name__ == "__main__":

@@ -32,60 +32,25 @@ Everything is written once with numpy + safetensors and cached next to the other
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from tests.support.ggml_writer import (
+    GGML_F16,
+    GGML_F32,
+    GGML_Q4_0,
+    GgufFile,
+    Q4Writer,
+    Writer,
+    build,
+    q4_0,
+)
 from tests.support.tiny_models import cache_dir
 
 CACHE_VERSION = "1"
 VOCAB = 151_936  # Qwen2/3 tokenizer size
-
-Tensors = dict[str, np.ndarray]
-
-
-class Writer:
-    """Collects tensors from a fixed random stream so the files are the same on every machine."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.tensors: Tensors = {}
-
-    def normal(self, name: str, shape: tuple[int, ...], std: float) -> None:
-        data = self.rng.standard_normal(size=shape, dtype=np.float32)
-        data *= np.float32(std)
-        self.tensors[name] = data.astype(np.float16)
-
-    def const(self, name: str, shape: tuple[int, ...], value: float) -> None:
-        self.tensors[name] = np.full(shape, value, dtype=np.float16)
-
-    def linear(
-        self, name: str, n_in: int, n_out: int, bias: bool = False, gain: float = 1.0
-    ) -> None:
-        self.normal(f"{name}.weight", (n_out, n_in), gain * n_in**-0.5)
-        if bias:
-            self.const(f"{name}.bias", (n_out,), 0.0)
-
-    def conv(
-        self,
-        name: str,
-        n_in: int,
-        n_out: int,
-        k: int = 3,
-        bias: bool = True,
-        gain: float = 1.0,
-    ) -> None:
-        self.normal(f"{name}.weight", (n_out, n_in, k, k), gain * (n_in * k * k) ** -0.5)
-        if bias:
-            self.const(f"{name}.bias", (n_out,), 0.0)
-
-    def norm(self, name: str, channels: int, bias: bool = True) -> None:
-        self.const(f"{name}.weight", (channels,), 1.0)
-        if bias:
-            self.const(f"{name}.bias", (channels,), 0.0)
-
 
 # -- FLUX.2 klein / FLUX.1 transformers ------------------------------------------------------------
 
@@ -225,59 +190,6 @@ def image_tae(w: Writer, z: int, gn: bool) -> None:
 # -- Wan 2.1 T2V 1.3B (GGUF, q4_0) ---------------------------------------------------------------
 
 WAN_DIM, WAN_FFN, WAN_LAYERS = 1536, 8960, 30  # wan.hpp knows 30 or 40 layers, dims fixed by count
-GGML_F32, GGML_F16, GGML_Q4_0 = 0, 1, 2
-
-
-def q4_0(data: np.ndarray) -> bytes:
-    """ggml's reference Q4_0: blocks of 32 as an f16 scale and 16 bytes of 4-bit values."""
-    blocks = data.astype(np.float32).reshape(-1, 32)
-    index = np.abs(blocks).argmax(axis=1)
-    peak = blocks[np.arange(len(blocks)), index]
-    scale = peak / -8.0
-    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
-    quant = np.minimum(15, (blocks * inverse[:, None] + 8.5).astype(np.int8)).astype(np.uint8)
-    packed = quant[:, :16] | (quant[:, 16:] << 4)
-    out = np.empty((len(blocks), 18), dtype=np.uint8)
-    out[:, :2] = scale.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    out[:, 2:] = packed
-    return out.tobytes()
-
-
-class GgufFile:
-    """A minimal GGUF v3 writer (no metadata; what stable-diffusion.cpp's loader reads)."""
-
-    def __init__(self) -> None:
-        self.tensors: list[tuple[str, tuple[int, ...], int, bytes]] = []
-
-    def add(self, name: str, shape: tuple[int, ...], kind: int, data: bytes) -> None:
-        self.tensors.append((name, shape, kind, data))
-
-    def write(self, path: Path) -> None:
-        import struct
-
-        def text(value: str) -> bytes:
-            raw = value.encode()
-            return struct.pack("<Q", len(raw)) + raw
-
-        header = b"GGUF" + struct.pack("<IQQ", 3, len(self.tensors), 0)
-        infos, offset = [], 0
-        for name, shape, kind, data in self.tensors:
-            dims = tuple(reversed(shape))  # ggml's ne: innermost first
-            infos.append(
-                text(name)
-                + struct.pack("<I", len(dims))
-                + struct.pack(f"<{len(dims)}Q", *dims)
-                + struct.pack("<IQ", kind, offset)
-            )
-            offset += -(-len(data) // 32) * 32
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as out:
-            out.write(header + b"".join(infos))
-            out.write(b"\0" * (-out.tell() % 32))
-            for _, _, _, data in self.tensors:
-                out.write(data)
-                out.write(b"\0" * (-len(data) % 32))
-        os.replace(tmp, path)
 
 
 def wan_t2v_13b(path: Path, seed: int) -> None:
@@ -335,33 +247,10 @@ def wan_t2v_13b(path: Path, seed: int) -> None:
     file.write(path)
 
 
-class _Q4Writer:
-    """Random q4_0 linears (f32 biases and norms) into a GgufFile, drawn in row chunks."""
-
-    def __init__(self, file: GgufFile, seed: int) -> None:
-        self.file, self.rng = file, np.random.default_rng(seed)
-
-    def matrix(self, name: str, rows: int, cols: int, std: float) -> None:
-        parts = []
-        for start in range(0, rows, 4096):
-            count = min(4096, rows - start)
-            chunk = self.rng.standard_normal((count, cols), dtype=np.float32) * np.float32(std)
-            parts.append(q4_0(chunk))
-        self.file.add(name, (rows, cols), GGML_Q4_0, b"".join(parts))
-
-    def linear(self, name: str, n_in: int, n_out: int, bias: bool = True, gain: float = 1.0):
-        self.matrix(f"{name}.weight", n_out, n_in, gain * n_in**-0.5)
-        if bias:
-            self.const(f"{name}.bias", (n_out,), 0.0)
-
-    def const(self, name: str, shape: tuple[int, ...], value: float) -> None:
-        self.file.add(name, shape, GGML_F32, np.full(shape, value, np.float32).tobytes())
-
-
 def qwen_image_one_block(path: Path, seed: int) -> None:
     """Qwen-Image's transformer with one block at its fixed width (24 x 128 heads, text 3584)."""
     file = GgufFile()
-    w = _Q4Writer(file, seed)
+    w = Q4Writer(file, seed)
     d, text = 3072, 3584
     w.linear("time_text_embed.timestep_embedder.linear_1", 256, d)
     w.linear("time_text_embed.timestep_embedder.linear_2", d, d)
@@ -387,7 +276,7 @@ def qwen_image_one_block(path: Path, seed: int) -> None:
 def qwen25vl_one_layer(path: Path, seed: int) -> None:
     """Qwen2.5-VL's text model with one layer at its width (3584: Qwen-Image's context)."""
     file = GgufFile()
-    w = _Q4Writer(file, seed)
+    w = Q4Writer(file, seed)
     d, inner = 3584, 256
     w.matrix("model.embed_tokens.weight", 152_064, d, 1.0)
     p = "model.layers.0"
@@ -441,21 +330,8 @@ def video_tae(w: Writer, z: int = 16) -> None:
 # -- files -----------------------------------------------------------------------------------------
 
 
-def _save(tensors: Tensors, path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
 def _build(name: str, fill: Callable[[Writer], None], seed: int) -> Path:
-    path = folder() / name
-    if not path.exists():
-        writer = Writer(seed)
-        fill(writer)
-        _save(writer.tensors, path)
-    return path
+    return build(folder() / name, fill, seed)
 
 
 def folder() -> Path:
