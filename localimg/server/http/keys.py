@@ -2,8 +2,8 @@
 
 Secure by default: a new route needs the key without anyone remembering to check it, because the
 check is plain ASGI middleware in front of all routes (it runs before any body is read). The
-public list is short and explicit (PUBLIC_PATHS): the page and its static files (the page asks
-for the key itself and sends it with its API calls), the health probes orchestrators send
+public list is short and explicit (PUBLIC_PATHS): the page and its files under /ui (the page
+asks for the key itself and sends it with its API calls), the health probes orchestrators send
 without credentials, /openapi.json, and the url-format output files under /generated, which
 browsers load from `<img src>` like OpenAI's own image URLs (their names are random tokens and
 they expire). CORS preflights (OPTIONS) pass too: browsers send them without credentials.
@@ -26,13 +26,14 @@ from localimg.errors import LocalimgError, Unauthorized
 from localimg.server.errors import error_response
 from localimg.server.http.asgi import ASGIApp, Receive, Scope, Send
 
-# Paths open without the key; `*` stands for one path segment. `--public-metrics` adds /metrics.
+# Paths open without the key; `*` stands for one path segment, `**` for anything below.
+# `--public-metrics` adds /metrics.
 PUBLIC_PATHS = (
     "/",
     "/healthz",
     "/readyz",
     "/openapi.json",
-    *(f"/ui/*.{kind}" for kind in ("html", "css", "js", "svg")),  # the page's static files
+    "/ui/**",  # the page's files (and its sampler table); bad names answer the page's 404
     "/generated/*",  # url-format outputs: random names, expiring
 )
 
@@ -40,8 +41,8 @@ ErrorShape = Callable[[LocalimgError], Response]
 
 
 def public_matcher(paths: Iterable[str]) -> re.Pattern[str]:
-    """One regular expression for a public list (`*`: one segment, never a slash)."""
-    parts = [re.escape(path).replace(r"\*", "[^/]+") for path in paths]
+    """One regular expression for a public list (`*`: one segment, `**`: anything below)."""
+    parts = [re.escape(path).replace(r"\*\*", ".+").replace(r"\*", "[^/]+") for path in paths]
     return re.compile("(?:" + "|".join(parts) + ")")
 
 
