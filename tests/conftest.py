@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models built offline and cached, models dirs with YAML for them."""
+"""Shared fixtures: tiny random models built offline and cached, models dirs with YAML for them,
+and (through pytest_plugins) the fake model hosts."""
 
 from __future__ import annotations
 
@@ -6,13 +7,21 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.support.tiny_families import TinyFamily
 
 # Never reach a model hub from the tests; quiet the libraries' own chatter.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+# Fixtures defined next to what they serve, shared with every test module from here (a module
+# that imported them by name would shadow them, and ruff would see an unused import).
+pytest_plugins = ["tests.support.fake_hosts"]
 
 
 @pytest.fixture(scope="session")
@@ -78,82 +87,26 @@ def conditioned_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_models(tmp_path_factory.mktemp("conditioned") / "models")
 
 
-@pytest.fixture(scope="session")
-def tiny_z_image() -> Path:
-    """A tiny random ZImagePipeline folder (sizes in multiples of 4), built once and cached."""
-    from tests.support.tiny_families import tiny_z_image_path
-
-    return tiny_z_image_path()
+# A pipeline needs a module its builder does not import (diffusers calls it unguarded).
+FAMILY_NEEDS = {"wan_i2v": "ftfy"}
 
 
 @pytest.fixture(scope="session")
-def tiny_flux2_klein() -> Path:
-    """A tiny random Flux2KleinPipeline folder (distilled like klein 4B; multiples of 4), cached."""
-    from tests.support.tiny_families import tiny_flux2_klein_path
+def tiny_family() -> TinyFamily:
+    """`tiny_family(name)`: the cached tiny random pipeline folder of a family, built on first use.
 
-    return tiny_flux2_klein_path()
+    One fixture for every family (names in tests/support/tiny_families.py's TINY_FAMILIES, plus
+    "sd" for the tiny SD pipeline), so a parametrised test names families by string and builds
+    only the ones its parameters select. A family whose pipeline needs a missing module skips.
+    """
+    from tests.support.tiny_families import TINY_FAMILIES
+    from tests.support.tiny_models import tiny_sd_path
 
+    def build(name: str) -> Path:
+        if name == "sd":
+            return tiny_sd_path()
+        if name in FAMILY_NEEDS:
+            pytest.importorskip(FAMILY_NEEDS[name])
+        return TINY_FAMILIES[name]()
 
-@pytest.fixture(scope="session")
-def tiny_flux2() -> Path:
-    """A tiny random Flux2Pipeline folder (FLUX.2 [dev]-like, multiples of 4), cached."""
-    from tests.support.tiny_families import tiny_flux2_path
-
-    return tiny_flux2_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_chroma() -> Path:
-    """A tiny random ChromaPipeline folder (multiples of 4), built once and cached."""
-    from tests.support.tiny_families import tiny_chroma_path
-
-    return tiny_chroma_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_flux_kontext() -> Path:
-    """A tiny random FluxKontextPipeline folder (one input image, multiples of 16), cached."""
-    from tests.support.tiny_families import tiny_flux_kontext_path
-
-    return tiny_flux_kontext_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen_image() -> Path:
-    """A tiny random QwenImagePipeline folder (multiples of 16), built once and cached."""
-    from tests.support.tiny_families import tiny_qwen_image_path
-
-    return tiny_qwen_image_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen_image_edit_plus() -> Path:
-    """A tiny QwenImageEditPlusPipeline folder (its processor built without torchvision)."""
-    from tests.support.tiny_families import tiny_qwen_image_edit_plus_path
-
-    return tiny_qwen_image_edit_plus_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_wan() -> Path:
-    """A tiny random WanPipeline folder (Wan 2.1 T2V: multiples of 16, 4k+1 frames), cached."""
-    from tests.support.tiny_families import tiny_wan_path
-
-    return tiny_wan_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_wan_i2v() -> Path:
-    """A tiny WanImageToVideoPipeline folder (Wan 2.2 TI2V-5B style); skips without ftfy."""
-    pytest.importorskip("ftfy")
-    from tests.support.tiny_families import tiny_wan_i2v_path
-
-    return tiny_wan_i2v_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_wan22_ti2v() -> Path:
-    """The tiny Wan 2.2 TI2V-5B saved as a WanPipeline (expand_timesteps), cached."""
-    from tests.support.tiny_families import tiny_wan22_ti2v_path
-
-    return tiny_wan22_ti2v_path()
+    return build

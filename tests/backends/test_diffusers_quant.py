@@ -17,6 +17,7 @@ from localimg.engine import Engine, EngineSettings, InProcessSlot
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult
 from tests.support.server_support import write_model
+from tests.support.tiny_families import TinyFamily
 from tests.support.tiny_quant import qwen_base, wide_qwen_transformer, write_gguf
 
 REQUEST = ImageRequest(prompt="a windmill", seed=5, steps=3)
@@ -39,9 +40,11 @@ def backend_of(engine: Engine, name: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_qwen_image: Path) -> Path:
+def models(
+    tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_family: TinyFamily
+) -> Path:
     folder = tmp_path_factory.mktemp("quant-models")
-    base = qwen_base(tiny_qwen_image, folder / "qwen-base")
+    base = qwen_base(tiny_family("qwen_image"), folder / "qwen-base")
     write_gguf(wide_qwen_transformer(), folder / "qwen-Q8_0.gguf")
     qwen = "name: {}\nbackend: diffusers\nparameters:\n  model: {}\nstep: 3\n{}"
     (folder / "qwen.yaml").write_text(qwen.format("qwen", base, ""), encoding="utf-8")

@@ -20,6 +20,7 @@ from localimg.engine import Engine, EngineSettings, InProcessSlot
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 from tests.support.server_support import write_model
+from tests.support.tiny_families import TinyFamily
 from tests.support.tiny_quant import tiny_autoencoder
 
 REQUEST = ImageRequest(prompt="a windmill", seed=5, steps=3)
@@ -118,10 +119,10 @@ def test_a_folder_without_a_tiny_autoencoder_is_refused(models: Path, tiny_sd: P
 
 
 def test_families_without_a_published_tiny_autoencoder_are_refused(
-    models: Path, tiny_qwen_image: Path
+    models: Path, tiny_family: TinyFamily
 ) -> None:
     with pytest.raises(ConfigError, match="no published tiny autoencoder for QwenImagePipeline"):
-        _load(models, str(tiny_qwen_image), ["vae:taesd"])
+        _load(models, str(tiny_family("qwen_image")), ["vae:taesd"])
 
 
 def test_the_published_tiny_autoencoders() -> None:
@@ -152,14 +153,17 @@ FAMILIES = [
 
 @pytest.mark.parametrize("fixture", FAMILIES)
 def test_f16_is_bfloat16_for_every_family_on_a_bf16_cpu(
-    fixture: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fixture: str,
+    tiny_family: TinyFamily,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`f16: true` loads every family in bfloat16 on such a CPU, and the picture stays a picture
     close to float32's (random weights: closeness is loose, the families' scales differ)."""
     import torch
 
     monkeypatch.setenv("LOCALIMG_CPU_BF16", "1")
-    folder: Path = request.getfixturevalue(fixture)
+    folder = tiny_family(fixture.removeprefix("tiny_"))
     for name, f16 in (("f32", "false"), ("bf16", "true")):
         (tmp_path / f"{name}.yaml").write_text(
             f"name: {name}\nbackend: diffusers\nparameters:\n  model: {folder}\n"

@@ -1,7 +1,5 @@
 """download.py against a local file server and a fake hub: URIs, safety, hashes, resume."""
 
-# ruff: noqa: F811  (the fixtures imported from fake_hosts are named by the test parameters)
-
 from __future__ import annotations
 
 import os
@@ -13,7 +11,7 @@ import pytest
 from localimg import download
 from localimg.download import FileSpec
 from localimg.errors import DownloadError, GalleryError
-from tests.support.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
+from tests.support.fake_hosts import FakeHosts, sha256
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 

@@ -1,7 +1,5 @@
 """gallery.py: index formats, template resolution, merging, and the shipped gallery's checks."""
 
-# ruff: noqa: F811  (the fixtures imported from fake_hosts are named by the test parameters)
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +17,7 @@ from localimg.gallery.catalog import (
     merge_options,
     resolve_entry,
 )
-from tests.support.fake_hosts import FakeHosts, hosts  # noqa: F401
+from tests.support.fake_hosts import FakeHosts
 
 # LocalAI's gallery/flux-ggml.yaml and its flux.1-dev-ggml entry, in their published shape.
 LOCALAI_FLUX_TEMPLATE = """\

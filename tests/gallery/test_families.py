@@ -110,7 +110,7 @@ def test_entry_loads_as_a_model_config_the_backend_accepts(
         from localimg.backends.diffusers.load.loading import pipeline_class
 
         assert config.diffusers.pipeline_type == pipeline
-        assert pipeline_class(pipeline).__name__ == pipeline
+        assert pipeline_class(str(pipeline)).__name__ == pipeline
         assert diffusers_options.parse_options(config).dtype == "bfloat16"
         assert config.model and HUB_ID.match(config.model)
     else:

@@ -1,7 +1,5 @@
 """Installing from a test index served offline: files, hashes, records, CLI, `run`."""
 
-# ruff: noqa: F811  (the fixtures imported from fake_hosts are named by the test parameters)
-
 from __future__ import annotations
 
 import json
@@ -17,7 +15,7 @@ from localimg.config import load_config_file
 from localimg.errors import DownloadError, GalleryError
 from localimg.gallery.catalog import Catalog, GallerySource
 from localimg.gallery.install import install, read_record, remove
-from tests.support.fake_hosts import FakeHosts, hosts, hub, sha256  # noqa: F401
+from tests.support.fake_hosts import FakeHosts, sha256
 
 GGUF = b"GGUF" + bytes(range(256)) * 64
 VAE = b"vae-weights" * 1000
@@ -67,7 +65,7 @@ def index(hub: FakeHosts, tmp_path: Path, tiny_sd: Path) -> Path:
             "uri": f"{hub.url}/files/ae.safetensors",
         },
     ]
-    entries = [
+    entries: list[dict[str, Any]] = [
         {
             "name": "flat-ggml",
             "tags": ["text-to-image"],

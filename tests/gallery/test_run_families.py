@@ -6,8 +6,6 @@ through the real path a user's first command takes: the shipped index, the insta
 snapshot into the cache, the YAML written), loading the family's pipeline class and generating.
 """
 
-# ruff: noqa: F811  (the fixtures imported from fake_hosts are named by the test parameters)
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from localimg.cli import app
-from tests.support.fake_hosts import FakeHosts, hosts, hub  # noqa: F401
+from tests.support.fake_hosts import FakeHosts
+from tests.support.tiny_families import TinyFamily
 
 
 @pytest.mark.parametrize(
@@ -31,7 +30,7 @@ from tests.support.fake_hosts import FakeHosts, hosts, hub  # noqa: F401
 def test_run_a_family_entry_installs_and_makes_an_image(
     hub: FakeHosts,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
+    tiny_family: TinyFamily,
     monkeypatch: pytest.MonkeyPatch,
     entry: str,
     repo: str,
@@ -50,9 +49,9 @@ def test_run_a_family_entry_installs_and_makes_an_image(
         "HUGGINGFACE_CO_URL_TEMPLATE",
         hub.url + "/{repo_id}/resolve/{revision}/{filename}",
     )
-    hub.add_repo_folder(repo, request.getfixturevalue(fixture))
+    hub.add_repo_folder(repo, tiny_family(fixture.removeprefix("tiny_")))
     models = tmp_path / "models"
-    outputs = []
+    outputs: list[np.ndarray] = []
     for seed in ("3", "3", "4"):
         output = tmp_path / f"out-{len(outputs)}.png"
         result = CliRunner().invoke(

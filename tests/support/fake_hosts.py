@@ -189,7 +189,7 @@ class Running:
         self.server.server_close()
 
 
-# -- fixtures (import them into a test module to use them) --------------------------------------
+# -- fixtures (tests/conftest.py shares them with every test through pytest_plugins) --------------
 
 import pytest  # noqa: E402
 

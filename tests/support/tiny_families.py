@@ -80,6 +80,8 @@ from tests.support.tiny_family_parts import (
 
 __all__ = [
     "FAMILY_BUILDERS",
+    "TINY_FAMILIES",
+    "TinyFamily",
     "tiny_chroma_path",
     "tiny_flux2_klein_base_path",
     "tiny_flux2_klein_path",
@@ -126,8 +128,9 @@ def make_z_image() -> Any:
         axes_lens=[256, 32, 32],
     )
     with torch.no_grad():  # made with torch.empty: fix them so no NaN sneaks in
-        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
-        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+        for name in ("x_pad_token", "cap_pad_token"):  # not in diffusers' type hints
+            token = getattr(transformer, name)
+            token.copy_(torch.ones_like(token))
     torch.manual_seed(0)
     vae = AutoencoderKL(
         in_channels=3,
@@ -171,3 +174,22 @@ FAMILY_BUILDERS: dict[str, Callable[[], Path]] = {
     "WanPipeline": tiny_wan_path,
     "WanImageToVideoPipeline": tiny_wan_i2v_path,
 }
+
+
+# The tiny pipelines by the short name the `tiny_family` fixture takes (tests/conftest.py): the
+# families above plus the variants no pipeline class names on its own.
+TINY_FAMILIES: dict[str, Callable[[], Path]] = {
+    "z_image": tiny_z_image_path,
+    "flux2_klein": tiny_flux2_klein_path,
+    "flux2_klein_base": tiny_flux2_klein_base_path,
+    "flux2": tiny_flux2_path,
+    "chroma": tiny_chroma_path,
+    "flux_kontext": tiny_flux_kontext_path,
+    "qwen_image": tiny_qwen_image_path,
+    "qwen_image_edit_plus": tiny_qwen_image_edit_plus_path,
+    "wan": tiny_wan_path,
+    "wan_i2v": tiny_wan_i2v_path,
+    "wan22_ti2v": tiny_wan22_ti2v_path,
+}
+
+TinyFamily = Callable[[str], Path]  # the `tiny_family` fixture: short name → cached folder
