@@ -22,7 +22,7 @@ from localimg.engine import Engine, EngineSettings
 from localimg.errors import ConfigError
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 from localimg.server.app import ServerSettings, create_app
-from tests.backends.test_diffusers_families import refused
+from tests.support.engine_checks import refused
 from tests.support.server_support import b64_image, serve_in_thread
 
 tiny_families = pytest.importorskip("tests.support.tiny_families")
@@ -255,10 +255,13 @@ def test_unknown_knob_and_bad_values_are_refused_naming_the_knobs(engine: Engine
         knobs,
     )
     for bad in ({"threshold": -1}, {"threshold": "high"}):
+
+        def submit(options: dict[str, Any] = bad) -> Any:  # the request inside: it may refuse
+            request = ImageRequest("x", cache="first_block_cache", cache_options=options)
+            return engine.submit("qwen-image", request)
+
         refused(
-            lambda bad=bad: engine.submit(
-                "qwen-image", ImageRequest("x", cache="first_block_cache", cache_options=bad)
-            ),
+            submit,
             "threshold",
             knobs,
         )

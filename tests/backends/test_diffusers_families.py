@@ -5,7 +5,8 @@ allowed; the image equals the bare pipeline call with the same arguments."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from localimg.backends.diffusers.sampling import flow
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import InvalidRequest
 from localimg.requests import ImageRequest, ImageResult
+from tests.support.engine_checks import backend_of, noise, refused
 
 tiny_families = pytest.importorskip("tests.support.tiny_families")
 
@@ -124,12 +126,6 @@ def reference(index: int, side: int) -> Image.Image:
     return image
 
 
-def noise(index: int, side: int) -> Image.Image:
-    """A random picture: tiny VAEs keep its detail through img2img (a flat colour washes out)."""
-    rng = np.random.default_rng(index)
-    return Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
-
-
 def run(engine: Engine, name: str, **fields: Any) -> ImageResult:
     case = PRESENT[name]
     side = case.edit_side if "image" in fields else case.side
@@ -151,18 +147,6 @@ def pixels(result: ImageResult) -> np.ndarray:
 
 def differ(a: ImageResult, b: ImageResult) -> bool:
     return bool(np.abs(pixels(a) - pixels(b)).max() > 0)
-
-
-def backend_of(engine: Engine, name: str) -> Any:
-    return engine.slots[name].backend  # type: ignore[attr-defined]
-
-
-def refused(call: Callable[[], Any], *words: str) -> str:
-    with pytest.raises(InvalidRequest) as err:
-        call()
-    for word in words:
-        assert word in err.value.message, err.value.message
-    return err.value.message
 
 
 # -- recognised, deterministic -------------------------------------------------------------
@@ -268,9 +252,7 @@ def test_max_sequence_length_over_the_family_limit_is_refused(engine: Engine) ->
     for name, limit in (("kontext", 512), ("chroma", 512), ("qwen-image", 1024)):
         if name in PRESENT:
             refused(
-                lambda name=name, limit=limit: run(
-                    engine, name, extra={"max_sequence_length": limit + 1}
-                ),
+                functools.partial(run, engine, name, extra={"max_sequence_length": limit + 1}),
                 f"at most {limit} tokens",
             )
 
@@ -626,11 +608,12 @@ def test_flow_schedulers_take_the_pipelines_sigmas_and_mu() -> None:
 
     import diffusers
 
-    dynamic = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
+    scheduler: Any = diffusers.FlowMatchEulerDiscreteScheduler  # ConfigMixin hides its attributes
+    dynamic = scheduler(shift=3.0, use_dynamic_shifting=True).config
     default_sigmas = np.linspace(1.0, 1 / 6, 6)
     euler = flow.build(flow.FLOW_SCHEDULERS["euler"], dynamic)
     euler.set_timesteps(sigmas=default_sigmas, mu=0.7)
-    fixed = diffusers.FlowMatchEulerDiscreteScheduler(shift=math.exp(0.7))
+    fixed = scheduler(shift=math.exp(0.7))
     fixed.set_timesteps(sigmas=default_sigmas)
     assert np.allclose(euler.sigmas.numpy(), fixed.sigmas.numpy(), atol=1e-6)
     heun = flow.build(flow.FLOW_SCHEDULERS["heun"], dynamic)

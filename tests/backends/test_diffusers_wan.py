@@ -12,7 +12,7 @@ import pytest
 
 from localimg.engine import Engine, EngineSettings
 from localimg.requests import ImageRequest, ImageResult
-from tests.backends.test_diffusers_families import backend_of, noise, refused
+from tests.support.engine_checks import backend_of, noise, refused
 
 tiny_families = pytest.importorskip("tests.support.tiny_families")
 
