@@ -38,7 +38,7 @@ def qwen25_vl_encoder() -> Any:
     """Qwen2_5_VLForConditionalGeneration at toy size, its token ids those of qwen_tokenizer."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    config = Qwen2_5_VLConfig(
+    config = Qwen2_5_VLConfig(  # type: ignore[call-arg]  # vocab_size: a kwargs attribute
         text_config={
             "hidden_size": 16,
             "intermediate_size": 16,

@@ -80,7 +80,7 @@ def qwen_tokenizer(max_length: int = 512) -> Any:
     tokenizer = Qwen2Tokenizer(
         vocab=qwen_vocab(),
         merges=[],
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]  # Qwen2's tokenizer has none (stubs say str)
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=list(QWEN_SPECIALS[1:]),
@@ -193,8 +193,8 @@ def mistral3_encoder(hidden: int, layers: int) -> Any:
     """Mistral3ForConditionalGeneration at toy size (a Pixtral vision tower it keeps unused)."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    ids = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 4}
-    config = Mistral3Config(
+    ids: dict[str, Any] = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 4}
+    config = Mistral3Config(  # type: ignore[call-arg]  # image_seq_length: a kwargs attribute
         text_config={
             "model_type": "mistral",
             "vocab_size": MISTRAL_VOCAB,
@@ -252,7 +252,7 @@ def t5_encoder(umt5: bool = False) -> Any:
     """A 2-layer T5 (or UMT5) encoder, d_model 32, in eval mode (dropout off)."""
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    sizes = {
+    sizes: dict[str, Any] = {
         "vocab_size": T5_VOCAB,
         "d_model": 32,
         "d_kv": 8,

@@ -221,11 +221,9 @@ def wan_t2v_13b(path: Path, seed: int) -> None:
     add_linear("time_embedding.0", 256, d)
     add_linear("time_embedding.2", d, d)
     add_linear("time_projection.1", d, 6 * d, linear("tp", d, 6 * d, gain=0.1))
-    shared = {
-        "attn": [linear(f"a{i}", d, d) for i in range(8)],
-        "ffn0": linear("f0", d, WAN_FFN),
-        "ffn2": linear("f2", WAN_FFN, d, gain=0.3),
-    }
+    shared_attn = [linear(f"a{i}", d, d) for i in range(8)]
+    shared_ffn0 = linear("f0", d, WAN_FFN)
+    shared_ffn2 = linear("f2", WAN_FFN, d, gain=0.3)
     modulation = rng.standard_normal((1, 6, d), dtype=np.float32) * 0.1
     for layer in range(WAN_LAYERS):
         p = f"blocks.{layer}"
@@ -233,14 +231,14 @@ def wan_t2v_13b(path: Path, seed: int) -> None:
         for index, (attn, proj) in enumerate(
             (a, q) for a in ("self_attn", "cross_attn") for q in ("q", "k", "v", "o")
         ):
-            add_linear(f"{p}.{attn}.{proj}", d, d, shared["attn"][index])
+            add_linear(f"{p}.{attn}.{proj}", d, d, shared_attn[index])
         for attn in ("self_attn", "cross_attn"):
             const(f"{p}.{attn}.norm_q.weight", (d,), 1.0)
             const(f"{p}.{attn}.norm_k.weight", (d,), 1.0)
         const(f"{p}.norm3.weight", (d,), 1.0)
         const(f"{p}.norm3.bias", (d,), 0.0)
-        add_linear(f"{p}.ffn.0", d, WAN_FFN, shared["ffn0"])
-        add_linear(f"{p}.ffn.2", WAN_FFN, d, shared["ffn2"])
+        add_linear(f"{p}.ffn.0", d, WAN_FFN, shared_ffn0)
+        add_linear(f"{p}.ffn.2", WAN_FFN, d, shared_ffn2)
     head = rng.standard_normal((1, 2, d), dtype=np.float32) * 0.1
     file.add("head.modulation", head.shape, GGML_F32, head.tobytes())
     add_linear("head.head", d, 16 * 4, linear("head", d, 64, gain=0.3))

@@ -168,7 +168,7 @@ def save_sd_pipeline(folder: Path, unet: Any, vae: Any, text_encoder: Any, sched
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(str(tmp))
+    pipe.save_pretrained(str(tmp))  # type: ignore[attr-defined]
     shutil.rmtree(tmp / "tokenizer-src")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

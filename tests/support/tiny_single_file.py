@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 RESNET = {
     "norm1": "in_layers.0",
@@ -102,7 +103,7 @@ def write_ldm_checkpoint(pipe_folder: Path, out_file: Path) -> Path:
     """Save `pipe_folder` (the tiny SD pipeline) as one ldm-layout .safetensors file."""
     from safetensors.torch import load_file, save_file
 
-    def component(name: str) -> dict:  # type: ignore[type-arg]
+    def component(name: str) -> dict[str, Any]:
         return load_file(str(next((pipe_folder / name).glob("*.safetensors"))))
 
     unet_config = json.loads((pipe_folder / "unet" / "config.json").read_text())
