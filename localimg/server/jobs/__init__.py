@@ -1,6 +1,7 @@
 """Asynchronous jobs: /v1/images/jobs (create, poll, events, cancel) and /v1/videos.
 
-A job answers 202 at once and runs on the engine while the client polls or listens; `store` is
-the bounded, expiring registry both kinds share, `image_job` an image job's record and outcome,
-`images` its routes, `videos` the video jobs and their routes.
+A job answers 202 at once and runs on the engine while the client polls or listens. `base` is
+the record both kinds derive from (engine job, error path, cancel), `routes` the one factory of
+their five routes, `store` the bounded, expiring registry they share; `image_job` and `images`
+are the image kind, `videos` the video kind.
 """

@@ -13,52 +13,48 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from localimg.errors import Cancelled, LocalimgError
 from localimg.media import output
 from localimg.media.encode import encode
 from localimg.server.jobs import videos
+from localimg.server.jobs.base import Job
 from localimg.server.openai import schemas
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from localimg.engine import Engine, Job
+    from localimg.engine import Engine
+    from localimg.engine import Job as EngineJob
     from localimg.requests import ImageResult, ProgressEvent
 
-log = logging.getLogger("localimg.server")
 
 MAX_FINISHED_IMAGE_JOBS = 100  # finished image jobs kept (each also expires after the url TTL)
 FINISHED = ("completed", "failed", "cancelled")
 STEP_PHASES = ("step", "done")
 
 
-@dataclass
-class ImageJob:
+@dataclass(kw_only=True)
+class ImageJob(Job):
     """One POST /v1/images/jobs: the engine job while it runs, then its outcome."""
 
-    id: str
-    model: str
+    label: ClassVar[str] = "image job"
+
     prepared: schemas.Prepared | None  # dropped once finished, with the input images it holds
     url_prefix: str  # where the output folder is served, from the POST's base URL
     loop: asyncio.AbstractEventLoop
-    created_at: int = field(default_factory=lambda: int(time.time()))
-    job: Job | None = None  # dropped once finished (its result's images are not kept alive)
     final_status: str | None = None  # completed / failed / cancelled once finished
     cancel_requested: bool = False
     step: int = 0
     total: int = 0
-    error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None  # the generations body, items with a "url" of `paths`
     paths: list[Path] = field(default_factory=list)
     as_b64: bool = False  # whether the result's items are shown as b64_json
     completed_at: int | None = None
-    finished_at: float | None = None  # time.time() when finished (the store's bound)
     ttl: float = 3600.0  # the store's: when a finished job (and its files) expires
     preview: Image | None = None
     preview_png: tuple[Image, str] | None = field(default=None, repr=False)
@@ -79,6 +75,36 @@ class ImageJob:
     @property
     def finished(self) -> bool:
         return self.final_status is not None
+
+    def set_status(self, status: str) -> None:
+        self.final_status = status
+
+    def error_of(self, exc: Exception) -> dict[str, Any]:
+        """OpenAI's error object, as the generations route would have answered it."""
+        if isinstance(exc, LocalimgError):
+            error: dict[str, Any] = exc.to_openai()["error"]
+            return error
+        return {
+            "message": f"internal error: {type(exc).__name__}: {exc}",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+
+    def cancel(self) -> None:
+        """Cancelled at once in what GET shows, the engine job within a step."""
+        self.cancel_requested = True
+        super().cancel()
+
+    def close(self) -> None:
+        """What is kept of a finished job is small: its files are on disk, and the input images
+        (in the request) and the last preview are let go."""
+        super().close()
+        self.prepared = self.preview = None
+        self.preview_png = None
+        if self.final_status is None:
+            self.final_status = "cancelled"
+        self.publish(None)
 
     # -- progress, from the slot's thread ---------------------------------------------------
 
@@ -103,7 +129,9 @@ class ImageJob:
 
     # -- what GET answers --------------------------------------------------------------------
 
-    def public(self, engine: Engine, *, step: int | None = None, total: int | None = None) -> dict:
+    def public(
+        self, engine: Engine, *, step: int | None = None, total: int | None = None
+    ) -> dict[str, Any]:
         """The job object without result or preview (`step`/`total`: those of one event)."""
         status = self.status
         step = self.step if step is None else step
@@ -194,7 +222,7 @@ class ImageJob:
 # -- finishing -------------------------------------------------------------------------------
 
 
-async def finish(entry: ImageJob, job: Job, output_dir: Path) -> None:
+async def finish(entry: ImageJob, job: EngineJob, output_dir: Path) -> None:
     """Await the engine job, write its images into the output folder, record the outcome."""
     try:
         await _record(entry, job, output_dir)
@@ -203,17 +231,10 @@ async def finish(entry: ImageJob, job: Job, output_dir: Path) -> None:
         entry.final_status = entry.final_status or "cancelled"
         raise
     finally:
-        # What is kept of a finished job is small: its files are on disk, and the input images
-        # (in the request) and the last preview are let go.
-        entry.job = entry.prepared = entry.preview = None
-        entry.preview_png = None
-        entry.finished_at = time.time()
-        if entry.final_status is None:
-            entry.final_status = "cancelled"
-        entry.publish(None)
+        entry.close()
 
 
-async def _record(entry: ImageJob, job: Job, output_dir: Path) -> None:
+async def _record(entry: ImageJob, job: EngineJob, output_dir: Path) -> None:
     prepared = entry.prepared
     assert prepared is not None
     try:
@@ -231,19 +252,8 @@ async def _record(entry: ImageJob, job: Job, output_dir: Path) -> None:
     except Cancelled:
         entry.final_status = "cancelled"
         return
-    except LocalimgError as exc:
-        entry.error = exc.to_openai()["error"]
-        entry.final_status = "failed"
-        return
     except Exception as exc:  # an unexpected failure must still end the job visibly
-        log.exception("image job %s failed", entry.id)
-        entry.error = {
-            "message": f"internal error: {type(exc).__name__}: {exc}",
-            "type": "server_error",
-            "param": None,
-            "code": "internal_error",
-        }
-        entry.final_status = "failed"
+        entry.fail(exc)
         return
     body = schemas.response_body(result, items, prepared)
     videos.annotate(body, result, prepared)

@@ -32,6 +32,7 @@ from localimg.requests import MAX_PREVIEWS
 from localimg.server.http import sse
 from localimg.server.http.access_log import record_job
 from localimg.server.jobs.image_job import ImageJob, finish
+from localimg.server.jobs.routes import JobKind, job_routes
 from localimg.server.openai import images as openai_images
 from localimg.server.openai import schemas
 from localimg.server.served import check_available
@@ -122,20 +123,9 @@ async def create_job(request: Request) -> Response:
     job = await asyncio.to_thread(engine.submit, config.name, prepared.request, entry.on_progress)
     record_job(request, job)
     entry.job = job
-    state.image_jobs.add(entry)
-    task = asyncio.create_task(finish(entry, job, state.output_dir))
-    state.image_job_tasks.add(task)
-    task.add_done_callback(state.image_job_tasks.discard)
+    KIND.start(request, entry, finish(entry, job, state.output_dir))
     headers = {"X-Localimg-Ignored": ",".join(prepared.ignored)} if prepared.ignored else None
     return JSONResponse(entry.public(engine), status_code=202, headers=headers)
-
-
-def _entry(request: Request) -> ImageJob:
-    job_id = request.path_params["job_id"]
-    entry: ImageJob | None = request.app.state.image_jobs.get(job_id)
-    if entry is None:
-        raise ImageJobNotFound(f"no image job {job_id!r} (unknown, deleted or expired)")
-    return entry
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -147,28 +137,17 @@ def _flag(request: Request, name: str) -> bool:
     raise InvalidRequest(f"{name} must be true or false, got {value!r}", param=name)
 
 
-async def get_job(request: Request) -> Response:
+async def get_job(request: Request, entry: ImageJob) -> Response:
     """GET /v1/images/jobs/{id}[?preview=true]."""
-    entry = _entry(request)
     body = await entry.render(request.app.state.engine, preview=_flag(request, "preview"))
     return JSONResponse(body)
 
 
-async def list_jobs(request: Request) -> Response:
-    """GET /v1/images/jobs: newest first, without results or previews."""
-    state = request.app.state
-    entries = sorted(state.image_jobs.values(), key=lambda e: e.created_at, reverse=True)
-    return JSONResponse({"object": "list", "data": [e.public(state.engine) for e in entries]})
-
-
-async def delete_job(request: Request) -> Response:
+async def delete_job(request: Request, entry: ImageJob) -> Response:
     """DELETE /v1/images/jobs/{id}: cancel a queued or running job; delete a finished one."""
     state = request.app.state
-    entry = _entry(request)
     if not entry.finished:
-        entry.cancel_requested = True
-        if entry.job is not None:
-            entry.job.cancel()
+        entry.cancel()
         return JSONResponse({**entry.public(state.engine), "deleted": False})
     state.image_jobs.remove(entry.id)  # and its files
     return JSONResponse({**entry.public(state.engine), "deleted": True})
@@ -225,18 +204,30 @@ async def _events(entry: ImageJob, engine: Engine, preview: bool) -> AsyncIterat
         entry.subscribers.discard(queue)
 
 
-async def job_events(request: Request) -> Response:
+async def job_events(request: Request, entry: ImageJob) -> Response:
     """GET /v1/images/jobs/{id}/events[?preview=true]: Server-Sent Events."""
-    entry = _entry(request)
     stream = _events(entry, request.app.state.engine, _flag(request, "preview"))
     return StreamingResponse(stream, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
 
+def _not_found(job_id: str) -> LocalimgError:
+    return ImageJobNotFound(f"no image job {job_id!r} (unknown, deleted or expired)")
+
+
+KIND = JobKind(
+    path="/v1/images/jobs",
+    param="job_id",
+    store="image_jobs",
+    tasks="image_job_tasks",
+    not_found=_not_found,
+    create=create_job,
+    show=get_job,
+    delete=delete_job,
+    sub_path="/events",
+    sub=job_events,
+)
+
+
 def routes() -> list[Route]:
-    return [
-        Route("/v1/images/jobs", create_job, methods=["POST"]),
-        Route("/v1/images/jobs", list_jobs, methods=["GET"]),
-        Route("/v1/images/jobs/{job_id}", get_job, methods=["GET"]),
-        Route("/v1/images/jobs/{job_id}", delete_job, methods=["DELETE"]),
-        Route("/v1/images/jobs/{job_id}/events", job_events, methods=["GET"]),
-    ]
+    """POST and GET /v1/images/jobs, GET and DELETE /v1/images/jobs/{id}, GET .../events."""
+    return job_routes(KIND)

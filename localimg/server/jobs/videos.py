@@ -15,12 +15,11 @@ Finished files live in the server's output folder and expire like url-format ima
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -31,14 +30,16 @@ from localimg.errors import InvalidRequest, LocalimgError
 from localimg.media import conditioning, output, video
 from localimg.requests import MAX_FRAMES, ImageRequest, parse_mode, parse_size
 from localimg.server.http.access_log import record_job
+from localimg.server.jobs.base import Job
+from localimg.server.jobs.routes import JobKind, job_routes
 from localimg.server.jobs.store import JobStore
 
 if TYPE_CHECKING:
-    from localimg.engine import Engine, Job
+    from localimg.engine import Engine
+    from localimg.engine import Job as EngineJob
     from localimg.requests import ImageResult, ProgressEvent
     from localimg.server.openai.schemas import Prepared
 
-log = logging.getLogger("localimg.server")
 
 DEFAULT_FPS = 8.0
 MAX_FINISHED_VIDEOS = 100  # finished video jobs kept (each also expires after the url TTL)
@@ -85,31 +86,36 @@ def annotate(body: dict[str, Any], result: ImageResult, prepared: Prepared) -> N
 # -- the job API ---------------------------------------------------------------------------------
 
 
-@dataclass
-class VideoJob:
+@dataclass(kw_only=True)
+class VideoJob(Job):
     """One POST /v1/videos and what became of it."""
 
-    id: str
-    model: str
+    label: ClassVar[str] = "video"
+
     prompt: str
     size: str
     seconds: str
-    created_at: int = field(default_factory=lambda: int(time.time()))
     status: str = "queued"
     progress: int = 0
     completed_at: int | None = None
     expires_at: int | None = None
-    error: dict[str, str] | None = None
     path: Path | None = None
     thumbnail: Path | None = None
-    job: Job | None = None  # dropped once finished: its result's frames are not kept alive
     seed: int | None = None
-    finished_at: float | None = None  # time.time() when completed or failed (VideoStore bounds)
 
     def files(self) -> list[Path]:
         return [path for path in (self.path, self.thumbnail) if path is not None]
 
-    def public(self) -> dict[str, Any]:
+    def set_status(self, status: str) -> None:
+        self.status = status
+
+    def error_of(self, exc: Exception) -> dict[str, Any]:
+        """OpenAI's video error: a code and a message."""
+        if isinstance(exc, LocalimgError):
+            return {"code": exc.code or "failed", "message": exc.message}
+        return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+
+    def public(self, engine: Engine | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "video",
@@ -272,14 +278,11 @@ async def create_video(request: Request) -> Response:
     job = await asyncio.to_thread(engine.submit, config.name, engine_request, on_progress)
     record_job(request, job)
     entry.job = job
-    state.videos.add(entry)
-    task = asyncio.create_task(_finish(state, entry, job))
-    state.video_tasks.add(task)
-    task.add_done_callback(state.video_tasks.discard)
+    KIND.start(request, entry, _finish(state, entry, job))
     return JSONResponse(entry.public())
 
 
-async def _finish(state: Any, entry: VideoJob, job: Job) -> None:
+async def _finish(state: Any, entry: VideoJob, job: EngineJob) -> None:
     """Wait for the job, encode the MP4 and a thumbnail, record the outcome.
 
     The job (and so its result's frames) is let go once the files are written or it failed.
@@ -287,25 +290,18 @@ async def _finish(state: Any, entry: VideoJob, job: Job) -> None:
     try:
         await _record(state, entry, job)
     finally:
-        entry.job = None
-        entry.finished_at = time.time()
+        entry.close()
 
 
-async def _record(state: Any, entry: VideoJob, job: Job) -> None:
+async def _record(state: Any, entry: VideoJob, job: EngineJob) -> None:
     try:
         result = await asyncio.wrap_future(job.future)
         folder: Path = state.output_dir
         path = folder / f"{entry.id}.mp4"
         thumbnail = folder / f"{entry.id}.thumbnail.webp"
         await asyncio.to_thread(output.write_video_files, result, path, thumbnail)
-    except LocalimgError as exc:
-        entry.status = "failed"
-        entry.error = {"code": exc.code or "failed", "message": exc.message}
-        return
     except Exception as exc:  # an unexpected failure must still end the job visibly
-        log.exception("video %s failed", entry.id)
-        entry.status = "failed"
-        entry.error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+        entry.fail(exc)
         return
     entry.path, entry.thumbnail = path, thumbnail
     entry.seed = result.seeds[0] if result.seeds else None
@@ -320,28 +316,13 @@ async def _record(state: Any, entry: VideoJob, job: Job) -> None:
     entry.status = "completed"
 
 
-def _entry(request: Request) -> VideoJob:
-    video_id = request.path_params["video_id"]
-    entry = request.app.state.videos.get(video_id)
-    if entry is None:
-        raise VideoNotFound(f"no video {video_id!r} (unknown, deleted or expired)")
-    return entry
-
-
-async def get_video(request: Request) -> Response:
+async def get_video(request: Request, entry: VideoJob) -> Response:
     """GET /v1/videos/{id}."""
-    return JSONResponse(_entry(request).public())
+    return JSONResponse(entry.public())
 
 
-async def list_videos(request: Request) -> Response:
-    """GET /v1/videos: newest first."""
-    entries = sorted(request.app.state.videos.values(), key=lambda e: e.created_at, reverse=True)
-    return JSONResponse({"object": "list", "data": [e.public() for e in entries]})
-
-
-async def video_content(request: Request) -> Response:
+async def video_content(request: Request, entry: VideoJob) -> Response:
     """GET /v1/videos/{id}/content[?variant=video|thumbnail]."""
-    entry = _entry(request)
     variant = request.query_params.get("variant", "video")
     if variant not in ("video", "thumbnail"):
         raise InvalidRequest(
@@ -357,20 +338,31 @@ async def video_content(request: Request) -> Response:
     return FileResponse(path, media_type=media)
 
 
-async def delete_video(request: Request) -> Response:
+async def delete_video(request: Request, entry: VideoJob) -> Response:
     """DELETE /v1/videos/{id}: cancel it if running, delete its files."""
-    entry = _entry(request)
-    if entry.job is not None:
-        entry.job.cancel()
+    entry.cancel()
     request.app.state.videos.remove(entry.id)  # and its files
     return JSONResponse({"id": entry.id, "object": "video.deleted", "deleted": True})
 
 
+def _not_found(video_id: str) -> LocalimgError:
+    return VideoNotFound(f"no video {video_id!r} (unknown, deleted or expired)")
+
+
+KIND = JobKind(
+    path="/v1/videos",
+    param="video_id",
+    store="videos",
+    tasks="video_tasks",
+    not_found=_not_found,
+    create=create_video,
+    show=get_video,
+    delete=delete_video,
+    sub_path="/content",
+    sub=video_content,
+)
+
+
 def routes() -> list[Route]:
-    return [
-        Route("/v1/videos", create_video, methods=["POST"]),
-        Route("/v1/videos", list_videos, methods=["GET"]),
-        Route("/v1/videos/{video_id}", get_video, methods=["GET"]),
-        Route("/v1/videos/{video_id}", delete_video, methods=["DELETE"]),
-        Route("/v1/videos/{video_id}/content", video_content, methods=["GET"]),
-    ]
+    """POST and GET /v1/videos, GET and DELETE /v1/videos/{id}, GET .../content."""
+    return job_routes(KIND)
