@@ -26,7 +26,7 @@ from localimg.engine import as_backend_error, load_now
 from localimg.errors import LocalimgError
 from localimg.media.decode import ImageLimits
 from localimg.media.fetch import FetchPolicy
-from localimg.server import files, health, metrics
+from localimg.server import files, health, metrics, openapi
 from localimg.server.a1111 import routes as a1111
 from localimg.server.a1111.schemas import unauthorized as a1111_unauthorized
 from localimg.server.errors import exception_handlers
@@ -155,6 +155,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         *image_jobs.routes(),
         *(a1111.routes() if settings.a1111 else []),
         *metrics.routes(),
+        *openapi.routes(),
         *(web_page.routes() if settings.ui else []),
     ]
     app = Starlette(

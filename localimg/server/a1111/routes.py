@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from localimg.server.a1111.info import Outcome, grid, info_json, parse_parameter
 from localimg.server.a1111.samplers import Choice, choose, engine_of, sampler_label
 from localimg.server.a1111.schemas import (
     A1111Error,
+    A1111ErrorBody,
     Img2ImgBody,
     Txt2ImgBody,
     check_img2img,
@@ -46,6 +48,7 @@ from localimg.server.a1111.schemas import (
 from localimg.server.a1111.state import A1111State, Run
 from localimg.server.http.access_log import record_job
 from localimg.server.openai.images import await_job
+from localimg.server.openapi import describe, with_error
 from localimg.server.served import check_available
 
 if TYPE_CHECKING:
@@ -69,7 +72,8 @@ def _endpoint(handler: Handler, a1: A1111State) -> Callable[[Request], Awaitable
         except LocalimgError as exc:
             return error_response(exc)
 
-    return endpoint
+    functools.update_wrapper(endpoint, handler)  # its docstring and openapi.describe
+    return with_error(endpoint, A1111ErrorBody)
 
 
 # -- txt2img / img2img -----------------------------------------------------------------------
@@ -258,10 +262,12 @@ def _encode_all(outcome: Outcome, fmt: str, send: bool) -> list[str]:
     ]
 
 
+@describe(body=Txt2ImgBody)
 async def txt2img(request: Request, a1: A1111State) -> Response:
     return await _generate(request, a1, "txt2img")
 
 
+@describe(body=Img2ImgBody)
 async def img2img(request: Request, a1: A1111State) -> Response:
     return await _generate(request, a1, "img2img")
 
@@ -327,7 +333,7 @@ def routes() -> list[BaseRoute]:
         for path, handler, method in table
     ]
     # Anything else under /sdapi/v1 answers as FastAPI (A1111) does: 404 {"detail": "Not Found"}.
-    routes.append(Route("/sdapi/v1/{rest:path}", not_found))
+    routes.append(Route("/sdapi/v1/{rest:path}", not_found, include_in_schema=False))
     return routes
 
 

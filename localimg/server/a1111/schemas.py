@@ -140,6 +140,15 @@ class A1111Error(LocalimgError):
         self.http_status = status
 
 
+class A1111ErrorBody(BaseModel):
+    """A1111's error shape (FastAPI's exception handler in its api.py)."""
+
+    error: str
+    detail: str
+    body: str
+    errors: str
+
+
 def error_response(exc: LocalimgError) -> JSONResponse:
     """A1111's exception handler: `{"error": class name, "detail", "body", "errors"}`."""
     body = {"error": type(exc).__name__, "detail": exc.message, "body": "", "errors": exc.message}

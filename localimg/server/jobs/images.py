@@ -35,6 +35,7 @@ from localimg.server.jobs.image_job import ImageJob, finish
 from localimg.server.jobs.routes import JobKind, job_routes
 from localimg.server.openai import images as openai_images
 from localimg.server.openai import schemas
+from localimg.server.openapi import describe
 from localimg.server.served import check_available
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def _with_previews(prepared: schemas.Prepared, fields: Any) -> schemas.Prepared:
     return dataclasses.replace(prepared, request=request)
 
 
+@describe(body=JobGenerationBody, form=JobEditFields, files=("image", "image[]", "mask"))
 async def create_job(request: Request) -> Response:
     """POST /v1/images/jobs: a generations (JSON) or edits (multipart) body; 202 at once."""
     state = request.app.state

@@ -10,6 +10,7 @@ unknown id, the listing and the store's registration behave alike for both kinds
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -77,9 +78,7 @@ def job_routes(kind: JobKind) -> list[Route]:
         async def endpoint(request: Request) -> Response:
             return await handler(request, kind.entry(request))
 
-        endpoint.__doc__ = handler.__doc__
-        endpoint.__name__ = handler.__name__
-        return endpoint
+        return functools.wraps(handler)(endpoint)  # its docstring and openapi.describe
 
     one = f"{kind.path}/{{{kind.param}}}"
     return [

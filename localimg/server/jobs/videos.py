@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -33,6 +34,7 @@ from localimg.server.http.access_log import record_job
 from localimg.server.jobs.base import Job
 from localimg.server.jobs.routes import JobKind, job_routes
 from localimg.server.jobs.store import JobStore
+from localimg.server.openapi import describe
 
 if TYPE_CHECKING:
     from localimg.engine import Engine
@@ -43,23 +45,30 @@ if TYPE_CHECKING:
 
 DEFAULT_FPS = 8.0
 MAX_FINISHED_VIDEOS = 100  # finished video jobs kept (each also expires after the url TTL)
-# Fields of POST /v1/videos: OpenAI's, then localimg's extensions (as in the Images API).
-VIDEO_FIELDS = (
-    "prompt",
-    "model",
-    "seconds",
-    "size",
-    "input_reference",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "cfg_scale",
-    "num_frames",
-    "fps",
-    "strength",
-    "scheduler",
-    "mode",
-)
+
+
+class VideoFields(BaseModel):
+    """The fields of POST /v1/videos: OpenAI's, then localimg's extensions (as in the Images
+    API). build_request reads them (a multipart form's come as text); this model is what
+    /openapi.json shows and where the list of accepted names comes from."""
+
+    prompt: str | None = None
+    model: str | None = None
+    seconds: str | float | None = None
+    size: str | None = None
+    input_reference: str | None = None  # base64, data URL or http(s) URL; or a file (multipart)
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+    strength: float | None = None
+    scheduler: str | None = None
+    mode: int | str | None = None
+
+
+VIDEO_FIELDS = tuple(VideoFields.model_fields)
 
 
 class VideoNotFound(LocalimgError):
@@ -234,6 +243,7 @@ def build_request(data: dict[str, Any], init_image: Any) -> tuple[ImageRequest, 
     return request, shown
 
 
+@describe(body=VideoFields, form=VideoFields, files=("input_reference",))
 async def create_video(request: Request) -> Response:
     """POST /v1/videos: queue a video job and answer at once."""
     from localimg.media.decode import decode_image, image_from_text

@@ -20,6 +20,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,12 +28,22 @@ from starlette.routing import Route
 from localimg.errors import InvalidRequest
 from localimg.server.errors import NotFound
 from localimg.server.openai.models import model_list
+from localimg.server.openapi import describe
 from localimg.server.served import check_available, served_config
 
 if TYPE_CHECKING:
     from localimg.engine import Engine
 
-APPLY_KEYS = ("id", "name")
+
+class ApplyBody(BaseModel):
+    """POST /models/apply (checked by hand in `apply`, for LocalAI's messages; this model is
+    what /openapi.json shows and where the accepted names come from)."""
+
+    id: str  # a gallery model name, or gallery@name
+    name: str | None = None  # the name to install it under
+
+
+APPLY_KEYS = tuple(ApplyBody.model_fields)
 
 
 def _catalog() -> Any:
@@ -73,6 +84,7 @@ async def available(request: Request) -> Response:
     return JSONResponse(body)
 
 
+@describe(body=ApplyBody)
 async def apply(request: Request) -> Response:
     """Start installing a gallery model: `{"id": "name" or "gallery@name", "name": optional}`."""
     try:

@@ -28,6 +28,7 @@ from localimg.media.decode import image_from_text
 from localimg.server.http.access_log import record_job
 from localimg.server.jobs import videos
 from localimg.server.openai import forms, schemas, streaming
+from localimg.server.openapi import describe
 from localimg.server.served import check_available, served_config
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ async def _respond(request: Request, config: ModelConfig, prepared: schemas.Prep
 # -- generations -----------------------------------------------------------------------------
 
 
+@describe(body=schemas.GenerationBody)
 async def generations(request: Request) -> Response:
     """POST /v1/images/generations."""
     config, prepared, _ = await prepare_generation(request)
@@ -240,6 +242,7 @@ async def prepare_conditioned(
     return config, prepared, form.fields
 
 
+@describe(form=schemas.EditFields, files=("image", "image[]", "mask"))
 async def edits(request: Request) -> Response:
     """POST /v1/images/edits (multipart)."""
     config, prepared, _ = await prepare_conditioned(request, "edits", needs_prompt=True)
@@ -248,6 +251,7 @@ async def edits(request: Request) -> Response:
     return await _respond(request, config, prepared)
 
 
+@describe(form=schemas.EditFields, files=("image",))
 async def variations(request: Request) -> Response:
     """POST /v1/images/variations (multipart)."""
     config, prepared, _ = await prepare_conditioned(request, "variations", needs_prompt=False)
