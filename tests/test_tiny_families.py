@@ -7,13 +7,14 @@ other pixels. Edit families also run with one and two reference images.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.support.tiny_families import FAMILY_BUILDERS
+from tests.support.tiny_families import FAMILY_BUILDERS, small_edit_plus_references
 
 # Per family: the call's keyword arguments (besides prompt, steps, generator, output_type).
 CALLS: dict[str, dict[str, Any]] = {
@@ -87,6 +88,13 @@ MULTIPLES = {
     "WanPipeline": 16,
     "WanImageToVideoPipeline": 32,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_references() -> Iterator[None]:
+    """Qwen-Image-Edit-Plus references encoded at 128 px, not 1 MP (see the helper)."""
+    with small_edit_plus_references():
+        yield
 
 
 @cache

@@ -99,6 +99,13 @@ PLAIN = [k for k, c in PRESENT.items() if not c.references]
 TEXT_TO_IMAGE = [k for k, c in PRESENT.items() if c.pipeline != "QwenImageEditPlusPipeline"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def small_references() -> Iterator[None]:
+    """Qwen-Image-Edit-Plus references encoded at 128 px, not 1 MP (see the helper)."""
+    with tiny_families.small_edit_plus_references():
+        yield
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("family-models")

@@ -53,7 +53,8 @@ WanImageToVideoPipeline (Wan 2.2 TI2V-5B style: expand_timesteps, no CLIP image 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ __all__ = [
     "FAMILY_BUILDERS",
     "TINY_FAMILIES",
     "TinyFamily",
+    "small_edit_plus_references",
     "tiny_chroma_path",
     "tiny_flux2_klein_base_path",
     "tiny_flux2_klein_path",
@@ -193,3 +195,20 @@ TINY_FAMILIES: dict[str, Callable[[], Path]] = {
 }
 
 TinyFamily = Callable[[str], Path]  # the `tiny_family` fixture: short name → cached folder
+
+
+@contextmanager
+def small_edit_plus_references(side: int = 128) -> Iterator[None]:
+    """QwenImageEditPlusPipeline encodes each reference image at its model's working size, about
+    1 MP (the module constant VAE_IMAGE_SIZE), whatever the output size: on the tiny pipeline that
+    is most of every edit's time. Tests whose assertions do not depend on it (references change
+    the image, parity with the bare call, refusals) run with `side` x `side` instead; both the
+    backend and a bare pipeline call read the same constant, so they stay comparable."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as module
+
+    saved = module.VAE_IMAGE_SIZE
+    module.VAE_IMAGE_SIZE = side * side
+    try:
+        yield
+    finally:
+        module.VAE_IMAGE_SIZE = saved
