@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_img2img_on_klein_when_asked(engine: Engine) -> None:
     ],
 )
 def test_video_fields_are_refused_on_an_image_model(
-    engine: Engine, fields: dict[str, object], message: str
+    engine: Engine, fields: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidRequest, match=message):
         run(engine, **fields)

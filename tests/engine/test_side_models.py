@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ class FakeUpscaler:
         return image.resize((round(image.width * scale), round(image.height * scale)))
 
 
+def same(fake: FakeUpscaler, runtime: object) -> FakeUpscaler:
+    """A side-model factory that returns `fake` whatever the runtime (bound with a partial)."""
+    return fake
+
+
 @pytest.fixture
 def make_engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     engines: list[Engine] = []
@@ -56,7 +62,7 @@ def make_engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     def make(*fakes: FakeUpscaler, **settings: object) -> Engine:
         registry = default_registry()
         for fake in fakes:
-            registry.register("upscaler", fake.name, lambda runtime, fake=fake: fake)
+            registry.register("upscaler", fake.name, functools.partial(same, fake))
         settings.setdefault("models_path", tmp_path)
         engine = Engine(EngineSettings(**settings), side_registry=registry)  # type: ignore[arg-type]
         engines.append(engine)

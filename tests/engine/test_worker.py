@@ -8,6 +8,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ REQUEST = ImageRequest(prompt="a lighthouse", seed=3, steps=2)
 
 def test_messages_cross_a_pipe_and_name_their_job() -> None:
     request = ImageRequest(prompt="x")
-    messages = [
+    messages: list[Any] = [
         Load(),
         RunJob("job-1", request),
         RunBatch((("job-1", request), ("job-2", request))),
@@ -103,9 +104,12 @@ def test_a_worker_loads_generates_cancels_and_survives_a_kill(engine: Engine) ->
 def test_a_batch_in_a_worker_answers_each_job(engine: Engine) -> None:
     engine.load("a")
     hold = threading.Event()
-    first = engine.submit(
-        "a", REQUEST.with_(steps=200), lambda e: e.phase != "step" or hold.wait(60)
-    )
+
+    def held(event: ProgressEvent) -> None:  # the first job waits at its first step
+        if event.phase == "step":
+            hold.wait(60)
+
+    first = engine.submit("a", REQUEST.with_(steps=200), held)
     wait_until(lambda: first.last_event is not None and first.last_event.phase == "step")
     queued = [engine.submit("a", REQUEST.with_(seed=seed)) for seed in (1, 2)]
     hold.set()
