@@ -54,7 +54,7 @@ def imports_of(name: str) -> list[tuple[str, list[str], int]]:
     path = MODULES[name]
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_package = path.name == "__init__.py"
-    found = []
+    found: list[tuple[str, list[str], int]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
