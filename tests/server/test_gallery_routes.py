@@ -1,7 +1,5 @@
 """The server's model routes and `localimg run NAME` serving, over real HTTP (uvicorn)."""
 
-# ruff: noqa: F811  (the fixtures imported below are named by the test parameters)
-
 from __future__ import annotations
 
 import base64
@@ -19,11 +17,8 @@ import typer
 import uvicorn
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings
 from localimg.gallery.catalog import GALLERIES_ENV
-from localimg.server.app import ServerSettings, create_app
-from tests.gallery.test_install import index  # noqa: F401
-from tests.support.fake_hosts import FakeHosts, hosts, hub  # noqa: F401
+from tests.support.served import ServeSpec, serve
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -47,19 +42,12 @@ def _wait(predicate: Any, what: str, limit: float = 120.0) -> None:
 def server(
     index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, Path]]:
+    """A server on an empty models dir with the test gallery (`index`, a conftest fixture)."""
     monkeypatch.setenv(GALLERIES_ENV, f"test={index}")
     models = tmp_path / "models"
     models.mkdir()
-    engine = Engine(EngineSettings(models_path=models))
-    app = create_app(ServerSettings(api_keys=(KEY,)), engine)
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    _wait(lambda: uv.started, "the server to start")
-    yield f"http://127.0.0.1:{port}", models
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with serve(ServeSpec(models=models, api_key=KEY), tmp_path) as served:
+        yield served.url, models
 
 
 def test_routes_need_the_api_key(server: tuple[str, Path]) -> None:

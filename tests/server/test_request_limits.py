@@ -1,57 +1,58 @@
-"""Requests through a real server: OpenAI `quality` → steps (scaled by the engine from the
-model's own default), the 413 for an oversized input image whatever its size, the prompt limit."""
+"""Requests through the app, in process (nothing here depends on a connection): OpenAI
+`quality` → steps (scaled by the engine from the model's own default), the 413 for an oversized
+input image whatever its size, the prompt limit."""
 
 from __future__ import annotations
 
 import base64
 import struct
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from localimg.engine import Engine, EngineSettings
 from localimg.errors import PayloadTooLarge
 from localimg.media.decode import ImageLimits, decode_image
-from localimg.server.app import ServerSettings, create_app
-from tests.support.server_support import assert_openai_error, serve_in_thread
+from tests.support.served import Served, ServeSpec
+from tests.support.server_support import assert_openai_error
 
 
-@dataclass
-class Served:
-    url: str
+def _nostep(tiny_sd: Path) -> Callable[[Path], Path]:
+    def build(models: Path) -> Path:
+        models.mkdir(parents=True)
+        # No `step` in the YAML: quality scales the diffusers backend's default (30).
+        (models / "nostep.yaml").write_text(
+            f"name: nostep\nbackend: diffusers\nparameters:\n  model: {tiny_sd}\n",
+            encoding="utf-8",
+        )
+        return models
 
-    def post(self, body: dict) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/images/generations", json=body, timeout=300)
+    return build
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("limits")
-    models = root / "models"
-    models.mkdir()
-    # No `step` in the YAML: quality scales the diffusers backend's default (30).
-    (models / "nostep.yaml").write_text(
-        f"name: nostep\nbackend: diffusers\nparameters:\n  model: {tiny_sd}\n", encoding="utf-8"
+def serve_spec(tiny_sd: Path) -> ServeSpec:
+    return ServeSpec(
+        models=_nostep(tiny_sd), engine={"max_queue": 4}, model="nostep", in_process=True
     )
-    engine = Engine(EngineSettings(models_path=models, max_queue=4))
-    settings = ServerSettings(output_dir=root / "out")
-    with serve_in_thread(create_app(settings, engine)) as url:
-        yield Served(url)
+
+
+def generate(served: Served, body: dict[str, Any]) -> httpx.Response:
+    return served.post("/v1/images/generations", body)
 
 
 def test_quality_scales_the_backend_default_steps(served: Served) -> None:
     steps = {}
     for quality in ("low", "medium", "standard"):
-        response = served.post({"prompt": "otter", "size": "64x64", "quality": quality})
+        response = generate(served, {"prompt": "otter", "size": "64x64", "quality": quality})
         assert response.status_code == 200, response.text
         steps[quality] = response.json()["steps"]
     assert steps["low"] < steps["medium"] < steps["standard"]
     assert steps["low"] == 15 and steps["standard"] == 30
-    explicit = served.post({"prompt": "otter", "size": "64x64", "quality": "low", "steps": 3})
+    explicit = generate(served, {"prompt": "otter", "size": "64x64", "quality": "low", "steps": 3})
     assert explicit.status_code == 200 and explicit.json()["steps"] == 3
 
 
@@ -81,7 +82,7 @@ def test_every_oversized_image_is_the_same_413(served: Served, side: int) -> Non
     assert len(png) < 1024 * 1024
     assert struct.unpack(">II", png[16:24]) == (side, side)  # IHDR: what the header claims
     file = "data:image/png;base64," + base64.b64encode(png).decode()
-    response = served.post({"prompt": "otter", "file": file, "mode": "img2img"})
+    response = generate(served, {"prompt": "otter", "file": file, "mode": "img2img"})
     error = assert_openai_error(response, 413, param="file")
     assert f"{side}x{side}" in error["message"] and "16 Mpixel" in error["message"]
     assert "decompression bomb" not in error["message"].lower()
@@ -95,6 +96,6 @@ def test_decode_image_checks_the_header_before_decoding() -> None:
 def test_a_very_long_prompt_is_a_clear_400(served: Served) -> None:
     body = {"prompt": "a" * 2_000_000, "size": "64x64"}
     assert len(str(body)) < 64 * 1024 * 1024  # far under the body limit: the prompt rule answers
-    error = assert_openai_error(served.post(body), 400, param="prompt")
+    error = assert_openai_error(generate(served, body), 400, param="prompt")
     assert error["type"] == "invalid_request_error"
     assert "32000" in error["message"].replace(",", "")

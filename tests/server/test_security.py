@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from localimg.engine import (
 )
 from localimg.errors import Cancelled
 from localimg.server.app import ServerSettings, create_app
+from tests.support.served import Served, ServeSpec, tiny_models
 from tests.support.server_support import (
     assert_openai_error,
     b64_image,
@@ -44,40 +43,30 @@ KEY = "sk-local-test"
 ORIGIN = "http://app.example"
 
 
-@dataclass
-class Served:
-    url: str
-    engine: Engine
-    app: object
-
-    def post(self, body: dict, key: str | None = KEY, **kwargs: object) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.post(
-            f"{self.url}/v1/images/generations",
-            json={"model": "tiny", **body},
-            headers=headers,
-            timeout=300,
-            **kwargs,  # type: ignore[arg-type]
-        )
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("secure")
-    models = root / "models"
-    models.mkdir()
-    write_model(models, "tiny", tiny_sd)
-    write_model(models, "broken", tiny_sd, extra="diffusers:\n  pipeline_type: NoSuchPipeline\n")
-    engine = Engine(EngineSettings(models_path=models, max_queue=1))
-    settings = ServerSettings(
-        api_keys=(KEY, "sk-second"),
-        cors_origins=(ORIGIN,),
-        max_body_bytes=256 * 1024,
-        output_dir=root / "out",
+def serve_spec(tiny_sd: Path) -> ServeSpec:
+    """`tiny` and `broken` in process, two keys, CORS for ORIGIN, a 256 KiB body limit."""
+    return ServeSpec(
+        models=tiny_models(tiny_sd, broken="diffusers:\n  pipeline_type: NoSuchPipeline\n"),
+        engine={"max_queue": 1},
+        server={
+            "api_keys": ("sk-second",),
+            "cors_origins": (ORIGIN,),
+            "max_body_bytes": 256 * 1024,
+        },
+        api_key=KEY,
+        model="tiny",
     )
-    app = create_app(settings, engine)
-    with serve_in_thread(app) as url:
-        yield Served(url, engine, app)
+
+
+def generate(
+    served: Served, body: dict[str, Any], key: str | None = KEY, **kwargs: Any
+) -> httpx.Response:
+    """POST /v1/images/generations for `tiny` (unless body names a model), with `key`."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return served.post(
+        "/v1/images/generations", {"model": "tiny", **body}, headers=headers, **kwargs
+    )
 
 
 def test_api_key_required_on_v1_routes_only(served: Served) -> None:
@@ -88,7 +77,7 @@ def test_api_key_required_on_v1_routes_only(served: Served) -> None:
         httpx.get(f"{served.url}/v1/models", headers={"Authorization": "Bearer no"}), 401
     )
     assert_openai_error(httpx.get(f"{served.url}/v1/models", headers={"Authorization": KEY}), 401)
-    assert_openai_error(served.post({"prompt": "x"}, key="sk-wrong"), 401)
+    assert_openai_error(generate(served, {"prompt": "x"}, key="sk-wrong"), 401)
     for key in (KEY, "sk-second"):
         ok = httpx.get(f"{served.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
         assert ok.status_code == 200
@@ -127,7 +116,7 @@ def test_cors_allow_list(served: Served) -> None:
 
 
 def test_body_limit_and_url_guard(served: Served) -> None:
-    big = served.post({"prompt": "x", "file": "A" * (300 * 1024)})
+    big = generate(served, {"prompt": "x", "file": "A" * (300 * 1024)})
     assert_openai_error(big, 413)
     chunked = httpx.post(
         f"{served.url}/v1/images/generations",
@@ -142,15 +131,15 @@ def test_body_limit_and_url_guard(served: Served) -> None:
         "http://10.1.2.3/a.png",
         "http://[::1]/a.png",
     ):
-        error = assert_openai_error(served.post({"prompt": "x", "file": url}), 400, "file")
+        error = assert_openai_error(generate(served, {"prompt": "x", "file": url}), 400, "file")
         assert error["code"] == "url_not_allowed" and "--allow-private-urls" in error["message"]
     for url in ("file:///etc/passwd", "ftp://example.com/a.png", "gopher://x/"):
-        error = assert_openai_error(served.post({"prompt": "x", "file": url}), 400, "file")
+        error = assert_openai_error(generate(served, {"prompt": "x", "file": url}), 400, "file")
         assert "http" in error["message"]
 
 
 def test_broken_model_is_a_500_without_traceback(served: Served) -> None:
-    error = assert_openai_error(served.post({"prompt": "x", "model": "broken"}), 500)
+    error = assert_openai_error(generate(served, {"prompt": "x", "model": "broken"}), 500)
     assert error["type"] == "server_error" and "NoSuchPipeline" in error["message"]
 
 
@@ -170,12 +159,12 @@ def test_queue_full_is_429_with_retry_after(served: Served) -> None:
     answers: list[httpx.Response] = []
     queued = threading.Thread(
         target=lambda: answers.append(
-            served.post({"prompt": "x", "size": "64x64", "steps": 2, "seed": 1})
+            generate(served, {"prompt": "x", "size": "64x64", "steps": 2, "seed": 1})
         )
     )
     queued.start()
     wait_until(lambda: slot.queue_depth == 1, what="job 2 to queue")
-    overflow = served.post({"prompt": "x", "size": "64x64", "steps": 2})
+    overflow = generate(served, {"prompt": "x", "size": "64x64", "steps": 2})
     error = assert_openai_error(overflow, 429)
     assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
     assert int(overflow.headers["retry-after"]) > 0
@@ -188,10 +177,10 @@ def test_queue_full_is_429_with_retry_after(served: Served) -> None:
 
 
 def test_shutting_down_is_503(served: Served) -> None:
-    state = served.app.state  # type: ignore[attr-defined]
+    state = served.state
     state.shutting_down = True
     try:
-        error = assert_openai_error(served.post({"prompt": "x"}), 503)
+        error = assert_openai_error(generate(served, {"prompt": "x"}), 503)
         assert "shutting down" in error["message"]
         assert httpx.get(f"{served.url}/readyz").status_code == 503
     finally:
