@@ -13,13 +13,14 @@ from typer.testing import CliRunner
 from localimg.backends.base import RuntimeSettings
 from localimg.cli import app
 from localimg.config import ModelConfig, load_config_file
+from localimg.config.model import RaySection
 from localimg.engine import EngineSettings
 from localimg.errors import ConfigError
 from localimg.ray.cluster import RayServeOptions, parse_autoscale, plan_for
 
 
 def config(**ray: object) -> ModelConfig:
-    return ModelConfig(name="tiny", ray=ray or None)
+    return ModelConfig(name="tiny", ray=RaySection.model_validate(ray) if ray else None)
 
 
 def test_autoscale_is_min_colon_max() -> None:

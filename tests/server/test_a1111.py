@@ -11,8 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +20,37 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings
-from localimg.server.app import ServerSettings, create_app
 from tests.server.a1111_support import a1111_error, basic, body, decode, ok, pixels, post
-from tests.support.server_support import serve_in_thread, wait_until, write_model
+from tests.support.served import Served, ServeSpec
+from tests.support.server_support import wait_until, write_model
 
 
-@dataclass
-class Served:
-    url: str
-    output_dir: Path
+def _models(tiny_sd: Path, tiny_ggml: dict[str, Path]) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from tests.support.tiny_ggml import populate_models_dir
+
+        models = populate_models_dir(folder, tiny_ggml)  # stablediffusion.yaml (ggml)
+        write_model(models, "tiny", tiny_sd)
+        write_model(models, "tiny2", tiny_sd, extra="")
+        (models / "tiny2.yaml").write_text(
+            (models / "tiny2.yaml").read_text().replace("step: 4", "step: 2"), encoding="utf-8"
+        )
+        return models
+
+    return build
 
 
 @pytest.fixture(scope="module")
-def served(
-    tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_ggml: dict[str, Path]
-) -> Iterator[Served]:
-    from tests.support.tiny_ggml import populate_models_dir
+def serve_spec(tiny_sd: Path, tiny_ggml: dict[str, Path]) -> ServeSpec:
+    return ServeSpec(models=_models(tiny_sd, tiny_ggml), engine={"max_queue": 8})
 
-    root = tmp_path_factory.mktemp("a1111")
-    models = populate_models_dir(root / "models", tiny_ggml)  # stablediffusion.yaml (ggml)
-    write_model(models, "tiny", tiny_sd)
-    write_model(models, "tiny2", tiny_sd, extra="")
-    (models / "tiny2.yaml").write_text(
-        (models / "tiny2.yaml").read_text().replace("step: 4", "step: 2"), encoding="utf-8"
-    )
-    engine = Engine(EngineSettings(models_path=models, max_queue=8))
-    settings = ServerSettings(output_dir=root / "out")
-    with serve_in_thread(create_app(settings, engine)) as url:
-        # The A1111 routes' current model starts as the first served one; make it `tiny`.
-        assert post(url, "options", {"sd_model_checkpoint": "tiny"}).status_code == 200
-        yield Served(url, root / "out")
+
+@pytest.fixture(scope="module")
+def served(served: Served) -> Served:
+    """The conftest's server with the A1111 routes' current model set to `tiny` (it starts as
+    the first served one)."""
+    assert post(served.url, "options", {"sd_model_checkpoint": "tiny"}).status_code == 200
+    return served
 
 
 def small(**changes: Any) -> dict[str, Any]:

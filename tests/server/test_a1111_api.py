@@ -11,27 +11,26 @@ import httpx
 import pytest
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings, WorkerOptions, worker_slot_factory
 from localimg.errors import InvalidRequest
 from localimg.server.a1111.images import fill_masked, read_mask
 from localimg.server.a1111.info import parse_parameters
 from localimg.server.a1111.samplers import choose, engine_of
-from localimg.server.app import ServerSettings, create_app
 from tests.server.a1111_support import a1111_error, basic, decode, post
-from tests.support.server_support import serve_in_thread, wait_until, write_model
+from tests.support.served import ServeSpec, serve, tiny_models
+from tests.support.server_support import wait_until
 
 
 def _serve(
     tmp_path: Path, tiny_sd: Path, max_queue: int = 16, workers: bool = False, **settings: object
 ) -> Iterator[str]:
-    models = tmp_path / "models"
-    models.mkdir()
-    write_model(models, "tiny", tiny_sd)
-    factory = worker_slot_factory(WorkerOptions(cancel_grace=20)) if workers else None
-    engine = Engine(EngineSettings(models_path=models, max_queue=max_queue), slot_factory=factory)
-    app = create_app(ServerSettings(output_dir=tmp_path / "out", **settings), engine)  # type: ignore[arg-type]
-    with serve_in_thread(app) as url:
-        yield url
+    spec = ServeSpec(
+        models=tiny_models(tiny_sd),
+        workers=workers,
+        engine={"max_queue": max_queue},
+        server=settings,
+    )
+    with serve(spec, tmp_path) as served:
+        yield served.url
 
 
 @pytest.fixture
@@ -128,9 +127,16 @@ def test_full_queue_is_429_in_a1111_shape(tmp_path: Path, tiny_sd: Path) -> None
         slow = {"prompt": "x", "steps": 30, "width": 64, "height": 64}
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             running = pool.submit(post, url, "txt2img", slow)
-            wait_until(lambda u=url: _state(u)["sampling_step"] > 0, what="the first running")
+
+            def sampling(u: str = url) -> bool:
+                return bool(_state(u)["sampling_step"] > 0)
+
+            def two_jobs(u: str = url) -> bool:
+                return bool(_state(u)["job_count"] == 2)
+
+            wait_until(sampling, what="the first running")
             queued = pool.submit(post, url, "txt2img", slow)
-            wait_until(lambda u=url: _state(u)["job_count"] == 2, what="the second queued")
+            wait_until(two_jobs, what="the second queued")
             response = post(url, "txt2img", slow)
             a1111_error(response, 429, "queued")
             assert response.headers["retry-after"] == "5"
@@ -232,5 +238,7 @@ def test_mask_reading_and_fill() -> None:
     picture.paste((250, 0, 0), (0, 0, 4, 8))
     filled = fill_masked(picture, mask)
     assert filled.getpixel((7, 0)) == (10, 200, 30)  # kept as it was
-    red, green, _ = filled.getpixel((0, 0))
+    pixel = filled.getpixel((0, 0))
+    assert isinstance(pixel, tuple)  # an RGB pixel
+    red, green, _ = pixel
     assert green > red  # the masked red area took the colours around it

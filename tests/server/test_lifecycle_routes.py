@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from localimg.engine import Engine, EngineSettings, worker_slot_factory
+from localimg.engine import Engine, EngineSettings
 from localimg.engine.lifecycle import Budget
 from localimg.requests import ImageRequest, ImageResult
 from localimg.server.app import ServerSettings, create_app
+from tests.support.served import Served, ServeSpec, tiny_models
 from tests.support.server_support import (
-    ServedEngine,
     assert_openai_error,
     b64_image,
     serve_in_thread,
@@ -28,11 +28,10 @@ from tests.support.server_support import (
 KEEP_ALIVE = 3.0
 
 
-class Served(ServedEngine):
-    def entry(self) -> dict:
-        response = httpx.get(f"{self.url}/v1/models/tiny", timeout=30)
-        assert response.status_code == 200, response.text
-        return dict(response.json())
+def model_entry(served: Served) -> dict[str, Any]:
+    response = httpx.get(f"{served.url}/v1/models/tiny", timeout=30)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
 
 
 def alive(pid: int) -> bool:
@@ -44,16 +43,14 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Served]:
-    models = tmp_path_factory.mktemp("lifecycle-models")
-    write_model(models, "tiny", tiny_sd)
-    engine = Engine(
-        EngineSettings(models_path=models, keep_alive=KEEP_ALIVE, max_batch=4),
-        slot_factory=worker_slot_factory(),
+def serve_spec(tiny_sd: Path) -> ServeSpec:
+    """`tiny` in a worker process, preloaded, with a short keep-alive and batches of 4."""
+    return ServeSpec(
+        models=tiny_models(tiny_sd),
+        workers=True,
+        engine={"keep_alive": KEEP_ALIVE, "max_batch": 4},
+        server={"preload": ("tiny",)},
     )
-    settings = ServerSettings(preload=("tiny",))
-    with serve_in_thread(create_app(settings, engine)) as url:
-        yield Served(url, engine)
 
 
 def test_healthz_answers_while_the_preload_is_still_loading(served: Served) -> None:
@@ -63,7 +60,7 @@ def test_healthz_answers_while_the_preload_is_still_loading(served: Served) -> N
     # A worker imports torch for seconds before it even starts loading: not ready yet.
     assert ready.status_code == 503 and "still loading" in ready.text
     wait_until(lambda: httpx.get(f"{served.url}/readyz").status_code == 200, what="preload")
-    assert served.entry()["loaded"] is True
+    assert model_entry(served)["loaded"] is True
 
 
 def test_keep_alive_ends_the_worker_process(served: Served) -> None:
@@ -74,7 +71,7 @@ def test_keep_alive_ends_the_worker_process(served: Served) -> None:
     assert pid is not None
     wait_until(lambda: served.slot().pid is None, what="the keep-alive unload")
     assert not alive(pid)
-    entry = served.entry()
+    entry = model_entry(served)
     assert entry["loaded"] is False and entry["memory_bytes"] is None
     assert entry["keep_alive"] == KEEP_ALIVE
 

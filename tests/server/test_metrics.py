@@ -8,21 +8,20 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from localimg.engine import Engine, EngineSettings, WorkerOptions, worker_slot_factory
+from localimg.engine import Engine, EngineSettings
 from localimg.server.app import ServerSettings, create_app
+from tests.support.served import Served, ServeSpec, tiny_models
 from tests.support.server_support import (
-    ServedEngine,
     assert_openai_error,
     serve_in_thread,
     wait_until,
-    write_model,
 )
 
 KEY = "sk-metrics"
@@ -30,24 +29,16 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 GENERATIONS = "/v1/images/generations"
 
 
-class Served(ServedEngine):
-    def post(self, body: dict) -> httpx.Response:
-        return httpx.post(f"{self.url}{GENERATIONS}", json=body, headers=AUTH, timeout=300)
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("metrics")
-    models = root / "models"
-    models.mkdir()
-    write_model(models, "tiny", tiny_sd)
-    engine = Engine(
-        EngineSettings(models_path=models, max_queue=1),
-        slot_factory=worker_slot_factory(WorkerOptions(cancel_grace=20)),
+def serve_spec(tiny_sd: Path) -> ServeSpec:
+    """`tiny` in a worker process, a queue of 1, the route behind KEY."""
+    return ServeSpec(
+        models=tiny_models(tiny_sd), workers=True, engine={"max_queue": 1}, api_key=KEY
     )
-    settings = ServerSettings(api_keys=(KEY,), output_dir=root / "out")
-    with serve_in_thread(create_app(settings, engine)) as url:
-        yield Served(url, engine)
+
+
+def generate(served: Served, body: dict[str, Any]) -> httpx.Response:
+    return served.post(GENERATIONS, body)
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -106,7 +97,7 @@ def test_public_metrics_and_no_key(tmp_path: Path) -> None:
 
 def test_a_generation_moves_the_numbers(served: Served) -> None:
     before = scrape(served.url)
-    response = served.post({"prompt": "otter", "size": "64x64", "steps": 3})
+    response = generate(served, {"prompt": "otter", "size": "64x64", "steps": 3})
     assert response.status_code == 200, response.text
     assert httpx.get(f"{served.url}/nope", headers=AUTH).status_code == 404
     job = httpx.get(f"{served.url}/v1/images/jobs/imgjob_nothere", headers=AUTH)
@@ -157,14 +148,16 @@ def test_full_queue_and_cancel_are_counted(served: Served) -> None:
     wait_until(lambda: _steps(served) >= 1, what="the long job to run")
     answers: list[httpx.Response] = []
     queued = threading.Thread(
-        target=lambda: answers.append(served.post({"prompt": "x", "size": "64x64", "steps": 2}))
+        target=lambda: answers.append(
+            generate(served, {"prompt": "x", "size": "64x64", "steps": 2})
+        )
     )
     queued.start()
     wait_until(lambda: served.slot().queue_depth == 1, what="the second job to queue")
     busy = scrape(served.url)
     assert value(busy, "localimg_running_jobs", model="tiny") == 1
     assert value(busy, "localimg_queue_depth", model="tiny") == 1
-    assert_openai_error(served.post({"prompt": "x", "size": "64x64", "steps": 2}), 429)
+    assert_openai_error(generate(served, {"prompt": "x", "size": "64x64", "steps": 2}), 429)
     sock.close()  # the long job's client leaves: its job is cancelled
     queued.join()
     assert answers[0].status_code == 200, answers[0].text
@@ -183,7 +176,9 @@ def test_a_killed_worker_is_a_counted_restart(served: Served) -> None:
     before = scrape(served.url)
     responses: list[httpx.Response] = []
     thread = threading.Thread(
-        target=lambda: responses.append(served.post({"prompt": "x", "size": "64x64", "steps": 500}))
+        target=lambda: responses.append(
+            generate(served, {"prompt": "x", "size": "64x64", "steps": 500})
+        )
     )
     thread.start()
     wait_until(lambda: _steps(served) >= 1, what="the long job to run")
@@ -192,7 +187,7 @@ def test_a_killed_worker_is_a_counted_restart(served: Served) -> None:
     os.kill(old_pid, signal.SIGKILL)
     thread.join()
     assert_openai_error(responses[0], 500)
-    after_crash = served.post({"prompt": "x", "size": "64x64", "steps": 2})
+    after_crash = generate(served, {"prompt": "x", "size": "64x64", "steps": 2})
     assert after_crash.status_code == 200, after_crash.text
     after = scrape(served.url)
     restarts = "localimg_worker_restarts_total"

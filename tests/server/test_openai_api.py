@@ -13,8 +13,6 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,50 +21,30 @@ import openai
 import pytest
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings, WorkerOptions, WorkerSlot, worker_slot_factory
 from localimg.media.decode import ImageLimits
-from localimg.server.app import ServerSettings, create_app
+from tests.support.served import Served, ServeSpec, tiny_models
 from tests.support.server_support import (
     assert_openai_error,
     b64_image,
     png_bytes,
-    serve_in_thread,
     wait_until,
-    write_model,
 )
 
 JSON = {"Content-Type": "application/json"}
 
 
-@dataclass
-class Served:
-    url: str
-    engine: Engine
-    output_dir: Path
-
-    def slot(self, name: str = "tiny") -> WorkerSlot:
-        slot = self.engine.slots[name]
-        assert isinstance(slot, WorkerSlot)
-        return slot
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("serve")
-    models = root / "models"
-    models.mkdir()
-    write_model(models, "tiny", tiny_sd)
-    engine = Engine(
-        EngineSettings(models_path=models, max_queue=8),
-        slot_factory=worker_slot_factory(WorkerOptions(cancel_grace=20)),
+def serve_spec(tiny_sd: Path) -> ServeSpec:
+    """`tiny` in a worker process (as `localimg serve` runs it), image limits of 300x300."""
+    return ServeSpec(
+        models=tiny_models(tiny_sd),
+        workers=True,
+        engine={"max_queue": 8},
+        server={
+            "image_limits": ImageLimits(max_pixels=300 * 300),
+            "max_body_bytes": 4 * 1024 * 1024,
+        },
     )
-    settings = ServerSettings(
-        output_dir=root / "out",
-        image_limits=ImageLimits(max_pixels=300 * 300),
-        max_body_bytes=4 * 1024 * 1024,
-    )
-    with serve_in_thread(create_app(settings, engine)) as url:
-        yield Served(url, engine, root / "out")
 
 
 def post(served: Served, body: dict, **kwargs: object) -> httpx.Response:
@@ -83,7 +61,7 @@ def test_openai_client_b64_json_and_url(served: Served) -> None:
     result = client.images.generate(
         model="tiny",
         prompt="a cute baby sea otter",
-        size="64x64",  # type: ignore[arg-type]
+        size="64x64",
         n=2,
         response_format="b64_json",
         extra_body={"seed": 11},
@@ -100,7 +78,7 @@ def test_openai_client_b64_json_and_url(served: Served) -> None:
         model="tiny",
         prompt="otter",
         size="64x64",
-        response_format="url",  # type: ignore[arg-type]
+        response_format="url",
         extra_body={"seed": 11},
     )
     assert by_url.data is not None
@@ -326,7 +304,7 @@ def test_edits_and_variations_validate_their_uploads(served: Served) -> None:
             image=("a.png", png_bytes(), "image/png"),
             prompt="a hat",
             mask=("m.png", png_bytes(color="white"), "image/png"),
-            size="64x64",  # type: ignore[arg-type]
+            size="64x64",
             extra_body={"steps": 2},
         )
     except openai.BadRequestError as exc:

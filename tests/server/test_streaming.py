@@ -7,8 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,67 +23,33 @@ from openai.types import (
 )
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings, Job
-from localimg.server.app import ServerSettings, create_app
+from localimg.engine import Job
+from tests.support.served import Served, ServeSpec, serve, tiny_models
 from tests.support.server_support import (
     assert_openai_error,
     png_bytes,
-    serve_in_thread,
-    write_model,
 )
-
-
-@dataclass
-class Served:
-    url: str
-    model: str
-    engine: Engine
-    jobs: list[Job] = field(default_factory=list)
-    on_submit: Callable[[Job], None] | None = None  # a test's hook on each accepted job
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0)
-
-
-def _serve(models: Path, model: str, root: Path) -> Iterator[Served]:
-    engine = Engine(EngineSettings(models_path=models))
-    served = Served("", model, engine)
-    submit = engine.submit
-
-    def recording(*args: Any, **kwargs: Any) -> Job:
-        job = submit(*args, **kwargs)
-        served.jobs.append(job)
-        if served.on_submit is not None:
-            served.on_submit(job)
-        return job
-
-    engine.submit = recording  # type: ignore[method-assign]
-    settings = ServerSettings(output_dir=root / "out")
-    with serve_in_thread(create_app(settings, engine)) as url:
-        served.url = url
-        yield served
-    engine.close()
 
 
 @pytest.fixture(scope="module")
 def diffusers_served(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("stream")
-    models = root / "models"
-    models.mkdir()
-    write_model(models, "tiny", tiny_sd)
-    yield from _serve(models, "tiny", root)
+    with serve(ServeSpec(models=tiny_models(tiny_sd)), tmp_path_factory.mktemp("stream")) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def ggml_served(
     tmp_path_factory: pytest.TempPathFactory, ggml_models_dir: Path
 ) -> Iterator[Served]:
-    yield from _serve(ggml_models_dir, "stablediffusion", tmp_path_factory.mktemp("stream-ggml"))
+    spec = ServeSpec(models=ggml_models_dir, model="stablediffusion")
+    with serve(spec, tmp_path_factory.mktemp("stream-ggml")) as s:
+        yield s
 
 
 @pytest.fixture(params=["diffusers", pytest.param("ggml", marks=pytest.mark.ggml)])
 def served(request: pytest.FixtureRequest) -> Served:
-    return request.getfixturevalue(f"{request.param}_served")  # type: ignore[no-any-return]
+    served: Served = request.getfixturevalue(f"{request.param}_served")
+    return served
 
 
 def decode(b64: str) -> Image.Image:
@@ -103,7 +68,7 @@ def test_the_official_client_streams_partial_images_then_the_completed_one(serve
         prompt="a lighthouse",
         stream=True,
         partial_images=2,
-        size="64x64",  # type: ignore[arg-type]
+        size="64x64",
         extra_body=extra,
     )
     events = list(stream)
@@ -127,7 +92,7 @@ def test_the_official_client_streams_partial_images_then_the_completed_one(serve
     plain = client.images.generate(
         model=served.model,
         prompt="a lighthouse",
-        size="64x64",  # type: ignore[arg-type]
+        size="64x64",
         extra_body=extra,
     )
     assert plain.data and plain.data[0].b64_json
@@ -144,7 +109,7 @@ def test_edits_stream_too(served: Served) -> None:
         prompt="a hat",
         stream=True,
         partial_images=1,
-        size="64x64",  # type: ignore[arg-type]
+        size="64x64",
         extra_body={"steps": 4, "seed": 3},
     )
     events = list(stream)
@@ -275,14 +240,14 @@ def test_an_error_after_the_stream_started_is_an_error_event(diffusers_served: S
 def test_a_client_that_disconnects_mid_stream_cancels_the_job(diffusers_served: Served) -> None:
     body = {"model": "tiny", "prompt": "a long one", "size": "64x64", "steps": 400}
     body |= {"stream": True, "partial_images": 3}
-    before = len(diffusers_served.jobs)
+    before = len(diffusers_served.submitted)
     with httpx.stream(
         "POST", f"{diffusers_served.url}/v1/images/generations", json=body, timeout=120
     ) as response:
         lines = response.iter_lines()
         first = next(lines)
         assert first == "event: image_generation.partial_image"
-    job = diffusers_served.jobs[before]
+    job = diffusers_served.submitted[before]
     job.future.exception(timeout=120)  # it ends: cancelled at its next step
     assert job.cancel_event.is_set()
     last = job.last_event
@@ -308,7 +273,7 @@ def test_keep_alive_comments_while_waiting_are_skipped_by_clients(
             prompt="a boat",
             stream=True,
             partial_images=1,
-            size="64x64",  # type: ignore[arg-type]
+            size="64x64",
             extra_body={"steps": 6},
         )
     )

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from tests.server.web_page_support import (
-    PageServer,
     chromium,
     data_url_image,
     page_server,
@@ -26,6 +25,7 @@ from tests.server.web_page_support import (
     watch_requests,
 )
 from tests.support.conditioned_fixtures import noise_image, png_bytes
+from tests.support.served import Served, ServeSpec
 from tests.support.server_support import wait_until, write_model
 
 pytestmark = pytest.mark.slow
@@ -48,13 +48,13 @@ def models(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, models: Path) -> Iterator[PageServer]:
-    with page_server(tmp_path_factory.mktemp("page"), models) as server:
-        yield server
+def serve_spec(models: Path) -> ServeSpec:
+    """The page's server: `tiny` and `second` in process (quick to start)."""
+    return ServeSpec(models=models, engine={"max_queue": 4}, server={"url_ttl": 600})
 
 
 @pytest.fixture
-def page(browser: Any, served: PageServer) -> Iterator[Any]:
+def page(browser: Any, served: Served) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
     opened.goto(served.url + "/")
@@ -69,15 +69,15 @@ def fill(page: Any, **fields: str) -> None:
         page.fill(f"#{name}", value)
 
 
-def generate(page: Any, served: PageServer, press: str | None = None) -> list[Any]:
+def generate(page: Any, served: Served, press: str | None = None) -> list[Any]:
     """Press Generate (or `press` in the prompt), wait for that job's images, return them."""
-    before = len(served.jobs())
+    before = len(served.image_jobs())
     if press:
         page.get_by_label("Prompt", exact=True).press(press)
     else:
         page.get_by_role("button", name="Generate").click()
-    wait_until(lambda: len(served.jobs()) > before, timeout=WAIT / 1000, what="the job")
-    job_id = served.jobs()[-1].id
+    wait_until(lambda: len(served.image_jobs()) > before, timeout=WAIT / 1000, what="the job")
+    job_id = served.image_jobs()[-1].id
     shown = page.locator(f"#current[data-job='{job_id}'] img.result")
     shown.first.wait_for(timeout=WAIT)
     sources = page.eval_on_selector_all("#current img.result", "els => els.map(e => e.src)")
@@ -92,7 +92,7 @@ def error_text(page: Any) -> str:
 # -- generate ------------------------------------------------------------------------------------
 
 
-def test_generate_size_seed_and_alt_text(page: Any, served: PageServer) -> None:
+def test_generate_size_seed_and_alt_text(page: Any, served: Served) -> None:
     foreign = watch_requests(page, served.url)
     page.get_by_label("Prompt", exact=True).fill("a red barn")
     fill(page, width="64", height="96", steps="2", seed="5", negative="fog")
@@ -103,7 +103,7 @@ def test_generate_size_seed_and_alt_text(page: Any, served: PageServer) -> None:
     alt = page.get_attribute("#current img.result", "alt")
     assert alt.startswith("a red barn") and "seed 5" in alt
     assert "Done: 1 image, 64x96, seed 5" in page.inner_text("#status-text")
-    job = served.jobs()[-1]
+    job = served.image_jobs()[-1]
     assert job.result["size"] == "64x96" and job.result["data"][0]["seed"] == 5
 
     # The same seed again: the same picture; another seed: another one.
@@ -113,7 +113,7 @@ def test_generate_size_seed_and_alt_text(page: Any, served: PageServer) -> None:
     assert page.input_value("#seed") == ""
     (other,) = generate(page, served, press="Control+Enter")  # Ctrl+Enter generates
     assert not np.array_equal(pixels(other), values)
-    seed = served.jobs()[-1].result["data"][0]["seed"]
+    seed = served.image_jobs()[-1].result["data"][0]["seed"]
     page.click("#seed-reuse")
     assert page.input_value("#seed") == str(seed)
     # n: two images, each its own result and history entry.
@@ -137,7 +137,7 @@ def test_model_picker_lists_models_with_backend_and_state(page: Any) -> None:
     assert "euler_a" in samplers and "k_dpmpp_2m" in samplers
 
 
-def test_previews_progress_and_cancel(page: Any, served: PageServer) -> None:
+def test_previews_progress_and_cancel(page: Any, served: Served) -> None:
     page.get_by_label("Prompt", exact=True).fill("a slow one")
     fill(page, width="64", height="64", steps="500", seed="1")
     page.get_by_role("button", name="Generate").click()
@@ -148,13 +148,13 @@ def test_previews_progress_and_cancel(page: Any, served: PageServer) -> None:
     assert int(page.get_attribute("#progress", "value") or 0) >= 0
     page.get_by_role("button", name="Cancel").click()
     page.locator("#status-text", has_text="Cancelled.").wait_for(timeout=WAIT)
-    job = served.jobs()[-1]
+    job = served.image_jobs()[-1]
     assert job.status == "cancelled" and job.step < 500
     assert page.locator("#current img").count() == 0
     assert page.is_enabled("#generate") and not page.is_enabled("#cancel")
 
 
-def test_server_errors_are_shown_in_words(page: Any, served: PageServer) -> None:
+def test_server_errors_are_shown_in_words(page: Any, served: Served) -> None:
     page.get_by_label("Prompt", exact=True).fill("bad size")
     fill(page, width="100", height="64", steps="2")
     page.get_by_role("button", name="Generate").click()
@@ -182,7 +182,7 @@ def test_server_errors_are_shown_in_words(page: Any, served: PageServer) -> None
 # -- history -------------------------------------------------------------------------------------
 
 
-def test_history_survives_reload_and_fills_the_form(page: Any, served: PageServer) -> None:
+def test_history_survives_reload_and_fills_the_form(page: Any, served: Served) -> None:
     page.get_by_label("Prompt", exact=True).fill("a kept one")
     fill(page, negative="rain", width="64", height="72", steps="3", cfg="5.5", seed="77")
     page.select_option("#sampler", "euler_a")
@@ -215,7 +215,7 @@ def test_history_survives_reload_and_fills_the_form(page: Any, served: PageServe
 # -- inpainting ----------------------------------------------------------------------------------
 
 
-def test_painted_mask_inpaints_only_there(page: Any, served: PageServer, tmp_path: Path) -> None:
+def test_painted_mask_inpaints_only_there(page: Any, served: Served, tmp_path: Path) -> None:
     source = noise_image(64, 64, seed=3)
     path = tmp_path / "in.png"
     path.write_bytes(png_bytes(source))
@@ -279,7 +279,7 @@ def test_api_key_is_asked_for_kept_and_forgotten(
         context.close()
 
 
-def test_full_storage_is_reported_and_results_still_shown(page: Any, served: PageServer) -> None:
+def test_full_storage_is_reported_and_results_still_shown(page: Any, served: Served) -> None:
     filled = page.evaluate(
         """() => {
             let i = 0;

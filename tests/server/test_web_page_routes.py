@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from localimg.server.ui.web_page import sampler_choices
-from tests.server.web_page_support import PageServer, page_server
+from tests.server.web_page_support import page_server
+from tests.support.served import Served, ServeSpec
 from tests.support.server_support import assert_openai_error
 
 KEY = "sk-page-test"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
-    root = tmp_path_factory.mktemp("page-routes")
-    (root / "models").mkdir()
-    with page_server(root, root / "models", api_keys=(KEY,)) as server:
-        yield server
+def serve_spec(tmp_path_factory: pytest.TempPathFactory) -> ServeSpec:
+    """No models, a key; in process, since these routes only read files."""
+    models = tmp_path_factory.mktemp("page-routes") / "models"
+    models.mkdir()
+    return ServeSpec(models=models, server={"api_keys": (KEY,)}, in_process=True)
 
 
-def test_page_and_assets_are_served_without_the_key(served: PageServer) -> None:
-    page = httpx.get(served.url + "/")
+def test_page_and_assets_are_served_without_the_key(served: Served) -> None:
+    page = served.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert '<label for="prompt">Prompt</label>' in page.text
@@ -39,26 +39,24 @@ def test_page_and_assets_are_served_without_the_key(served: PageServer) -> None:
         "icon.svg": "image/svg+xml",
     }
     for name, kind in kinds.items():
-        response = httpx.get(f"{served.url}/ui/{name}")
+        response = served.get(f"/ui/{name}")
         assert response.status_code == 200, name
         assert response.headers["content-type"].startswith(kind), name
         assert response.headers["cache-control"] == "no-cache"
         assert "https://" not in response.text, name
-        again = httpx.get(
-            f"{served.url}/ui/{name}", headers={"If-None-Match": response.headers["etag"]}
-        )
+        again = served.get(f"/ui/{name}", headers={"If-None-Match": response.headers["etag"]})
         assert again.status_code == 304 and not again.content
     # The API itself still wants the key.
-    assert_openai_error(httpx.get(served.url + "/v1/models"), 401)
+    assert_openai_error(served.get("/v1/models"), 401)
 
 
 @pytest.mark.parametrize("name", ["nope.js", "..%2Fweb_page.py", "index.py", ".hidden.js"])
-def test_other_names_are_404(served: PageServer, name: str) -> None:
-    assert_openai_error(httpx.get(f"{served.url}/ui/{name}"), 404)
+def test_other_names_are_404(served: Served, name: str) -> None:
+    assert_openai_error(served.get(f"/ui/{name}"), 404)
 
 
-def test_samplers_per_engine(served: PageServer) -> None:
-    body = httpx.get(served.url + "/ui/samplers", params={"backend": "diffusers"}).json()
+def test_samplers_per_engine(served: Served) -> None:
+    body = served.get("/ui/samplers", params={"backend": "diffusers"}).json()
     assert body["engine"] == "diffusers"
     values = {s["value"]: s["label"] for s in body["data"]}
     assert values["euler_a"] == "Euler a" and values["k_dpmpp_2m"] == "DPM++ 2M Karras"

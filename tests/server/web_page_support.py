@@ -12,7 +12,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localimg.engine import Engine, EngineSettings
-from localimg.server.app import ServerSettings, create_app
-from localimg.server.state import ServerState
-from tests.support.server_support import serve_in_thread
+from tests.support.served import Served, ServeSpec, serve
 
 CHROMIUM = os.environ.get("LOCALIMG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -64,25 +60,18 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-@dataclass
-class PageServer:
-    url: str
-    state: ServerState
-
-    def jobs(self) -> list[Any]:
-        return sorted(self.state.image_jobs.values(), key=lambda e: e.created_at)
-
-
 @contextmanager
 def page_server(
     root: Path, models: Path, api_keys: tuple[str, ...] = (), ui: bool = True
-) -> Iterator[PageServer]:
+) -> Iterator[Served]:
     """A real uvicorn server with the page (in-process model slots: quick to start)."""
-    engine = Engine(EngineSettings(models_path=models, max_queue=4))
-    settings = ServerSettings(output_dir=root / "out", api_keys=api_keys, ui=ui, url_ttl=600)
-    app = create_app(settings, engine)
-    with serve_in_thread(app) as url:
-        yield PageServer(url, app.state)  # type: ignore[arg-type]
+    spec = ServeSpec(
+        models=models,
+        engine={"max_queue": 4},
+        server={"api_keys": api_keys, "ui": ui, "url_ttl": 600},
+    )
+    with serve(spec, root) as served:
+        yield served
 
 
 def data_url_image(src: str) -> Image.Image:

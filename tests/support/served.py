@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -66,7 +66,7 @@ class Served:
     headers: dict[str, str] = field(default_factory=dict)  # the API key, when there is one
     submitted: list[Job] = field(default_factory=list)  # every engine job accepted, in order
     on_submit: Callable[[Job], None] | None = None  # a test's hook on each accepted job
-    http: httpx.Client | None = None  # set in process (TestClient), None on a real socket
+    http: TestClient | None = None  # set in process, None on a real socket
 
     @property
     def state(self) -> ServerState:
@@ -84,7 +84,8 @@ class Served:
         kwargs.setdefault("timeout", 300)
         if self.http is not None:
             kwargs.pop("timeout")
-            return self.http.request(method, path, **kwargs)
+            # TestClient answers httpx.Response (its own import of httpx, to mypy)
+            return cast(httpx.Response, self.http.request(method, path, **kwargs))
         return httpx.request(method, f"{self.url}{path}", **kwargs)
 
     def post(self, path: str, body: Mapping[str, Any], **kwargs: Any) -> httpx.Response:
