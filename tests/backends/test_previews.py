@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,12 +85,13 @@ def test_a_tiny_autoencoder_decodes_the_preview() -> None:
     from localimg.backends.diffusers.decode.previews import Previewer
 
     torch.manual_seed(0)
-    vae = AutoencoderTiny(
+    vae: Any = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
-    ).eval()
+    )
+    vae.eval()
 
     class Pipe:
         vae_scale_factor = 8
@@ -196,9 +198,12 @@ def test_ggml_previews_every_step_decode_with_taesd(
 
     methods: list[str] = []
     real = previews.preview_method
-    monkeypatch.setattr(
-        previews, "preview_method", lambda *a: methods.append(real(*a)) or methods[-1]
-    )
+
+    def recorded(*args: Any) -> str:
+        methods.append(real(*args))
+        return methods[-1]
+
+    monkeypatch.setattr(previews, "preview_method", recorded)
     plain, _ = _run(ggml_engine, "stablediffusion", 0)
     shown, events = _run(ggml_engine, "stablediffusion", STEPS)
     assert methods == ["proj", "tae"]  # the plain call clears the callback (no previews made)

@@ -120,7 +120,7 @@ def test_idle_model_is_unloaded_after_keep_alive_and_reloads(make_engine: object
     assert slot(engine, "a").memory_need is None
     again = engine.generate("a", REQUEST)
     assert slot(engine, "a").loads == 2
-    assert list(first.images[0].getdata()) == list(again.images[0].getdata())
+    assert first.images[0].tobytes() == again.images[0].tobytes()
 
 
 def test_yaml_keep_alive_overrides_the_default(make_engine: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from localimg.backends.base import BackendDefaults
@@ -13,7 +15,7 @@ from localimg.requests import MAX_PROMPT_CHARS, ImageRequest
 GGML_DEFAULTS = BackendDefaults(width=512, height=512, steps=20, cfg_scale=7.0, size_multiple=64)
 
 
-def steps_for(quality: str | None, yaml: dict[str, object] | None = None, **request: int) -> int:
+def steps_for(quality: str | None, yaml: dict[str, object] | None = None, **request: Any) -> int:
     config = config_from_dict({"name": "m", **(yaml or {})}, where="m.yaml")
     merged = merge_request(
         ImageRequest(prompt="otter", quality=quality, **request), config, GGML_DEFAULTS

@@ -46,7 +46,8 @@ class Knobs(BaseModel):
     def keywords(self) -> dict[str, Any]:
         """The generate_image keywords of these knobs (the field's alias is the keyword)."""
         return {
-            field.alias or name: getattr(self, name) for name, field in self.model_fields.items()
+            field.alias or name: getattr(self, name)
+            for name, field in type(self).model_fields.items()
         }
 
 

@@ -51,7 +51,7 @@ def test_a_resize_upscaler_scales_each_side_and_keeps_the_mode(name: str) -> Non
 def test_nearest_repeats_pixels_exactly() -> None:
     image = Image.new("L", (2, 1))
     image.putpixel((1, 0), 200)
-    assert list(ResizeUpscaler("nearest").upscale(image, 2).getdata()) == [0, 0, 200, 200] * 2
+    assert list(ResizeUpscaler("nearest").upscale(image, 2).tobytes()) == [0, 0, 200, 200] * 2
 
 
 def test_an_unknown_name_lists_the_known_ones() -> None:
