@@ -20,6 +20,7 @@ fast path nearly always; tiny test models and odd sequence lengths take the per-
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,9 +121,11 @@ class PointwiseRegrouping:
         self.mode = _Mode()
 
     def dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Every ATen call of the batched call comes here: keep the common case cheap."""
         import torch
 
-        if torch.Tag.pointwise not in func.tags or _is_exact(func, kwargs):
+        name = _pointwise_name(func)
+        if name is None or _is_exact(name, kwargs):
             return func(*args, **kwargs)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if not tensors or any(t.device.type != "cpu" for t in tensors):
@@ -168,8 +171,11 @@ class PointwiseRegrouping:
             return grouped[:, image].contiguous()
 
         outputs = [functional(*(rows_of(a, i) for a in args), **kwargs) for i in range(images)]
-        joined = torch.stack(outputs, dim=1) if groups > 1 else torch.cat(outputs)
-        result = joined.reshape(rows, *joined.shape[2:]) if groups > 1 else joined
+        if groups == 1:
+            result = torch.cat(outputs)
+        else:
+            joined = torch.stack(outputs, dim=1)  # (groups, images, ...)
+            result = joined.reshape(rows, *joined.shape[2:])
         if mutates:
             target = args[0]
             target.copy_(result)
@@ -182,9 +188,20 @@ class PointwiseRegrouping:
             yield
 
 
-def _is_exact(func: Any, kwargs: dict[str, Any]) -> bool:
-    """Whether `func` gives the same bits in torch's scalar and vector loops (see _EXACT)."""
-    name = func._schema.name.split("::")[-1].rstrip("_")
+@functools.cache
+def _pointwise_name(func: Any) -> str | None:
+    """An operation's name without its in-place underscore (aten.silu_ -> "silu") when torch tags
+    it pointwise, else None; cached per overload, as it is asked for every call of a batch."""
+    import torch
+
+    if torch.Tag.pointwise not in func.tags:
+        return None
+    return str(func._schema.name).split("::")[-1].rstrip("_")
+
+
+def _is_exact(name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the pointwise operation `name` gives the same bits in torch's scalar and vector
+    loops (see _EXACT)."""
     if name in ("add", "sub", "rsub") and kwargs.get("alpha", 1) != 1:
         return False
     return name in _EXACT
