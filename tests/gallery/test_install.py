@@ -16,6 +16,7 @@ from localimg.errors import DownloadError, GalleryError
 from localimg.gallery.catalog import Catalog, GallerySource
 from localimg.gallery.install import install, read_record, remove
 from tests.support.fake_hosts import FakeHosts, sha256
+from tests.support.gallery_index import tiny_hub_entry
 
 GGUF = b"GGUF" + bytes(range(256)) * 64
 VAE = b"vae-weights" * 1000
@@ -30,26 +31,6 @@ def _write_index(folder: Path, entries: list[dict[str, Any]]) -> Path:
     path = folder / "index.yaml"
     path.write_text(yaml.safe_dump(entries, sort_keys=False))
     return path
-
-
-def _tiny_entry(tiny_sd: Path, name: str = "tiny-hub") -> dict[str, Any]:
-    files = [
-        {
-            "filename": f"{name}/{p.relative_to(tiny_sd).as_posix()}",
-            "sha256": sha256(p.read_bytes()),
-            "uri": f"huggingface://test/tiny-sd/{p.relative_to(tiny_sd).as_posix()}",
-        }
-        for p in sorted(tiny_sd.rglob("*"))
-        if p.is_file()
-    ]
-    return {
-        "name": name,
-        "description": "the tiny test pipeline",
-        "tags": ["text-to-image"],
-        "config_file": "backend: diffusers\nstep: 2\ncfg_scale: 1\n",
-        "overrides": {"parameters": {"model": name}},
-        "files": files,
-    }
 
 
 @pytest.fixture
@@ -99,7 +80,7 @@ def index(hub: FakeHosts, tmp_path: Path, tiny_sd: Path) -> Path:
             "config_file": "backend: diffusers\n",
             "overrides": {"parameters": {"model": "test/tiny-sd"}},
         },
-        _tiny_entry(tiny_sd),
+        tiny_hub_entry(tiny_sd),
     ]
     return _write_index(tmp_path / "index", entries)
 

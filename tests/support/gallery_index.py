@@ -1,8 +1,8 @@
 """A gallery index for the model routes' tests: one entry, `tiny-hub`, whose files the fake
 Hugging Face host serves from the tiny pipeline folder.
 
-Kept here (not imported from tests/gallery/test_install.py) so that the server tests get it as
-a conftest fixture instead of importing a fixture from another test module.
+Kept here so that the gallery install tests and the server's model-route tests (through a
+conftest fixture) build the same entry from one place.
 """
 
 from __future__ import annotations

@@ -88,6 +88,22 @@ def build(path: Path, fill: Callable[[Writer], None], seed: int) -> Path:
 # -- GGUF (quantized) ------------------------------------------------------------------------------
 
 
+def clip_l_text(w: Writer, prefix: str) -> None:
+    """CLIP ViT-L/14's text encoder under `prefix` (SD1 checkpoints and FLUX's clip_l file name it
+    differently): width 768, 12 layers, 12 heads, MLP 3072, 49408 tokens, fixed by clip.hpp."""
+    w.normal(f"{prefix}.embeddings.token_embedding.weight", (49408, 768), 0.02)
+    w.normal(f"{prefix}.embeddings.position_embedding.weight", (77, 768), 0.01)
+    for layer in range(12):
+        base = f"{prefix}.encoder.layers.{layer}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            w.linear(f"{base}.self_attn.{proj}", 768, 768, bias=True)
+        w.norm(f"{base}.layer_norm1", 768)
+        w.norm(f"{base}.layer_norm2", 768)
+        w.linear(f"{base}.mlp.fc1", 768, 3072, bias=True)
+        w.linear(f"{base}.mlp.fc2", 3072, 768, bias=True)
+    w.norm(f"{prefix}.final_layer_norm", 768)
+
+
 def q4_0(data: np.ndarray) -> bytes:
     """ggml's reference Q4_0: blocks of 32 as an f16 scale and 16 bytes of 4-bit values."""
     blocks = data.astype(np.float32).reshape(-1, 32)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.support.ggml_writer import Writer, build
+from tests.support.ggml_writer import Writer, build, clip_l_text
 from tests.support.tiny_models import cache_dir
 
 CACHE_VERSION = "2"
@@ -84,22 +84,6 @@ def _unet(w: Writer) -> None:
     w.conv(f"{p}.out.2", 320, 4, gain=0.05)
 
 
-def _clip_text(w: Writer) -> None:
-    """CLIP ViT-L/14's text encoder: width 768, 12 layers, 12 heads, MLP 3072, 49408 tokens."""
-    p = "cond_stage_model.transformer.text_model"
-    w.normal(f"{p}.embeddings.token_embedding.weight", (49408, 768), 0.02)
-    w.normal(f"{p}.embeddings.position_embedding.weight", (77, 768), 0.01)
-    for layer in range(12):
-        base = f"{p}.encoder.layers.{layer}"
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            w.linear(f"{base}.self_attn.{proj}", 768, 768, bias=True)
-        w.norm(f"{base}.layer_norm1", 768)
-        w.norm(f"{base}.layer_norm2", 768)
-        w.linear(f"{base}.mlp.fc1", 768, 3072, bias=True)
-        w.linear(f"{base}.mlp.fc2", 3072, 768, bias=True)
-    w.norm(f"{p}.final_layer_norm", 768)
-
-
 def _taeblocks(w: Writer, name: str) -> None:
     # He init (ReLU between the convs); the last conv small so that the residual sums of ten
     # blocks do not blow the activations up.
@@ -150,7 +134,7 @@ def tiny_checkpoint_path() -> Path:
 
     def fill(w: Writer) -> None:
         _unet(w)
-        _clip_text(w)
+        clip_l_text(w, "cond_stage_model.transformer.text_model")  # SD1 checkpoint names
 
     return build(folder() / CHECKPOINT, fill, seed=1)
 

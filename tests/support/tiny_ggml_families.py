@@ -45,6 +45,7 @@ from tests.support.ggml_writer import (
     Q4Writer,
     Writer,
     build,
+    clip_l_text,
     q4_0,
 )
 from tests.support.tiny_models import cache_dir
@@ -115,18 +116,7 @@ def flux1(w: Writer) -> None:
 
 def clip_l(w: Writer) -> None:
     """CLIP ViT-L/14's text encoder (HF names), fixed by clip.hpp: 768 wide, 12 layers: 246 MB."""
-    p = "text_model"
-    w.normal(f"{p}.embeddings.token_embedding.weight", (49408, 768), 0.02)
-    w.normal(f"{p}.embeddings.position_embedding.weight", (77, 768), 0.01)
-    for layer in range(12):
-        base = f"{p}.encoder.layers.{layer}"
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            w.linear(f"{base}.self_attn.{proj}", 768, 768, bias=True)
-        w.norm(f"{base}.layer_norm1", 768)
-        w.norm(f"{base}.layer_norm2", 768)
-        w.linear(f"{base}.mlp.fc1", 768, 3072, bias=True)
-        w.linear(f"{base}.mlp.fc2", 3072, 768, bias=True)
-    w.norm(f"{p}.final_layer_norm", 768)
+    clip_l_text(w, "text_model")
 
 
 # -- Qwen3 text encoder ----------------------------------------------------------------------------
