@@ -1,3 +1,3 @@
 """localimg: local image generation as a CLI and an OpenAI-compatible server."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
