@@ -189,6 +189,25 @@ def test_gallery_check_reports_problems(tmp_path: Path) -> None:
     assert "overrides.memory is missing" in text  # the template is a ggml one
 
 
+def test_gallery_build_usage_names_a_module_that_runs_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The usage line's `python -m MODULE` must be importable and be this very module (it once
+    named localimg.gallery_build, which does not exist)."""
+    import importlib
+    import re
+
+    assert gallery_build.main(["--help"]) == 0
+    shown = capsys.readouterr().out
+    assert gallery_build.main(["no-such-command"]) == 2
+    assert capsys.readouterr().err == shown
+    named = re.findall(r"python -m (\S+) build\|check", shown)
+    assert named == ["localimg.gallery.build"]
+    assert importlib.import_module(named[0]) is gallery_build
+    docstring = re.findall(r"python -m (\S+) (?:build|check)", gallery_build.__doc__ or "")
+    assert set(docstring) == {"localimg.gallery.build"}
+
+
 def test_shipped_entries_pass_their_backends_checks() -> None:
     """Each shipped YAML as the backend would read it: pipeline, scheduler, ggml options."""
     from localimg.backends.diffusers import options as diffusers_options
