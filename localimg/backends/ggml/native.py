@@ -12,7 +12,10 @@
 - A model that fails to load gives a context pointer that is NULL but not None: no exception, and
   `close()` then frees NULL and segfaults. `load` checks the pointer and raises instead.
 - Each generated image's pixel buffer (malloc'd in C) and the array holding them are never freed:
-  `_LeakFreeModel` frees them once the pixels are copied into Python.
+  `_LeakFreeModel` frees them once the pixels are copied into Python. Only on the tested release
+  (`TESTED_RELEASE`, which pyproject's `ggml` extra pins): a release that frees them itself would
+  have them freed twice (heap corruption), so on any other release the binding's own class is
+  used, unpatched, and a warning names the tested release (memory may then grow per image).
 - The wrapper passes `eta=0.0` unless told otherwise, where the C library's default (infinity)
   means "1 for ancestral samplers": euler_a was silently plain euler. The backend always passes
   eta (infinity unless the YAML or request sets one).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import logging
 import os
 import sys
@@ -35,6 +39,10 @@ from typing import Any
 from localimg.errors import BackendError
 
 log = logging.getLogger("localimg.ggml.native")
+
+DISTRIBUTION = "stable-diffusion-cpp-python"
+# The one release whose internals this module patches (pyproject pins the ggml extra to it).
+TESTED_RELEASE = "0.4.7"
 
 NATIVE_LOCK = threading.RLock()
 
@@ -159,11 +167,41 @@ def _libc_free() -> Callable[[int | None], None] | None:
 _FREE = _libc_free()
 
 
+def binding_version() -> str | None:
+    """The installed stable-diffusion-cpp-python's version (None: no distribution metadata)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def untested_binding() -> str | None:
+    """Why the installed binding must not be patched, or None when it is the tested release."""
+    version = binding_version()
+    if version == TESTED_RELEASE:
+        return None
+    found = f"{DISTRIBUTION} {version}" if version else f"{DISTRIBUTION} of unknown version"
+    return (
+        f"{found} is not {TESTED_RELEASE}, the release localimg is tested with: its image "
+        "buffers are left to the library (freeing them here as on "
+        f"{TESTED_RELEASE} could free them twice), so memory may grow with every image; "
+        f"install {DISTRIBUTION}=={TESTED_RELEASE} (pip install 'localimg[ggml]')"
+    )
+
+
 def leak_free_class(sd: Any) -> type:
-    """A StableDiffusion subclass that frees the C image buffers after copying their pixels."""
+    """A StableDiffusion subclass that frees the C image buffers after copying their pixels.
+
+    On a release other than TESTED_RELEASE: the binding's own class, unpatched (with a warning).
+    """
     cached = _state.get("model_cls")
     if cached is not None:
         return cached
+    reason = untested_binding()
+    if reason is not None:
+        log.warning("%s", reason)
+        _state["model_cls"] = sd.StableDiffusion
+        return sd.StableDiffusion
 
     class _LeakFreeModel(sd.StableDiffusion):
         def _sd_image_t_p_to_images(self, c_images: Any, count: int, upscale_factor: int) -> Any:
