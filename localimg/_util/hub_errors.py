@@ -9,7 +9,8 @@ words in its own error class (DownloadError, ModelUnavailable) and adds its own 
 The table is ordered, narrowest class first: huggingface_hub derives GatedRepoError from
 RepositoryNotFoundError and LocalEntryNotFoundError (a cache miss while offline) from
 EntryNotFoundError, so checked the other way round a gated repo would read as missing and an
-offline cache miss as "no such file in the repository".
+offline cache miss as "no such file in the repository". An offline miss says which it is: offline
+mode switched on (HF_HUB_OFFLINE), or a hub that did not answer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _table() -> tuple[tuple[Any, str], ...]:
         (
             (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled),
             "{subject} is not in the local Hugging Face cache and the hub cannot be reached "
-            "(offline mode or no network)",
+            "({offline})",
         ),
         (hf_errors.EntryNotFoundError, "{subject}: no such file in the repository ({detail})"),
     )
@@ -55,9 +56,23 @@ def hub_problem(exc: BaseException, subject: str, offline_hint: str = "") -> str
 
     for classes, words in _table():
         if isinstance(exc, classes):
-            message = words.format(subject=subject, detail=first_line(exc))
+            message = words.format(subject=subject, detail=first_line(exc), offline=_why_offline())
             offline = isinstance(
                 exc, hf_errors.LocalEntryNotFoundError | hf_errors.OfflineModeIsEnabled
             )
             return f"{message}. {offline_hint}" if offline and offline_hint else message
     return None
+
+
+def offline_mode() -> bool:
+    """Whether huggingface_hub's offline mode is on (HF_HUB_OFFLINE, read at its import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _why_offline() -> str:
+    """Why the hub was not asked: offline mode, or it did not answer."""
+    if offline_mode():
+        return "offline mode is on: HF_HUB_OFFLINE=1"
+    return "no network, or the hub did not answer"

@@ -50,6 +50,33 @@ def test_unreachable_hub_fails_once_with_the_clear_message(
     assert not attempts, [r.getMessage() for r in attempts]
 
 
+def test_offline_mode_with_an_empty_cache_says_offline_not_a_missing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE=1 and an empty Hugging Face cache: loading a hub id says the model is not
+    in the local cache and offline mode is on (huggingface_hub raises LocalEntryNotFoundError,
+    a subclass of its missing-file error), never "no such file in the repository"."""
+    from localimg.backends.base import RuntimeSettings
+    from localimg.backends.diffusers.backend import DiffusersBackend
+    from localimg.config import config_from_dict
+    from tests.support.hf_cache import use_cache
+
+    use_cache(monkeypatch, tmp_path, offline=True)
+    config = config_from_dict(
+        {"name": "h", "backend": "diffusers", "parameters": {"model": "localimg-test/not-cached"}},
+        where="h.yaml",
+        models_path=tmp_path,
+    )
+    backend = DiffusersBackend(RuntimeSettings(device="cpu"))
+    with pytest.raises(ModelUnavailable) as err:
+        backend.load(config, lambda event: None)
+    message = err.value.message
+    assert "localimg-test/not-cached is not in the local Hugging Face cache" in message
+    assert "offline mode is on: HF_HUB_OFFLINE=1" in message
+    assert "no such file in the repository" not in message
+    assert "--model" in message  # what to do instead
+
+
 def test_all_localai_pipeline_types_resolve_to_diffusers_classes() -> None:
     from localimg.backends.diffusers.families import FAMILIES
     from localimg.backends.diffusers.load.loading import PIPELINE_TYPES, pipeline_class

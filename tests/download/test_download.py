@@ -204,6 +204,23 @@ def test_hub_file_missing_from_the_cache_offline_says_offline(
     assert "no such file" not in err.value.message
 
 
+def test_offline_download_missing_from_an_empty_cache_says_offline_mode_is_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE=1 and an empty Hugging Face cache: the file is not in the local cache and
+    offline mode is on, never "no such file in the repository" (LocalEntryNotFoundError
+    subclasses EntryNotFoundError)."""
+    from tests.support.hf_cache import use_cache
+
+    use_cache(monkeypatch, tmp_path, offline=True)
+    with pytest.raises(DownloadError) as err:
+        download.download_files([FileSpec("m.gguf", "hf://owner/repo/model.gguf")], tmp_path)
+    message = err.value.message
+    assert "owner/repo/model.gguf is not in the local Hugging Face cache" in message
+    assert "offline mode is on: HF_HUB_OFFLINE=1" in message
+    assert "no such file in the repository" not in message
+
+
 def test_hub_errors_read_the_same_narrowest_class_first() -> None:
     from huggingface_hub import errors as hf_errors
 
