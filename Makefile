@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 EXTRAS ?= test
 
-.PHONY: install install-ggml test lint format bench gallery gallery-check clean
+.PHONY: install install-ggml test lint docs format bench gallery gallery-check clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install-ggml:  # compiles stable-diffusion.cpp (minutes); see README for CMAKE_A
 
 test:
 	$(BIN)/python -m pytest
+
+docs:  # the documentation site (mkdocs.yml, docs/) into site/; warnings are errors
+	$(BIN)/mkdocs build --strict
 
 lint:
 	$(BIN)/ruff check localimg tests bench
