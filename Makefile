@@ -2,23 +2,42 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU torch unless an NVIDIA GPU is present (then pip's default CUDA build).
+# CPU torch unless an NVIDIA GPU is present (then pip's default CUDA build): on Linux a plain
+# `torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 EXTRAS ?= test
+# stable-diffusion.cpp is compiled on install. GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2
+# instead of this machine's exact CPU (see README for CUDA, Metal and Vulkan builds).
+ifeq ($(strip $(CMAKE_ARGS)),)
+CMAKE_ARGS := -DGGML_NATIVE=OFF
+endif
 
-.PHONY: install install-ggml test lint docs format bench gallery gallery-check clean
+.PHONY: install install-ggml install-chromium test test-fast lint docs format bench gallery \
+	gallery-check clean
 
-install:
+# Everything the tests need: the venv with torch, localimg[test], the ggml extra and chromium.
+# chromium first: a machine that cannot install it stops before the long pip work.
+install: install-chromium
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH_SPEC)"
 	$(BIN)/pip install -e ".[$(EXTRAS)]"
+	$(MAKE) install-ggml
 
-install-ggml:  # compiles stable-diffusion.cpp (minutes); see README for CMAKE_ARGS
-	$(BIN)/pip install -e ".[ggml]"
+# Compiles stable-diffusion.cpp (~2.5 min on 2 cores). --no-cache-dir keeps pip from reusing a
+# wheel built natively elsewhere (it would die with SIGILL on another CPU).
+install-ggml:
+	CMAKE_ARGS='$(CMAKE_ARGS)' $(BIN)/pip install --no-cache-dir -e ".[ggml]"
+
+# The web page's browser tests drive Debian's chromium (Playwright's own download is not used).
+install-chromium:
+	scripts/install-chromium.sh
 
 test:
 	$(BIN)/python -m pytest
+
+test-fast:  # without the slow tests and the serve --ray ones (they start a Ray cluster)
+	$(BIN)/python -m pytest -m "not slow and not ray"
 
 docs:  # the documentation site (mkdocs.yml, docs/) into site/; warnings are errors
 	$(BIN)/mkdocs build --strict
