@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +245,41 @@ def test_video_job_with_json_body_and_failures(server: str) -> None:
         httpx.get(f"{server}/v1/videos/{failed.json()['id']}/content", timeout=10), 409
     )
     assert error["code"] == "video_not_ready"
+
+
+def test_video_deleted_while_encoding_leaves_no_files(
+    conditioned_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DELETE while the MP4 and thumbnail are being encoded: once encoding ends, both are
+    removed (the store deleted the job's files before they existed; the url TTL would have
+    kept them for an hour). A slow encoder hook holds the encoding until the DELETE is done."""
+    from localimg.media import output
+    from tests.support.server_support import wait_until
+
+    encoding, release = threading.Event(), threading.Event()
+    written: list[Path] = []
+    encode = output.write_video_files
+
+    def slow_encode(result: Any, path: Path, thumbnail: Path) -> None:
+        encoding.set()
+        assert release.wait(120)
+        encode(result, path, thumbnail)
+        written.extend(p for p in (path, thumbnail) if p.is_file())
+
+    monkeypatch.setattr(output, "write_video_files", slow_encode)
+    with serve(ServeSpec(models=conditioned_models), tmp_path) as served:
+        created = post(served.url, "/v1/videos", {"prompt": "surf", "model": "txt2vid"})
+        assert created.status_code == 200, created.text
+        video_id = created.json()["id"]
+        wait_until(encoding.is_set, what="the video's encoding")
+        deleted = httpx.delete(f"{served.url}/v1/videos/{video_id}", timeout=10)
+        assert deleted.json()["deleted"] is True
+        openai_error(httpx.get(f"{served.url}/v1/videos/{video_id}", timeout=10), 404)
+        release.set()
+        tasks = served.app.state.video_tasks
+        wait_until(lambda: not tasks, what="the video job's end")
+        assert len(written) == 2  # the encoder did write both files...
+        assert not list(served.output_dir.glob(f"{video_id}*"))  # ...and they are gone
 
 
 # -- bad inputs ----------------------------------------------------------------------------------

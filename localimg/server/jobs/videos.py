@@ -111,6 +111,7 @@ class VideoJob(Job):
     path: Path | None = None
     thumbnail: Path | None = None
     seed: int | None = None
+    deleted: bool = False  # DELETEd: files written after that are removed at once
 
     def files(self) -> list[Path]:
         return [path for path in (self.path, self.thumbnail) if path is not None]
@@ -304,14 +305,21 @@ async def _finish(state: Any, entry: VideoJob, job: EngineJob) -> None:
 
 
 async def _record(state: Any, entry: VideoJob, job: EngineJob) -> None:
+    folder: Path = state.output_dir
+    path = folder / f"{entry.id}.mp4"
+    thumbnail = folder / f"{entry.id}.thumbnail.webp"
     try:
         result = await asyncio.wrap_future(job.future)
-        folder: Path = state.output_dir
-        path = folder / f"{entry.id}.mp4"
-        thumbnail = folder / f"{entry.id}.thumbnail.webp"
-        await asyncio.to_thread(output.write_video_files, result, path, thumbnail)
+        if not entry.deleted:  # deleted after its last step: nothing to encode
+            await asyncio.to_thread(output.write_video_files, result, path, thumbnail)
     except Exception as exc:  # an unexpected failure must still end the job visibly
+        _discard(path, thumbnail)  # an MP4 whose thumbnail failed
         entry.fail(exc)
+        return
+    if entry.deleted:
+        # DELETE came while the files were encoded: the store, which deleted the job's files
+        # then, could not see these yet, and nothing else would remove them before the url TTL.
+        _discard(path, thumbnail)
         return
     entry.path, entry.thumbnail = path, thumbnail
     entry.seed = result.seeds[0] if result.seeds else None
@@ -324,6 +332,11 @@ async def _record(state: Any, entry: VideoJob, job: EngineJob) -> None:
     entry.expires_at = entry.completed_at + int(state.settings.url_ttl)
     entry.progress = 100
     entry.status = "completed"
+
+
+def _discard(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 async def get_video(request: Request, entry: VideoJob) -> Response:
@@ -349,7 +362,9 @@ async def video_content(request: Request, entry: VideoJob) -> Response:
 
 
 async def delete_video(request: Request, entry: VideoJob) -> Response:
-    """DELETE /v1/videos/{id}: cancel it if running, delete its files."""
+    """DELETE /v1/videos/{id}: cancel it if running, delete its files (now, or as soon as they
+    are written when it is being encoded)."""
+    entry.deleted = True
     entry.cancel()
     request.app.state.videos.remove(entry.id)  # and its files
     return JSONResponse({"id": entry.id, "object": "video.deleted", "deleted": True})
