@@ -4,7 +4,9 @@ The engine checks a model against the memory budget *before* loading it (lifecyc
 model that does not fit evicts idle ones or gets a clear error instead of the kernel's OOM killer.
 The estimate reads only safetensors headers (a few KiB per file), never the weights: the
 tensors' element counts times the bytes per element of the dtype the model will load in, plus a
-margin for activations and the runtime.
+margin for activations and the runtime. A hub model is read from the local Hugging Face cache
+(_util/hub_cache.py), never downloaded for an estimate; when no estimate can be made (not cached,
+unreadable) the log says why, once per model at INFO.
 
 Everything here is standard library; /proc is read on Linux and other systems get `None`
 ("unknown"), which the budget treats as "no information", never as zero.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import logging
 import os
 import struct
 import sys
@@ -22,11 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localimg._util.hub_cache import cached_pipeline
 from localimg.config import WEIGHT_SUFFIXES, model_source
+from localimg.errors import LocalimgError
 
 if TYPE_CHECKING:
     from localimg.backends.base import RuntimeSettings
     from localimg.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 ACTIVATION_MARGIN = 0.2  # of the weights: latents, attention maps, the VAE decode
 RUNTIME_OVERHEAD = 256 * 1024**2  # a process with torch imported, its allocator's slack
@@ -140,7 +147,8 @@ def backend_weight_files(config: ModelConfig) -> list[Path] | None:
         return None
     try:
         return weight_files_of(cls, config)
-    except Exception:  # a bad option fails clearly when the model loads
+    except Exception as exc:  # a bad option fails clearly when the model loads
+        log.debug("%s: the backend names no weight files (%s): the model's only", config.name, exc)
         return None
 
 
@@ -156,7 +164,7 @@ def device_kind(config: ModelConfig, runtime: RuntimeSettings) -> str:
 
 def estimate(config: ModelConfig, runtime: RuntimeSettings) -> Need | None:
     """What loading `config` will take; None when the files cannot be seen (a hub id not yet
-    in the cache, say), in which case only the loaded-model count limits it.
+    in the cache, say: the log says why), in which case only the loaded-model count limits it.
 
     A `memory:` the YAML declares wins over the estimate: it is what the model's author measured
     or computed for the model's settings (text encoders, offload), which the headers cannot see.
@@ -166,32 +174,68 @@ def estimate(config: ModelConfig, runtime: RuntimeSettings) -> Need | None:
     if declared is not None:
         return Need(bytes=declared, where=kind)
     try:
-        source = model_source(config)
-    except Exception:  # a missing model fails clearly when it loads; not the budget's business
+        files = files_to_load(config)
+        if isinstance(files, str):
+            _no_estimate(config, files)
+            return None
+        itemsize = load_itemsize(config, kind)
+        weights = 0
+        for path in files:
+            if path.suffix.lower() == ".safetensors":
+                weights += safetensors_bytes(path, itemsize)
+            else:
+                weights += path.stat().st_size
+    except OSError as exc:
+        _no_estimate(config, f"its weight files cannot be read ({exc})")
         return None
-    if source.kind == "hub":
-        return None
-    itemsize = load_itemsize(config, kind)
-    variant = None
-    for key, value in config.parsed_options().items():
-        if key == "variant":
-            variant = str(value)
-    files = [source.path] if source.kind == "file" else _weight_files(source.path, variant)
-    if source.kind == "file":
-        # A ggml model's text encoders and VAE are files of their own, named by options.
-        files = backend_weight_files(config) or files
-    weights = 0
-    for path in files:
-        if path.suffix.lower() == ".safetensors":
-            weights += safetensors_bytes(path, itemsize)
-        else:
-            weights += path.stat().st_size
     for file, _scale in config.loras():
         lora = config.resolve_path(file)
         if lora.is_file():
             weights += lora.stat().st_size
     total = int(weights * (1 + ACTIVATION_MARGIN)) + RUNTIME_OVERHEAD
     return Need(bytes=total, where=kind)
+
+
+def files_to_load(config: ModelConfig) -> list[Path] | str:
+    """The weight files loading `config` reads, or why they cannot be known (a sentence).
+
+    A hub id is looked up in the local Hugging Face cache only: the components model_index.json
+    names, in the configured `variant` (fp16) where the cache has it, as a folder would be.
+    """
+    try:
+        source = model_source(config)
+        options = config.parsed_options()
+    except Exception as exc:  # a missing model fails clearly when it loads
+        detail = exc.message if isinstance(exc, LocalimgError) else f"{type(exc).__name__}: {exc}"
+        return f"its model cannot be resolved ({detail})"
+    variant = str(options["variant"]) if options.get("variant") else None
+    if source.kind == "hub":
+        revision = str(options["revision"]) if options.get("revision") else None
+        cached = cached_pipeline(source.location, revision)
+        if isinstance(cached, str):
+            return f"{cached}; nothing is downloaded for an estimate"
+        return [path for folder in cached.model_folders for path in _weight_files(folder, variant)]
+    if source.kind == "folder":
+        return _weight_files(source.path, variant)
+    # A ggml model's text encoders and VAE are files of their own, named by options.
+    return backend_weight_files(config) or [source.path]
+
+
+_TOLD: set[tuple[str, str]] = set()  # (model, reason) already logged at INFO
+
+
+def _no_estimate(config: ModelConfig, why: str) -> None:
+    """Say why the budget has no estimate for a model: at INFO once per model and reason (the
+    budget asks before every load), at DEBUG after."""
+    key = (config.name, why)
+    level = logging.DEBUG if key in _TOLD else logging.INFO
+    _TOLD.add(key)
+    log.log(
+        level,
+        "memory budget: no estimate for model %r: %s; only the loaded-model count limits it",
+        config.name,
+        why,
+    )
 
 
 def process_rss(pid: int) -> int | None:
