@@ -183,6 +183,7 @@ def models_install(
                     "hub_repo": r.hub_repo,
                     "already_installed": r.already_installed,
                     "notes": r.notes,
+                    "warnings": r.warnings,
                 }
                 for r in results
             ]
@@ -190,9 +191,14 @@ def models_install(
         return
     for r in results:
         state = "already installed, files verified" if r.already_installed else "installed"
+        if r.warnings:  # the YAML is there, the weights are not (offline mode)
+            state = "YAML already installed" if r.already_installed else "YAML installed"
+            state += ", weights not downloaded"
         typer.echo(f"{r.name}: {state} ({r.yaml_path})")
         for note in r.notes:
             typer.echo(f"  note: {note}")
+        for warning in r.warnings:
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @models_app.command("remove")

@@ -4,7 +4,9 @@ Install = resolve the entry (gallery.py), refuse anything unsafe or invalid befo
 fetched, download and verify the files (download.py), then write `._gallery_NAME.yaml` (what was
 installed from where) and `NAME.yaml` (the model), each atomically. A diffusers model that names a
 hub repo gets that repo's pipeline files fetched into the Hugging Face cache now, verified against
-the hub's sha256, so the first generation does not stall on a download.
+the hub's sha256, so the first generation does not stall on a download. In offline mode
+(HF_HUB_OFFLINE) nothing can be fetched: the YAML is still installed, and when the repo is not in
+the local cache a warning says that its first use downloads it, which offline mode prevents.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import yaml
 
 from localimg import download
 from localimg._util.files import write_atomic
+from localimg._util.hub_cache import cached_pipeline
+from localimg._util.hub_errors import offline_mode
 from localimg.config import HUB_ID, load_config_file, scan_models
 from localimg.errors import GalleryError, LocalimgError, ModelNotFound
 from localimg.gallery.catalog import (
@@ -125,6 +129,21 @@ def snapshot_tasks(repo: str, revision: str | None, variant: str | None) -> list
     return tasks
 
 
+def offline_miss(repo: str, revision: str | None, name: str) -> str | None:
+    """The warning for a hub repo that offline mode kept from being fetched and the local cache
+    lacks (None when online, or when its weights are cached already)."""
+    if not offline_mode():
+        return None
+    cached = cached_pipeline(repo, revision)
+    if not isinstance(cached, str):
+        return None
+    return (
+        f"{cached}, and offline mode is on (HF_HUB_OFFLINE=1): no weights were downloaded. "
+        f"{name}'s first use downloads them, which offline mode prevents: unset HF_HUB_OFFLINE "
+        "first (or install again once online)"
+    )
+
+
 def _hub_repo(config: dict[str, Any], models_path: Path) -> str | None:
     model = (config.get("parameters") or {}).get("model")
     backend = str(config.get("backend", "diffusers")).lower()
@@ -173,6 +192,7 @@ class InstallResult:
     hub_repo: str | None
     already_installed: bool
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the user must know: weights missing
 
 
 def install(
@@ -201,11 +221,14 @@ def install(
             "from the gallery; remove it first or install under another name (--name)"
         )
     hub_repo = _hub_repo(resolved.config, models_path) if prefetch else None
+    warnings = []
     if hub_repo:
         options = [str(o) for o in resolved.config.get("options") or []]
         variant = next((o.split(":", 1)[1] for o in options if o.startswith("variant:")), None)
         revision = next((o.split(":", 1)[1] for o in options if o.startswith("revision:")), None)
         tasks += snapshot_tasks(hub_repo, revision, variant)
+        missing = offline_miss(hub_repo, revision, model_name)
+        warnings += [missing] if missing else []
     download.fetch_tasks(tasks, models_path, progress, workers=workers, cancel=cancel)
     write_yaml_atomic(
         record_path(models_path, model_name),
@@ -223,9 +246,8 @@ def install(
     if not already:
         write_yaml_atomic(yaml_path, resolved.config)
     load_config_file(yaml_path, models_path)  # what was written must load
-    return InstallResult(
-        model_name, yaml_path, [t.target for t in tasks if t.target], hub_repo, already, notes
-    )
+    files = [t.target for t in tasks if t.target]
+    return InstallResult(model_name, yaml_path, files, hub_repo, already, notes, warnings)
 
 
 @dataclass
@@ -317,7 +339,7 @@ class InstallJob:
             "status": self.status,
             "processed": self.status in ("done", "error"),
             "deletion": False,
-            "message": self.error or ("completed" if self.status == "done" else self.status),
+            "message": self.error or self._message(),
             "error": self.error,
             "progress": round(percent, 2),
             "file_name": self.progress.current,
@@ -325,6 +347,12 @@ class InstallJob:
             "file_size": str(total),
             "installed": self.status == "done",
         }
+
+    def _message(self) -> str:
+        if self.status != "done":
+            return self.status
+        warnings = self.result.warnings if self.result is not None else []
+        return "; ".join(["completed", *(f"warning: {w}" for w in warnings)])
 
 
 class InstallJobs:

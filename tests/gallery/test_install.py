@@ -14,7 +14,7 @@ from localimg.cli import app
 from localimg.config import load_config_file
 from localimg.errors import DownloadError, GalleryError
 from localimg.gallery.catalog import Catalog, GallerySource
-from localimg.gallery.install import install, read_record, remove
+from localimg.gallery.install import InstallJob, InstallResult, install, read_record, remove
 from tests.support.fake_hosts import FakeHosts, sha256
 from tests.support.gallery_index import tiny_hub_entry
 
@@ -241,3 +241,51 @@ def test_snapshot_keeps_the_tokenizers_chat_template() -> None:
     ]
     chosen = select_pipeline_files(names, None)
     assert "tokenizer/chat_template.jinja" in chosen and "assets/showcase.png" not in chosen
+
+
+def test_offline_install_of_an_uncached_hub_model_warns_the_weights_are_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models install sd-turbo` with HF_HUB_OFFLINE=1 and an empty cache: the YAML is installed
+    (useful offline), but the output never claims the weights are there: one warning line says
+    nothing was downloaded and that offline mode prevents the first use's download. Cached, the
+    same install says nothing of the kind."""
+    import json as json_module
+
+    from localimg.gallery.catalog import GALLERIES_ENV
+    from tests.support.hf_cache import snapshot, use_cache
+
+    cache = use_cache(monkeypatch, tmp_path, offline=True)
+    monkeypatch.delenv(GALLERIES_ENV, raising=False)  # the shipped gallery only
+    models = tmp_path / "models"
+    command = ["models", "install", "sd-turbo", "--models-path", str(models)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert result.exception is None and "Traceback" not in result.output
+    yaml_path = models / "sd-turbo.yaml"
+    assert result.stdout == f"sd-turbo: YAML installed, weights not downloaded ({yaml_path})\n"
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(
+        "warning: stabilityai/sd-turbo is not in the local Hugging Face cache"
+    )
+    assert "offline mode is on (HF_HUB_OFFLINE=1): no weights were downloaded" in warning
+    assert "first use" in warning
+    assert load_config_file(yaml_path, models).model == "stabilityai/sd-turbo"
+
+    again = CliRunner().invoke(app, [*command, "--json"])
+    assert again.exit_code == 0, again.output
+    (shown,) = json_module.loads(again.stdout)
+    assert shown["warnings"] == [warning.removeprefix("warning: ")]
+    job = InstallJob(id="j", model="sd-turbo", status="done")  # the server's /models/apply
+    job.result = InstallResult("sd-turbo", yaml_path, [], "stabilityai/sd-turbo", True)
+    job.result.warnings = shown["warnings"]
+    assert job.to_localai()["message"] == f"completed; {warning}"
+
+    files = snapshot(cache, "stabilityai/sd-turbo")  # now the weights are in the cache
+    (files / "model_index.json").write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
+    (files / "unet").mkdir()
+    (files / "unet" / "config.json").write_text("{}")
+    (files / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"weights")
+    cached = CliRunner().invoke(app, command)
+    assert cached.exit_code == 0, cached.output
+    assert cached.stdout.startswith("sd-turbo: already installed") and not cached.stderr
