@@ -63,7 +63,7 @@ class RaySlot:
         self.options = options
         self.backend_name = config.backend
         self.events = EngineEvents()  # the engine hands each slot its own
-        self.before_load: Any = None  # the engine's admission check: not used (see README)
+        self.before_load: Any = None  # the engine's admission check: not used (docs/server/ray.md)
         self.memory_need: Any = None
         self.last_used = time.monotonic()
         self.loads = 0

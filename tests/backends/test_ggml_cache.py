@@ -322,7 +322,8 @@ def test_klein_each_dit_method_reuses_steps(klein: Engine) -> None:
     for method, image in images.items():
         assert image.shape == (64, 64, 3)
         assert np.abs(image - base).max() > 0, method
-    # stable-diffusion.cpp 0.4.7 runs the three cache-dit modes as one step cache (README).
+    # stable-diffusion.cpp 0.4.7 runs the three cache-dit modes as one step cache
+    # (docs/performance/step-caching.md).
     assert np.array_equal(images["taylorseer"], images["dbcache"])
     assert np.array_equal(images["cachedit"], images["dbcache"])
     assert np.array_equal(run(klein, "klein", "none"), base)

@@ -3,7 +3,7 @@
 Parsing is strict: an unknown field or a value out of range is a 400 that names the field and
 says what is allowed, so nothing a client sends is silently dropped. Fields that are accepted for
 compatibility but cannot change what localimg does (`style`, `moderation`) are
-reported back in the `X-Localimg-Ignored` response header and documented in the README.
+reported back in the `X-Localimg-Ignored` response header and documented in docs/server/openai.md.
 """
 
 from __future__ import annotations
