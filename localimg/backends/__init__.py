@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from localimg.config import BACKEND_ALIASES, DIFFUSERS, GGML
+from localimg.config import BACKEND_ALIASES, DIFFUSERS, GGML, ModelConfig
 from localimg.errors import BackendNotInstalled, ConfigError
 
 if TYPE_CHECKING:
-    from localimg.backends.base import Backend
+    from localimg.backends.base import Backend, RuntimeSettings
 
 ENTRY_POINT_GROUP = "localimg.backends"
 
@@ -68,3 +68,23 @@ def get_backend_class(name: str) -> type[Backend]:
             f"backend {key!r} is not installed: missing {', '.join(missing)} ({install_hint})"
         )
     return cls
+
+
+def model_precision(config: ModelConfig, settings: RuntimeSettings | None = None) -> dict[str, Any]:
+    """The device and dtype `config` would run with here and why (the backend's `precision`
+    hook, offline, nothing loaded), for `models show`, `models list` and `/v1/models`. Where it
+    cannot be decided (backend not installed, invalid options) `device`/`dtype` are None and
+    `reason` says why: a report, never an exception."""
+    from localimg.backends.base import RuntimeSettings, precision_of
+    from localimg.errors import LocalimgError
+
+    unknown: dict[str, Any] = {"device": None, "dtype": None, "variant": None}
+    try:
+        found = precision_of(
+            get_backend_class(config.backend), config, settings or RuntimeSettings()
+        )
+    except LocalimgError as exc:
+        return {**unknown, "reason": exc.message}
+    if found is None:
+        return {**unknown, "reason": f"backend {config.backend!r} does not report its precision"}
+    return found

@@ -69,6 +69,18 @@ def weight_itemsize_of(cls: type[Any], config: ModelConfig, where: str) -> int |
     return size
 
 
+def precision_of(
+    cls: type[Any], config: ModelConfig, settings: RuntimeSettings
+) -> dict[str, Any] | None:
+    """The device and dtype `config` would run with on this machine, and why (`device`, `dtype`,
+    `reason`, `variant`), decided offline without loading; None for backends without the hook."""
+    hook = getattr(cls, "precision", None)
+    if hook is None:
+        return None
+    found: dict[str, Any] = hook(config, settings)
+    return found
+
+
 def weight_files_of(cls: type[Any], config: ModelConfig) -> list[Path] | None:
     """Every weight file loading `config` reads, for the memory estimate, when the backend knows
     more than `parameters.model` (stable-diffusion.cpp's text encoders and VAE are files of their
@@ -95,6 +107,8 @@ class Backend(Protocol):
     # and, with batch=True, the generate_batch of BatchBackend (below).
     # Optional classmethod, read through weight_itemsize_of (default None, as stored):
     #     weight_itemsize(config, where) -> int | None
+    # Optional classmethod, read through precision_of (default None: not known):
+    #     precision(config, settings) -> dict[str, Any]
     # Optional classmethod, read through weight_files_of (default None: the model's own files):
     #     weight_files(config) -> list[Path]
 

@@ -28,7 +28,7 @@ def _models_path(models_path: Path | None) -> Path:
     return models_path or default_models_path()
 
 
-def _catalog(galleries: list[str] | None) -> Any:
+def catalog_of(galleries: list[str] | None) -> Any:
     from localimg.gallery.catalog import Catalog, default_sources
 
     sources = default_sources(galleries or ())
@@ -97,7 +97,7 @@ def gallery_list(
     models_path: ModelsPath = None,
 ) -> None:
     """The image models the galleries offer (installed ones are marked)."""
-    catalog = _catalog(gallery)
+    catalog = catalog_of(gallery)
     entries = catalog.search("", tag=tag)
     _list_entries(entries, _models_path(models_path), as_json, "Gallery models")
 
@@ -111,7 +111,7 @@ def gallery_search(
     models_path: ModelsPath = None,
 ) -> None:
     """Find gallery models by name, description or tag."""
-    entries = _catalog(gallery).search(text, tag=tag)
+    entries = catalog_of(gallery).search(text, tag=tag)
     _list_entries(entries, _models_path(models_path), as_json, f"Gallery models: {text}")
 
 
@@ -136,7 +136,7 @@ def install_models(
     from localimg.cli.console import RichProgress
     from localimg.gallery.install import install
 
-    catalog = _catalog(galleries)
+    catalog = catalog_of(galleries)
     entries = [catalog.find(ref) for ref in refs]  # every name is checked before any download
     results = []
     for entry in entries:
@@ -232,92 +232,6 @@ def models_remove(
         typer.echo(f"  kept {path} (used by another model)")
 
 
-def _file_rows(models_path: Path, record: dict[str, Any] | None) -> list[dict[str, Any]]:
-    from localimg.download import partial_path, safe_target
-
-    rows = []
-    for item in (record or {}).get("files") or []:
-        target = safe_target(models_path, str(item["filename"]))
-        partial = partial_path(target)
-        state = "present" if target.is_file() else "partial" if partial.exists() else "missing"
-        size = target.stat().st_size if target.is_file() else None
-        rows.append({**item, "path": str(target), "state": state, "size": size})
-    return rows
-
-
-@models_app.command("show")
-def models_show(
-    name: Annotated[str, typer.Argument(help="Installed model, or a gallery model name.")],
-    gallery: Galleries = None,
-    as_json: Json = False,
-    models_path: ModelsPath = None,
-) -> None:
-    """An installed model's settings and files; for a gallery model, what it would install."""
-    import yaml
-
-    from localimg.config import scan_models
-    from localimg.gallery.install import read_record
-
-    root = _models_path(models_path)
-    match = next((e for e in scan_models(root) if name in (e.name, e.path.stem)), None)
-    if match is not None:
-        if match.error is not None:
-            raise match.error
-        config = yaml.safe_load(match.path.read_text(encoding="utf-8")) or {}
-        record = read_record(root, match.name)
-        data: dict[str, Any] = {
-            "name": match.name,
-            "installed": True,
-            "yaml": str(match.path),
-            "gallery": (record or {}).get("gallery"),
-            "config": config,
-            "files": _file_rows(root, record),
-        }
-    else:
-        from localimg.gallery.catalog import resolve_entry
-
-        entry = _catalog(gallery).find(name)
-        resolved = resolve_entry(entry)
-        data = {
-            **entry.summary(),
-            "installed": False,
-            "config": resolved.config,
-            "files": [f.model_dump(exclude_none=True) for f in resolved.files],
-        }
-    if as_json:
-        _echo_json(data)
-        return
-    _render_show(data)
-
-
-def _render_show(data: dict[str, Any]) -> None:
-    import yaml
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.syntax import Syntax
-    from rich.table import Table
-
-    console = Console()
-    state = f"installed ({data['yaml']})" if data["installed"] else "not installed"
-    console.print(f"[bold]{escape(data['name'])}[/] — {escape(state)}")
-    if data.get("description"):
-        console.print(escape(" ".join(str(data["description"]).split())))
-    text = yaml.safe_dump(data["config"], sort_keys=False)
-    console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
-    if data["files"]:
-        table = Table(title="files")
-        for column in ("filename", "state", "sha256", "uri"):
-            table.add_column(column, overflow="fold")
-        for row in data["files"]:
-            table.add_row(
-                str(row["filename"]),
-                str(row.get("state", "")),
-                str(row.get("sha256") or "")[:16],
-                str(row.get("uri", "")),
-            )
-        console.print(table)
-
-
 # -- run ------------------------------------------------------------------------------------------
 
 
@@ -383,7 +297,7 @@ def _ensure_installed(ref: str, root: Path, galleries: list[str] | None) -> str:
     from localimg.errors import ModelNotFound
 
     try:
-        _catalog(galleries).find(ref)
+        catalog_of(galleries).find(ref)
     except ModelNotFound:
         if HUB_ID.match(ref) or Path(ref).expanduser().exists():
             return ref  # a hub id or a local model: served as `generate --model` would use it

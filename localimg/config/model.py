@@ -217,7 +217,7 @@ class ModelConfig(_Strict):
     cfg_scale: float | None = Field(default=None, ge=0, le=100)
     seed: int | None = None
     size: str | None = None  # localimg: default WxH for this model
-    f16: bool = False
+    f16: bool | None = None  # None: automatic (load/precision.py decides per device and family)
     cuda: bool | None = None
     threads: int | None = Field(default=None, ge=1, le=1024)
     keep_alive: str | float | None = None  # localimg: idle time before unloading (5m, 300, -1)

@@ -66,7 +66,9 @@ def test_diffusers_weight_itemsize_follows_the_dtype_it_will_load(
     assert size("ram", options=["dtype:bf16"]) == 2
     assert size("vram", options=["dtype:float32"], f16=True) == 4
     assert size("vram", f16=True) == 2
-    assert size("vram") == 4
+    assert size("vram") == 2  # f16 absent: half precision on a GPU
+    assert size("vram", f16=False) == 4
+    assert size("ram") == 4  # and float32 on a CPU
     monkeypatch.setenv("LOCALIMG_CPU_BF16", "0")
     assert size("ram", f16=True) == 4
     monkeypatch.setenv("LOCALIMG_CPU_BF16", "1")

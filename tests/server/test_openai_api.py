@@ -245,8 +245,11 @@ def test_models_health_and_ready(served: Served) -> None:
     (entry,) = listing["data"]
     assert entry["id"] == "tiny" and entry["object"] == "model" and entry["backend"] == "diffusers"
     assert isinstance(entry["loaded"], bool) and isinstance(entry["created"], int)
+    # The tiny YAML has no f16: float32 on this CPU, and the entry says why.
+    assert entry["precision"]["device"] == "cpu" and entry["precision"]["dtype"] == "float32"
+    assert entry["precision"]["reason"].startswith("automatic")
     one = httpx.get(f"{served.url}/v1/models/tiny").json()
-    assert one["id"] == "tiny"
+    assert one["id"] == "tiny" and one["precision"] == entry["precision"]
     error = assert_openai_error(httpx.get(f"{served.url}/v1/models/nope"), 404)
     assert "tiny" in error["message"] and error["code"] == "model_not_found"
     assert httpx.get(f"{served.url}/healthz").json() == {"status": "ok"}

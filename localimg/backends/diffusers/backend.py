@@ -37,8 +37,9 @@ from localimg.backends.diffusers.load.library import (
 from localimg.backends.diffusers.load.loading import DEFAULT_PIPELINE, load_pipeline
 from localimg.backends.diffusers.load.loras import apply_loras
 from localimg.backends.diffusers.load.precision import (
-    choose_device,
     choose_dtype,
+    plan,
+    precision_report,
     weight_itemsize,
 )
 from localimg.backends.diffusers.options import OPTION_KEYS, DiffusersOptions, parse_options
@@ -109,10 +110,8 @@ class DiffusersBackend:
         self._grouping = BatchGrouping()  # replaced on load (pipeline/batch_invariance.py)
         self._caches = cache_setup.Caches()  # which step caches each pipeline can use
 
-    @classmethod
-    def weight_itemsize(cls, config: ModelConfig, where: str) -> int | None:
-        """Bytes per float weight once loaded: the weights are cast to the chosen dtype."""
-        return weight_itemsize(config, where)
+    weight_itemsize = staticmethod(weight_itemsize)
+    precision = staticmethod(precision_report)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -156,8 +155,9 @@ class DiffusersBackend:
 
         options = parse_options(config)
         self.config = config
-        self.device = choose_device(self.settings, config)
-        self.dtype = choose_dtype(self.device, config, options)
+        precision = plan(self.settings, config)
+        self.device = precision.device
+        self.dtype = choose_dtype(precision, config)
         threads = self.settings.threads or config.threads or physical_cores()
         torch.set_num_threads(threads)
         source = model_source(config)

@@ -143,6 +143,27 @@ def check_needs(class_name: str) -> None:
         )
 
 
+# Pipelines whose weights are published in bfloat16: float16 overflows in some of them (black or
+# NaN images from FLUX and Wan), so half precision on a GPU means bfloat16 for these.
+BFLOAT16_CLASS_PREFIXES = (
+    "Flux",
+    "StableDiffusion3",
+    "ZImage",
+    "QwenImage",
+    "Chroma",
+    "Wan",
+    "HunyuanVideo",
+    "LTX",
+    "HiDream",
+    "Lumina2",
+    "CogView4",
+)
+
+
+def published_in_bfloat16(class_name: str | None) -> bool:
+    return bool(class_name) and str(class_name).startswith(BFLOAT16_CLASS_PREFIXES)
+
+
 def family_of(pipe: Any) -> Family | None:
     return FAMILIES.get(type(pipe).__name__)
 

@@ -121,6 +121,20 @@ class GgmlBackend:
     # -- loading ----------------------------------------------------------------------------
 
     @classmethod
+    def precision(cls, config: ModelConfig, settings: RuntimeSettings) -> dict[str, Any]:
+        """stable-diffusion.cpp runs where it was built to, and keeps each weight's type from the
+        file unless `wtype` converts them on load (`f16` does not change a ggml model)."""
+        wtype = parse_options(config).wtype
+        return {
+            "device": "as built (CPU, or CUDA/Metal/Vulkan when compiled for them)",
+            "dtype": wtype or "as stored in the file",
+            "reason": f"options wtype:{wtype} converts the weights on load"
+            if wtype
+            else "the file's weight types (options wtype:f16 converts them on load)",
+            "variant": None,
+        }
+
+    @classmethod
     def weight_files(cls, config: ModelConfig) -> list[Path]:
         """Every weight file the YAML names (the model and each *_path option) that exists: what
         a memory estimate must count for a ggml model, whose text encoders are separate files."""

@@ -1,4 +1,5 @@
-"""/v1/models: the models served here, each with its state (loaded, queued, memory, keep-alive).
+"""/v1/models: the models served here, each with its state (loaded, queued, memory, keep-alive)
+and the precision it runs with here (the device and dtype, and why: backends.model_precision).
 
 OpenAI's model object with localimg's facts added; LocalAI's load and unload routes answer with
 the same entry. Which models are listed is `served.py`'s rule (valid YAML models and preloads).
@@ -14,14 +15,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from localimg.config import scan_models
-from localimg.errors import ModelNotFound
+from localimg.config import ModelConfig, resolve_model, scan_models
+from localimg.errors import LocalimgError, ModelNotFound
 
 if TYPE_CHECKING:
     from localimg.engine import Engine
 
 
-def model_entry(state: Any, name: str, created: int, backend: str | None) -> dict[str, Any]:
+def precision_of(engine: Engine, config: ModelConfig | None) -> dict[str, Any] | None:
+    from localimg.engine.precision import precision_report
+
+    return None if config is None else precision_report(config, engine.settings.runtime)
+
+
+def model_entry(
+    state: Any, name: str, created: int, backend: str | None, config: ModelConfig | None = None
+) -> dict[str, Any]:
     engine: Engine = state.engine
     slot = engine.slots.get(name)
     entry: dict[str, Any] = {
@@ -33,6 +42,7 @@ def model_entry(state: Any, name: str, created: int, backend: str | None) -> dic
         "loaded": slot is not None and slot.state == "loaded",
         "state": slot.state if slot is not None else "unloaded",
         "queued": slot.queue_depth if slot is not None else 0,
+        "precision": precision_of(engine, config),
     }
     info = getattr(slot, "info", None)
     if callable(info):
@@ -69,10 +79,15 @@ def model_list(state: Any) -> list[dict[str, Any]]:
             continue
         seen.add(entry.name)
         created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
-        entries.append(model_entry(state, entry.name, created, entry.config.backend))
+        entries.append(model_entry(state, entry.name, created, entry.config.backend, entry.config))
     for name in state.settings.preload:
         if name not in seen:
-            entries.append(model_entry(state, name, 0, None))
+            try:
+                config: ModelConfig | None = resolve_model(name, engine.settings.models_path)
+            except LocalimgError:
+                config = None
+            backend = config.backend if config is not None else None
+            entries.append(model_entry(state, name, 0, backend, config))
     return entries
 
 

@@ -10,16 +10,19 @@ diffusers are imported only inside functions.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from localimg.backends.diffusers.families import FAMILIES, check_needs
-from localimg.backends.diffusers.load import gguf_files, processors, quantize
+from localimg.backends.diffusers.load import gguf_files, processors, quantize, streamed_weights
 from localimg.backends.diffusers.load.hub import hub_reachable, model_index
 from localimg.backends.diffusers.load.library import dtype_key
 from localimg.backends.diffusers.options import DiffusersOptions
-from localimg.config import ModelConfig, ModelSource
+from localimg.config import ModelConfig, ModelSource, model_source
 from localimg.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE = "AutoPipelineForText2Image"
 
@@ -110,6 +113,30 @@ def single_file_class(path: Path) -> str:
     return "StableDiffusionPipeline"
 
 
+def class_to_load(config: ModelConfig, options: DiffusersOptions, *, hub: bool) -> str | None:
+    """The pipeline class loading will use, known before loading so the precision can follow the
+    family (load/precision.py). None where it cannot be known: a hub repo not in the cache when
+    `hub` is False or the hub is unreachable, a file or folder that is not there."""
+    pipeline_type = config.diffusers.pipeline_type or DEFAULT_PIPELINE
+    if pipeline_type == "FluxTransformer2DModel":
+        return "FluxPipeline"
+    if pipeline_type not in AUTO_TYPES:
+        return PIPELINE_TYPES.get(pipeline_type, pipeline_type)
+    try:
+        source = model_source(config)
+        if gguf_files.is_gguf(source):
+            base = gguf_files.base_of(options, config)
+            source = ModelSource("folder" if Path(base).is_dir() else "hub", base)
+        if source.kind == "file":
+            return single_file_class(source.path)
+        local_only = source.kind == "hub" and not (hub and hub_reachable())
+        own = model_index(source, options.revision, local_only).get("_class_name")
+    except Exception as exc:  # loading itself reports what is wrong; this is only a guess
+        log.debug("%s: the pipeline class is not known before loading: %s", config.where, exc)
+        return None
+    return str(own) if own else None
+
+
 def load_pipeline(
     pipeline_type: str,
     source: ModelSource,
@@ -117,7 +144,21 @@ def load_pipeline(
     dtype: Any,
     config: ModelConfig | None,
 ) -> Any:
-    """The pipeline `pipeline_type` names, from a single file, a folder or a hub repo."""
+    """The pipeline `pipeline_type` names, from a single file, a folder or a hub repo; in half
+    precision with each tensor read and cast alone (streamed_weights.py)."""
+    import torch
+
+    with streamed_weights.streaming(dtype in (torch.float16, torch.bfloat16)):
+        return _load_pipeline(pipeline_type, source, options, dtype, config)
+
+
+def _load_pipeline(
+    pipeline_type: str,
+    source: ModelSource,
+    options: DiffusersOptions,
+    dtype: Any,
+    config: ModelConfig | None,
+) -> Any:
     import diffusers
 
     common: dict[str, Any] = {dtype_key(): dtype}
