@@ -37,6 +37,10 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             ("server overhead (tiny, 64px)", ["bench_server.py", *tiny, "--runs", "2"]),
             ("memory (tiny, 64px)", ["bench_lifecycle.py", *tiny, "--skip", "throughput,leak"]),
             (
+                "bfloat16 vs float32 peak memory (tiny)",
+                ["bench_precision_memory.py", "--model", "tiny"],
+            ),
+            (
                 "throughput with batching on/off, RSS over 20 generations (tiny, 64px)",
                 [
                     "bench_lifecycle.py",
@@ -87,6 +91,10 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
                 "--per-client",
                 "1",
             ],
+        ),
+        (
+            "bfloat16 vs float32 peak memory (sd15, 64px, 1 step)",
+            ["bench_precision_memory.py", "--model", "sd15", "--runs", "2"],
         ),
         (
             "memory: peak, unload, in-process (sd15, 256px)",
