@@ -33,11 +33,15 @@ install-ggml:
 install-chromium:
 	scripts/install-chromium.sh
 
+# The suite in parallel: a worker per core (tests/conftest.py decides how many and pins each to
+# its cores), each test file whole on one worker so a module's server starts once.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 test:
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast:  # without the slow tests and the serve --ray ones (they start a Ray cluster)
-	$(BIN)/python -m pytest -m "not slow and not ray"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not ray"
 
 docs:  # the documentation site (mkdocs.yml, docs/) into site/; warnings are errors
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # (the variable hides a release banner)

@@ -14,6 +14,32 @@ import pytest
 if TYPE_CHECKING:
     from tests.support.tiny_families import TinyFamily
 
+
+ALL_CPUS: set[int] = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), give each worker a core of its own (two
+    workers a core when there are more workers than cores).
+
+    Every worker would otherwise run torch with a thread per core beside the other workers' threads
+    (OpenMP teams spinning against each other); pinned, a worker and the servers and worker
+    processes it starts (they inherit the mask) see one core and use one thread."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not name.startswith("gw") or count < 2 or len(ALL_CPUS) < 2:
+        return
+    cpus = sorted(ALL_CPUS)
+    index = int(name[2:])
+    if len(cpus) >= count:
+        share = len(cpus) // count
+        os.sched_setaffinity(0, cpus[index * share : (index + 1) * share])
+    else:
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+
+
+_pin_xdist_worker()
+
 # Never reach a model hub from the tests; quiet the libraries' own chatter.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -22,6 +48,53 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 # Fixtures defined next to what they serve, shared with every test module from here (a module
 # that imported them by name would shadow them, and ruff would see an unused import).
 pytest_plugins = ["tests.support.fake_hosts"]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per physical core (one more was measured slower on 2 cores: the
+    workers' torch threads then share cores), at most 4 (each holds torch, tiny models and its
+    tests' servers: about 3 GB) and one per 5 GB of memory."""
+    from localimg._util.system import physical_cores
+
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(4, physical_cores(), int(memory_gb // 5)))
+
+
+# The slowest test files (about 40-100 s each on 2 cores), started first so that `make test`'s
+# workers (one file at a time each, --dist loadfile) do not end with one of them alone.
+SLOW_FILES_FIRST = (
+    "tests/ray/test_serve.py",
+    "tests/backends/test_ggml_families.py",
+    "tests/backends/test_ggml_backend.py",
+    "tests/backends/test_ggml_cache.py",
+    "tests/backends/test_diffusers_families.py",
+    "tests/server/test_a1111.py",
+    "tests/server/test_lifecycle_routes.py",
+    "tests/server/test_openai_api.py",
+    "tests/backends/test_batch_invariance.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow files first, everything else in its usual order (a stable sort: every xdist
+    worker collects the same order, as xdist requires)."""
+    rank = {path: index for index, path in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+@pytest.fixture(scope="module")
+def all_cores() -> Iterator[None]:
+    """This test process on every core for a module whose processes need several (a Ray
+    cluster: its raylet, workers and replicas inherit the mask), then pinned again."""
+    if not ALL_CPUS or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, ALL_CPUS)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, pinned)
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def sd1_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ggml: dict[str, Path]
 
 @pytest.fixture(scope="module")
 def sd1(sd1_dir: Path) -> Iterator[Engine]:
-    engine = Engine(EngineSettings(models_path=sd1_dir, runtime=RuntimeSettings(threads=2)))
+    engine = Engine(EngineSettings(models_path=sd1_dir, runtime=RuntimeSettings()))
     yield engine
     engine.close()
 
@@ -100,7 +100,7 @@ def klein(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     link_or_copy(files["llm"], folder / "qwen_3_4b.safetensors")
     link_or_copy(files["taesd"], folder / "taef2.safetensors")
     write(folder, KLEIN_YAML, "klein", [])
-    engine = Engine(EngineSettings(models_path=folder, runtime=RuntimeSettings(threads=2)))
+    engine = Engine(EngineSettings(models_path=folder, runtime=RuntimeSettings()))
     yield engine
     engine.close()
 
@@ -288,7 +288,7 @@ def test_sd1_yaml_cache_is_the_default_and_a_request_turns_it_off(sd1: Engine) -
     ],
 )
 def test_sd1_yaml_cache_it_cannot_use_fails_the_load(sd1_dir: Path, model: str, words: str) -> None:
-    backend = GgmlBackend(RuntimeSettings(threads=2))
+    backend = GgmlBackend(RuntimeSettings())
     with pytest.raises(ConfigError) as err:
         backend.load(load_config_file(sd1_dir / f"{model}.yaml"), lambda e: None)
     assert words in err.value.message and f"{model}.yaml" in err.value.message

@@ -92,7 +92,7 @@ RED, BLUE = square((230, 30, 30)), square((20, 40, 220))
 
 def test_klein_is_recognised_with_its_defaults(klein_dir: Path) -> None:
     config = load_config_file(klein_dir / "klein.yaml")
-    backend = GgmlBackend(RuntimeSettings(threads=2))
+    backend = GgmlBackend(RuntimeSettings())
     backend.load(config, lambda e: None)
     try:
         assert backend.family == "Flux.2 klein" and backend.traits.label == "FLUX.2 klein"

@@ -66,7 +66,7 @@ def engine(
     for name, options in MODELS.items():
         body = YAML.format(name=name) + "".join(f'- "{o}"\n' for o in options)
         (folder / f"{name}.yaml").write_text(body, encoding="utf-8")
-    eng = Engine(EngineSettings(models_path=folder, runtime=RuntimeSettings(threads=2)))
+    eng = Engine(EngineSettings(models_path=folder, runtime=RuntimeSettings()))
     yield eng
     eng.close()
 

@@ -46,7 +46,7 @@ from localimg.ray.app import create_ray_app
 from localimg.ray.cluster import RayCluster, RayServeOptions
 from localimg.ray.slot import RaySlot
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("all_cores")]
 
 MAX_QUEUE = 4
 RAY_PROCESS_NAMES = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor", "monitor.py")

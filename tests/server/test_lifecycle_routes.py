@@ -70,7 +70,7 @@ def test_keep_alive_ends_the_worker_process(served: Served) -> None:
     pid = served.slot().pid
     assert pid is not None
     wait_until(lambda: served.slot().pid is None, what="the keep-alive unload")
-    assert not alive(pid)
+    wait_until(lambda: not alive(pid), what="the worker to exit")
     entry = model_entry(served)
     assert entry["loaded"] is False and entry["memory_bytes"] is None
     assert entry["keep_alive"] == KEEP_ALIVE

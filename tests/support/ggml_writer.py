@@ -78,10 +78,13 @@ def save_safetensors(tensors: Tensors, path: Path) -> None:
 
 def build(path: Path, fill: Callable[[Writer], None], seed: int) -> Path:
     """`path`, written from `fill`'s tensors on first use (the cache: later calls only return)."""
-    if not path.exists():
-        writer = Writer(seed)
-        fill(writer)
-        save_safetensors(writer.tensors, path)
+    from tests.support.tiny_models import build_lock
+
+    with build_lock():
+        if not path.exists():
+            writer = Writer(seed)
+            fill(writer)
+            save_safetensors(writer.tensors, path)
     return path
 
 

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.tiny_models import cache_dir, tiny_text_encoder, tiny_tokenizer, tiny_vae
+from tests.support.tiny_models import (
+    build_lock,
+    cache_dir,
+    tiny_text_encoder,
+    tiny_tokenizer,
+    tiny_vae,
+)
 
 CACHE_VERSION = "2"
 
@@ -190,6 +196,7 @@ BUILDERS: dict[str, Callable[[Path], Any]] = {
 def tiny_path(kind: str) -> Path:
     """The cached tiny pipeline of `kind` (depth2img, img2vid, txt2vid), built on first use."""
     folder = cache_dir() / f"tiny-{kind}-v{CACHE_VERSION}"
-    if not (folder / "model_index.json").is_file():
-        _save(folder, BUILDERS[kind])
+    with build_lock():
+        if not (folder / "model_index.json").is_file():
+            _save(folder, BUILDERS[kind])
     return folder

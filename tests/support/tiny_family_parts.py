@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.tiny_models import cache_dir
+from tests.support.tiny_models import build_lock, cache_dir
 
 FAMILIES_VERSION = "1"
 
@@ -108,22 +108,20 @@ def qwen3_config(hidden: int, layers: int) -> Any:
 
 
 def save_pipeline(folder: Path, make: Callable[[], Any]) -> Path:
-    """Build `make()` and save it to `folder`, all or nothing, safe against a concurrent build.
-
-    Each builder writes its own temporary folder and renames it into place; if another process
-    got there first, its copy (same seeds, same weights) wins and ours is dropped.
-    """
-    if (folder / "model_index.json").is_file():
-        return folder
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    make().save_pretrained(str(tmp))
-    try:
-        tmp.rename(folder)
-    except OSError:
+    """Build `make()` and save it to `folder`, all or nothing, one builder at a time (the cache's
+    build lock): a temporary folder renamed into place, so an interrupted build leaves nothing."""
+    with build_lock():
+        if (folder / "model_index.json").is_file():
+            return folder
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "model_index.json").is_file():
-            raise
+        make().save_pretrained(str(tmp))
+        try:
+            tmp.rename(folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "model_index.json").is_file():
+                raise
     return folder
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.tiny_models import cache_dir
+from tests.support.tiny_models import build_lock, cache_dir
 
 CACHE_VERSION = "1"
 
@@ -18,8 +18,13 @@ CACHE_VERSION = "1"
 def sd1_vae_path() -> Path:
     """The random SD1-size VAE file (built with diffusers on first use, about a minute)."""
     target = cache_dir() / f"ggml-vae-v{CACHE_VERSION}" / "sd1-vae.safetensors"
-    if target.is_file():
-        return target
+    with build_lock():
+        if not target.is_file():
+            _build_sd1_vae(target)
+    return target
+
+
+def _build_sd1_vae(target: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -32,4 +37,3 @@ def sd1_vae_path() -> Path:
     partial = target.with_suffix(".partial")
     save_file(tensors, str(partial))
     partial.rename(target)
-    return target

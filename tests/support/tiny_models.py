@@ -10,11 +10,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 CACHE_VERSION = "2"
+
+
+_BUILD_LOCK: Any = None
+
+
+@contextmanager
+def build_lock() -> Iterator[None]:
+    """One cache builder at a time across processes: pytest-xdist's workers share `.test-cache/`
+    and would otherwise build the same model side by side (or read one half written). One lock
+    object per process, so nested builders (a family that needs another file) re-enter it."""
+    global _BUILD_LOCK
+    if _BUILD_LOCK is None:
+        from filelock import FileLock
+
+        _BUILD_LOCK = FileLock(str(cache_dir() / ".build.lock"))
+    with _BUILD_LOCK:
+        yield
 
 
 def cache_dir() -> Path:
@@ -178,8 +196,9 @@ def save_sd_pipeline(folder: Path, unet: Any, vae: Any, text_encoder: Any, sched
 def tiny_sd_path() -> Path:
     """The cached tiny SD folder, built on first use."""
     folder = cache_dir() / f"tiny-sd-v{CACHE_VERSION}"
-    if not (folder / "model_index.json").is_file():
-        build_tiny_sd(folder)
+    with build_lock():
+        if not (folder / "model_index.json").is_file():
+            build_tiny_sd(folder)
     return folder
 
 
