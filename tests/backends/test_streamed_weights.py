@@ -3,6 +3,7 @@ as diffusers' and transformers' own loading, with no float32 copy of a whole fil
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -104,3 +105,24 @@ def test_backend_load_streams_half_precision_and_generates_the_same_image(
         result = backend.generate(request, lambda event: None, threading.Event())
         images.append(result.images[0].tobytes())
     assert images[0] == images[1]
+
+
+def test_transformers_reads_serially_with_pread_only_while_streaming(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """transformers' own loader: pread instead of a memory map, and no reading thread pool, only
+    inside a half-precision load; the user's setting of the variable comes back after."""
+    from transformers import modeling_utils
+
+    assert streamed_weights.install()
+    assert hasattr(modeling_utils.safe_open, "streamed_original")  # installed in transformers
+    seen: list[str] = []
+    opened = streamed_weights._pread_open(lambda *a, **kw: seen.append(kw["backend"]))
+    monkeypatch.setenv(streamed_weights.SERIAL_LOAD_VARIABLE, "0")
+    opened("f", framework="pt", device="cpu", backend="mmap")
+    with streamed_weights.streaming(True):
+        opened("f", framework="pt", device="cpu", backend="mmap")
+        opened("f", framework="pt", device="mps", backend="pread")
+        assert os.environ[streamed_weights.SERIAL_LOAD_VARIABLE] == "1"
+    assert os.environ[streamed_weights.SERIAL_LOAD_VARIABLE] == "0"
+    assert seen == ["mmap", "pread", "pread"]

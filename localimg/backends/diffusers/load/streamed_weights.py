@@ -73,15 +73,18 @@ class StreamedSafetensors(MutableMapping[str, Any]):
         return self._read(entry)
 
     def _read(self, entry: dict[str, Any]) -> Any:
+        import mmap
+
         import torch
 
         begin, end = entry["data_offsets"]
         dtype = getattr(torch, TORCH_DTYPES[entry["dtype"]])
-        raw = torch.empty(end - begin, dtype=torch.uint8)
-        if end > begin:
-            with self.path.open("rb", buffering=0) as handle:
-                handle.seek(self._start + begin)
-                view = memoryview(raw.numpy())  # type: ignore[arg-type]
+        if end == begin:
+            return torch.empty(entry["shape"], dtype=dtype)
+        buffer = mmap.mmap(-1, end - begin)
+        with self.path.open("rb", buffering=0) as handle:
+            handle.seek(self._start + begin)
+            with memoryview(buffer) as view:
                 done = 0
                 while done < len(view):
                     got = handle.readinto(view[done:])
@@ -89,6 +92,7 @@ class StreamedSafetensors(MutableMapping[str, Any]):
                         raise OSError(f"{self.path} is truncated")
                     done += got
         _note_read(end - begin)
+        raw = torch.frombuffer(buffer, dtype=torch.uint8)
         return raw.view(dtype).reshape(entry["shape"])
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -205,9 +209,34 @@ def streaming(enabled: bool) -> Iterator[None]:
         return
     with _lock:
         _active += 1
+        if _active == 1:
+            _serial_transformers(True)
     try:
         yield
     finally:
         with _lock:
             _active -= 1
+            if _active == 0:
+                _serial_transformers(False)
         release_heap()
+
+
+# transformers 5 reads and casts up to four tensors at once on a thread pool unless this variable
+# is set: each thread's malloc arena then keeps the float32 tensors' freed memory, and the peak
+# holds four float32 tensors. While streaming they are read one at a time, in the loading thread.
+SERIAL_LOAD_VARIABLE = "HF_DEACTIVATE_ASYNC_LOAD"
+_saved_serial: list[str | None] = []
+
+
+def _serial_transformers(on: bool) -> None:
+    import os
+
+    if on:
+        _saved_serial.append(os.environ.get(SERIAL_LOAD_VARIABLE))
+        os.environ[SERIAL_LOAD_VARIABLE] = "1"
+        return
+    previous = _saved_serial.pop() if _saved_serial else None
+    if previous is None:
+        os.environ.pop(SERIAL_LOAD_VARIABLE, None)
+    else:
+        os.environ[SERIAL_LOAD_VARIABLE] = previous
