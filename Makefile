@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 EXTRAS ?= test
 # stable-diffusion.cpp is compiled on install. GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2
-# instead of this machine's exact CPU (see README for CUDA, Metal and Vulkan builds).
+# instead of this machine's exact CPU (docs/install.md: CUDA, Metal and Vulkan builds).
 ifeq ($(strip $(CMAKE_ARGS)),)
 CMAKE_ARGS := -DGGML_NATIVE=OFF
 endif
