@@ -1,5 +1,6 @@
 """A1111's model and settings routes: options, sd-models, samplers, schedulers and the lists
-localimg has nothing in (loras, sd-vae, upscalers, ...), which answer empty lists.
+localimg has nothing in (sd-vae, upscalers, ...), which answer empty lists (loras and embeddings
+are listed by listings.py).
 
 A model's A1111 `title` is its localimg name. `POST /sdapi/v1/options` with
 `sd_model_checkpoint` makes that model the A1111 routes' current one and loads it before
@@ -256,10 +257,6 @@ async def nothing(request: Request, a1: A1111State) -> Response:
     return JSONResponse(None)
 
 
-async def embeddings(request: Request, a1: A1111State) -> Response:
-    return JSONResponse({"loaded": {}, "skipped": {}})
-
-
 async def scripts(request: Request, a1: A1111State) -> Response:
     return JSONResponse({"txt2img": [], "img2img": []})
 
@@ -281,7 +278,7 @@ async def reload_checkpoint(request: Request, a1: A1111State) -> Response:
 
 def table() -> list[tuple[str, Any, str]]:
     lists = (
-        *("loras", "sd-vae", "upscalers", "latent-upscale-modes", "prompt-styles"),
+        *("sd-vae", "upscalers", "latent-upscale-modes", "prompt-styles"),
         *("face-restorers", "hypernetworks", "realesrgan-models"),
     )
     return [
@@ -290,18 +287,9 @@ def table() -> list[tuple[str, Any, str]]:
         ("sd-models", sd_models, "GET"),
         ("samplers", samplers, "GET"),
         ("schedulers", schedulers, "GET"),
-        ("embeddings", embeddings, "GET"),
         ("scripts", scripts, "GET"),
         *((path, empty_list, "GET") for path in lists),
-        *(
-            (path, nothing, "POST")
-            for path in (
-                "refresh-checkpoints",
-                "refresh-vae",
-                "refresh-loras",
-                "refresh-embeddings",
-            )
-        ),
+        *((path, nothing, "POST") for path in ("refresh-checkpoints", "refresh-vae")),
         ("unload-checkpoint", unload_checkpoint, "POST"),
         ("reload-checkpoint", reload_checkpoint, "POST"),
     ]

@@ -4,10 +4,10 @@ txt2img and img2img run through the same engine as the OpenAI routes (queue, lim
 client disconnect); `n_iter` batches run one after another with their seeds continuing, so
 image i of a request has seed `seed + i` as in A1111. The request mapping and refusals are in
 schemas.py, sampler names in samplers.py, the `info` string in info.py, the current model and
-the runs `/progress`, `/interrupt` and `/skip` see in state.py, and the model and option routes
-in options.py (all in this folder). The API key, when set, is checked on every route by
-ApiKeyMiddleware (Bearer, or Basic with the key as the password); errors, its 401 included,
-leave in A1111's shapes.
+the runs `/progress`, `/interrupt` and `/skip` see in state.py, the model and option routes
+in options.py, and the LoRA and embedding lists in listings.py (all in this folder). The API
+key, when set, is checked on every route by ApiKeyMiddleware (Bearer, or Basic with the key as
+the password); errors, its 401 included, leave in A1111's shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from localimg.errors import Cancelled, InvalidRequest, LocalimgError
 from localimg.media import encode
 from localimg.media.decode import image_from_text
 from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
-from localimg.server.a1111 import options
+from localimg.server.a1111 import listings, options
 from localimg.server.a1111.images import init_inputs, save_images
 from localimg.server.a1111.info import Outcome, grid, info_json, parse_parameters
 from localimg.server.a1111.samplers import Choice, choose, engine_of, sampler_label
@@ -327,6 +327,7 @@ def routes() -> list[BaseRoute]:
         ("skip", skip, "POST"),
         ("png-info", png_info, "POST"),
         *options.table(),
+        *listings.table(),
     ]
     routes: list[BaseRoute] = [
         Route(f"/sdapi/v1/{path}", _endpoint(handler, a1), methods=[method])
