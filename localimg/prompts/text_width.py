@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TOKEN_EMBEDDING = "token_embedding.weight"
 CHECKPOINT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
 SEPARATE_CLIPS = ("clip_l_path", "clip_g_path")
+OTHER_ENCODERS = ("t5xxl_path", "llm_path")
 
 
 def folder_widths(folder: Path) -> tuple[int, ...] | None:
@@ -73,6 +74,8 @@ def _single_file_widths(config: ModelConfig, path: Path) -> tuple[int, ...]:
     if widths:
         return widths
     options = config.parsed_options()
+    if any(options.get(key) for key in OTHER_ENCODERS):
+        return ()  # SD3, FLUX, ...: a T5 or LLM encoder too, which no embedding fits
     separate = [str(options[key]) for key in SEPARATE_CLIPS if options.get(key)]
     found: list[int] = []
     for value in separate:

@@ -20,6 +20,8 @@ from localimg.backends.ggml.lora import lora_dir
 from localimg.backends.ggml.options import FILE_OPTIONS, GgmlOptions
 from localimg.config import ModelConfig
 from localimg.errors import ConfigError, ModelUnavailable
+from localimg.prompts.embeddings import list_embeddings, split_fitting
+from localimg.prompts.text_width import text_widths
 from localimg.requests import ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,20 @@ def yaml_loras(config: ModelConfig) -> list[tuple[Path, float]]:
     return found
 
 
+def embedding_paths(config: ModelConfig) -> list[str]:
+    """The files of the models dir's `embeddings/` that fit the model's text encoders (read from
+    its files' headers); each other one is skipped with a log line."""
+    found = list_embeddings(config.models_path) if config.models_path else []
+    if not found:
+        return []
+    widths = text_widths(config)
+    fitting, skipped = split_fitting(found, widths)
+    for embedding in skipped:
+        why = embedding.error or f"width {embedding.shape} does not fit this model's {widths}"
+        log.info("%s: embedding %r skipped: %s", config.name, embedding.name, why)
+    return [str(embedding.path) for embedding in fitting]
+
+
 def constructor_keywords(config: ModelConfig, options: GgmlOptions, threads: int) -> dict[str, Any]:
     """The StableDiffusion constructor's keywords: the model and every *_path file, checked."""
     if not config.model:
@@ -91,6 +107,9 @@ def constructor_keywords(config: ModelConfig, options: GgmlOptions, threads: int
         # vae:full with a TAESD: the full VAE decodes and the TAESD only makes previews.
         "tae_preview_only": options.vae == "full" and bool(options.taesd_path),
         "verbose": True,  # never False: it redirects the whole process's stdout/stderr
+        # textual inversions, used by file stem in prompts (native.leak_free_class makes the
+        # binding accept them); left out when there are none
+        **({"embedding_paths": paths} if (paths := embedding_paths(config)) else {}),
     }
 
 

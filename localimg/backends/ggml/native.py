@@ -19,6 +19,9 @@
 - The wrapper passes `eta=0.0` unless told otherwise, where the C library's default (infinity)
   means "1 for ancestral samplers": euler_a was silently plain euler. The backend always passes
   eta (infinity unless the YAML or request sets one).
+- `StableDiffusion(embedding_paths=[...])` raises AttributeError: its `__init__` reads
+  `self._embedding_items`, which it never sets. `_LeakFreeModel` sets it before the parent's
+  `__init__` (so textual inversions load only on the tested release).
 - Callbacks and the context are process-global and not thread-safe: `NATIVE_LOCK` serialises every
   native call in the process.
 """
@@ -34,6 +37,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from localimg.errors import BackendError
@@ -204,6 +208,14 @@ def leak_free_class(sd: Any) -> type:
         return sd.StableDiffusion
 
     class _LeakFreeModel(sd.StableDiffusion):
+        def __init__(self, *args: Any, embedding_paths: list[str] | None = None, **kw: Any) -> None:
+            # 0.4.7's __init__ reads self._embedding_items, which it never sets (see the notes)
+            self._embedding_items = [
+                sd.sd_embedding_t(name=Path(p).stem.encode(), path=p.encode())
+                for p in embedding_paths or []
+            ]
+            super().__init__(*args, embedding_paths=embedding_paths or [], **kw)
+
         def _sd_image_t_p_to_images(self, c_images: Any, count: int, upscale_factor: int) -> Any:
             if not c_images:
                 raise RuntimeError("stable-diffusion.cpp returned no images (see the log)")
