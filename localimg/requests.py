@@ -345,6 +345,9 @@ class ImageResult:
     model: str = ""
     scheduler: str = ""
     fps: float | None = None  # set for video results: `images` are then frames
+    # What the request asked for that the model could not do and was left out (e.g.
+    # "prompt-weights" on a model that cannot weight prompts): X-Localimg-Ignored, a CLI warning.
+    ignored: list[str] = field(default_factory=list)
 
 
 Phase = Literal["queued", "load", "step", "decode", "done"]

@@ -181,6 +181,8 @@ def _bad(message: str) -> LocalimgError:
 
 def _report(result: Any, paths: list[Path], as_json: bool) -> None:
     request = result.request
+    for name in result.ignored:  # e.g. prompt weights on a model that cannot weight them
+        typer.echo(f"warning: ignored {name} (not supported by this model)", err=True)
     # A video file (or its frames) comes from one seed; an mp4 of still images from the first.
     seeds = result.seeds if len(result.seeds) == len(paths) else [result.seeds[0]] * len(paths)
     if as_json:

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
+from localimg.prompts.a1111 import has_syntax
+
 if TYPE_CHECKING:
     from localimg.requests import ImageRequest
 
@@ -40,6 +42,8 @@ def batch_key(request: ImageRequest) -> Hashable | None:
         or request.cache is not None  # a step cache follows one call's own denoising
         or request.cache_options
         or request.mode not in (None, "txt2img")
+        or has_syntax(request.prompt)  # A1111 weights are encoded per prompt
+        or has_syntax(request.negative_prompt)
     ):
         return None
     has_negative = request.negative_prompt is not None or "|" in request.prompt

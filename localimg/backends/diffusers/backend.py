@@ -356,10 +356,9 @@ class DiffusersBackend:
             )
             frames = tasks.first_video(output)
             images.extend(frames if frames is not None else output.images)
-        fps = None
-        if "num_frames" in params:
-            fps = request.fps or tasks.default_fps(params)
-        return ImageResult(images=images, seeds=request.seeds, scheduler=prepared.label, fps=fps)
+        fps = (request.fps or tasks.default_fps(params)) if "num_frames" in params else None
+        result = ImageResult(images=images, seeds=request.seeds, scheduler=prepared.label, fps=fps)
+        return call_args.with_ignored(result, request, pipe, params)
 
     def generate_batch(
         self,
@@ -385,7 +384,7 @@ class DiffusersBackend:
                 prompts.append(request.prompt)
                 negatives.append(request.negative_prompt or "")
                 generators.append(torch.Generator("cpu").manual_seed(seed))
-        kwargs["prompt"] = prompts
+        call_args.set_batch_prompts(kwargs, prompts)  # plain text: weights never batch
         if any(r.negative_prompt is not None for r in requests):
             kwargs["negative_prompt"] = negatives
         kwargs["generator"] = generators

@@ -257,8 +257,9 @@ async def _record(entry: ImageJob, job: EngineJob, output_dir: Path) -> None:
         return
     body = schemas.response_body(result, items, prepared)
     videos.annotate(body, result, prepared)
-    if prepared.ignored:
-        body["ignored"] = list(prepared.ignored)
+    ignored = [*prepared.ignored, *result.ignored]  # the result's: what the model left out
+    if ignored:
+        body["ignored"] = ignored
     entry.result = body
     if result.request is not None and result.request.steps:
         entry.total = entry.total or result.request.steps

@@ -130,8 +130,9 @@ async def _respond(request: Request, config: ModelConfig, prepared: schemas.Prep
         "X-Localimg-Seeds": ",".join(str(s) for s in result.seeds),
         "X-Localimg-Generation-Time": f"{generation:.3f}",
     }
-    if prepared.ignored:
-        headers["X-Localimg-Ignored"] = ",".join(prepared.ignored)
+    ignored = [*prepared.ignored, *result.ignored]  # the result's: what the model left out
+    if ignored:
+        headers["X-Localimg-Ignored"] = ",".join(ignored)
     return JSONResponse(body, headers=headers)
 
 

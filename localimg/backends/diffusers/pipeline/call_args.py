@@ -12,8 +12,9 @@ from typing import Any
 
 from localimg.backends.diffusers import families
 from localimg.backends.diffusers.options import GENERATION_KEYS
+from localimg.backends.diffusers.pipeline import prompt_weights
 from localimg.errors import InvalidRequest
-from localimg.requests import ImageRequest
+from localimg.requests import ImageRequest, ImageResult
 
 # Call arguments localimg sets itself: an option or extra field may not set them directly.
 RESERVED_CALL_ARGS = frozenset(
@@ -106,6 +107,12 @@ def call_kwargs(
         if key in params:
             kwargs[key] = value
     kwargs.update(video_kwargs(request, pipeline, params))
+    if "prompt" in kwargs:  # A1111 weights, BREAK and long prompts (or their words, stripped)
+        texts = kwargs.pop("prompt"), kwargs.pop("negative_prompt", None)
+        found, _ignored = prompt_weights.prompt_kwargs(
+            pipe, params, *texts, clip_skip=request.clip_skip or 0
+        )
+        kwargs.update(found)
     if family is not None and family.video:
         families.check_frames(pipe, request.num_frames)
     check_denoising_steps(request, params)
@@ -113,6 +120,26 @@ def call_kwargs(
     check_extra(extra, where="extra parameters", pipe=pipe, params=params)
     kwargs.update(extra)
     return kwargs
+
+
+def with_ignored(
+    result: ImageResult, request: ImageRequest, pipe: Any, params: dict[str, Any]
+) -> ImageResult:
+    """The result, naming what the call left out of the request (for X-Localimg-Ignored): prompt
+    weights on a pipeline that cannot weight them (their words were drawn, plain)."""
+    if "prompt" in params:
+        result.ignored += prompt_weights.ignored(
+            pipe, params, request.prompt, request.negative_prompt
+        )
+    return result
+
+
+def set_batch_prompts(kwargs: dict[str, Any], prompts: list[str]) -> None:
+    """A batch call's own prompt strings, in place of any embeddings of its first request's
+    (requests with weights never batch: engine/batching.py; long ones are cut at 77 tokens)."""
+    for key in prompt_weights.EMBED_KEYS:
+        kwargs.pop(key, None)
+    kwargs["prompt"] = prompts
 
 
 def _unknown_family_kwargs(

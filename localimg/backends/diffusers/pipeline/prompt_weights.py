@@ -1,0 +1,212 @@
+"""A1111 prompt weights and long prompts on Stable Diffusion 1.x/2.x and SDXL, through compel.
+
+The prompt is parsed by localimg.prompts.a1111; each BREAK chunk is encoded by compel (weights
+applied, text past 75 tokens split into further 77-token windows) and the chunks are
+concatenated along the token axis, A1111's way. The pipeline then gets `prompt_embeds` and
+`negative_prompt_embeds` (and SDXL's pooled pair) padded to the same length. A prompt with no
+syntax that fits the text encoder's window never comes here: it takes diffusers' own path.
+
+Other families (T5 or LLM text encoders: SD3, FLUX, Chroma, Z-Image, Qwen-Image, Wan, ...) do
+not weight: `strip_syntax` keeps the words and drops the syntax, and the result names
+"prompt-weights" as ignored. torch and compel are imported only when a prompt is encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localimg.errors import InvalidRequest
+from localimg.prompts import a1111
+
+NOTE = "prompt-weights"  # what X-Localimg-Ignored / the CLI name when the syntax was dropped
+EMBED_KEYS = (
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+)
+
+
+def kind_of(pipe: Any, params: dict[str, Any]) -> str | None:
+    """ "sd" or "sdxl" where compel can weight this pipeline's prompts, else None."""
+    name = type(pipe).__name__
+    if "prompt_embeds" not in params or "negative_prompt_embeds" not in params:
+        return None
+    if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
+        return None
+    if name.startswith("StableDiffusionXL"):
+        both = getattr(pipe, "text_encoder_2", None) is not None
+        return "sdxl" if both and "pooled_prompt_embeds" in params else None
+    if name.startswith("StableDiffusion") and not name.startswith("StableDiffusion3"):
+        return "sd"
+    return None
+
+
+def needs_encoding(pipe: Any, prompts: list[str | None]) -> bool:
+    """Some prompt uses the syntax or is longer than the text encoder's window."""
+    tokenizer = pipe.tokenizer
+    for prompt in prompts:
+        if not prompt:
+            continue
+        if a1111.has_syntax(prompt):
+            return True
+        if len(tokenizer(prompt).input_ids) > tokenizer.model_max_length:
+            return True
+    return False
+
+
+def strip_syntax(prompt: str | None) -> str | None:
+    """The prompt's words without the syntax (for an engine that cannot weight)."""
+    if prompt is None or not a1111.has_syntax(prompt):
+        return prompt
+    return a1111.plain_text(prompt)
+
+
+def _inversions(pipe: Any, tokenizer: Any) -> Any:
+    """Textual-inversion tokens spread to their vectors (`emb` -> `emb emb_1 ...`), as diffusers'
+    own encoding does; None where the tokenizer holds no added tokens."""
+    from compel import BaseTextualInversionManager
+
+    if not hasattr(pipe, "maybe_convert_prompt") or len(tokenizer) <= tokenizer.vocab_size:
+        return None
+
+    class Expander(BaseTextualInversionManager):
+        def expand_textual_inversion_token_ids_if_necessary(self, ids: list[int]) -> list[int]:
+            if not ids:
+                return ids
+            text = pipe.maybe_convert_prompt(tokenizer.decode(ids), tokenizer)
+            return list(tokenizer.encode(text, add_special_tokens=False))
+
+    return Expander()
+
+
+def _compel(pipe: Any, which: str, returned: Any, pooled: bool) -> Any:
+    from compel import Compel
+
+    encoder = getattr(pipe, "text_encoder" + which)
+    tokenizer = getattr(pipe, "tokenizer" + which)
+    return Compel(
+        tokenizer=tokenizer,
+        text_encoder=encoder,
+        textual_inversion_manager=_inversions(pipe, tokenizer),
+        dtype_for_device_getter=lambda _device: encoder.dtype,
+        truncate_long_prompts=False,
+        returned_embeddings_type=returned,
+        requires_pooled=pooled,
+        # where diffusers would run the encoder (cpu_offload leaves its weights elsewhere)
+        device=getattr(pipe, "_execution_device", None),
+    )
+
+
+def _encode(compel: Any, prompt: str) -> Any:
+    """One prompt's conditioning: each BREAK chunk encoded, concatenated on the token axis."""
+    from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
+
+    parts = [
+        FlattenedPrompt([Fragment(f.text, f.weight) for f in chunk])
+        for chunk in a1111.chunks(prompt)
+    ]
+    conditioning, _options = compel.build_conditioning_tensor_for_conjunction(Conjunction(parts))
+    return conditioning
+
+
+def encode(
+    pipe: Any, kind: str, prompt: str, negative: str | None, clip_skip: int
+) -> dict[str, Any]:
+    """The embedding keywords that replace `prompt` and `negative_prompt` in the call."""
+    import torch
+    from compel import ReturnedEmbeddingsType as Returned
+
+    if clip_skip > (1 if kind == "sd" else 0):
+        raise InvalidRequest(
+            f"clip_skip {clip_skip} cannot be combined with prompt weights or prompts past "
+            f"77 tokens on this model (use clip_skip {'0 or 1' if kind == 'sd' else '0'})",
+            param="clip_skip",
+        )
+    with torch.no_grad():
+        if kind == "sd":
+            returned = (
+                Returned.PENULTIMATE_HIDDEN_STATES_NORMALIZED
+                if clip_skip
+                else Returned.LAST_HIDDEN_STATES_NORMALIZED
+            )
+            compel = _compel(pipe, "", returned, pooled=False)
+            positive = _encode(compel, prompt)
+            negative_embeds = _encode(compel, negative or "")
+            positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
+                [positive, negative_embeds]
+            )
+            return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+        return _encode_sdxl(pipe, prompt, negative)
+
+
+def _encode_sdxl(pipe: Any, prompt: str, negative: str | None) -> dict[str, Any]:
+    """Both CLIP encoders' penultimate states side by side, the pooled vector from the second."""
+    import torch
+    from compel import ReturnedEmbeddingsType as Returned
+
+    penultimate = Returned.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+    first = _compel(pipe, "", penultimate, pooled=False)
+    second = _compel(pipe, "_2", penultimate, pooled=True)
+    texts = [prompt, negative or ""]
+    lefts = first.pad_conditioning_tensors_to_same_length([_encode(first, t) for t in texts])
+    rights = second.pad_conditioning_tensors_to_same_length([_encode(second, t) for t in texts])
+    width = max(lefts[0].shape[1], rights[0].shape[1])
+    lefts = _pad_to(first, lefts, width)
+    rights = _pad_to(second, rights, width)
+    embeds = [torch.cat([left, right], dim=-1) for left, right in zip(lefts, rights, strict=True)]
+    provider = second.conditioning_provider
+    pooled = [provider.get_pooled_embeddings([a1111.plain_text(t)]) for t in texts]
+    if negative is None and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        embeds[1] = torch.zeros_like(embeds[0])  # what diffusers does for "no negative prompt"
+        pooled[1] = torch.zeros_like(pooled[0])
+    return {
+        "prompt_embeds": embeds[0],
+        "negative_prompt_embeds": embeds[1],
+        "pooled_prompt_embeds": pooled[0],
+        "negative_pooled_prompt_embeds": pooled[1],
+    }
+
+
+def _pad_to(compel: Any, tensors: list[Any], width: int) -> list[Any]:
+    """Pad with the encoder's own empty-prompt windows up to `width` tokens."""
+    import torch
+
+    empty = compel.conditioning_provider.empty_z
+    if empty.dim() == 2:
+        empty = empty.unsqueeze(0)
+    out = []
+    for tensor in tensors:
+        while tensor.shape[1] < width:
+            tensor = torch.cat([tensor, empty.to(tensor.device, tensor.dtype)], dim=1)
+        out.append(tensor)
+    return out
+
+
+def prompt_kwargs(
+    pipe: Any, params: dict[str, Any], prompt: str, negative: str | None, clip_skip: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The prompt keywords of a call and what was ignored: the prompts themselves where no
+    weighting is needed, embeddings where it is and can be done, the stripped words elsewhere."""
+    kind = kind_of(pipe, params)
+    if kind is not None:
+        if needs_encoding(pipe, [prompt, negative]):
+            return encode(pipe, kind, prompt, negative, clip_skip), []
+        return _plain(prompt, negative), []
+    return _plain(strip_syntax(prompt), strip_syntax(negative)), ignored(
+        pipe, params, prompt, negative
+    )
+
+
+def ignored(pipe: Any, params: dict[str, Any], prompt: str, negative: str | None) -> list[str]:
+    """[NOTE] where the syntax is in a prompt this pipeline cannot weight (it was stripped)."""
+    if kind_of(pipe, params) is None and (a1111.has_syntax(prompt) or a1111.has_syntax(negative)):
+        return [NOTE]
+    return []
+
+
+def _plain(prompt: str | None, negative: str | None) -> dict[str, Any]:
+    found: dict[str, Any] = {"prompt": prompt}
+    if negative is not None:
+        found["negative_prompt"] = negative
+    return found
