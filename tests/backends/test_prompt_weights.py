@@ -232,13 +232,18 @@ def test_the_server_names_stripped_weights_in_its_header(tmp_path: Path, tiny_sd
         return folder
 
     body = {"prompt": "(red:1.3) cat", "size": "64x64", "response_format": "b64_json"}
+    a1111 = {"prompt": "(red:1.3) cat", "width": 64, "height": 64, "steps": 2}
     with serve_in_process(ServeSpec(models=models, in_process=True), tmp_path) as served:
         stripped = served.post("/v1/images/generations", {**body, "model": "zimage"})
         weighted = served.post("/v1/images/generations", {**body, "model": "tiny"})
+        settings = {"override_settings": {"sd_model_checkpoint": "zimage"}}
+        a1111_stripped = served.post("/sdapi/v1/txt2img", {**a1111, **settings})
     assert stripped.status_code == 200, stripped.text
     assert stripped.headers["X-Localimg-Ignored"] == prompt_weights.NOTE
     assert weighted.status_code == 200, weighted.text
     assert "X-Localimg-Ignored" not in weighted.headers
+    assert a1111_stripped.status_code == 200, a1111_stripped.text
+    assert a1111_stripped.headers["X-Localimg-Ignored"] == prompt_weights.NOTE
 
 
 def test_weighted_prompts_run_alone_in_a_batch() -> None:

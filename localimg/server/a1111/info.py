@@ -39,6 +39,7 @@ class Outcome:
     prompt: str = ""
     negative_prompt: str = ""
     interrupted: bool = False
+    ignored: list[str] = field(default_factory=list)  # what the model left out (prompt weights)
 
 
 def grid(images: list[Image]) -> Image:

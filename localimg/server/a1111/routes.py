@@ -149,6 +149,7 @@ async def _run_batches(
         outcome.sampler_label = sampler_label(result.scheduler)
         outcome.strength, outcome.clip_skip = resolved.strength, resolved.clip_skip
         outcome.prompt, outcome.negative_prompt = resolved.prompt, resolved.negative_prompt or ""
+        outcome.ignored += [name for name in result.ignored if name not in outcome.ignored]
     outcome.interrupted = run.interrupted
     return outcome
 
@@ -204,7 +205,7 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
         inpainting=mask is not None,
     )
     headers = {"X-Localimg-Seeds": ",".join(str(s) for s in outcome.seeds)}
-    ignored = ignored_keys(body, data)
+    ignored = ignored_keys(body, data) + outcome.ignored
     if ignored:
         headers["X-Localimg-Ignored"] = ",".join(ignored)
     return JSONResponse({"images": images, "parameters": echo(body), "info": info}, headers=headers)
