@@ -44,6 +44,15 @@ def models(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Path:
     folder = tmp_path_factory.mktemp("page-models")
     write_model(folder, "tiny", tiny_sd)
     write_model(folder, "second", tiny_sd)
+    # for the LoRA and embedding picker: a listed LoRA, an embedding that fits the tiny model
+    import torch
+    from safetensors.torch import save_file
+
+    (folder / "loras").mkdir()
+    save_file({"x": torch.zeros(1)}, str(folder / "loras" / "detail.safetensors"))
+    (folder / "embeddings").mkdir()
+    embedding = {"emb_params": torch.zeros(1, 32)}
+    save_file(embedding, str(folder / "embeddings" / "tinystyle.safetensors"))
     return folder
 
 
@@ -135,6 +144,15 @@ def test_model_picker_lists_models_with_backend_and_state(page: Any) -> None:
     assert "Backend diffusers" in page.inner_text("#model-info")
     samplers = page.eval_on_selector_all("#sampler option", "els => els.map(e => e.value)")
     assert "euler_a" in samplers and "k_dpmpp_2m" in samplers
+
+
+def test_lora_and_embedding_picker_inserts_into_the_prompt(page: Any) -> None:
+    prompt = page.get_by_label("Prompt", exact=True)
+    prompt.fill("a red barn")
+    page.get_by_role("button", name="LoRAs & embeddings").click()
+    page.locator("#extras button", has_text="detail").click(timeout=WAIT)
+    page.locator("#extras button", has_text="tinystyle").click()
+    assert page.input_value("#prompt") == "a red barn <lora:detail:1> tinystyle"
 
 
 def test_previews_progress_and_cancel(page: Any, served: Served) -> None:
