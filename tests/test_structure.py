@@ -34,8 +34,9 @@ LAYERS: dict[str, set[str]] = {
     "gallery": BASE | {"config", "download", "backends"},
     "engine": BASE | {"config", "media", "backends", "prompts"},
     "server": BASE | {"config", "media", "engine", "gallery", "download", "prompts"},
-    "ray": BASE | {"config", "media", "engine", "gallery", "download", "server"},
-    "cli": BASE | {"config", "media", "engine", "gallery", "download", "server", "backends", "ray"},
+    "ray": BASE | {"config", "media", "engine", "gallery", "download", "server", "prompts"},
+    "cli": BASE
+    | {"config", "media", "engine", "gallery", "download", "server", "backends", "ray", "prompts"},
     "__main__": {"cli"},
 }
 

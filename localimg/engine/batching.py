@@ -11,7 +11,8 @@ the activation memory of one image, and the first request of a batch finishes la
 would alone (the batch as a whole finishes sooner).
 
 Only plain text-to-image requests batch: anything with an input image, a mask, video frames,
-extra pipeline keywords, previews or a step cache of its own runs alone.
+extra pipeline keywords, previews or a step cache of its own runs alone; requests batch only with
+others asking for the same `<lora:name:weight>` tags (they change the model for the whole call).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 from localimg.prompts.a1111 import has_syntax
+from localimg.prompts.lora_tags import tag_key
 
 if TYPE_CHECKING:
     from localimg.requests import ImageRequest
@@ -56,6 +58,7 @@ def batch_key(request: ImageRequest) -> Hashable | None:
         request.clip_skip,
         request.strength,
         has_negative,  # "no negative" and "" differ for some pipelines (SDXL zeroes the former)
+        tag_key(request.prompt, request.negative_prompt),  # <lora:...> tags change the model
     )
 
 

@@ -18,24 +18,18 @@ from typing import Any, ClassVar
 
 from localimg._util.hub_errors import first_line
 from localimg._util.system import physical_cores
-from localimg.backends.base import (
-    BackendDefaults,
-    Capabilities,
-    ProgressCallback,
-    RuntimeSettings,
-)
+from localimg.backends.base import BackendDefaults, Capabilities, ProgressCallback, RuntimeSettings
 from localimg.backends.diffusers import families
 from localimg.backends.diffusers.cache import cache_setup
 from localimg.backends.diffusers.decode import tiny_vae
 from localimg.backends.diffusers.decode.previews import StepPreviews
-from localimg.backends.diffusers.load import gguf_files, quantize
+from localimg.backends.diffusers.load import gguf_files, lora_adapters, quantize
 from localimg.backends.diffusers.load.hub import hub_error
 from localimg.backends.diffusers.load.library import (
     bridge_clip_text_model,
     quiet_library_progress,
 )
 from localimg.backends.diffusers.load.loading import DEFAULT_PIPELINE, load_pipeline
-from localimg.backends.diffusers.load.loras import apply_loras
 from localimg.backends.diffusers.load.precision import (
     choose_dtype,
     plan,
@@ -109,6 +103,7 @@ class DiffusersBackend:
         self._decoder = "full"  # or where the tiny autoencoder came from (decode/tiny_vae.py)
         self._grouping = BatchGrouping()  # replaced on load (pipeline/batch_invariance.py)
         self._caches = cache_setup.Caches()  # which step caches each pipeline can use
+        self.prompt_loras = lora_adapters.PromptLoras()  # <lora:name:weight> tags' adapters
 
     weight_itemsize = staticmethod(weight_itemsize)
     precision = staticmethod(precision_report)
@@ -121,6 +116,7 @@ class DiffusersBackend:
         if request.scheduler is not None:
             schedulers.lookup(request.scheduler)
         cache_setup.check_request(request, config)
+        lora_adapters.check_request(request, config)
         for side in ("width", "height"):
             value = getattr(request, side)
             if value is not None and value % 8:
@@ -187,7 +183,7 @@ class DiffusersBackend:
         if getattr(pipe, "safety_checker", None) is not None:
             pipe.safety_checker = None
         bridge_clip_text_model(pipe)
-        apply_loras(pipe, config)
+        self.prompt_loras = lora_adapters.PromptLoras.load(pipe, config)
         self._decoder = tiny_vae.swap_in(pipe, options, config, self.dtype)
         self._grouping = place(pipe, options, self.device)
         quantize.quantize(pipe, options, self.dtype)  # after place: see load/quantize.py
@@ -302,6 +298,7 @@ class DiffusersBackend:
             schedulers.check_steps(pipe.scheduler, steps, label)
         return Prepared(pipe, params, kwargs, label, steps)
 
+    @lora_adapters.with_prompt_loras
     def generate(
         self, request: ImageRequest, progress: ProgressCallback, cancel: threading.Event
     ) -> ImageResult:
@@ -360,6 +357,7 @@ class DiffusersBackend:
         result = ImageResult(images=images, seeds=request.seeds, scheduler=prepared.label, fps=fps)
         return call_args.with_ignored(result, request, pipe, params)
 
+    @lora_adapters.with_prompt_loras_batch
     def generate_batch(
         self,
         requests: list[ImageRequest],

@@ -52,6 +52,7 @@ class DiffusersOptions(BaseModel):
     guidance: float | None = Field(default=None, ge=0, le=100)
     shift: float | None = Field(default=None, gt=0, le=100)
     max_sequence_length: int | None = Field(default=None, ge=1, le=4096)
+    lora_dir: str | None = None  # where <lora:name:weight> looks (default: the models dir's loras/)
 
 
 OPTION_KEYS = frozenset(DiffusersOptions.model_fields)

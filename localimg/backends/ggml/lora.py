@@ -1,60 +1,22 @@
-"""`<lora:name:weight>` prompt tags: each resolved to a file inside the model's LoRA folder, and
-the prompt the library gets, with every LoRA (the YAML's too) as a tag naming its absolute file."""
+"""`<lora:name:weight>` prompt tags on the ggml engine: the model's LoRA folder, and the prompt
+the library gets, with every LoRA (the YAML's too) as a tag naming its absolute file. The tags'
+syntax and file lookup are shared with the diffusers engine (localimg/prompts/lora_tags.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from localimg.backends.ggml.options import GgmlOptions
 from localimg.config import ModelConfig
 from localimg.errors import InvalidRequest
-
-LORA_SUFFIXES = (".safetensors", ".gguf", ".pt", ".ckpt")
-LORA_TAG = re.compile(r"<lora:([^:>]+):([^>]*)>")
+from localimg.prompts.lora_tags import lora_tags
 
 
 def lora_dir(config: ModelConfig, options: GgmlOptions) -> Path:
+    """The model's `lora_dir` option, else the models dir itself (the ggml engine's default)."""
     if options.lora_dir:
         return config.resolve_path(options.lora_dir)
     return config.resolve_path(".")
-
-
-def find_lora(name: str, folder: Path) -> Path:
-    """`name` (with or without its extension) inside `folder`; a clear error when absent."""
-    candidate = (folder / name).resolve()
-    if not candidate.is_relative_to(folder.resolve()):
-        raise InvalidRequest(
-            f"LoRA {name!r} points outside the LoRA folder {folder}", param="prompt"
-        )
-    tries = [candidate, *(candidate.with_name(candidate.name + s) for s in LORA_SUFFIXES)]
-    for path in tries:
-        if path.is_file():
-            return path
-    known = sorted(p.stem for p in folder.glob("*") if p.suffix in LORA_SUFFIXES and p.is_file())[
-        :20
-    ]
-    raise InvalidRequest(
-        f"LoRA {name!r} not found in {folder} (tried {', '.join(p.name for p in tries)}); "
-        + (f"LoRA files there: {', '.join(known)}" if known else "there are no LoRA files there"),
-        param="prompt",
-    )
-
-
-def lora_tags(prompt: str, folder: Path) -> tuple[str, list[tuple[Path, float]]]:
-    """Split `<lora:name:weight>` tags out of a prompt, each resolved to a file (or an error)."""
-    found: list[tuple[Path, float]] = []
-    for match in LORA_TAG.finditer(prompt):
-        name, weight_text = match.group(1).strip(), match.group(2).strip()
-        try:
-            weight = float(weight_text)
-        except ValueError:
-            raise InvalidRequest(
-                f"LoRA tag {match.group(0)!r}: the weight must be a number, e.g. <lora:{name}:0.8>",
-                param="prompt",
-            ) from None
-        found.append((find_lora(name, folder), weight))
-    return LORA_TAG.sub("", prompt).strip(), found
 
 
 def prompt_with_loras(

@@ -8,11 +8,12 @@ from localimg.config import ModelConfig
 from localimg.errors import BackendNotInstalled, ConfigError, ModelUnavailable
 
 
-def apply_loras(pipe: Any, config: ModelConfig) -> None:
-    """The YAML's LoRA adapters, each loaded under its own name and set at its scale."""
+def apply_loras(pipe: Any, config: ModelConfig) -> dict[str, float]:
+    """The YAML's LoRA adapters, each loaded under its own name and set at its scale; their names
+    and scales (prompt tags add to them for one request: lora_adapters.py)."""
     loras = config.loras()
     if not loras:
-        return
+        return {}
     if not hasattr(pipe, "load_lora_weights"):
         raise ConfigError(f"{config.where}: this pipeline does not support LoRA adapters")
     names, scales = [], []
@@ -33,3 +34,4 @@ def apply_loras(pipe: Any, config: ModelConfig) -> None:
         names.append(name)
         scales.append(scale)
     pipe.set_adapters(names, adapter_weights=scales)
+    return dict(zip(names, scales, strict=True))
