@@ -23,7 +23,7 @@ from localimg.backends.diffusers import families
 from localimg.backends.diffusers.cache import cache_setup
 from localimg.backends.diffusers.decode import tiny_vae
 from localimg.backends.diffusers.decode.previews import StepPreviews
-from localimg.backends.diffusers.load import gguf_files, lora_adapters, quantize
+from localimg.backends.diffusers.load import embeddings, gguf_files, lora_adapters, quantize
 from localimg.backends.diffusers.load.hub import hub_error
 from localimg.backends.diffusers.load.library import (
     bridge_clip_text_model,
@@ -184,6 +184,7 @@ class DiffusersBackend:
             pipe.safety_checker = None
         bridge_clip_text_model(pipe)
         self.prompt_loras = lora_adapters.PromptLoras.load(pipe, config)
+        embeddings.load_embeddings(pipe, config)  # textual inversions of embeddings/
         self._decoder = tiny_vae.swap_in(pipe, options, config, self.dtype)
         self._grouping = place(pipe, options, self.device)
         quantize.quantize(pipe, options, self.dtype)  # after place: see load/quantize.py
