@@ -70,6 +70,81 @@ def build_tiny_sdxl(folder: Path) -> Path:
     return folder
 
 
+def build_tiny_sd3(folder: Path) -> Path:
+    """A tiny random StableDiffusion3Pipeline (diffusers' fast-test shapes)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from tests.support.tiny_family_parts import t5_encoder, t5_tokenizer
+    from tests.support.tiny_models import tiny_text_encoder, tiny_tokenizer
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    config = CLIPTextConfig(
+        **{**tiny_text_encoder(hidden=32).config.to_dict(), "projection_dim": 32}
+    )
+    vae = AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = tiny_tokenizer(tmp)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer_2=tokenizer,
+        text_encoder_3=t5_encoder(),
+        tokenizer_3=t5_tokenizer(),
+    )
+    pipe.save_pretrained(str(tmp))  # type: ignore[attr-defined]
+    shutil.rmtree(tmp / "tokenizer-src")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3() -> Path:
+    from tests.support.tiny_models import build_lock, cache_dir
+
+    folder = cache_dir() / "tiny-sd3-prompt-weights-v3"
+    with build_lock():
+        if not (folder / "model_index.json").is_file():
+            build_tiny_sd3(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_sdxl() -> Path:
     from tests.support.tiny_models import build_lock, cache_dir
@@ -83,7 +158,7 @@ def tiny_sdxl() -> Path:
 
 @pytest.fixture(scope="module")
 def engine(
-    tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_sdxl: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_sdxl: Path, tiny_sd3: Path
 ) -> Iterator[Engine]:
     from tests.support.tiny_families import TINY_FAMILIES
 
@@ -91,6 +166,7 @@ def engine(
     for name, path in (
         ("sd", tiny_sd),
         ("sdxl", tiny_sdxl),
+        ("sd3", tiny_sd3),
         ("zimage", TINY_FAMILIES["z_image"]()),
     ):
         (folder / f"{name}.yaml").write_text(
@@ -115,7 +191,7 @@ def gap(a: ImageResult, b: ImageResult) -> int:
     return int(np.abs(pixels(a) - pixels(b)).max())
 
 
-@pytest.mark.parametrize("model", ["sd", "sdxl"])
+@pytest.mark.parametrize("model", ["sd", "sdxl", "sd3"])
 def test_weight_one_draws_the_plain_prompt_and_weights_change_it(
     engine: Engine, model: str
 ) -> None:
@@ -126,7 +202,7 @@ def test_weight_one_draws_the_plain_prompt_and_weights_change_it(
     assert gap(run(engine, model, "an [[[otter]]]", negative_prompt="(blur:2)"), plain) > same
 
 
-@pytest.mark.parametrize("model", ["sd", "sdxl"])
+@pytest.mark.parametrize("model", ["sd", "sdxl", "sd3"])
 def test_long_prompts_and_break_are_encoded_past_77_tokens(engine: Engine, model: str) -> None:
     long = run(engine, model, LONG)
     tail = run(engine, model, LONG + ", a purple elephant")  # past 77 tokens: still seen

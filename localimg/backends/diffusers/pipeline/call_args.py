@@ -110,7 +110,11 @@ def call_kwargs(
     if "prompt" in kwargs:  # A1111 weights, BREAK and long prompts (or their words, stripped)
         texts = kwargs.pop("prompt"), kwargs.pop("negative_prompt", None)
         found, _ignored = prompt_weights.prompt_kwargs(
-            pipe, params, *texts, clip_skip=request.clip_skip or 0
+            pipe,
+            params,
+            *texts,
+            clip_skip=request.clip_skip or 0,
+            max_sequence_length=kwargs.get("max_sequence_length", 256),
         )
         kwargs.update(found)
     if family is not None and family.video:

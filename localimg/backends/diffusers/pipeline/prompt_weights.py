@@ -1,13 +1,15 @@
-"""A1111 prompt weights and long prompts on Stable Diffusion 1.x/2.x and SDXL, through compel.
+"""A1111 prompt weights and long prompts on Stable Diffusion 1.x/2.x, SDXL and SD3, via compel.
 
 The prompt is parsed by localimg.prompts.a1111; each BREAK chunk is encoded by compel (weights
 applied, text past 75 tokens split into further 77-token windows) and the chunks are
 concatenated along the token axis, A1111's way. The pipeline then gets `prompt_embeds` and
-`negative_prompt_embeds` (and SDXL's pooled pair) padded to the same length. A prompt with no
-syntax that fits the text encoder's window never comes here: it takes diffusers' own path.
+`negative_prompt_embeds` (and the pooled pair) padded to the same length. SD3 weights its two
+CLIP encoders; its T5 reads the plain words (diffusers' own T5 states follow the CLIP ones). A
+prompt with no syntax that fits the text encoder's window never comes here: it takes diffusers'
+own path.
 
-Other families (T5 or LLM text encoders: SD3, FLUX, Chroma, Z-Image, Qwen-Image, Wan, ...) do
-not weight: `strip_syntax` keeps the words and drops the syntax, and the result names
+Other families (T5 or LLM text encoders: FLUX, Chroma, Z-Image, Qwen-Image, Wan, ...) do not
+weight: `strip_syntax` keeps the words and drops the syntax, and the result names
 "prompt-weights" as ignored. torch and compel are imported only when a prompt is encoded.
 """
 
@@ -28,15 +30,16 @@ EMBED_KEYS = (
 
 
 def kind_of(pipe: Any, params: dict[str, Any]) -> str | None:
-    """ "sd" or "sdxl" where compel can weight this pipeline's prompts, else None."""
+    """The compel path that weights this pipeline's prompts ("sd", "sdxl", "sd3"), or None."""
     name = type(pipe).__name__
     if "prompt_embeds" not in params or "negative_prompt_embeds" not in params:
         return None
     if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
         return None
-    if name.startswith("StableDiffusionXL"):
-        both = getattr(pipe, "text_encoder_2", None) is not None
-        return "sdxl" if both and "pooled_prompt_embeds" in params else None
+    both = getattr(pipe, "text_encoder_2", None) is not None
+    if name.startswith(("StableDiffusionXL", "StableDiffusion3")):
+        kind = "sdxl" if name.startswith("StableDiffusionXL") else "sd3"
+        return kind if both and "pooled_prompt_embeds" in params else None
     if name.startswith("StableDiffusion") and not name.startswith("StableDiffusion3"):
         return "sd"
     return None
@@ -111,7 +114,12 @@ def _encode(compel: Any, prompt: str) -> Any:
 
 
 def encode(
-    pipe: Any, kind: str, prompt: str, negative: str | None, clip_skip: int
+    pipe: Any,
+    kind: str,
+    prompt: str,
+    negative: str | None,
+    clip_skip: int,
+    max_sequence_length: int = 256,
 ) -> dict[str, Any]:
     """The embedding keywords that replace `prompt` and `negative_prompt` in the call."""
     import torch
@@ -137,26 +145,71 @@ def encode(
                 [positive, negative_embeds]
             )
             return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+        if kind == "sd3":
+            return _encode_sd3(pipe, prompt, negative, max_sequence_length)
         return _encode_sdxl(pipe, prompt, negative)
 
 
-def _encode_sdxl(pipe: Any, prompt: str, negative: str | None) -> dict[str, Any]:
-    """Both CLIP encoders' penultimate states side by side, the pooled vector from the second."""
+def _clip_pair(pipe: Any, texts: list[str]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Both CLIP encoders' penultimate states side by side (padded to one length), and each
+    encoder's pooled vectors of the texts' plain words."""
     import torch
     from compel import ReturnedEmbeddingsType as Returned
 
     penultimate = Returned.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
     first = _compel(pipe, "", penultimate, pooled=False)
     second = _compel(pipe, "_2", penultimate, pooled=True)
-    texts = [prompt, negative or ""]
     lefts = first.pad_conditioning_tensors_to_same_length([_encode(first, t) for t in texts])
     rights = second.pad_conditioning_tensors_to_same_length([_encode(second, t) for t in texts])
     width = max(lefts[0].shape[1], rights[0].shape[1])
     lefts = _pad_to(first, lefts, width)
     rights = _pad_to(second, rights, width)
     embeds = [torch.cat([left, right], dim=-1) for left, right in zip(lefts, rights, strict=True)]
-    provider = second.conditioning_provider
-    pooled = [provider.get_pooled_embeddings([a1111.plain_text(t)]) for t in texts]
+    pooled = [
+        [c.conditioning_provider.get_pooled_embeddings([a1111.plain_text(t)]) for t in texts]
+        for c in (first, second)
+    ]
+    return embeds, pooled[0], pooled[1]
+
+
+def _encode_sd3(pipe: Any, prompt: str, negative: str | None, length: int) -> dict[str, Any]:
+    """SD3: the weighted CLIP pair (zero-padded to the T5 width) followed by T5's states of the
+    plain words, which T5 reads unweighted; the pooled vectors of both CLIPs side by side."""
+    import torch
+    import torch.nn.functional as F
+
+    texts = [prompt, negative or ""]
+    embeds, pooled_1, pooled_2 = _clip_pair(pipe, texts)
+    device = embeds[0].device
+    out = []
+    for text, clip in zip(texts, embeds, strict=True):
+        plain = a1111.plain_text(text)
+        whole = pipe.encode_prompt(
+            plain,
+            plain,
+            plain,
+            device=device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=length,
+        )[0]
+        t5 = whole[:, pipe.tokenizer_max_length :, :]
+        clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        out.append(torch.cat([clip, t5.to(clip.dtype)], dim=-2))
+    pooled = [torch.cat([a, b], dim=-1) for a, b in zip(pooled_1, pooled_2, strict=True)]
+    return {
+        "prompt_embeds": out[0],
+        "negative_prompt_embeds": out[1],
+        "pooled_prompt_embeds": pooled[0],
+        "negative_pooled_prompt_embeds": pooled[1],
+    }
+
+
+def _encode_sdxl(pipe: Any, prompt: str, negative: str | None) -> dict[str, Any]:
+    """Both CLIP encoders' penultimate states side by side, the pooled vector from the second."""
+    import torch
+
+    texts = [prompt, negative or ""]
+    embeds, _first, pooled = _clip_pair(pipe, texts)
     if negative is None and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
         embeds[1] = torch.zeros_like(embeds[0])  # what diffusers does for "no negative prompt"
         pooled[1] = torch.zeros_like(pooled[0])
@@ -184,14 +237,20 @@ def _pad_to(compel: Any, tensors: list[Any], width: int) -> list[Any]:
 
 
 def prompt_kwargs(
-    pipe: Any, params: dict[str, Any], prompt: str, negative: str | None, clip_skip: int
+    pipe: Any,
+    params: dict[str, Any],
+    prompt: str,
+    negative: str | None,
+    clip_skip: int,
+    max_sequence_length: int = 256,
 ) -> tuple[dict[str, Any], list[str]]:
     """The prompt keywords of a call and what was ignored: the prompts themselves where no
     weighting is needed, embeddings where it is and can be done, the stripped words elsewhere."""
     kind = kind_of(pipe, params)
     if kind is not None:
         if needs_encoding(pipe, [prompt, negative]):
-            return encode(pipe, kind, prompt, negative, clip_skip), []
+            found = encode(pipe, kind, prompt, negative, clip_skip, max_sequence_length)
+            return found, []
         return _plain(prompt, negative), []
     return _plain(strip_syntax(prompt), strip_syntax(negative)), ignored(
         pipe, params, prompt, negative
