@@ -93,6 +93,10 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             ],
         ),
         (
+            "prompt weights and LoRA tags (sd15, 256px, 4 steps)",
+            ["bench_prompts.py", "--model", "sd15", "--size", "256", "--runs", "3"],
+        ),
+        (
             "bfloat16 vs float32 peak memory (sd15, 64px, 1 step)",
             ["bench_precision_memory.py", "--model", "sd15", "--runs", "2"],
         ),
