@@ -348,6 +348,8 @@ class ImageResult:
     # What the request asked for that the model could not do and was left out (e.g.
     # "prompt-weights" on a model that cannot weight prompts): X-Localimg-Ignored, a CLI warning.
     ignored: list[str] = field(default_factory=list)
+    # A1111 infotext fields the backend adds to the PNG `parameters` text ("Lora hashes").
+    infotext: dict[str, str] = field(default_factory=dict)
 
 
 Phase = Literal["queued", "load", "step", "decode", "done"]

@@ -68,6 +68,7 @@ def a1111_parameters(result: ImageResult, index: int) -> str:
             fields.append(("Denoising strength", request.strength))
     if result.model:
         fields.append(("Model", result.model))
+    fields += list(result.infotext.items())
     fields.append(("Version", f"localimg {__version__}"))
     lines.append(", ".join(f"{key}: {_field(value)}" for key, value in fields))
     return "\n".join(lines)

@@ -4,9 +4,15 @@ the header only, never the weights). Engine-neutral; subfolders are listed too, 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
+
+from localimg.errors import LocalimgError
+from localimg.prompts.lora_tags import find_lora, parse_tags
+from localimg.requests import ImageResult
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +63,48 @@ def lora_items(models_path: Path) -> list[dict[str, Any]]:
         }
         for path in files_in(folder, LISTED_SUFFIXES)
     ]
+
+
+@functools.lru_cache(maxsize=256)
+def _short_hash(path: Path, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if path.suffix.lower() == ".safetensors":  # A1111's "addnet" hash: the tensor bytes
+            handle.seek(8 + int.from_bytes(handle.read(8), "little"))
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def short_hash(path: Path) -> str:
+    """A LoRA file's hash as A1111 writes it in `Lora hashes`: the first 12 hex digits of the
+    sha256 of its tensor bytes (safetensors: after the header; other formats: the whole file),
+    or the `sshs_model_hash` its metadata carries. Computed once per file version."""
+    given = safetensors_metadata(path).get("sshs_model_hash")
+    if isinstance(given, str) and given:
+        return given[:12]
+    stat = path.stat()
+    return _short_hash(path, stat.st_mtime_ns, stat.st_size)
+
+
+def lora_hashes(prompt: str | None, folder: Path | None) -> str | None:
+    """A1111's `Lora hashes` value for the `<lora:name:weight>` tags of a prompt, each resolved
+    in `folder` ("name: hash, other: hash"); None without tags, a folder or a file."""
+    if not prompt or folder is None:
+        return None
+    entries = []
+    try:
+        for name, _weight in parse_tags(prompt):
+            clean = name.replace(":", "").replace(",", "")
+            entries.append(f"{clean}: {short_hash(find_lora(name, folder))}")
+    except (LocalimgError, OSError):
+        return None
+    return ", ".join(dict.fromkeys(entries)) or None
+
+
+def note_lora_hashes(results: list[ImageResult], prompt: str | None, folder: Path | None) -> None:
+    """Add `Lora hashes` to the results' A1111 infotext when the prompt has LoRA tags."""
+    hashes = lora_hashes(prompt, folder)
+    if hashes:
+        for result in results:
+            result.infotext["Lora hashes"] = hashes

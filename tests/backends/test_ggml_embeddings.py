@@ -58,3 +58,14 @@ def test_a_fitting_embedding_changes_the_image_and_another_width_is_skipped(
     assert np.array_equal(
         pixels(generate(with_dir, "a red fox")), pixels(generate(plain_dir, "a red fox"))
     )
+
+
+def test_a_lora_tag_gives_lora_hashes(tmp_path: Path, tiny_ggml: dict[str, Path]) -> None:
+    """(here for want of a ggml test module of A1111 infotext: the tiny files are at hand)"""
+    import hashlib
+
+    folder = populate_models_dir(tmp_path / "models", tiny_ggml)
+    result = generate(folder, "a red fox <lora:loras/mylora:0.5>")
+    data = (folder / "loras" / "mylora.safetensors").read_bytes()
+    expected = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()[:12]
+    assert result.infotext == {"Lora hashes": f"loras/mylora: {expected}"}

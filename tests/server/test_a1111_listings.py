@@ -154,3 +154,47 @@ def test_a_checkpoints_text_widths_come_from_its_header(
     write_embeddings(tmp_path / "embeddings")
     fitting = {e.name for e in list_embeddings(tmp_path) if e.fits(expected)}
     assert fitting == {(768,): {"sd1-style"}, (1024,): set(), (768, 1280): {"sdxl-style"}}[expected]
+
+
+def addnet_hash(path: Path) -> str:
+    """A1111's LoRA hash, computed here independently: sha256 of the bytes after the header."""
+    import hashlib
+
+    data = path.read_bytes()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()[:12]
+
+
+def test_a_lora_tag_puts_lora_hashes_in_the_parameters(served: Served) -> None:
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+
+    body = {"prompt": "an otter <lora:detail:0.5>", "steps": 2, "width": 64, "height": 64}
+    response = served.post("/sdapi/v1/txt2img", body)
+    assert response.status_code == 200, response.text
+    expected = addnet_hash(served.engine.settings.models_path / "loras" / "detail.safetensors")
+    (infotext,) = json.loads(response.json()["info"])["infotexts"]
+    assert f'Lora hashes: "detail: {expected}"' in infotext
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    assert image.info["parameters"] == infotext
+    plain = served.post("/sdapi/v1/txt2img", {**body, "prompt": "an otter"})
+    assert "Lora hashes" not in json.loads(plain.json()["info"])["infotexts"][0]
+
+
+def test_lora_hashes_of_other_formats_metadata_and_missing_files(tmp_path: Path) -> None:
+    import hashlib
+
+    from localimg.prompts.lora_files import lora_hashes
+
+    (tmp_path / "old.pt").write_bytes(b"pickled LoRA")
+    save_file(
+        {"x": torch.zeros(2)}, str(tmp_path / "named.safetensors"), {"sshs_model_hash": "f" * 64}
+    )
+    whole = hashlib.sha256(b"pickled LoRA").hexdigest()[:12]
+    assert (
+        lora_hashes("<lora:old:1> a <lora:named>", tmp_path) == f"old: {whole}, named: {'f' * 12}"
+    )
+    assert lora_hashes("<lora:missing:1>", tmp_path) is None  # the request's own check says why
+    assert lora_hashes("no tags", tmp_path) is None

@@ -32,6 +32,7 @@ from localimg.backends.ggml.options import FILE_OPTIONS, OPTION_KEYS, GgmlOption
 from localimg.backends.ggml.previews import StepPreviews, previews_to
 from localimg.config import ModelConfig
 from localimg.errors import BackendError, Cancelled, InvalidRequest
+from localimg.prompts.lora_files import note_lora_hashes
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,9 @@ class GgmlBackend:
                     "decode", step=(index + 1) * per_image, total=total, image_index=index
                 )
             )
-        return ImageResult(images=images, seeds=request.seeds, scheduler=label)
+        result = ImageResult(images=images, seeds=request.seeds, scheduler=label)
+        note_lora_hashes([result], request.prompt, lora_dir(self.config, self.options))
+        return result
 
     def _video(
         self,

@@ -25,6 +25,7 @@ from localimg.backends.diffusers.load.loras import apply_loras
 from localimg.backends.diffusers.options import parse_options
 from localimg.config import ModelConfig
 from localimg.errors import BackendNotInstalled, InvalidRequest
+from localimg.prompts.lora_files import note_lora_hashes
 from localimg.prompts.lora_tags import find_lora, lora_tags, parse_tags, strip_tags, tag_key
 from localimg.requests import ImageRequest, ImageResult
 
@@ -150,7 +151,9 @@ def with_prompt_loras(generate: Generate) -> Generate:
     @functools.wraps(generate)
     def run(backend: Any, request: ImageRequest, progress: Any, cancel: threading.Event) -> Any:
         with backend.prompt_loras.applied(backend.pipe, [request]) as plain:
-            return generate(backend, plain[0], progress, cancel)
+            result = generate(backend, plain[0], progress, cancel)
+        note_lora_hashes([result], request.prompt, backend.prompt_loras.folder)
+        return result
 
     return run
 
@@ -161,6 +164,9 @@ def with_prompt_loras_batch(generate: GenerateBatch) -> GenerateBatch:
     @functools.wraps(generate)
     def run(backend: Any, requests: list[ImageRequest], progress: Any, cancel: Any) -> Any:
         with backend.prompt_loras.applied(backend.pipe, requests) as plain:
-            return generate(backend, plain, progress, cancel)
+            results = generate(backend, plain, progress, cancel)
+        # the requests of a batch have the same tags (engine/batching.py)
+        note_lora_hashes(results, requests[0].prompt, backend.prompt_loras.folder)
+        return results
 
     return run
