@@ -27,6 +27,9 @@ class _Image(ctypes.Structure):
 class _Binding:
     """Stands in for stable_diffusion_cpp.StableDiffusion: copies nothing, frees nothing."""
 
+    def __init__(self, *args: Any, embedding_paths: list[str] | None = None, **kw: Any) -> None:
+        self.embedding_paths = embedding_paths
+
     def _sd_image_t_p_to_images(self, c_images: Any, count: int, upscale_factor: int) -> Any:
         return ["image"] * count
 
