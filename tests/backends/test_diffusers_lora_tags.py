@@ -182,6 +182,10 @@ def test_the_cli_and_the_openai_route_take_tags(
 
     a, b = (np.asarray(Image.open(tmp_path / f), dtype=np.int16) for f in ("plain.png", "t.png"))
     assert np.abs(a - b).max() > 0
+    # The PNG keeps the prompt as written, tag included, and the LoRA's hash as A1111 writes it.
+    parameters = Image.open(tmp_path / "t.png").info["parameters"]
+    assert parameters.startswith("an otter <lora:style>\n")
+    assert 'Lora hashes: "style: ' in parameters
     missing = runner.invoke(app, [*args, "an otter <lora:nope>", "-o", str(tmp_path / "n.png")])
     assert missing.exit_code != 0 and "LoRA 'nope' not found" in missing.output
     assert "Traceback" not in missing.output
