@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,23 @@ def split_fitting(
     """(the ones that fit the model, the others)."""
     fitting = [e for e in embeddings if e.fits(model_widths)]
     return fitting, [e for e in embeddings if not e.fits(model_widths)]
+
+
+def fitting_embeddings(
+    models_path: Path | None, widths: Callable[[], tuple[int, ...] | None], model: str
+) -> list[Embedding]:
+    """The files of `embeddings/` that fit the model's text encoders, as both engines load them:
+    `widths` is asked only when there are files; each file that does not fit is skipped with a
+    log line (never an error: a prompt may not use it)."""
+    found = list_embeddings(models_path) if models_path else []
+    if not found:
+        return []
+    model_widths = widths()
+    fitting, skipped = split_fitting(found, model_widths)
+    for embedding in skipped:
+        why = embedding.error or f"width {embedding.shape} does not fit this model's {model_widths}"
+        log.info("%s: embedding %r skipped: %s", model, embedding.name, why)
+    return fitting
 
 
 def load_tensors(embedding: Embedding) -> list[Any]:

@@ -20,7 +20,7 @@ from localimg.backends.ggml.lora import lora_dir
 from localimg.backends.ggml.options import FILE_OPTIONS, GgmlOptions
 from localimg.config import ModelConfig
 from localimg.errors import ConfigError, ModelUnavailable
-from localimg.prompts.embeddings import list_embeddings, split_fitting
+from localimg.prompts.embeddings import fitting_embeddings
 from localimg.prompts.text_width import text_widths
 from localimg.requests import ProgressEvent
 
@@ -69,14 +69,7 @@ def yaml_loras(config: ModelConfig) -> list[tuple[Path, float]]:
 def embedding_paths(config: ModelConfig) -> list[str]:
     """The files of the models dir's `embeddings/` that fit the model's text encoders (read from
     its files' headers); each other one is skipped with a log line."""
-    found = list_embeddings(config.models_path) if config.models_path else []
-    if not found:
-        return []
-    widths = text_widths(config)
-    fitting, skipped = split_fitting(found, widths)
-    for embedding in skipped:
-        why = embedding.error or f"width {embedding.shape} does not fit this model's {widths}"
-        log.info("%s: embedding %r skipped: %s", config.name, embedding.name, why)
+    fitting = fitting_embeddings(config.models_path, lambda: text_widths(config), config.name)
     return [str(embedding.path) for embedding in fitting]
 
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from localimg.config import ModelConfig
-from localimg.prompts.embeddings import Embedding, list_embeddings, load_tensors, split_fitting
+from localimg.prompts.embeddings import Embedding, fitting_embeddings, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,9 @@ def _load_one(pipe: Any, embedding: Embedding) -> None:
 
 def load_embeddings(pipe: Any, config: ModelConfig) -> list[str]:
     """Load every fitting embedding of `embeddings/`; the names loaded."""
-    if config.models_path is None or not hasattr(pipe, "load_textual_inversion"):
+    if not hasattr(pipe, "load_textual_inversion"):
         return []
-    found = list_embeddings(config.models_path)
-    if not found:
-        return []
-    widths = encoder_widths(pipe)
-    fitting, skipped = split_fitting(found, widths)
-    for embedding in skipped:
-        why = embedding.error or f"width {embedding.shape} does not fit this model's {widths}"
-        log.info("%s: embedding %r skipped: %s", config.name, embedding.name, why)
+    fitting = fitting_embeddings(config.models_path, lambda: encoder_widths(pipe), config.name)
     loaded = []
     for embedding in fitting:
         try:
