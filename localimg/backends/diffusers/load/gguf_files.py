@@ -54,6 +54,11 @@ def base_of(options: DiffusersOptions, config: ModelConfig | None) -> str:
     return base
 
 
+def base_source(base: str) -> ModelSource:
+    """base_of's answer as a source: a local diffusers folder, else a hub repo."""
+    return ModelSource("folder" if Path(base).is_dir() else "hub", base)
+
+
 def transformer_class(index: dict[str, Any], base: str) -> tuple[str, str]:
     """(slot, class name) of the base pipeline's denoiser, checked single-file loadable."""
     from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES

@@ -125,8 +125,7 @@ def class_to_load(config: ModelConfig, options: DiffusersOptions, *, hub: bool) 
     try:
         source = model_source(config)
         if gguf_files.is_gguf(source):
-            base = gguf_files.base_of(options, config)
-            source = ModelSource("folder" if Path(base).is_dir() else "hub", base)
+            source = gguf_files.base_source(gguf_files.base_of(options, config))
         if source.kind == "file":
             return single_file_class(source.path)
         local_only = source.kind == "hub" and not (hub and hub_reachable())
@@ -239,8 +238,9 @@ def load_gguf(
 ) -> Any:
     """A GGUF transformer file in the pipeline of its base repo (gguf_files.py)."""
     base = gguf_files.base_of(options, config)
-    base_source = ModelSource("folder" if Path(base).is_dir() else "hub", base)
-    index = model_index(base_source, options.revision, bool(common.get("local_files_only")))
+    index = model_index(
+        gguf_files.base_source(base), options.revision, bool(common.get("local_files_only"))
+    )
     if pipeline_type in AUTO_TYPES or pipeline_type == "FluxTransformer2DModel":
         cls = pipeline_class(str(index.get("_class_name") or ""))
     else:
