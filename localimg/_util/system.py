@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -60,3 +63,24 @@ def cpu_has_bf16() -> bool:
     if forced is not None:
         return forced.strip().lower() in ("1", "true", "yes", "on")
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (None off glibc)."""
+    if os.name != "posix":
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere):
+    memory freed by Python and torch stays in malloc's free lists, counted in the process's RSS,
+    until then."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

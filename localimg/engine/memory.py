@@ -14,11 +14,9 @@ Everything here is standard library; /proc is read on Linux and other systems ge
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import logging
-import os
 import struct
 import sys
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localimg._util.hub_cache import cached_pipeline
+from localimg._util.system import trim_heap
 from localimg.config import WEIGHT_SUFFIXES, model_source
 from localimg.errors import LocalimgError
 
@@ -271,13 +270,7 @@ def release_free_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if os.name != "posix":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 def cuda_allocated() -> int | None:

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from localimg._util.system import trim_heap
+
 # safetensors' dtype names → torch's.
 TORCH_DTYPES = {
     "F64": "float64",
@@ -130,19 +132,9 @@ def _note_read(size: int) -> None:
 
 
 def release_heap() -> None:
-    """glibc keeps freed mid-size blocks (the float32 tensors, once cast) in its heap, counted in
-    the process's memory; malloc_trim hands them back. A no-op off glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-    except OSError:
-        trim = None
-    if trim is not None:
-        trim(0)
+    """glibc keeps freed mid-size blocks (transformers' float32 tensors, once cast) in its heap,
+    counted in the process's memory: hand them back (_util/system.trim_heap)."""
+    trim_heap()
 
 
 def _wrap(original: Any) -> Any:
