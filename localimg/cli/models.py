@@ -6,6 +6,7 @@ nothing: the precision comes from the backend's `precision` hook (backends/__ini
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -140,9 +141,16 @@ def _installed(name: str, root: Path) -> dict[str, Any] | None:
 
 
 def _local(name: str, root: Path) -> dict[str, Any] | None:
-    """A YAML file, folder or weight file given by path (as `generate --model` takes them)."""
+    """A YAML file, folder or weight file given by path (as `generate --model` takes them); a
+    path that is not there is resolve_model's error, not a gallery lookup."""
+    from localimg.config import WEIGHT_SUFFIXES, YAML_SUFFIXES
+
     candidate = Path(name).expanduser()
-    if not (candidate.exists() or (root / candidate).exists()):
+    looks_like_path = name.startswith((".", "/", "~")) or candidate.suffix.lower() in {
+        *YAML_SUFFIXES,
+        *WEIGHT_SUFFIXES,
+    }
+    if not (looks_like_path or candidate.exists() or (root / candidate).exists()):
         return None
     return _direct(name, root)
 
@@ -169,10 +177,17 @@ def _from_gallery(name: str, root: Path, galleries: list[str] | None) -> dict[st
 
     try:
         entry = catalog_of(galleries).find(name)
-    except ModelNotFound:
+    except ModelNotFound as exc:
         if HUB_ID.match(name):
             return None  # a hub id, not a gallery name
-        raise
+        close = re.search(r" Did you mean [^?]*\?", exc.message)
+        raise ModelNotFound(
+            f"unknown model {name!r}: not an installed model, a gallery model, a YAML file, a "
+            "folder, a weight file or a hub id (owner/name)."
+            f"{close.group(0) if close else ''} See `localimg models list` and "
+            "`localimg gallery list`.",
+            param="model",
+        ) from None
     from localimg.gallery.catalog import resolve_entry
 
     resolved = resolve_entry(entry)

@@ -151,6 +151,11 @@ def test_models_show_of_an_unknown_name_is_one_clear_line(models_dir: Path) -> N
     result = CliRunner().invoke(app, ["models", "show", "no-such-model"])
     assert result.exit_code != 0
     assert "no-such-model" in result.output and "Traceback" not in result.output
+    assert "a YAML file, a folder, a weight file or a hub id" in result.output
+    close = CliRunner().invoke(app, ["models", "show", "sd-turb"])
+    assert close.exit_code != 0 and "Did you mean sd-turbo" in close.output
+    missing = CliRunner().invoke(app, ["models", "show", "./missing.yaml"])
+    assert missing.exit_code != 0 and "missing.yaml does not exist" in missing.output
 
 
 def test_models_list_and_show_print_the_precision(models_dir: Path) -> None:
