@@ -35,6 +35,9 @@ MAX_INPUT_IMAGES = 16
 # Partial images (previews) of a running generation a request may ask for: OpenAI streams up to
 # 3; the job and A1111 APIs may ask for more, at most one per step.
 MAX_PREVIEWS = 50
+# ControlNet units in one request (A1111's sd-webui-controlnet defaults to 3 unit slots).
+MAX_CONTROL_UNITS = 4
+MAX_CONTROL_STRENGTH = 2.0
 
 # OpenAI's `quality` → a multiple of the model's own step count (its YAML `step`, else the
 # backend's default). `engine.merge` applies it, where the backend's default is known.
@@ -177,6 +180,51 @@ def check_side(param: str, value: int) -> None:
 
 
 @dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit: a control image and the ControlNet that reads it.
+
+    `net` is a name in the models directory's `controlnet/` folder, a path or a hub repo id;
+    None means the model's YAML `control_net`. `strength` None means the YAML's
+    `control_strength`, else 1.0 (0 gives the plain image). `start`/`end` are the fraction of the
+    steps the unit acts on. `preprocess` turns `image` into the control map first ("none": the
+    image already is one); `processor_res` and the thresholds are the preprocessor's knobs
+    (A1111's names). After the engine's preparation every unit has a net, a strength and
+    preprocess "none": a backend only ever receives control maps.
+    """
+
+    image: Image
+    net: str | None = None
+    strength: float | None = None
+    start: float = 0.0
+    end: float = 1.0
+    preprocess: str = "none"
+    processor_res: int | None = None
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.strength is not None and not 0 <= self.strength <= MAX_CONTROL_STRENGTH:
+            raise InvalidRequest(
+                f"control_strength must be between 0 and {MAX_CONTROL_STRENGTH:g}, got "
+                f"{self.strength:g}",
+                param="control_strength",
+            )
+        if not 0 <= self.start < self.end <= 1:
+            raise InvalidRequest(
+                f"control_start and control_end must satisfy 0 <= start < end <= 1, got "
+                f"{self.start:g} and {self.end:g}",
+                param="control_start",
+            )
+        if self.processor_res is not None and not 64 <= self.processor_res <= MAX_SIDE:
+            raise InvalidRequest(
+                f"processor_res must be between 64 and {MAX_SIDE}, got {self.processor_res}",
+                param="processor_res",
+            )
+        if self.net is not None and not self.net.strip():
+            raise InvalidRequest("control_net must not be empty", param="control_net")
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """One generation request. `None` means "not said": the YAML or the backend decides."""
 
@@ -210,6 +258,8 @@ class ImageRequest:
     # method name or None, and `cache_options` holds the YAML's knobs with the request's over them.
     cache: str | None = None
     cache_options: Mapping[str, Any] = field(default_factory=dict)
+    # ControlNet units, in the order given (several stack where the family allows it).
+    controls: tuple[ControlUnit, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -276,6 +326,11 @@ class ImageRequest:
             raise InvalidRequest("a mask needs an image to edit", param="mask")
         if self.reference_images:
             self._validate_references()
+        if len(self.controls) > MAX_CONTROL_UNITS:
+            raise InvalidRequest(
+                f"{len(self.controls)} ControlNet units; at most {MAX_CONTROL_UNITS} are accepted",
+                param="control_image",
+            )
         if self.mode in IMAGE_MODES and self.init_image is None:
             raise InvalidRequest(f"mode {self.mode} needs an input image", param="image")
         if self.mode == "inpaint" and self.mask is None:

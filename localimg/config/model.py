@@ -224,6 +224,11 @@ class ModelConfig(_Strict):
     memory: str | int | None = None  # localimg: what loading the model takes (14G, 512M)
     diffusers: DiffusersSection = Field(default_factory=DiffusersSection)
     ray: RaySection | None = None  # localimg: replicas and GPUs under `serve --ray`
+    # localimg: the model's default ControlNet (a `controlnet/` name, a path or a repo id; the
+    # `diffusers.control_net` key LocalAI reads works too) and its strength; a request brings
+    # the control image.
+    control_net: str | None = None
+    control_strength: float | None = Field(default=None, ge=0, le=2)
     lora_adapter: str | None = None  # LocalAI's single-adapter form
     lora_scale: float | None = None
     lora_adapters: list[str] = Field(default_factory=list)
@@ -296,6 +301,20 @@ class ModelConfig(_Strict):
         from localimg._util.units import parse_bytes
 
         return parse_bytes(self.memory)
+
+    @property
+    def default_control_net(self) -> str | None:
+        """`control_net:` at the top or under `diffusers:` (LocalAI's place for it)."""
+        return self.control_net or self.diffusers.control_net
+
+    @model_validator(mode="after")
+    def _one_control_net(self) -> ModelConfig:
+        top, localai = self.control_net, self.diffusers.control_net
+        if top and localai and top != localai:
+            raise ValueError(
+                f"control_net ({top!r}) and diffusers.control_net ({localai!r}) disagree; keep one"
+            )
+        return self
 
     @property
     def default_cfg_scale(self) -> float | None:
@@ -406,7 +425,7 @@ class ModelConfig(_Strict):
             log.warning("%s: parameters.%s is a %s", self.where, key, kind)
         for key in self.diffusers.model_extra or {}:
             log.warning("%s: unknown key diffusers.%s is ignored", self.where, key)
-        for key in ("clip_model", "clip_subfolder", "control_net", "img2img"):
+        for key in ("clip_model", "clip_subfolder", "img2img"):
             if getattr(self.diffusers, key) is not None:
                 log.warning(
                     "%s: diffusers.%s is not supported by localimg yet and is ignored",

@@ -6,7 +6,7 @@ scales the model's own step count here because only here is the backend's defaul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from localimg.backends.base import BackendDefaults
@@ -17,6 +17,7 @@ from localimg.media import conditioning
 from localimg.requests import (
     CACHE_OFF,
     QUALITY_STEP_FACTORS,
+    ControlUnit,
     ImageRequest,
     random_seed,
     split_prompt,
@@ -63,6 +64,7 @@ def merge_request(
             extra=layers.extra,
             cache=cache,
             cache_options=cache_options,
+            controls=merged_controls(request, config),
             **fitted_inputs(request, defaults, int(width), int(height)),
         )
     except (TypeError, ValueError) as exc:
@@ -145,6 +147,27 @@ def fitted_inputs(
     ):
         return {}
     return conditioning.fitted(request, width, height)
+
+
+def merged_controls(request: ImageRequest, config: ModelConfig) -> tuple[ControlUnit, ...]:
+    """Each ControlNet unit with its net and strength: the request's, else the YAML's
+    `control_net` / `control_strength`, else strength 1.0. A unit with no ControlNet anywhere is
+    refused here, before anything loads."""
+    units = []
+    for index, unit in enumerate(request.controls):
+        net = unit.net or config.default_control_net
+        if net is None:
+            which = f"control image {index + 1}" if len(request.controls) > 1 else "a control image"
+            raise InvalidRequest(
+                f"{which} needs a ControlNet: name one with control_net (request) or "
+                "control_net: in the model's YAML",
+                param="control_net",
+            )
+        strength = unit.strength
+        if strength is None:
+            strength = config.control_strength if config.control_strength is not None else 1.0
+        units.append(replace(unit, net=net, strength=float(strength)))
+    return tuple(units)
 
 
 def merge_cache(

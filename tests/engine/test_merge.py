@@ -157,3 +157,65 @@ def test_cache_fields_are_checked_and_parsed() -> None:
         parse_cache("{nope")
     with pytest.raises(InvalidRequest, match="a method name or an object"):
         parse_cache(5)
+
+
+def merged_controls(yaml: dict[str, object], *units: Any) -> tuple[Any, ...]:
+    config = config_from_dict({"name": "m", **yaml}, where="m.yaml")
+    request = ImageRequest(prompt="otter", controls=tuple(units))
+    return merge_request(request, config, GGML_DEFAULTS).controls
+
+
+def control_image() -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64))
+
+
+def test_a_control_unit_takes_the_yamls_control_net_and_strength_unless_it_names_its_own() -> None:
+    from localimg.requests import ControlUnit
+
+    yaml = {"control_net": "canny", "control_strength": 0.6}
+    (unit,) = merged_controls(yaml, ControlUnit(control_image()))
+    assert (unit.net, unit.strength) == ("canny", 0.6)
+    (unit,) = merged_controls(yaml, ControlUnit(control_image(), net="depth", strength=0.0))
+    assert (unit.net, unit.strength) == ("depth", 0.0)
+    (unit,) = merged_controls({"diffusers": {"control_net": "pose"}}, ControlUnit(control_image()))
+    assert (unit.net, unit.strength) == ("pose", 1.0)
+
+
+def test_a_control_image_without_any_control_net_is_refused_naming_both_places() -> None:
+    from localimg.requests import ControlUnit
+
+    with pytest.raises(InvalidRequest, match=r"control_net: in the model's YAML") as caught:
+        merged_controls({}, ControlUnit(control_image()))
+    assert caught.value.param == "control_net"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"strength": 2.5}, "control_strength"),
+        ({"strength": -0.1}, "control_strength"),
+        ({"start": 0.5, "end": 0.5}, "control_start"),
+        ({"end": 1.2}, "control_start"),
+        ({"processor_res": 8}, "processor_res"),
+        ({"net": " "}, "control_net"),
+    ],
+)
+def test_a_control_unit_out_of_range_is_refused_naming_its_field(
+    fields: dict[str, Any], param: str
+) -> None:
+    from localimg.requests import ControlUnit
+
+    with pytest.raises(InvalidRequest) as caught:
+        ControlUnit(control_image(), **fields)
+    assert caught.value.param == param
+
+
+def test_two_different_control_nets_in_one_yaml_are_refused() -> None:
+    from localimg.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="disagree"):
+        config_from_dict(
+            {"name": "m", "control_net": "a", "diffusers": {"control_net": "b"}}, where="m.yaml"
+        )
