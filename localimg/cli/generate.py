@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from localimg.cli.app import app, engine_settings, prepare_runtime
 from localimg.cli.params import Device, ModelsPath, Threads
 from localimg.errors import LocalimgError
+from localimg.media.controls import ControlSettings
+
+if TYPE_CHECKING:
+    from localimg.requests import ControlUnit
+
+# The CLI's names of the control settings, for the messages of media.controls.
+CLI_CONTROL_NAMES = {
+    "control_net": "--control-net",
+    "control_strength": "--control-strength",
+    "control_start": "--control-start",
+    "control_end": "--control-end",
+    "control_preprocess": "--control-preprocess",
+}
 
 
 @app.command()
@@ -105,6 +118,45 @@ def generate(
             help="A knob of the step cache as KEY=VALUE (e.g. threshold=0.1); repeat it.",
         ),
     ] = None,
+    control_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--control-image",
+            help="ControlNet: the control image (file, URL or data URL). Repeat it, each with "
+            "its --control-net, for several units.",
+        ),
+    ] = None,
+    control_net: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--control-net",
+            help="ControlNet of each --control-image, in order (one for all): a name in the "
+            "models folder's controlnet/, a path or a hub repo [default: the model's YAML].",
+        ),
+    ] = None,
+    control_strength: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--control-strength",
+            help="How strongly each control image steers, 0-2 (0: the plain image); one for "
+            "all or one per image [default: the YAML's control_strength, else 1].",
+        ),
+    ] = None,
+    control_start: Annotated[
+        list[float] | None,
+        typer.Option("--control-start", help="Fraction of the steps where control begins (0)."),
+    ] = None,
+    control_end: Annotated[
+        list[float] | None,
+        typer.Option("--control-end", help="Fraction of the steps where control ends (1)."),
+    ] = None,
+    control_preprocess: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--control-preprocess",
+            help="none (the image already is a control map), canny or depth [default: none].",
+        ),
+    ] = None,
     device: Device = None,
     threads: Threads = None,
     as_json: Annotated[
@@ -131,6 +183,17 @@ def generate(
         init = conditioning.as_init(init)
     references = tuple(conditioning.as_init(extra) for extra in images[1:])
     cache_options = dict(_cache_option(text) for text in cache_option or [])
+    controls = _controls(
+        control_image or [],
+        ControlSettings(
+            nets=control_net or [],
+            strengths=control_strength or [],
+            starts=control_start or [],
+            ends=control_end or [],
+            preprocess=control_preprocess or [],
+            names=CLI_CONTROL_NAMES,
+        ),
+    )
     request = ImageRequest(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -151,6 +214,7 @@ def generate(
         fps=fps,
         cache=cache.strip().lower() if cache else None,
         cache_options=cache_options,
+        controls=controls,
     )
     engine = Engine(engine_settings(models_path, device, threads))
     try:
@@ -171,6 +235,15 @@ def _cache_option(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise _bad(f"--cache-option {text!r} is not KEY=VALUE (for example threshold=0.1)")
     return key.strip(), parse_value(raw)
+
+
+def _controls(images: list[str], settings: ControlSettings) -> tuple[ControlUnit, ...]:
+    """The ControlNet units of --control-image and its settings (media.controls pairs them)."""
+    from localimg.media.conditioning import open_image_arg
+    from localimg.media.controls import control_units
+
+    opened = [open_image_arg(value, "--control-image") for value in images]
+    return control_units(opened, settings, image_param="--control-image")
 
 
 def _bad(message: str) -> LocalimgError:
