@@ -9,6 +9,11 @@ from localimg.config.backend_names import (
     GGML,
     builtin_backend,
 )
+from localimg.config.controlnets import (
+    CONTROLNET_FOLDER,
+    controlnet_items,
+    resolve_controlnet,
+)
 from localimg.config.files import config_from_dict, load_config_file, save_config
 from localimg.config.model import (
     DEFAULT_HUB_MODEL,
@@ -26,6 +31,7 @@ from localimg.config.resolve import ModelSource, default_model_ref, model_source
 __all__ = [
     "BACKEND_ALIASES",
     "BUILTIN_BACKENDS",
+    "CONTROLNET_FOLDER",
     "DEFAULT_HUB_MODEL",
     "DEFAULT_MODEL_ENV",
     "DIFFUSERS",
@@ -40,11 +46,13 @@ __all__ = [
     "ModelsDir",
     "builtin_backend",
     "config_from_dict",
+    "controlnet_items",
     "default_model_ref",
     "default_models_path",
     "load_config_file",
     "model_source",
     "models_dir",
+    "resolve_controlnet",
     "resolve_model",
     "save_config",
     "scan_models",
