@@ -98,7 +98,9 @@ def _with_previews(prepared: schemas.Prepared, fields: Any) -> schemas.Prepared:
     return dataclasses.replace(prepared, request=request)
 
 
-@describe(body=JobGenerationBody, form=JobEditFields, files=("image", "image[]", "mask"))
+@describe(
+    body=JobGenerationBody, form=JobEditFields, files=("image", "image[]", "mask", "control_image")
+)
 async def create_job(request: Request) -> Response:
     """POST /v1/images/jobs: a generations (JSON) or edits (multipart) body; 202 at once."""
     state = request.app.state

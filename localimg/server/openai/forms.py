@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from localimg.errors import InvalidRequest
 from localimg.media.decode import ImageLimits, decode_image
+from localimg.requests import MAX_CONTROL_UNITS
 from localimg.server.openai import schemas
 
 if TYPE_CHECKING:
@@ -40,6 +41,14 @@ class ImageForm:
     fields: schemas.EditFields
     images: list[Image] = field(default_factory=list)
     mask: Image | None = None
+    control_images: list[Image] = field(default_factory=list)
+
+
+# Text fields that may repeat in a form, one per control image (a list, as in a JSON body).
+REPEATABLE = frozenset(
+    {"control_net", "control_strength", "control_start", "control_end", "control_preprocess"}
+)
+CONTROL_FILES = ("control_image", "control_image[]")
 
 
 async def _read_upload(upload: UploadFile, param: str, limits: ImageLimits) -> Image:
@@ -66,28 +75,9 @@ async def parse_image_form(
             "this endpoint takes multipart/form-data with the image file(s) in 'image' "
             f"(or repeated 'image[]') (got Content-Type {content_type or 'none'!r})"
         )
-    form = await request.form(max_files=MAX_UPLOADS + 1, max_fields=64)
+    form = await request.form(max_files=MAX_UPLOADS + 1 + MAX_CONTROL_UNITS, max_fields=64)
     try:
-        uploads: list[tuple[str, UploadFile]] = []
-        text: dict[str, Any] = {}
-        mask_upload: UploadFile | None = None
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key in ("image", "image[]"):
-                    uploads.append((key, value))
-                elif key == "mask":
-                    mask_upload = value
-                else:
-                    raise InvalidRequest(
-                        f"unexpected file field {key!r}; files go in 'image', 'image[]' or 'mask'",
-                        param=key,
-                    )
-            elif key in ("image", "image[]", "mask"):
-                raise InvalidRequest(f"{key} must be an uploaded file", param=key)
-            elif key in text:
-                raise InvalidRequest(f"field {key!r} is given more than once", param=key)
-            else:
-                text[key] = value
+        uploads, mask_upload, controls, text = _split_form(form.multi_items())
         if not uploads:
             raise InvalidRequest(
                 "an image file is required in 'image' (or 'image[]')", param="image"
@@ -99,6 +89,13 @@ async def parse_image_form(
         parsed = ImageForm(fields=schemas.parse_model(fields, text))
         for key, upload in uploads:
             parsed.images.append(await _read_upload(upload, key, limits))
+        if len(controls) > MAX_CONTROL_UNITS:
+            raise InvalidRequest(
+                f"{len(controls)} control images; at most {MAX_CONTROL_UNITS} are accepted",
+                param="control_image",
+            )
+        for key, upload in controls:
+            parsed.control_images.append(await _read_upload(upload, key, limits))
         if mask_upload is not None:
             parsed.mask = await _read_upload(mask_upload, "mask", limits)
             first = parsed.images[0]
@@ -111,3 +108,41 @@ async def parse_image_form(
         return parsed
     finally:
         await form.close()
+
+
+Uploads = list[tuple[str, UploadFile]]
+
+
+def _split_form(
+    items: list[tuple[str, UploadFile | str]],
+) -> tuple[Uploads, UploadFile | None, Uploads, dict[str, Any]]:
+    """A form's parts: the images, the mask, the control images and the text fields (a
+    repeated control_* field becomes a list, one value per control image)."""
+    uploads: Uploads = []
+    controls: Uploads = []
+    text: dict[str, Any] = {}
+    mask_upload: UploadFile | None = None
+    for key, value in items:
+        if isinstance(value, UploadFile):
+            if key in ("image", "image[]"):
+                uploads.append((key, value))
+            elif key == "mask":
+                mask_upload = value
+            elif key in CONTROL_FILES:
+                controls.append((key, value))
+            else:
+                raise InvalidRequest(
+                    f"unexpected file field {key!r}; files go in 'image', 'image[]', 'mask' or "
+                    "'control_image'",
+                    param=key,
+                )
+        elif key in ("image", "image[]", "mask", *CONTROL_FILES):
+            raise InvalidRequest(f"{key} must be an uploaded file", param=key)
+        elif key in REPEATABLE and key in text:
+            previous = text[key]
+            text[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        elif key in text:
+            raise InvalidRequest(f"field {key!r} is given more than once", param=key)
+        else:
+            text[key] = value
+    return uploads, mask_upload, controls, text

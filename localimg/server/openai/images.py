@@ -25,6 +25,7 @@ from localimg.errors import (
 )
 from localimg.media import conditioning, output
 from localimg.media.decode import image_from_text
+from localimg.requests import MAX_CONTROL_UNITS
 from localimg.server.http.access_log import record_job
 from localimg.server.jobs import videos
 from localimg.server.openai import forms, schemas, streaming
@@ -32,6 +33,8 @@ from localimg.server.openapi import describe
 from localimg.server.served import check_available, served_config
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from localimg.config import ModelConfig
     from localimg.engine import Engine, Job
     from localimg.requests import ImageResult
@@ -184,8 +187,30 @@ async def prepare_generation(
         strength=params.strength,
         # Reference images ask for a reference edit, never img2img of the first one.
         mode="edit" if params.ref_images and params.mode in (None, 0, "0", "") else None,
+        control_images=await _control_images(request, params.control_image),
     )
     return config, prepared, params
+
+
+async def _control_images(request: Request, value: str | list[str] | None) -> list[Image]:
+    """`control_image` of a JSON body (one text or a list) decoded like `file`."""
+    settings = request.app.state.settings
+    texts = value if isinstance(value, list) else [value] if value else []
+    if len(texts) > MAX_CONTROL_UNITS:
+        raise InvalidRequest(
+            f"{len(texts)} control images; at most {MAX_CONTROL_UNITS} are accepted",
+            param="control_image",
+        )
+    return [
+        await asyncio.to_thread(
+            image_from_text,
+            text,
+            f"control_image[{index}]" if isinstance(value, list) else "control_image",
+            settings.image_limits,
+            settings.fetch_policy,
+        )
+        for index, text in enumerate(texts)
+    ]
 
 
 # -- edits and variations (multipart) ----------------------------------------------------------
@@ -223,6 +248,7 @@ async def prepare_conditioned(
             reference_images=tuple(images[1:]),
             mask=form.mask,
             strength=form.fields.strength,
+            control_images=form.control_images,
         )
         return config, prepared, form.fields
     image, mask = form.images[0], form.mask
@@ -238,12 +264,18 @@ async def prepare_conditioned(
     else:
         image = conditioning.as_init(image)
     prepared = schemas.prepare(
-        form.fields, config, init_image=image, mask=mask, strength=form.fields.strength, mode=mode
+        form.fields,
+        config,
+        init_image=image,
+        mask=mask,
+        strength=form.fields.strength,
+        mode=mode,
+        control_images=form.control_images,
     )
     return config, prepared, form.fields
 
 
-@describe(form=schemas.EditFields, files=("image", "image[]", "mask"))
+@describe(form=schemas.EditFields, files=("image", "image[]", "mask", "control_image"))
 async def edits(request: Request) -> Response:
     """POST /v1/images/edits (multipart)."""
     config, prepared, _ = await prepare_conditioned(request, "edits", needs_prompt=True)
@@ -252,7 +284,7 @@ async def edits(request: Request) -> Response:
     return await _respond(request, config, prepared)
 
 
-@describe(form=schemas.EditFields, files=("image",))
+@describe(form=schemas.EditFields, files=("image", "control_image"))
 async def variations(request: Request) -> Response:
     """POST /v1/images/variations (multipart)."""
     config, prepared, _ = await prepare_conditioned(request, "variations", needs_prompt=False)

@@ -9,6 +9,7 @@ reported back in the `X-Localimg-Ignored` response header and documented in docs
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg._util.validation import first_problem
 from localimg.errors import InvalidRequest
+from localimg.media.controls import ControlSettings, as_list, control_units
 from localimg.requests import MAX_N, ImageRequest, parse_cache, parse_mode, parse_size
 
 if TYPE_CHECKING:
@@ -60,6 +62,28 @@ class ImageParams(BaseModel):
     # JSON string of it in a multipart form); requests.parse_cache reads it.
     # Checked by requests.parse_cache, whose error says what a cache looks like.
     cache: Any = None
+    # ControlNet (stable-diffusion.cpp server's names, plus control_start / control_end): each
+    # one value for every control image or a list with one per image, in order; the images are
+    # `control_image` (a JSON string or list, a multipart file part). media/controls.py pairs
+    # them and ControlUnit checks the ranges.
+    control_net: str | list[str] | None = None
+    control_strength: float | list[float] | None = None
+    control_start: float | list[float] | None = None
+    control_end: float | list[float] | None = None
+    control_preprocess: str | list[str] | None = None
+
+
+# The fields that take one value or a list (one per control image).
+ONE_OR_LIST = frozenset(
+    {
+        "control_image",
+        "control_net",
+        "control_strength",
+        "control_start",
+        "control_end",
+        "control_preprocess",
+    }
+)
 
 
 class GenerationBody(ImageParams):
@@ -72,6 +96,8 @@ class GenerationBody(ImageParams):
     # LocalAI's integer mode (0: default) or a task name; see requests.parse_mode.
     mode: int | str | None = None
     strength: float | None = Field(default=None, gt=0, le=1)
+    # ControlNet control images: base64, a data URL or an http(s) URL; a list for several units.
+    control_image: str | list[str] | None = None
     num_frames: int | None = Field(default=None, ge=1, le=256)
     fps: float | None = Field(default=None, gt=0, le=120)
 
@@ -98,6 +124,13 @@ def parse_model(cls: type[ImageParams], data: Any) -> Any:
                 f"unknown field {param!r}; the fields this endpoint accepts are: {allowed}",
                 param=param,
                 code="unknown_parameter",
+            ) from None
+        root = problem.key.split(".")[0]
+        if root in ONE_OR_LIST:  # a union's error names its branch (control_net.str): not useful
+            raise InvalidRequest(
+                f"{root} takes one value or a list of them (one per control image): "
+                f"{problem.message} (got {problem.given!r})",
+                param=root,
             ) from None
         raise InvalidRequest(problem.describe(), param=param) from None
 
@@ -144,6 +177,7 @@ def prepare(
     mask: Image | None = None,
     strength: float | None = None,
     mode: str | None = None,
+    control_images: Sequence[Image] = (),
 ) -> Prepared:
     """Check the cross-field rules and build the engine's `ImageRequest`."""
     if not params.prompt.strip() and init_image is None:
@@ -156,6 +190,7 @@ def prepare(
         width, height = parse_size(params.size)
     ignored = _ignored(params)
     cache, cache_options = parse_cache(params.cache)
+    controls = control_units(control_images, control_settings(params))
     request = ImageRequest(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
@@ -178,6 +213,7 @@ def prepare(
         previews=stream_partials or 0,
         cache=cache,
         cache_options=cache_options,
+        controls=controls,
     )
     return Prepared(
         request=request,
@@ -190,6 +226,17 @@ def prepare(
         stream_partials=stream_partials,
         quality=params.quality if params.quality in ("low", "medium", "high") else "auto",
         background=params.background or "auto",
+    )
+
+
+def control_settings(params: ImageParams) -> ControlSettings:
+    """The body's ControlNet settings, each as a list (media/controls.py pairs them)."""
+    return ControlSettings(
+        nets=as_list(params.control_net),
+        strengths=as_list(params.control_strength),
+        starts=as_list(params.control_start),
+        ends=as_list(params.control_end),
+        preprocess=as_list(params.control_preprocess),
     )
 
 
