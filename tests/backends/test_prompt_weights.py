@@ -38,12 +38,14 @@ def engine(
     tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_sdxl: Path, tiny_sd3: Path
 ) -> Iterator[Engine]:
     from tests.support.tiny_families import TINY_FAMILIES
+    from tests.support.tiny_families_flux import tiny_flux1_path
 
     folder = tmp_path_factory.mktemp("models")
     for name, path in (
         ("sd", tiny_sd),
         ("sdxl", tiny_sdxl),
         ("sd3", tiny_sd3),
+        ("flux", tiny_flux1_path()),
         ("zimage", TINY_FAMILIES["z_image"]()),
     ):
         (folder / f"{name}.yaml").write_text(
@@ -68,7 +70,7 @@ def gap(a: ImageResult, b: ImageResult) -> int:
     return int(np.abs(pixels(a) - pixels(b)).max())
 
 
-@pytest.mark.parametrize("model", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("model", ["sd", "sdxl", "sd3", "flux"])
 def test_weight_one_draws_the_plain_prompt_and_weights_change_it(
     engine: Engine, model: str
 ) -> None:
@@ -86,6 +88,32 @@ def test_long_prompts_and_break_are_encoded_past_77_tokens(engine: Engine, model
     assert gap(long, tail) > 0
     broken = run(engine, model, "an otter BREAK a river", negative_prompt=LONG)
     assert broken.images and gap(broken, run(engine, model, "an otter a river")) > 0
+
+
+def test_flux_weights_both_encoders_and_reads_break_as_a_separator(engine: Engine) -> None:
+    """FLUX.1: a weight moves T5's states, CLIP's pooled vector reads the plain words (as in
+    A1111 and ComfyUI); BREAK only separates words
+    (T5 reads one 512-token window); no syntax is reported as ignored."""
+    from diffusers import FluxPipeline
+
+    from localimg.backends.diffusers.pipeline import tasks
+    from tests.support.tiny_families_flux import tiny_flux1_path
+
+    pipe = FluxPipeline.from_pretrained(str(tiny_flux1_path()))
+    params = tasks.call_params(pipe)
+    plain = pipe.encode_prompt("an otter", "an otter", max_sequence_length=512)
+    same, ignored = prompt_weights.prompt_kwargs(pipe, params, "an (otter:1.0)", None, 0)
+    assert ignored == [] and set(same) == {"prompt_embeds", "pooled_prompt_embeds"}
+    assert (same["prompt_embeds"] - plain[0]).abs().max() < 1e-4
+    assert (same["pooled_prompt_embeds"] - plain[1]).abs().max() < 1e-4
+    heavy, _ = prompt_weights.prompt_kwargs(pipe, params, "an (otter:2)", "(blur:1.5)", 0)
+    assert (heavy["prompt_embeds"] - plain[0]).abs().max() > 1e-3
+    assert (heavy["pooled_prompt_embeds"] - plain[1]).abs().max() < 1e-4
+    assert heavy["negative_prompt_embeds"].shape == plain[0].shape
+    short, _ = prompt_weights.prompt_kwargs(pipe, params, "(otter)", None, 0, 64)
+    assert short["prompt_embeds"].shape[1] == 64
+    broken = run(engine, "flux", "an otter BREAK a river")
+    assert broken.ignored == [] and gap(broken, run(engine, "flux", "an otter a river")) <= 2
 
 
 @pytest.mark.parametrize("text", ["(unbalanced", "word)", "(word:abc)", "\\(x\\)", "((((", "]]"])

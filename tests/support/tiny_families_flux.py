@@ -191,9 +191,10 @@ def tiny_chroma_path() -> Path:
 # --- FLUX.1 Kontext -----------------------------------------------------------------------------
 
 
-def make_flux_kontext() -> Any:
+def make_flux_kontext(pipeline_class: str = "FluxKontextPipeline") -> Any:
+    import diffusers
     import torch
-    from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
     from tests.support.tiny_models import tiny_text_encoder
 
@@ -218,7 +219,7 @@ def make_flux_kontext() -> Any:
     # Four levels (scale factor 8, multiples of 16 as the real one): the pipeline resizes an input
     # image to a ~1 MP Kontext resolution by default, which stays cheap at this scale.
     vae = flux_vae(levels=4)
-    return FluxKontextPipeline(
+    return getattr(diffusers, pipeline_class)(
         scheduler=flux_scheduler(),
         vae=vae,
         text_encoder=text_encoder,
@@ -234,3 +235,12 @@ def make_flux_kontext() -> Any:
 def tiny_flux_kontext_path() -> Path:
     """A tiny FluxKontextPipeline (FLUX.1 Kontext [dev]: one input image, multiples of 16)."""
     return save_pipeline(family_folder("flux-kontext"), make_flux_kontext)
+
+
+def make_flux1() -> Any:
+    return make_flux_kontext("FluxPipeline")
+
+
+def tiny_flux1_path() -> Path:
+    """A tiny FluxPipeline (FLUX.1 [dev] text-to-image), Kontext's parts."""
+    return save_pipeline(family_folder("flux1"), make_flux1)

@@ -114,7 +114,7 @@ def call_kwargs(
             params,
             *texts,
             clip_skip=request.clip_skip or 0,
-            max_sequence_length=kwargs.get("max_sequence_length", 256),
+            max_sequence_length=kwargs.get("max_sequence_length"),
         )
         kwargs.update(found)
     if family is not None and family.video:

@@ -1,4 +1,5 @@
-"""A1111 prompt weights and long prompts on Stable Diffusion 1.x/2.x, SDXL and SD3, via compel.
+"""A1111 prompt weights and long prompts on Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX.1,
+via compel.
 
 The prompt is parsed by localimg.prompts.a1111; each BREAK chunk is encoded by compel (weights
 applied, text past 75 tokens split into further 77-token windows) and the chunks are
@@ -6,10 +7,13 @@ concatenated along the token axis, A1111's way. The pipeline then gets `prompt_e
 `negative_prompt_embeds` (and the pooled pair) padded to the same length. SD3 weights its two
 CLIP encoders; its T5 reads the plain words (diffusers' own T5 states follow the CLIP ones). A
 prompt with no syntax that fits the text encoder's window never comes here: it takes diffusers'
-own path.
+own path. FLUX.1 (and Kontext, Fill) weights its T5 states (compel's blend towards the empty
+prompt, as on CLIP); its CLIP reads the plain words for the pooled vector, as A1111 and ComfyUI
+do for every pooled vector (SDXL's too). BREAK only separates words there, as T5 reads one
+window of up to 512 tokens.
 
-Other families (T5 or LLM text encoders: FLUX, Chroma, Z-Image, Qwen-Image, Wan, ...) do not
-weight: `strip_syntax` keeps the words and drops the syntax, and the result names
+Other families (LLM text encoders or a lone T5: Chroma, Z-Image, Qwen-Image, FLUX.2, Wan, ...)
+do not weight: `strip_syntax` keeps the words and drops the syntax, and the result names
 "prompt-weights" as ignored. torch and compel are imported only when a prompt is encoded.
 """
 
@@ -30,10 +34,14 @@ EMBED_KEYS = (
 
 
 def kind_of(pipe: Any, params: dict[str, Any]) -> str | None:
-    """The compel path that weights this pipeline's prompts ("sd", "sdxl", "sd3"), or None."""
+    """The compel path that weights this pipeline's prompts ("sd", "sdxl", "sd3", "flux"), or
+    None."""
     name = type(pipe).__name__
     if "prompt_embeds" not in params or "negative_prompt_embeds" not in params:
         return None
+    if name.startswith("Flux") and "pooled_prompt_embeds" in params:
+        both = getattr(pipe, "text_encoder_2", None) is not None
+        return "flux" if both and getattr(pipe, "text_encoder", None) is not None else None
     if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
         return None
     both = getattr(pipe, "text_encoder_2", None) is not None
@@ -83,7 +91,16 @@ def _inversions(pipe: Any, tokenizer: Any) -> Any:
     return Expander()
 
 
-def _compel(pipe: Any, which: str, returned: Any, pooled: bool) -> Any:
+def _compel(
+    pipe: Any,
+    which: str,
+    returned: Any,
+    pooled: bool,
+    truncate: bool = False,
+    max_length: int | None = None,
+) -> Any:
+    """A compel for one of the pipeline's encoders; `truncate` and `max_length` (the window
+    when not the tokenizer's own) for an encoder that reads one window only."""
     from compel import Compel
 
     encoder = getattr(pipe, "text_encoder" + which)
@@ -93,7 +110,8 @@ def _compel(pipe: Any, which: str, returned: Any, pooled: bool) -> Any:
         text_encoder=encoder,
         textual_inversion_manager=_inversions(pipe, tokenizer),
         dtype_for_device_getter=lambda _device: encoder.dtype,
-        truncate_long_prompts=False,
+        truncate_long_prompts=truncate,
+        model_max_length=max_length,
         returned_embeddings_type=returned,
         requires_pooled=pooled,
         # where diffusers would run the encoder (cpu_offload leaves its weights elsewhere)
@@ -119,9 +137,10 @@ def encode(
     prompt: str,
     negative: str | None,
     clip_skip: int,
-    max_sequence_length: int = 256,
+    max_sequence_length: int | None = None,
 ) -> dict[str, Any]:
-    """The embedding keywords that replace `prompt` and `negative_prompt` in the call."""
+    """The embedding keywords that replace `prompt` and `negative_prompt` in the call;
+    `max_sequence_length` is the call's own (None: the pipeline's default)."""
     import torch
     from compel import ReturnedEmbeddingsType as Returned
 
@@ -146,7 +165,9 @@ def encode(
             )
             return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
         if kind == "sd3":
-            return _encode_sd3(pipe, prompt, negative, max_sequence_length)
+            return _encode_sd3(pipe, prompt, negative, max_sequence_length or 256)
+        if kind == "flux":
+            return _encode_flux(pipe, prompt, negative, max_sequence_length or 512)
         return _encode_sdxl(pipe, prompt, negative)
 
 
@@ -204,6 +225,30 @@ def _encode_sd3(pipe: Any, prompt: str, negative: str | None, length: int) -> di
     }
 
 
+def _encode_flux(pipe: Any, prompt: str, negative: str | None, length: int) -> dict[str, Any]:
+    """FLUX.1: T5's weighted states (padded to `length` tokens, as diffusers pads them) and
+    CLIP's pooled vector of the plain words (compel's POOLED reads them so). A negative prompt's pair only where one is given: FLUX reads it
+    for true CFG alone, and an empty one would switch that on."""
+    from compel import ReturnedEmbeddingsType as Returned
+    from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
+
+    pooled = _compel(pipe, "", Returned.POOLED, pooled=False, truncate=True)
+    states = _compel(
+        pipe, "_2", Returned.LAST_HIDDEN_STATES_NORMALIZED, False, truncate=True, max_length=length
+    )
+    found: dict[str, Any] = {}
+    for text, prefix in ((prompt, ""), (negative, "negative_")):
+        if text is None:
+            continue
+        words = [Fragment(f.text, f.weight) for chunk in a1111.chunks(text) for f in chunk]
+        whole = Conjunction([FlattenedPrompt(words)])
+        found[prefix + "prompt_embeds"] = states.build_conditioning_tensor_for_conjunction(whole)[0]
+        found[prefix + "pooled_prompt_embeds"] = pooled.build_conditioning_tensor_for_conjunction(
+            whole
+        )[0]
+    return found
+
+
 def _encode_sdxl(pipe: Any, prompt: str, negative: str | None) -> dict[str, Any]:
     """Both CLIP encoders' penultimate states side by side, the pooled vector from the second."""
     import torch
@@ -242,7 +287,7 @@ def prompt_kwargs(
     prompt: str,
     negative: str | None,
     clip_skip: int,
-    max_sequence_length: int = 256,
+    max_sequence_length: int | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The prompt keywords of a call and what was ignored: the prompts themselves where no
     weighting is needed, embeddings where it is and can be done, the stripped words elsewhere."""
