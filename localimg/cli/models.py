@@ -38,15 +38,17 @@ def models_list(
     device: Device = None,
     models_path: ModelsPath = None,
 ) -> None:
-    """The YAML models found in the models directory: backend, source and precision here."""
+    """The YAML models found in the models directory (backend, source and precision here) and
+    the ControlNets of its controlnet/ folder (kind "controlnet" in --json)."""
     from localimg.backends import model_precision
-    from localimg.config import default_models_path, scan_models
+    from localimg.config import controlnet_items, default_models_path, scan_models
 
     path = models_path or default_models_path()
     settings = _settings(device)
     rows = [
         {
             "name": e.name,
+            "kind": "model",
             "backend": e.config.backend if e.config else None,
             "model": e.config.model if e.config else None,
             "file": str(e.path),
@@ -55,10 +57,39 @@ def models_list(
         }
         for e in scan_models(path)
     ]
+    controlnets = [
+        {
+            "name": item["name"],
+            "kind": "controlnet",
+            "backend": None,
+            "model": None,
+            "file": item["path"],
+            "format": item["kind"],  # "folder" (diffusers) or "file" (single weight file)
+            "error": None,
+            "precision": None,
+        }
+        for item in controlnet_items(path)
+    ]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(rows + controlnets, indent=2))
         return
     _render_list(rows, path)
+    if controlnets:
+        _render_controlnets(controlnets, path)
+
+
+def _render_controlnets(rows: list[dict[str, Any]], path: Path) -> None:
+    """The ControlNets of `controlnet/`: what --control-net and control_net take by name."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"ControlNets in {path / 'controlnet'}")
+    for column in ("name", "format", "file"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(escape(str(row["name"])), row["format"], escape(Path(row["file"]).name))
+    Console().print(table)
 
 
 def _render_list(rows: list[dict[str, Any]], path: Path) -> None:

@@ -3,6 +3,7 @@ refusals of bad control input (one line on stderr, no traceback, nothing written
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,22 @@ def test_a_unit_with_no_controlnet_anywhere_is_refused(models_dir: Path, tmp_pat
     assert out.returncode == 2, out.stderr
     assert "needs a ControlNet" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_models_list_shows_the_controlnets(models_dir: Path) -> None:
+    folder = models_dir / "controlnet"
+    (folder / "canny-sd15").mkdir(parents=True)
+    (folder / "canny-sd15" / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "depth.safetensors").write_bytes(b"\0" * 16)
+    (folder / "notes.txt").write_text("not a ControlNet", encoding="utf-8")
+    out = run_cli("models", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["tiny"]["kind"] == "model"
+    assert rows["canny-sd15"]["kind"] == rows["depth"]["kind"] == "controlnet"
+    assert (rows["canny-sd15"]["format"], rows["depth"]["format"]) == ("folder", "file")
+    assert rows["depth"]["file"] == str(folder / "depth.safetensors")
+    assert "notes" not in rows
+    table = run_cli("models", "list")
+    assert "ControlNets in" in table.stdout
+    assert "canny-sd15" in table.stdout and "depth.safetensors" in table.stdout
