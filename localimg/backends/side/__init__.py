@@ -4,11 +4,21 @@ Other parts import from this package, never from its modules.
 """
 
 from localimg.backends.side.base import SIDE_KINDS, Preprocessor, SideModel, Upscaler
+from localimg.backends.side.canny import CannyPreprocessor
+from localimg.backends.side.depth import DEFAULT_MODEL as DEFAULT_DEPTH_MODEL
+from localimg.backends.side.depth import MODEL_ENV as DEPTH_MODEL_ENV
+from localimg.backends.side.depth import DepthPreprocessor
+from localimg.backends.side.preprocessors import MODULES, preprocessor_for
 from localimg.backends.side.registry import SideFactory, SideRegistry, default_registry
 from localimg.backends.side.resize import ResizeUpscaler
 
 __all__ = [
+    "DEFAULT_DEPTH_MODEL",
+    "DEPTH_MODEL_ENV",
+    "MODULES",
     "SIDE_KINDS",
+    "CannyPreprocessor",
+    "DepthPreprocessor",
     "Preprocessor",
     "ResizeUpscaler",
     "SideFactory",
@@ -16,4 +26,5 @@ __all__ = [
     "SideRegistry",
     "Upscaler",
     "default_registry",
+    "preprocessor_for",
 ]

@@ -62,8 +62,20 @@ class Upscaler(SideModel, Protocol):
 class Preprocessor(SideModel, Protocol):
     """kind "preprocessor": the control map a ControlNet reads, made from an input image."""
 
-    def preprocess(self, image: Image.Image) -> Image.Image:
-        """The control image (edges, depth, pose...) for `image`, at its size."""
+    def preprocess(
+        self,
+        image: Image.Image,
+        resolution: int | None,
+        threshold_a: float | None,
+        threshold_b: float | None,
+    ) -> Image.Image:
+        """The control image (edges, depth, pose...) for `image`, at its size.
+
+        `resolution` is the short side the detector works at (A1111's `processor_res`; None: the
+        preprocessor's default), `threshold_a`/`threshold_b` its two knobs (A1111's sliders:
+        canny's low and high thresholds; None: the defaults). A knob out of range raises
+        InvalidRequest naming it; a preprocessor without knobs ignores them.
+        """
         ...
 
 

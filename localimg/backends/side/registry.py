@@ -2,8 +2,8 @@
 
 A factory, not a model, is registered, so knowing a side model costs nothing until a request
 uses it; the engine keeps what the factory made (engine/side_models.py). The built-in registry
-holds the resampling upscalers; ESRGAN files in `upscale_models/` and the ControlNet
-preprocessors are registered the same way.
+holds the resampling upscalers and the ControlNet preprocessors (canny, depth); ESRGAN files in
+`upscale_models/` are registered the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from localimg.backends.base import RuntimeSettings
 from localimg.backends.side.base import SIDE_KINDS, SideModel
+from localimg.backends.side.canny import CannyPreprocessor
+from localimg.backends.side.depth import DepthPreprocessor, depth_model
 from localimg.backends.side.resize import FILTERS, ResizeUpscaler
 from localimg.errors import ModelNotFound
 
@@ -46,11 +48,15 @@ class SideRegistry:
         return model
 
 
-def default_registry() -> SideRegistry:
-    """A registry of the built-in side models: the resampling upscalers."""
+def default_registry(depth: str | None = None) -> SideRegistry:
+    """A registry of the built-in side models: the resampling upscalers and the ControlNet
+    preprocessors; `depth` is the depth model (None: LOCALIMG_DEPTH_MODEL, else the default)."""
     registry = SideRegistry()
     for name in FILTERS:
         registry.register("upscaler", name, resize_factory(name))
+    registry.register("preprocessor", "canny", lambda runtime: CannyPreprocessor())
+    model = depth_model(depth)
+    registry.register("preprocessor", "depth", lambda runtime: DepthPreprocessor(model, runtime))
     return registry
 
 

@@ -23,7 +23,7 @@ RUNTIME = RuntimeSettings(device="cpu")
 def test_the_built_in_upscalers_are_weight_free_resampling_filters() -> None:
     registry = default_registry()
     assert registry.names("upscaler") == ["bicubic", "lanczos", "nearest"]
-    assert registry.names("preprocessor") == []
+    assert registry.names("preprocessor") == ["canny", "depth"]
     model = registry.create("upscaler", "lanczos", RUNTIME)
     assert isinstance(model, Upscaler) and isinstance(model, SideModel)
     assert not isinstance(model, Preprocessor)
@@ -58,8 +58,8 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(ModelNotFound, match="no upscaler named 'esrgan'; known: bicubic") as err:
         default_registry().create("upscaler", "esrgan", RUNTIME)
     assert err.value.param == "upscaler"
-    with pytest.raises(ModelNotFound, match="known: none"):
-        default_registry().create("preprocessor", "canny", RUNTIME)
+    with pytest.raises(ModelNotFound, match="known: canny, depth"):
+        default_registry().create("preprocessor", "openpose", RUNTIME)
     with pytest.raises(ValueError, match="no resampling filter"):
         ResizeUpscaler("sinc")
 
