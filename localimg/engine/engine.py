@@ -4,8 +4,9 @@ The CLI and the server both call `Engine.submit` (or its blocking form `Engine.g
 model gets a slot with a bounded queue and a single runner, because a pipeline is neither
 thread-safe nor able to share its device with a second generation. `merge_request` is the single
 place where request values, YAML values and backend defaults are combined. Side models
-(upscalers, control preprocessors) are called through the engine too (`Engine.upscale`), so they
-share the pipelines' memory budget, keep-alive and LRU eviction (side_models.py).
+(upscalers, control preprocessors) are called through the engine too (`Engine.upscale`,
+`Engine.preprocess`, and `submit` for a request's ControlNet units: controls.py), so they share
+the pipelines' memory budget, keep-alive and LRU eviction (side_models.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, cast
 from localimg.backends import canonical_name, get_backend_class
 from localimg.backends.side import SideRegistry, Upscaler, default_registry
 from localimg.config import ModelConfig, default_model_ref, resolve_model
+from localimg.engine.controls import prepare_controls, preprocessor_name, run_preprocessor
 from localimg.engine.events import EngineEvents
 from localimg.engine.job import Job, ProgressListener
 from localimg.engine.lifecycle import Lifecycle
@@ -49,7 +51,8 @@ class Engine:
     ) -> None:
         self.settings = settings or EngineSettings()
         # Side models by (kind, name), made from the registry on first use (side_models.py).
-        self.side = SideModels(side_registry or default_registry(), self.settings.runtime)
+        registry = side_registry or default_registry(depth=self.settings.depth_model)
+        self.side = SideModels(registry, self.settings.runtime)
         self._slot_factory: SlotFactory = slot_factory or InProcessSlot
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
@@ -93,10 +96,14 @@ class Engine:
         request: ImageRequest,
         progress: ProgressListener | None = None,
     ) -> Job:
-        """Validate and queue a request; raises at once for a bad request or a full queue."""
+        """Validate and queue a request; raises at once for a bad request or a full queue.
+
+        ControlNet units are prepared first, on the caller's thread (`prepare_controls`): the
+        job, and a worker process's copy of it, holds their maps."""
         config = self.resolve(model)
         canonical_name(config.backend)
         backend_cls = get_backend_class(config.backend)
+        request = self.prepare_controls(request)
         backend_cls.check_request(request, config)
         job = Job(id=f"job-{next(self._ids)}", model=config.name, request=request)
         if progress is not None:
@@ -139,6 +146,25 @@ class Engine:
             raise InvalidRequest(f"scale must be a number above 0, not {scale}", param="scale")
         with self.side.use("upscaler", upscaler) as model:
             return cast(Upscaler, model).upscale(image, scale)  # the registry checked its kind
+
+    def prepare_controls(self, request: ImageRequest) -> ImageRequest:
+        """`request` with each ControlNet unit's preprocessor run: its map in place of its image,
+        preprocess "none" (controls.py). InvalidRequest names the preprocessors for an unknown
+        name."""
+        return prepare_controls(self.side, request)
+
+    def preprocess(
+        self,
+        image: Image.Image,
+        module: str = "none",
+        resolution: int | None = None,
+        threshold_a: float | None = None,
+        threshold_b: float | None = None,
+    ) -> Image.Image:
+        """The control map the preprocessor `module` makes of `image` (A1111's detect), on the
+        caller's thread, the preprocessor loaded like any side model; "none" gives the image."""
+        name = preprocessor_name(self.side, module)
+        return run_preprocessor(self.side, name, image, resolution, threshold_a, threshold_b)
 
     def load(self, model: str | None) -> Slot:
         """Load a model now (blocking), making room for it as a request would; its slot."""

@@ -22,3 +22,6 @@ class EngineSettings:
     max_loaded_models: int | None = None  # None: no limit; else LRU eviction of idle models
     memory_budget: Budget = field(default_factory=Budget)  # checked before each load
     max_batch: int = 1  # images per pipeline call across queued requests (batching.py)
+    # The depth preprocessor's model, a folder or hub id (None: LOCALIMG_DEPTH_MODEL, else
+    # Depth Anything V2 Small).
+    depth_model: str | None = None
