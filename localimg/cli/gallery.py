@@ -48,8 +48,9 @@ def _echo_json(data: Any) -> None:
 
 def _installed(models_path: Path) -> set[str]:
     from localimg.config import scan_models
+    from localimg.gallery.controlnets import installed_names
 
-    return {e.name for e in scan_models(models_path)}
+    return {e.name for e in scan_models(models_path)} | installed_names(models_path)
 
 
 def _entries_table(entries: list[Any], installed: set[str], title: str) -> None:

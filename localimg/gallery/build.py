@@ -22,6 +22,7 @@ import yaml
 from localimg import download
 from localimg.config import HUB_ID
 from localimg.errors import LocalimgError
+from localimg.gallery import controlnets
 from localimg.gallery.catalog import (
     NAME,
     GalleryEntry,
@@ -47,6 +48,7 @@ ENTRY_KEYS = (
     "template",
     "overrides",
     "files",
+    "kind",
 )
 FILE_KEYS = ("filename", "sha256", "sha256_reason", "uri")
 
@@ -104,6 +106,13 @@ def check(gallery_dir: Path = DEFAULT_DIR) -> list[str]:
 def _check_entry(path: Path, data: dict[str, Any], gallery_dir: Path) -> list[str]:
     """Everything wrong with one entry file: its keys, its files, then what it resolves to."""
     problems = _check_keys(path, data)
+    if data.get("kind") == controlnets.CONTROLNET_KIND:  # files for controlnet/, no model YAML
+        files = data.get("files") or []
+        return (
+            problems + [p for f in files for p in _check_file(f)] + controlnets.entry_problems(data)
+        )
+    if data.get("kind", "model") not in controlnets.ENTRY_KINDS:
+        problems.append(f"kind must be one of {', '.join(controlnets.ENTRY_KINDS)}")
     template = gallery_dir / "templates" / str(data.get("template", ""))
     if data.get("template") and not template.is_file():
         problems.append(f"template {data['template']!r} not found in {template.parent}")
@@ -135,7 +144,10 @@ def _check_keys(path: Path, data: dict[str, Any]) -> list[str]:
     unknown = sorted(set(data) - set(ENTRY_KEYS))
     if unknown:
         problems.append(f"unknown keys {', '.join(unknown)} (allowed: {', '.join(ENTRY_KEYS)})")
-    for key in ("name", "description", "license", "urls", "tags", "template"):
+    required: tuple[str, ...] = ("name", "description", "license", "urls", "tags")
+    if data.get("kind") != controlnets.CONTROLNET_KIND:
+        required += ("template",)
+    for key in required:
         if not data.get(key):
             problems.append(f"{key!r} is missing or empty")
     name = str(data.get("name", ""))

@@ -97,6 +97,9 @@ class GalleryEntry(BaseModel):
     config_file: str | dict[str, Any] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     files: list[GalleryFile] = Field(default_factory=list)
+    # localimg: "model" (a model YAML and its files) or "controlnet" (files for controlnet/ only,
+    # gallery/controlnets.py)
+    kind: str = "model"
 
     gallery: str = Field(default="", exclude=True)  # the index it came from
     base: str | None = Field(default=None, exclude=True)  # where relative templates resolve
@@ -129,6 +132,7 @@ class GalleryEntry(BaseModel):
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "kind": self.kind,
             "gallery": self.gallery,
             "description": self.description.strip(),
             "license": self.license,

@@ -27,6 +27,7 @@ from localimg._util.hub_cache import cached_pipeline
 from localimg._util.hub_errors import offline_mode
 from localimg.config import HUB_ID, load_config_file, scan_models
 from localimg.errors import GalleryError, LocalimgError, ModelNotFound
+from localimg.gallery import controlnets
 from localimg.gallery.catalog import (
     RECORD_PREFIX,
     Catalog,
@@ -206,6 +207,11 @@ def install(
     workers: int = 4,
 ) -> InstallResult:
     """Install one entry; installing it again re-verifies its files and keeps its YAML."""
+    if controlnets.is_controlnet(entry):  # files for controlnet/, no model YAML
+        done = controlnets.install_files(
+            entry, models_path, name=name, progress=progress, cancel=cancel, workers=workers
+        )
+        return InstallResult(done[0], done[1], done[2], None, done[3])
     resolved = resolve_entry(entry, name)
     notes = drop_unshipped_paths(resolved.config, [f.filename for f in resolved.files], models_path)
     check_resolved(resolved)
@@ -265,6 +271,11 @@ def remove(name: str, models_path: Path, *, purge_files: bool = False) -> Remove
     """
     entries = scan_models(models_path)
     match = next((e for e in entries if e.name == name or e.path.stem == name), None)
+    record_file = record_path(models_path, name)
+    if match is None and (read_record(models_path, name) or {}).get("kind") == "controlnet":
+        shared = _files_of_other_records(models_path, name)
+        gone, kept_files = controlnets.remove_files(models_path, record_file, shared)
+        return RemoveResult(name, record_file, gone, kept_files)
     if match is None:
         import difflib
 
