@@ -11,8 +11,9 @@ the activation memory of one image, and the first request of a batch finishes la
 would alone (the batch as a whole finishes sooner).
 
 Only plain text-to-image requests batch: anything with an input image, a mask, video frames,
-extra pipeline keywords, previews or a step cache of its own runs alone; requests batch only with
-others asking for the same `<lora:name:weight>` tags (they change the model for the whole call).
+extra pipeline keywords, previews, ControlNet units or a step cache of its own runs alone;
+requests batch only with others asking for the same `<lora:name:weight>` tags (they change the
+model for the whole call).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def batch_key(request: ImageRequest) -> Hashable | None:
         or request.previews  # previews are made per call, from its own latents
         or request.cache is not None  # a step cache follows one call's own denoising
         or request.cache_options
+        or request.controls  # ControlNet units pick their own pipeline and control maps
         or request.mode not in (None, "txt2img")
         or has_syntax(request.prompt)  # A1111 weights are encoded per prompt
         or has_syntax(request.negative_prompt)

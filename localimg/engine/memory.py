@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from localimg._util.hub_cache import cached_pipeline
 from localimg._util.system import trim_heap
-from localimg.config import WEIGHT_SUFFIXES, model_source
+from localimg.config import WEIGHT_SUFFIXES, model_source, resolve_controlnet
 from localimg.errors import LocalimgError
 
 if TYPE_CHECKING:
@@ -191,8 +191,31 @@ def estimate(config: ModelConfig, runtime: RuntimeSettings) -> Need | None:
         lora = config.resolve_path(file)
         if lora.is_file():
             weights += lora.stat().st_size
+    weights += controlnet_bytes(config, itemsize)
     total = int(weights * (1 + ACTIVATION_MARGIN)) + RUNTIME_OVERHEAD
     return Need(bytes=total, where=kind)
+
+
+def controlnet_bytes(config: ModelConfig, itemsize: int | None) -> int:
+    """The YAML's `control_net`, loaded beside the model on first use: its local weights at the
+    model's precision (a repo id is not counted: nothing is looked up for an estimate)."""
+    ref = config.default_control_net
+    if not ref:
+        return 0
+    try:
+        path = Path(resolve_controlnet(ref, config.models_path))
+    except LocalimgError:
+        return 0
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    total = 0
+    for file in files:
+        if not file.is_file():
+            continue  # a repo id
+        if file.suffix.lower() == ".safetensors":
+            total += safetensors_bytes(file, itemsize)
+        else:
+            total += file.stat().st_size
+    return total
 
 
 def files_to_load(config: ModelConfig) -> list[Path] | str:

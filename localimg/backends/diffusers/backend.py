@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from localimg._util.hub_errors import first_line
@@ -36,8 +36,13 @@ from localimg.backends.diffusers.load.precision import (
     precision_report,
     weight_itemsize,
 )
-from localimg.backends.diffusers.options import OPTION_KEYS, DiffusersOptions, parse_options
-from localimg.backends.diffusers.pipeline import call_args, tasks
+from localimg.backends.diffusers.options import (
+    OPTION_KEYS,
+    DiffusersOptions,
+    check_enabled_parameters,
+    parse_options,
+)
+from localimg.backends.diffusers.pipeline import call_args, controlnet, tasks
 from localimg.backends.diffusers.pipeline.batch_invariance import BatchGrouping
 from localimg.backends.diffusers.pipeline.run import run_call
 from localimg.backends.diffusers.sampling import schedulers
@@ -58,9 +63,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 30  # LocalAI's documented default
 
-# Request fields that `diffusers.enable_parameters` can switch off (LocalAI's gate).
-GATED = ("negative_prompt", "num_inference_steps", "clip_skip", "image", "mask_image")
-
 
 @dataclass(frozen=True)
 class Prepared:
@@ -71,6 +73,7 @@ class Prepared:
     kwargs: dict[str, Any]  # the call's keywords (call_args.py), without seeds or callbacks
     label: str  # the scheduler's label, for the result's metadata
     steps: int
+    infotext: dict[str, str] = field(default_factory=dict)  # ControlNet units (A1111's fields)
 
 
 class DiffusersBackend:
@@ -104,6 +107,7 @@ class DiffusersBackend:
         self._grouping = BatchGrouping()  # replaced on load (pipeline/batch_invariance.py)
         self._caches = cache_setup.Caches()  # which step caches each pipeline can use
         self.prompt_loras = lora_adapters.PromptLoras()  # <lora:name:weight> tags' adapters
+        self.controls = controlnet.ControlPipelines()  # ControlNets and their pipelines
 
     weight_itemsize = staticmethod(weight_itemsize)
     precision = staticmethod(precision_report)
@@ -125,24 +129,8 @@ class DiffusersBackend:
                     f"(try {value // 8 * 8 or 8} or {value // 8 * 8 + 8})",
                     param="size",
                 )
-        enabled = config.enabled_parameters
-        if enabled is None:
-            return
-        asked = {
-            "negative_prompt": request.negative_prompt is not None or "|" in request.prompt,
-            "num_inference_steps": request.steps is not None,
-            "clip_skip": request.clip_skip is not None,
-            "image": request.init_image is not None,
-            "mask_image": request.mask is not None,
-        }
-        for gate in GATED:
-            if asked[gate] and gate not in enabled:
-                raise InvalidRequest(
-                    f"model {config.name!r} does not accept {gate}: add it to "
-                    f"diffusers.enable_parameters in {config.where} "
-                    f"(now {config.diffusers.enable_parameters!r})",
-                    param=gate,
-                )
+        check_enabled_parameters(request, config)
+        controlnet.check_request(request, config)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -288,16 +276,23 @@ class DiffusersBackend:
         if self.pipe is None:
             raise BackendError("the model is not loaded")
         pipe, mode = self._pipe_for(request)
+        if batch and request.controls:
+            raise InvalidRequest("requests with ControlNet units cannot be batched")
+        models = self.config.models_path if self.config is not None else None
+        controlled = self.controls.prepare(self.pipe, mode, request, models)
+        pipe = controlled.pipe if controlled is not None else pipe
         # The loaded pipeline's signature was read at load time; a sibling's on first use.
         params = self._call_params if pipe is self.pipe else tasks.call_params(pipe)
         if batch and (mode != "txt2img" or "num_frames" in params or "prompt" not in params):
             raise InvalidRequest("only text-to-image requests can be batched")
         kwargs = self._call_kwargs(request, pipe, params)
+        kwargs.update(controlled.kwargs if controlled is not None else {})
         label = self._set_scheduler(request, pipe)
         steps = request.steps or 1
         if getattr(pipe, "scheduler", None) is not None:
             schedulers.check_steps(pipe.scheduler, steps, label)
-        return Prepared(pipe, params, kwargs, label, steps)
+        infotext = controlled.infotext if controlled is not None else {}
+        return Prepared(pipe, params, kwargs, label, steps, infotext)
 
     @lora_adapters.with_prompt_loras
     def generate(
@@ -356,6 +351,7 @@ class DiffusersBackend:
             images.extend(frames if frames is not None else output.images)
         fps = (request.fps or tasks.default_fps(params)) if "num_frames" in params else None
         result = ImageResult(images=images, seeds=request.seeds, scheduler=prepared.label, fps=fps)
+        result.infotext.update(prepared.infotext)
         return call_args.with_ignored(result, request, pipe, params)
 
     @lora_adapters.with_prompt_loras_batch
@@ -426,6 +422,7 @@ class DiffusersBackend:
         tensors are really freed."""
         self._siblings = {}
         self._caches = cache_setup.Caches()
+        self.controls.clear()
         self.pipe = None
 
     def describe(self) -> dict[str, str]:
@@ -439,6 +436,7 @@ class DiffusersBackend:
             "cache": self._caches.describe(self.pipe),
             "weights": self._weights_kind(),
             "vae": "full" if self._decoder == "full" else f"taesd ({self._decoder})",
+            "controlnets": self.controls.describe(),
         }
 
     def _weights_kind(self) -> str:

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg._util.validation import first_problem
 from localimg.config import ModelConfig
-from localimg.errors import ConfigError
+from localimg.errors import ConfigError, InvalidRequest
+from localimg.requests import ImageRequest
 
 DTYPES = {
     "float16": "float16",
@@ -65,3 +66,30 @@ def parse_options(config: ModelConfig) -> DiffusersOptions:
         return DiffusersOptions.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{config.where}: options: {first_problem(exc).describe()}") from None
+
+
+# Request fields that `diffusers.enable_parameters` can switch off (LocalAI's gate).
+GATED = ("negative_prompt", "num_inference_steps", "clip_skip", "image", "mask_image")
+
+
+def check_enabled_parameters(request: ImageRequest, config: ModelConfig) -> None:
+    """LocalAI's gate: a request field the YAML's `diffusers.enable_parameters` leaves out is
+    refused (no list: every field is enabled)."""
+    enabled = config.enabled_parameters
+    if enabled is None:
+        return
+    asked = {
+        "negative_prompt": request.negative_prompt is not None or "|" in request.prompt,
+        "num_inference_steps": request.steps is not None,
+        "clip_skip": request.clip_skip is not None,
+        "image": request.init_image is not None,
+        "mask_image": request.mask is not None,
+    }
+    for gate in GATED:
+        if asked[gate] and gate not in enabled:
+            raise InvalidRequest(
+                f"model {config.name!r} does not accept {gate}: add it to "
+                f"diffusers.enable_parameters in {config.where} "
+                f"(now {config.diffusers.enable_parameters!r})",
+                param=gate,
+            )
