@@ -22,10 +22,6 @@ from localimg.requests import MAX_CONTROL_UNITS, ControlUnit
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-# The preprocessors a control image may go through before the ControlNet reads it ("none": the
-# image already is a control map, e.g. an edge or depth picture).
-CONTROL_PREPROCESSORS = ("none", "canny", "depth")
-
 T = TypeVar("T")
 
 
@@ -64,18 +60,6 @@ def as_list(value: T | Sequence[T] | None) -> list[T]:
     if isinstance(value, list | tuple):
         return list(value)
     return [value]  # type: ignore[list-item]
-
-
-def check_preprocessor(name: str, param: str) -> str:
-    """A preprocessor name, normalized; an unknown one is refused naming the known ones."""
-    normalized = name.strip().lower()
-    if normalized not in CONTROL_PREPROCESSORS:
-        raise InvalidRequest(
-            f"{param}: no preprocessor named {name!r}; available: "
-            f"{', '.join(CONTROL_PREPROCESSORS)}",
-            param=param,
-        )
-    return normalized
 
 
 def _per_unit(values: Sequence[T], count: int, param: str, image_param: str) -> list[T | None]:
@@ -125,9 +109,9 @@ def control_units(
     strengths = each(settings.strengths, "control_strength")
     starts = each(settings.starts, "control_start")
     ends = each(settings.ends, "control_end")
-    preprocess_param = settings.name("control_preprocess")
+    # The engine checks the names (before anything loads), naming the preprocessors it has.
     preprocess = [
-        check_preprocessor(name, preprocess_param) if name is not None else "none"
+        name.strip() if name is not None else "none"
         for name in each(settings.preprocess, "control_preprocess")
     ]
     from localimg.media.conditioning import as_init

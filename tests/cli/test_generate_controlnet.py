@@ -74,7 +74,7 @@ def test_pairs_are_matched_in_order(
         *("--control-image", str(b), "--control-net", "depth"),
         *("--control-strength", "0.5", "--control-strength", "1.5"),
         *("--control-start", "0.1", "--control-end", "0.8"),
-        *("--control-preprocess", "Canny", "--control-preprocess", "none"),
+        *("--control-preprocess", " canny ", "--control-preprocess", "none"),
     )
     first, second = only(received)
     assert (first.net, first.strength, first.preprocess) == ("canny", 0.5, "canny")
@@ -113,10 +113,6 @@ def test_no_control_image_no_units(
         (["--control-image", "{edges}", "--control-strength", "2.5"], "--control-strength must"),
         (["--control-image", "{edges}", "--control-strength", "-1"], "between 0 and 2"),
         (
-            ["--control-image", "{edges}", "--control-preprocess", "sketch"],
-            "no preprocessor named 'sketch'; available: none, canny, depth",
-        ),
-        (
             ["--control-image", "{edges}", "--control-net", "a", "--control-net", "b"],
             "2 ControlNets (--control-net) for 1 --control-image",
         ),
@@ -147,6 +143,18 @@ def test_bad_control_input_is_one_line_and_writes_nothing(
     assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
     assert received == [] and not (tmp_path / "x.png").exists()
+
+
+def test_an_unknown_preprocessor_is_refused_naming_the_available_ones(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    edges = control_png(tmp_path)
+    args = ("--control-image", str(edges), "--control-net", "canny")
+    out = generate(tmp_path, *args, "--control-preprocess", "sketch")
+    assert out.returncode == 2, out.stderr
+    assert "no ControlNet preprocessor 'sketch'; available: none, canny, depth" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_a_unit_with_no_controlnet_anywhere_is_refused(models_dir: Path, tmp_path: Path) -> None:
