@@ -2,17 +2,21 @@
 ControlNet units (generations JSON, edits multipart, image jobs, streaming), bad ones are a 400
 naming the field, and the server keeps serving after one.
 
-The engine's `submit` is replaced per test by one that keeps the request and refuses it ("captured",
-a 400), so these tests look at the front end alone, whatever the backend does with the units.
+Most tests replace the engine's `submit` by one that keeps the request and refuses it
+("captured", a 400), so they look at the front end alone; the end-to-end ones at the bottom run
+the tiny SD pipeline with the tiny ControlNet installed in the models folder's controlnet/.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from PIL import Image
@@ -20,7 +24,24 @@ from PIL import Image
 from localimg.errors import InvalidRequest
 from localimg.requests import ImageRequest
 from tests.support.conditioned_fixtures import png_bytes
-from tests.support.served import Served
+from tests.support.served import Served, ServeSpec, tiny_models
+
+
+@pytest.fixture(scope="module")
+def serve_spec(tiny_sd: Path) -> ServeSpec:
+    """`tiny` with the tiny SD ControlNet installed as controlnet/canny-sd."""
+    from tests.support.tiny_controlnets import tiny_sd_controlnet_path
+
+    build = tiny_models(tiny_sd)
+
+    def with_controlnet(folder: Path) -> Path:
+        models = build(folder)
+        (models / "controlnet").mkdir()
+        (models / "controlnet" / "canny-sd").symlink_to(tiny_sd_controlnet_path())
+        return models
+
+    models: Callable[[Path], Path] = with_controlnet
+    return ServeSpec(models=models)
 
 
 def square(value: int, size: int = 64) -> Image.Image:
@@ -212,3 +233,53 @@ def test_the_fields_are_in_openapi(served: Served) -> None:
     assert "control_net" in schemas["EditFields"]["properties"]
     edits = document["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
     assert "control_image" in edits["multipart/form-data"]["schema"]["allOf"][1]["properties"]
+
+
+# -- end to end: the tiny pipeline and the tiny ControlNet --------------------------------------
+
+
+def generated(served: Served, **fields: Any) -> np.ndarray:
+    body = {"prompt": "a house", "size": "64x64", "seed": 11, **fields}
+    response = served.post("/v1/images/generations", body)
+    assert response.status_code == 200, response.text
+    data = base64.b64decode(response.json()["data"][0]["b64_json"])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def test_the_control_image_changes_the_image(served: Served) -> None:
+    plain = generated(served)
+    square_map = generated(served, control_image=b64(square(255)), control_net="canny-sd")
+    other_map = generated(served, control_image=b64(square(255, 32)), control_net="canny-sd")
+    again = generated(served, control_image=b64(square(255)), control_net="canny-sd")
+    assert not np.array_equal(plain, square_map)
+    assert not np.array_equal(square_map, other_map)
+    assert np.array_equal(square_map, again)
+
+
+def test_strength_zero_gives_the_plain_image(served: Served) -> None:
+    plain = generated(served)
+    zero = generated(
+        served, control_image=b64(square(255)), control_net="canny-sd", control_strength=0
+    )
+    assert np.array_equal(plain, zero)
+
+
+def test_the_openai_client_generates_with_a_controlnet(served: Served) -> None:
+    result = served.client().images.generate(
+        model="tiny",
+        prompt="a house",
+        size="64x64",  # type: ignore[arg-type]
+        extra_body={"control_image": b64(square(255)), "control_net": "canny-sd", "seed": 11},
+    )
+    assert result.data is not None and result.data[0].b64_json
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.size == (64, 64)
+    assert "ControlNet" in image.text.get("parameters", "")  # type: ignore[attr-defined]
+
+
+def test_an_unknown_controlnet_is_a_4xx_naming_the_installed(served: Served) -> None:
+    body = {"prompt": "a house", "control_image": b64(square(255)), "control_net": "cany-sd"}
+    response = served.post("/v1/images/generations", body)
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert error["param"] == "control_net" and "canny-sd" in error["message"]
