@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -183,3 +184,54 @@ def test_models_list_shows_the_controlnets(models_dir: Path) -> None:
     table = run_cli("models", "list")
     assert "ControlNets in" in table.stdout
     assert "canny-sd15" in table.stdout and "depth.safetensors" in table.stdout
+
+
+# -- end to end: the tiny pipeline and the tiny ControlNet --------------------------------------
+
+
+@pytest.fixture
+def with_controlnet(models_dir: Path) -> Path:
+    """`models_dir` with the tiny SD ControlNet installed as controlnet/canny-sd."""
+    from tests.support.tiny_controlnets import tiny_sd_controlnet_path
+
+    (models_dir / "controlnet").mkdir()
+    (models_dir / "controlnet" / "canny-sd").symlink_to(tiny_sd_controlnet_path())
+    return models_dir
+
+
+def pixels_of(tmp_path: Path, name: str, *args: str) -> np.ndarray:
+    out = tmp_path / f"{name}.png"
+    proc = run_cli("generate", "a house", "-m", "tiny", "--seed", "5", "-o", str(out), *args)
+    assert proc.returncode == 0, proc.stderr
+    return np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+
+
+def test_the_control_image_changes_the_written_image(with_controlnet: Path, tmp_path: Path) -> None:
+    edges = control_png(tmp_path)
+    other = tmp_path / "other.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(other)
+    plain = pixels_of(tmp_path, "plain")
+    steered = pixels_of(tmp_path, "a", "--control-image", str(edges), "--control-net", "canny-sd")
+    otherwise = pixels_of(tmp_path, "b", "--control-image", str(other), "--control-net", "canny-sd")
+    zero = pixels_of(
+        tmp_path,
+        "zero",
+        *("--control-image", str(edges), "--control-net", "canny-sd"),
+        *("--control-strength", "0"),
+    )
+    assert not np.array_equal(plain, steered)
+    assert not np.array_equal(steered, otherwise)
+    assert np.array_equal(plain, zero)
+
+
+def test_the_yaml_control_net_serves_a_bare_control_image(
+    with_controlnet: Path, tmp_path: Path
+) -> None:
+    yaml_path = with_controlnet / "tiny.yaml"
+    yaml_path.write_text(
+        yaml_path.read_text(encoding="utf-8") + "control_net: canny-sd\n", encoding="utf-8"
+    )
+    edges = control_png(tmp_path)
+    named = pixels_of(tmp_path, "named", "--control-image", str(edges), "--control-net", "canny-sd")
+    bare = pixels_of(tmp_path, "bare", "--control-image", str(edges))
+    assert np.array_equal(named, bare)
