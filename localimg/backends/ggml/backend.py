@@ -5,8 +5,8 @@ It loads what stable-diffusion.cpp loads (SD1.x, SD2.x, SDXL, SD3/3.5, FLUX, ...
 YAML's `options:` the way LocalAI's ggml backend names them. The native library's defects are
 contained in `native.py`; loading in `loading.py`; sampler and schedule names in `schedulers.py`;
 request → call keywords in `call_args.py`; step caches in `caching.py` (knobs: `cache_knobs.py`);
-the YAML's options in `options.py`; prompt LoRA tags in `lora.py`. The library is imported only
-inside methods, so `localimg --help` never loads it.
+the YAML's options in `options.py`; prompt LoRA tags in `lora.py`; ControlNet in `control.py`.
+The library is imported only inside methods, so `localimg --help` never loads it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,22 @@ from localimg.backends.base import (
     ProgressCallback,
     RuntimeSettings,
 )
-from localimg.backends.ggml import cache_knobs, caching, call_args, native, previews, schedulers
+from localimg.backends.ggml import (
+    cache_knobs,
+    caching,
+    call_args,
+    control,
+    native,
+    previews,
+    schedulers,
+)
 from localimg.backends.ggml.families import Family, family_of
 from localimg.backends.ggml.loading import check_device, open_model
 from localimg.backends.ggml.lora import lora_dir, lora_tags, prompt_with_loras
 from localimg.backends.ggml.options import FILE_OPTIONS, OPTION_KEYS, GgmlOptions, parse_options
 from localimg.backends.ggml.previews import StepPreviews, previews_to
 from localimg.config import ModelConfig
-from localimg.errors import BackendError, Cancelled, InvalidRequest
+from localimg.errors import BackendError, Cancelled, ConfigError, InvalidRequest, LocalimgError
 from localimg.prompts.lora_files import note_lora_hashes
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 
@@ -70,6 +78,7 @@ class GgmlBackend:
         self.traits: Family = family_of("", [])
         self.threads = 1
         self.yaml_loras: list[tuple[Path, float]] = []
+        self.control_net: str | None = None  # the ControlNet file the context was built with
         self._sd: Any = None
         self._defaults = BackendDefaults(
             width=512, height=512, steps=DEFAULT_STEPS, cfg_scale=7.0, size_multiple=64
@@ -104,6 +113,10 @@ class GgmlBackend:
         cls._check_extra(request.extra)
         caching.check_request_cache(request.cache, request.cache_options, config)
         lora_tags(request.prompt, lora_dir(config, options))
+        control.check_units(request.controls)
+        for unit in request.controls:
+            if ref := unit.net or config.default_control_net:
+                control.control_file(ref, config)
 
     @staticmethod
     def _check_extra(extra: Any) -> None:
@@ -148,12 +161,42 @@ class GgmlBackend:
     def load(self, config: ModelConfig, progress: ProgressCallback) -> None:
         check_device(self.settings.device)
         options = parse_options(config)
-        threads = self.settings.threads or options.threads or config.threads or physical_cores()
-        loaded = open_model(config, options, threads, progress)
+        self.threads = (
+            self.settings.threads or options.threads or config.threads or physical_cores()
+        )
+        self.config, self.options = config, options
+        net = control.yaml_control_file(config)
+        self._open(net, progress)
+        if net is not None:
+            try:
+                control.check_family(self.traits)
+            except InvalidRequest as exc:
+                self.unload()
+                raise ConfigError(f"{config.where}: control_net: {exc.message}") from None
+
+    def _open(self, net: str | None, progress: ProgressCallback) -> None:
+        """Load the YAML's model in a new context, built with the ControlNet file `net`."""
+        assert self.config is not None
+        loaded = open_model(self.config, self.options, self.threads, progress, net)
         self.family, self.traits = loaded.traits.name, loaded.traits
-        self.threads, self.yaml_loras = threads, loaded.yaml_loras
-        self._sd, self.model, self.config, self.options = loaded.sd, loaded.model, config, options
+        self.yaml_loras, self.control_net = loaded.yaml_loras, net
+        self._sd, self.model = loaded.sd, loaded.model
         self._defaults = self._compute_defaults()
+
+    def _use_control_net(self, net: str, progress: ProgressCallback) -> None:
+        """Reload the model with ControlNet `net` unless it is the one loaded. If that load
+        fails, the model is loaded back as it was (for the next request) and the error raised."""
+        if net == self.control_net:
+            return
+        assert self.config is not None
+        log.info("reloading %s with ControlNet %s", self.config.name, Path(net).name)
+        previous = self.control_net
+        self.unload()
+        try:
+            self._open(net, progress)
+        except LocalimgError:
+            self._open(previous, progress)
+            raise
 
     def _compute_defaults(self) -> BackendDefaults:
         traits = self.traits
@@ -198,6 +241,11 @@ class GgmlBackend:
         assert self.config is not None
         mode = call_args.resolve_mode(request, self.traits)
         call_args.check(request, self.traits, self.options, mode)
+        control.check_units(request.controls)
+        net, unit = control.wanted(request.controls, self.config)
+        if net is not None:
+            control.check_family(self.traits)
+            self._use_control_net(net, progress)
         method, schedule = call_args.sampling(request, self.options)
         prompt = prompt_with_loras(request.prompt, self.config, self.options, self.yaml_loras)
         base = call_args.common(request, self.options, prompt, method, schedule)
@@ -214,6 +262,7 @@ class GgmlBackend:
                 )
             return self._video(request, base, label, progress, cancel)
         call = call_args.image_call(request, self.options, mode, base)
+        call.update(control.call_keywords(unit, call["width"], call["height"]))
         per_image = call_args.steps_run(request, mode, DEFAULT_STEPS)
         total = per_image * request.n
         images: list[Any] = []
@@ -325,6 +374,7 @@ class GgmlBackend:
             "pipeline": f"stable-diffusion.cpp {self.family}".strip()
             + (f" ({self.traits.label})" if self.traits.label != self.family else ""),
             "threads": str(self.threads),
+            **({"controlnet": Path(self.control_net).name} if self.control_net else {}),
         }
 
 

@@ -73,8 +73,11 @@ def embedding_paths(config: ModelConfig) -> list[str]:
     return [str(embedding.path) for embedding in fitting]
 
 
-def constructor_keywords(config: ModelConfig, options: GgmlOptions, threads: int) -> dict[str, Any]:
-    """The StableDiffusion constructor's keywords: the model and every *_path file, checked."""
+def constructor_keywords(
+    config: ModelConfig, options: GgmlOptions, threads: int, control_net: str | None = None
+) -> dict[str, Any]:
+    """The StableDiffusion constructor's keywords: the model and every *_path file, checked, and
+    the ControlNet file (control.py) the context is built with, if any."""
     if not config.model:
         raise ConfigError(f"{config.where}: parameters.model is missing (a .gguf/.safetensors)")
     model_file = existing_file(config, "parameters.model", config.model)
@@ -90,6 +93,7 @@ def constructor_keywords(config: ModelConfig, options: GgmlOptions, threads: int
         ("diffusion_model_path" if options.diffusion_model else "model_path"): model_file,
         **files,
         "lora_model_dir": str(folder),
+        **({"control_net_path": control_net} if control_net else {}),
         "n_threads": threads,
         "wtype": options.wtype or "default",
         "keep_clip_on_cpu": options.keep_clip_on_cpu,
@@ -107,11 +111,16 @@ def constructor_keywords(config: ModelConfig, options: GgmlOptions, threads: int
 
 
 def open_model(
-    config: ModelConfig, options: GgmlOptions, threads: int, progress: ProgressCallback
+    config: ModelConfig,
+    options: GgmlOptions,
+    threads: int,
+    progress: ProgressCallback,
+    control_net: str | None = None,
 ) -> Loaded:
-    """Load the YAML's model in stable-diffusion.cpp and check the YAML against its family; a
-    model that fails is closed before the error is raised (its native memory is freed)."""
-    kwargs = constructor_keywords(config, options, threads)
+    """Load the YAML's model in stable-diffusion.cpp (with `control_net`, a ControlNet file) and
+    check the YAML against its family; a model that fails is closed before the error is raised
+    (its native memory is freed)."""
+    kwargs = constructor_keywords(config, options, threads, control_net)
     model_file = kwargs.get("diffusion_model_path") or kwargs["model_path"]
     loras = yaml_loras(config)
     if config.f16 and not options.wtype:
@@ -137,9 +146,12 @@ def open_model(
             native.discard_failed(model)
             errors = [text for level, text in lines if level >= 2]
             reason = errors[-1] if errors else "stable-diffusion.cpp could not load it"
+            what = "a complete Stable Diffusion / FLUX model file"
+            if control_net:
+                model_file += f" with ControlNet {Path(control_net).name}"
+                what += " and a ControlNet of its family"
             raise ModelUnavailable(
-                f"{config.where}: cannot load {model_file} (is it a complete Stable "
-                f"Diffusion / FLUX model file?): {reason}"
+                f"{config.where}: cannot load {model_file} (is it {what}?): {reason}"
             )
     texts = [text for _, text in lines]
     version = next((t.split("Version:", 1)[1].strip() for t in texts if "Version:" in t), "")
