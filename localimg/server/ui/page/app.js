@@ -4,6 +4,7 @@
 import { ApiError, apiFetch, apiJson, currentKey, errorFrom, readEvents, saveKey, setKeyPrompt } from "./api.js";
 import * as history from "./history.js";
 import { MaskEditor } from "./mask.js";
+import { controlDataUrl, controlFile, controlParams } from "./control.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_STORAGE = "localimg.model";
@@ -191,12 +192,14 @@ function readForm() {
     const strength = numberField(ui.strength, "Strength", { integer: false });
     if (strength !== null) params.strength = strength;
   }
-  return params;
+  return Object.assign(params, controlParams());
 }
 
 async function jobRequest(params) {
+  const control = controlFile();
   if (!editor.files.length) {
-    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params) };
+    const body = control ? { ...params, control_image: await controlDataUrl() } : params;
+    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
   }
   const form = new FormData();
   for (const [key, value] of Object.entries(params)) {
@@ -206,6 +209,7 @@ async function jobRequest(params) {
   for (const file of editor.files) form.append(field, file, file.name);
   const mask = await editor.maskBlob();
   if (mask) form.append("mask", mask, "mask.png");
+  if (control) form.append("control_image", control, control.name);
   return { method: "POST", body: form };
 }
 
