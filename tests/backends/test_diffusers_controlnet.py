@@ -62,6 +62,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "canny-sd": nets.tiny_sd_controlnet_path(),
         "other-sd": nets.tiny_sd_controlnet_path(seed=1),
         "canny-sdxl": nets.tiny_sdxl_controlnet_path(),
+        "union-sdxl": nets.tiny_sdxl_union_controlnet_path(),
         "canny-flux": nets.tiny_flux_controlnet_path(),
         "canny-zimage": nets.tiny_z_image_controlnet_path(),
         "canny-qwen": nets.tiny_qwen_controlnet_path(),
@@ -234,6 +235,16 @@ def test_z_image_refuses_a_guidance_window_it_cannot_run(engine: Engine) -> None
     refused(lambda: run(engine, "z-image", unit("z-image", end=0.5)), "control_guidance_start")
     plain = run(engine, "qwen-image", unit("qwen-image"))  # Qwen-Image has the window
     assert not same(plain, run(engine, "qwen-image", unit("qwen-image", start=0.5)))
+
+
+def test_an_sdxl_union_controlnet_runs_with_its_control_mode(engine: Engine) -> None:
+    union = unit("sdxl", net="union-sdxl")
+    plain = run(engine, "sdxl")
+    canny = run(engine, "sdxl", union, extra={"control_mode": 3})
+    assert not same(plain, canny)
+    assert not same(canny, run(engine, "sdxl", union, extra={"control_mode": 1}))
+    refused(lambda: run(engine, "sdxl", union), "control_mode")
+    refused(lambda: run(engine, "sdxl", union, union, extra={"control_mode": 3}), "one ControlNet")
 
 
 # -- refusals ----------------------------------------------------------------------------------

@@ -88,6 +88,42 @@ def tiny_sdxl_controlnet_path() -> Path:
     return save_net("sdxl", make)
 
 
+def tiny_sdxl_union_controlnet_path() -> Path:
+    """A ControlNetUnionModel (ControlNet++) for the tiny SDXL pipeline: its control-type
+    transformer at the tiny UNet's width."""
+    from diffusers import ControlNetUnionModel
+
+    from tests.support.tiny_sdxl_sd3 import tiny_sdxl_path
+
+    def make() -> Any:
+        unet = unet_of(tiny_sdxl_path())
+        keys = [
+            "in_channels",
+            "down_block_types",
+            "block_out_channels",
+            "layers_per_block",
+            "norm_num_groups",
+            "cross_attention_dim",
+            "transformer_layers_per_block",
+            "attention_head_dim",
+            "use_linear_projection",
+            "addition_embed_type",
+            "addition_time_embed_dim",
+            "projection_class_embeddings_input_dim",
+        ]
+        config = {key: unet.config[key] for key in keys}
+        net = ControlNetUnionModel(
+            **config,
+            conditioning_embedding_out_channels=(16, 32),
+            num_trans_channel=32,
+            num_trans_head=2,
+            num_proj_channel=32,
+        )
+        return randomized(net)
+
+    return save_net("sdxl-union", make)
+
+
 def tiny_flux1_path() -> Path:
     """A tiny FluxPipeline (FLUX.1 text-to-image), FLUX.1 Kontext's tiny parts."""
     from tests.support.tiny_families_flux import make_flux_kontext

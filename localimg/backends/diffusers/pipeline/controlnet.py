@@ -150,7 +150,7 @@ def control_kwargs(
         raise InvalidRequest(
             "a union ControlNet (ControlNetUnionModel) needs its control type: set control_mode "
             "(0 openpose, 1 depth, 2 hed/scribble, 3 canny/lineart, 4 normal, 5 segmentation, "
-            "6 tile...) as an extra parameter or in the YAML's options",
+            "6 tile...) as an extra request parameter",
             param="control_mode",
         )
     many = len(units) > 1
