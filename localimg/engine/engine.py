@@ -153,6 +153,11 @@ class Engine:
         name."""
         return prepare_controls(self.side, request)
 
+    def preprocessor_name(self, module: str) -> str | None:
+        """The preprocessor `module` names (A1111's names too; None: "none", no preprocessing);
+        InvalidRequest naming the available ones for anything else. Loads nothing."""
+        return preprocessor_name(self.side, module)
+
     def preprocess(
         self,
         image: Image.Image,

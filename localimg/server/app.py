@@ -142,7 +142,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
             ApiKeyMiddleware,
             keys=settings.api_keys,
             public=public_paths(settings),
-            shapes={"/sdapi/": a1111_unauthorized},
+            shapes={"/sdapi/": a1111_unauthorized, "/controlnet/": a1111_unauthorized},
         ),
     ]
     routes = [

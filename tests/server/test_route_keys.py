@@ -66,7 +66,7 @@ def test_every_route_but_the_public_ones_needs_the_key(client: TestClient) -> No
             assert response.status_code != 401, (method, template)
             continue
         assert response.status_code == 401, (method, template, response.text)
-        if template.startswith("/sdapi/"):
+        if template.startswith(("/sdapi/", "/controlnet/")):  # A1111 and its ControlNet API
             assert response.headers["www-authenticate"] == "Basic"
             if method != "HEAD":  # Starlette adds HEAD to every GET route; it has no body
                 assert response.json()["detail"] == "Incorrect username or password", template

@@ -5,7 +5,8 @@ client disconnect); `n_iter` batches run one after another with their seeds cont
 image i of a request has seed `seed + i` as in A1111. The request mapping and refusals are in
 schemas.py, sampler names in samplers.py, the `info` string in info.py, the current model and
 the runs `/progress`, `/interrupt` and `/skip` see in state.py, the model and option routes
-in options.py, and the LoRA and embedding lists in listings.py (all in this folder). The API
+in options.py, the LoRA and embedding lists in listings.py, sd-webui-controlnet's units in
+control_units.py and its /controlnet routes in controlnet.py (all in this folder). The API
 key, when set, is checked on every route by ApiKeyMiddleware (Bearer, or Basic with the key as
 the password); errors, its 401 included, leave in A1111's shapes.
 """
@@ -26,8 +27,9 @@ from starlette.routing import BaseRoute, Route
 from localimg.errors import Cancelled, InvalidRequest, LocalimgError
 from localimg.media import encode
 from localimg.media.decode import image_from_text
-from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
-from localimg.server.a1111 import listings, options
+from localimg.requests import MAX_PREVIEWS, MAX_SEED, ControlUnit, ImageRequest, parse_cache
+from localimg.server.a1111 import controlnet, listings, options
+from localimg.server.a1111.control_units import controlnet_units
 from localimg.server.a1111.images import init_inputs, save_images
 from localimg.server.a1111.info import Outcome, grid, info_json, parse_parameters
 from localimg.server.a1111.samplers import Choice, choose, engine_of, sampler_label
@@ -181,8 +183,14 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
     init_image = mask = None
     if isinstance(body, Img2ImgBody):
         init_image, mask = await asyncio.to_thread(init_inputs, body, state.settings)
+    size = (body.width, body.height) if body.width and body.height else None
+    controls, control_ignored = await asyncio.to_thread(
+        controlnet_units, body.alwayson_scripts, state.settings, state.engine, init_image, size
+    )
     seed = _seed(body, body.batch_size * body.n_iter)
     base = _base_request(body, kind, a1, overrides, choice, init_image, mask, seed)
+    if controls:
+        base = _with_controls(base, controls)
     run = a1.start(kind, body.n_iter, body.force_task_id)
     try:
         outcome = await _run_batches(request, run, config, base, body.batch_size)
@@ -205,7 +213,7 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
         inpainting=mask is not None,
     )
     headers = {"X-Localimg-Seeds": ",".join(str(s) for s in outcome.seeds)}
-    ignored = ignored_keys(body, data) + outcome.ignored
+    ignored = ignored_keys(body, data) + control_ignored + outcome.ignored
     if ignored:
         headers["X-Localimg-Ignored"] = ",".join(ignored)
     return JSONResponse({"images": images, "parameters": echo(body), "info": info}, headers=headers)
@@ -248,6 +256,14 @@ def _base_request(
         )
     except InvalidRequest as exc:
         raise A1111Error(exc.message, status=422, param=exc.param) from None
+
+
+def _with_controls(base: ImageRequest, controls: tuple[ControlUnit, ...]) -> ImageRequest:
+    """The request with its ControlNet units (more than the engine takes: A1111's 422)."""
+    try:
+        return base.with_(controls=controls)
+    except InvalidRequest as exc:
+        raise A1111Error(exc.message, status=422, param="alwayson_scripts") from None
 
 
 def _encode_all(outcome: Outcome, fmt: str, send: bool) -> list[str]:
@@ -333,6 +349,11 @@ def routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route(f"/sdapi/v1/{path}", _endpoint(handler, a1), methods=[method])
         for path, handler, method in table
+    ]
+    # sd-webui-controlnet's own routes, in A1111's error shapes like the rest.
+    routes += [
+        Route(f"/controlnet/{path}", _endpoint(handler, a1), methods=[method])
+        for path, handler, method in controlnet.table()
     ]
     # Anything else under /sdapi/v1 answers as FastAPI (A1111) does: 404 {"detail": "Not Found"}.
     routes.append(Route("/sdapi/v1/{rest:path}", not_found, include_in_schema=False))

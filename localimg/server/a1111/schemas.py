@@ -204,6 +204,8 @@ def _off(value: Any, *off: Any) -> bool:
 
 def refusals(body: Txt2ImgBody) -> None:
     """Refuse every feature asked for that localimg does not have, naming it."""
+    # sd-webui-controlnet's units are read by control_units.py; no other script runs here.
+    other_scripts = [str(k) for k in body.alwayson_scripts if str(k).lower() != "controlnet"]
     checks: list[tuple[str, bool, str]] = [
         ("enable_hr", body.enable_hr, "hires fix (a second, upscaled pass) is not available"),
         ("restore_faces", bool(body.restore_faces), "face restoration is not available"),
@@ -217,8 +219,8 @@ def refusals(body: Txt2ImgBody) -> None:
         ("script_args", bool(body.script_args), "scripts are not available"),
         (
             "alwayson_scripts",
-            bool(body.alwayson_scripts),
-            f"scripts are not available ({', '.join(map(str, body.alwayson_scripts))})",
+            bool(other_scripts),
+            f"scripts other than controlnet are not available ({', '.join(other_scripts)})",
         ),
         (
             "subseed_strength",
