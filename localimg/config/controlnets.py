@@ -43,7 +43,8 @@ def controlnet_items(models_path: Path) -> list[dict[str, Any]]:
 
 def resolve_controlnet(ref: str, models_path: Path | None) -> str:
     """Where the ControlNet `ref` is: a local path (a name in `<models>/controlnet/`, with or
-    without its extension, or an existing path), or a hub repo id (`org/name`) as it is.
+    without its extension, a path relative to that folder or to the models directory, or an
+    existing path), or a hub repo id (`org/name`) as it is.
 
     An unknown name raises ModelNotFound (param "control_net") naming the installed ControlNets
     and the closest names.
@@ -56,9 +57,10 @@ def resolve_controlnet(ref: str, models_path: Path | None) -> str:
             return str(path)
     candidate = Path(ref).expanduser()
     if not candidate.is_absolute() and models_path is not None:
-        inside = Path(models_path) / CONTROLNET_FOLDER / candidate
-        if inside.exists():
-            return str(inside)
+        # relative to controlnet/ (a subfolder's file), then to the models directory
+        for inside in (Path(models_path) / CONTROLNET_FOLDER, Path(models_path)):
+            if (inside / candidate).exists():
+                return str(inside / candidate)
     if candidate.exists():
         return str(candidate)
     if HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):

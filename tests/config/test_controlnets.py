@@ -54,6 +54,11 @@ def test_an_existing_path_and_a_repo_id_are_kept(tmp_path: Path) -> None:
     assert resolve_controlnet(repo, tmp_path) == repo
 
 
+def test_a_path_relative_to_the_models_directory_resolves(tmp_path: Path) -> None:
+    folder = install(tmp_path)
+    assert resolve_controlnet("controlnet/openpose.pth", tmp_path) == str(folder / "openpose.pth")
+
+
 def test_an_unknown_name_names_the_installed_and_the_close_ones(tmp_path: Path) -> None:
     install(tmp_path)
     with pytest.raises(ModelNotFound) as caught:

@@ -73,7 +73,15 @@ def load_net(location: str, class_name: str, dtype: Any, device: str) -> Any:
         else:
             model = cls.from_pretrained(location, torch_dtype=dtype)
     except Exception as exc:
-        raise ModelUnavailable(f"cannot load ControlNet {location}: {first_line(exc)}") from None
+        hint = ""
+        if path.is_file():
+            hint = (
+                f" ({class_name}.from_single_file reads the family's config from the hub once; "
+                "a diffusers folder with its config.json loads offline)"
+            )
+        raise ModelUnavailable(
+            f"cannot load ControlNet {location}: {first_line(exc)}{hint}"
+        ) from None
     return model.to(device).eval()
 
 
