@@ -157,6 +157,14 @@ def generate(
             help="none (the image already is a control map), canny or depth [default: none].",
         ),
     ] = None,
+    control_mode: Annotated[
+        int | None,
+        typer.Option(
+            "--control-mode",
+            help="A union ControlNet's control type (SDXL union: 0 openpose, 1 depth, 2 hed, "
+            "3 canny/lineart, 4 normal, 5 segmentation, 6 tile).",
+        ),
+    ] = None,
     device: Device = None,
     threads: Threads = None,
     as_json: Annotated[
@@ -215,6 +223,7 @@ def generate(
         cache=cache.strip().lower() if cache else None,
         cache_options=cache_options,
         controls=controls,
+        extra={"control_mode": control_mode} if control_mode is not None else {},
     )
     engine = Engine(engine_settings(models_path, device, threads))
     try:

@@ -92,9 +92,10 @@ def test_one_net_applies_to_every_image(
     generate(
         tmp_path,
         *("--control-image", str(a), "--control-image", str(b)),
-        *("--control-net", "union", "--control-strength", "0"),
+        *("--control-net", "union", "--control-strength", "0", "--control-mode", "1"),
     )
     units = only(received)
+    assert received[0].extra == {"control_mode": 1}
     assert [u.net for u in units] == ["union", "union"]
     assert [u.strength for u in units] == [0.0, 0.0]
 

@@ -130,7 +130,9 @@ def test_one_net_for_every_control_image_and_the_yaml_fills_the_rest(
         "control_image": [b64(square(255)), b64(square(90))],
         "control_net": "union",
     }
+    body["control_mode"] = 3  # a union ControlNet's control type: a pipeline keyword
     request = captured(served.post("/v1/images/generations", body), received)
+    assert request.extra == {"control_mode": 3}
     assert [(u.net, u.strength, u.preprocess) for u in request.controls] == [
         ("union", None, "none"),
         ("union", None, "none"),
@@ -180,6 +182,7 @@ def test_image_jobs_and_streams_carry_the_units(
         ({"control_image": [b64(square(1))] * 5}, "control_image", "at most 4"),
         ({"control_image": None, "control_net": "canny"}, "control_image", "without"),
         ({"control_net": 3}, "control_net", "control_net"),
+        ({"control_mode": 9}, "control_mode", "less than or equal to 7"),
     ],
 )
 def test_bad_control_fields_are_a_400_naming_the_field(
@@ -229,7 +232,7 @@ def test_the_fields_are_in_openapi(served: Served) -> None:
     schemas = document["components"]["schemas"]
     fields = set(schemas["GenerationBody"]["properties"])
     assert {"control_image", "control_net", "control_strength", "control_preprocess"} <= fields
-    assert {"control_start", "control_end"} <= fields
+    assert {"control_start", "control_end", "control_mode"} <= fields
     assert "control_net" in schemas["EditFields"]["properties"]
     edits = document["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
     assert "control_image" in edits["multipart/form-data"]["schema"]["allOf"][1]["properties"]

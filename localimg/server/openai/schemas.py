@@ -71,6 +71,9 @@ class ImageParams(BaseModel):
     control_start: float | list[float] | None = None
     control_end: float | list[float] | None = None
     control_preprocess: str | list[str] | None = None
+    # A union ControlNet's control type (xinsir's SDXL union: 0 openpose, 1 depth, 2 hed/scribble,
+    # 3 canny/lineart, 4 normal, 5 segmentation, 6 tile, 7 repaint): the pipeline keyword.
+    control_mode: int | None = Field(default=None, ge=0, le=7)
 
 
 # The fields that take one value or a list (one per control image).
@@ -214,6 +217,7 @@ def prepare(
         cache=cache,
         cache_options=cache_options,
         controls=controls,
+        extra={"control_mode": params.control_mode} if params.control_mode is not None else {},
     )
     return Prepared(
         request=request,
