@@ -25,6 +25,7 @@ from localimg.server.a1111.control_units import read_unit
 from localimg.server.app import ServerSettings
 from tests.server.a1111_support import body, decode
 from tests.support.served import Served, ServeSpec, tiny_models
+from tests.support.tiny_controlnets import tiny_sd_controlnet_path
 from tests.support.tiny_depth import tiny_depth_path
 
 KEY = "sk-controlnet"
@@ -51,6 +52,7 @@ def serve_spec(tiny_sd: Path) -> ServeSpec:
         nets.mkdir()
         for name in NETS:
             (nets / name).write_bytes(b"\0")
+        (nets / "canny-sd").symlink_to(tiny_sd_controlnet_path())  # a real one, tiny
         (nets / "depth-diffusers").mkdir()
         (nets / "depth-diffusers" / "config.json").write_text("{}", encoding="utf-8")
         return folder
@@ -118,7 +120,12 @@ def test_model_list_is_the_controlnet_folder(served: Served) -> None:
     response = served.get("/controlnet/model_list")
     assert response.status_code == 200
     assert response.json() == {
-        "model_list": ["control_v11f1p_sd15_depth", "control_v11p_sd15_canny", "depth-diffusers"]
+        "model_list": [
+            "canny-sd",
+            "control_v11f1p_sd15_depth",
+            "control_v11p_sd15_canny",
+            "depth-diffusers",
+        ]
     }
 
 
@@ -156,12 +163,12 @@ def test_control_types_pair_modules_with_models(served: Served) -> None:
     assert set(types) == {"All", "Canny", "Depth"}
     assert types["Canny"] == {
         "module_list": ["none", "canny"],
-        "model_list": ["None", "control_v11p_sd15_canny"],
+        "model_list": ["None", "canny-sd", "control_v11p_sd15_canny"],
         "default_option": "canny",
-        "default_model": "control_v11p_sd15_canny",
+        "default_model": "control_v11p_sd15_canny",  # a v1.1 model first, as the extension
     }
     assert types["Depth"]["model_list"] == ["None", "control_v11f1p_sd15_depth", "depth-diffusers"]
-    assert types["Depth"]["default_model"] == "control_v11f1p_sd15_depth"  # a v1.1 model first
+    assert types["Depth"]["default_model"] == "control_v11f1p_sd15_depth"
     assert types["All"]["default_model"] == "None"
 
 
@@ -438,3 +445,27 @@ def test_other_scripts_are_still_refused(served: Served, captured: list[ImageReq
     )
     bad = served.post("/sdapi/v1/txt2img", {"prompt": "x", "alwayson_scripts": {"controlnet": []}})
     assert bad.status_code == 422 and '{"args": [unit, ...]}' in bad.json()["detail"]
+
+
+# -- end to end: the tiny SD with the tiny ControlNet ---------------------------------------------
+
+
+def generated(served: Served, *units: dict[str, Any]) -> tuple[np.ndarray, Any]:
+    response = txt2img(served, *units, width=64, height=64, seed=5, steps=2)
+    assert response.status_code == 200, response.text
+    image = decode(response.json()["images"][0])
+    return np.asarray(image.convert("RGB"), dtype=np.int16), response
+
+
+def test_txt2img_with_a_canny_unit_runs_the_controlnet(served: Served) -> None:
+    plain, _ = generated(served)
+    photo_unit = unit(module="canny", model="canny-sd", image=b64(photo((96, 96))))
+    steered, response = generated(served, photo_unit)
+    again, _ = generated(served, photo_unit)
+    other, _ = generated(served, {**photo_unit, "image": b64(photo((96, 48)))})
+    assert steered.shape == (64, 64, 3)
+    assert not np.array_equal(plain, steered)  # the unit changed the image
+    assert np.array_equal(steered, again)  # the same unit, the same image
+    assert not np.array_equal(steered, other)  # another map, another image
+    assert "ControlNet 0" in decode(response.json()["images"][0]).info["parameters"]
+    assert not [name for name in ignored(response) if name.startswith("controlnet")]
