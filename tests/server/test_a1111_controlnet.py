@@ -335,6 +335,16 @@ def test_pixel_perfect_picks_processor_res_from_the_output_size() -> None:
     assert skipped == ["controlnet[0].resize_mode", "controlnet[0].pixel_perfect"]
 
 
+def test_the_maps_are_made_once_for_every_batch(
+    served: Served, captured: list[ImageRequest]
+) -> None:
+    response = txt2img(served, unit(module="canny"), n_iter=3)
+    assert response.status_code == 200, response.text
+    first, *rest = (request.controls[0] for request in captured)
+    assert len(rest) == 2 and all(other is first for other in rest)
+    assert first.preprocess == "none"
+
+
 def test_disabled_units_are_skipped(served: Served, captured: list[ImageRequest]) -> None:
     response = txt2img(served, unit(enabled=False, image="not even an image"), unit(weight=0.5))
     assert response.status_code == 200, response.text
@@ -406,6 +416,7 @@ def test_img2img_units_without_an_image_read_the_input_picture(
         ([unit(guidance_start=0.5, guidance_end=0.5)], "control_start and control_end"),
         ([unit(resize_mode="Stretch")], "resize_mode 'Stretch' is not one of"),
         ([unit(processor_res=16, module="canny")], "processor_res must be between 64"),
+        ([unit(module="canny", threshold_a=300)], "threshold_a must be between 1 and 255"),
         ([unit()] * 5, "at most 4"),
         (["not a unit"], "must be a JSON object"),
         ([unit(image=[b64(photo())] * 3)], "holds 3 images"),

@@ -189,8 +189,8 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
     )
     seed = _seed(body, body.batch_size * body.n_iter)
     base = _base_request(body, kind, a1, overrides, choice, init_image, mask, seed)
-    if controls:
-        base = _with_controls(base, controls)
+    if controls:  # the maps made once, not once per n_iter batch
+        base = await asyncio.to_thread(_with_controls, state.engine, base, controls)
     run = a1.start(kind, body.n_iter, body.force_task_id)
     try:
         outcome = await _run_batches(request, run, config, base, body.batch_size)
@@ -258,12 +258,15 @@ def _base_request(
         raise A1111Error(exc.message, status=422, param=exc.param) from None
 
 
-def _with_controls(base: ImageRequest, controls: tuple[ControlUnit, ...]) -> ImageRequest:
-    """The request with its ControlNet units (more than the engine takes: A1111's 422)."""
+def _with_controls(
+    engine: Engine, base: ImageRequest, controls: tuple[ControlUnit, ...]
+) -> ImageRequest:
+    """The request with its ControlNet units, their maps made (blocking: runs the
+    preprocessors); a unit the engine refuses (too many, a knob out of range) is A1111's 422."""
     try:
-        return base.with_(controls=controls)
+        return engine.prepare_controls(base.with_(controls=controls))
     except InvalidRequest as exc:
-        raise A1111Error(exc.message, status=422, param="alwayson_scripts") from None
+        raise A1111Error(exc.message, status=422, param=exc.param or "alwayson_scripts") from None
 
 
 def _encode_all(outcome: Outcome, fmt: str, send: bool) -> list[str]:
