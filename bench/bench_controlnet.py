@@ -15,8 +15,14 @@ the ControlNet's own weights as the backend counts them.
 Models: tiny = the tests' tiny diffusers pipeline and its tiny ControlNet
 (tests/support/tiny_controlnets.py); sd15 = bench/sd15.py's folder and a ControlNet made from its
 UNet (`ControlNetModel.from_unet`, SD1.5's ControlNet shapes: 361M parameters). Engines are a
-table (ENGINES): a stable-diffusion.cpp contender is one more row that writes its YAML and names
-its ControlNet file.
+table (ENGINES), one row each: diffusers, and ggml (stable-diffusion.cpp). Its ControlNet has
+SD1.5's fixed widths, so the ggml row is SD1.5-size with either --model: for tiny, the tests'
+full-width random SD1.5 (f16, tiny TAESD; tests/support/tiny_ggml_control.py) and its random
+ControlNet; for sd15, sd15.py's weights as one checkpoint and the same ControlNet as the
+diffusers row, converted to the original layout (control_model.*) stable-diffusion.cpp reads.
+stable-diffusion.cpp reports no ControlNet bytes of its own: the ggml row shows its file's size.
+
+    python bench/bench_controlnet.py --engine ggml   # stable-diffusion.cpp alone
 """
 
 from __future__ import annotations
@@ -59,8 +65,8 @@ def sd15_controlnet() -> Path:
     return folder
 
 
-def write_diffusers(folder: Path, model: str) -> str:
-    """The diffusers YAML and controlnet/bench-net; the model name to ask for."""
+def write_diffusers(folder: Path, model: str) -> tuple[str, str]:
+    """The diffusers YAML and controlnet/bench-net; (model, ControlNet) names to ask for."""
     if model == "tiny":
         from tests.support.tiny_controlnets import tiny_sd_controlnet_path
         from tests.support.tiny_models import tiny_sd_path
@@ -78,13 +84,48 @@ def write_diffusers(folder: Path, model: str) -> str:
         f"name: bench-diffusers\nbackend: diffusers\nparameters:\n  model: {pipeline}\n",
         encoding="utf-8",
     )
-    return "bench-diffusers"
+    return "bench-diffusers", "bench-net"
 
 
-# engine → writes its YAML (and its ControlNet under controlnet/bench-net) into the models folder
-# and returns the model name. A ggml row: the same SD1.5 weights as one checkpoint (sd15.py's
-# sd15_checkpoint) and the ControlNet as one file.
-ENGINES: dict[str, Callable[[Path, str], str]] = {"diffusers": write_diffusers}
+def write_ggml(folder: Path, model: str) -> tuple[str, str]:
+    """The stable-diffusion.cpp YAML, its files linked into the models folder (ggml YAML paths
+    stay inside it) and controlnet/bench-ggml-net.safetensors; (model, ControlNet) names."""
+    from tests.support.tiny_ggml import link_or_copy, tiny_taesd_path
+    from tests.support.tiny_ggml_control import (
+        controlnet_paths,
+        ldm_controlnet_file,
+        sd15_checkpoint_path,
+    )
+    from tests.support.tiny_models import cache_dir
+
+    options = '- "sampler:euler"\n'
+    if model == "tiny":
+        checkpoint, net = sd15_checkpoint_path(), controlnet_paths()[0]
+        link_or_copy(tiny_taesd_path(), folder / "bench-ggml-taesd.safetensors")
+        options += '- "taesd_path:bench-ggml-taesd.safetensors"\n'
+    else:
+        from sd15 import VERSION, sd15_checkpoint
+
+        checkpoint = sd15_checkpoint()
+        target = cache_dir() / f"bench-sd15-controlnet-v{VERSION}.{NET_VERSION}.safetensors"
+        net = ldm_controlnet_file(sd15_controlnet(), target)
+    (folder / "controlnet").mkdir(parents=True, exist_ok=True)
+    link_or_copy(checkpoint, folder / "bench-ggml.safetensors")
+    link_or_copy(net, folder / "controlnet" / "bench-ggml-net.safetensors")
+    (folder / "bench-ggml.yaml").write_text(
+        "name: bench-ggml\nbackend: stablediffusion-ggml\nparameters:\n"
+        f"  model: bench-ggml.safetensors\noptions:\n{options}",
+        encoding="utf-8",
+    )
+    return "bench-ggml", "bench-ggml-net"
+
+
+# engine → writes its YAML (and its ControlNet under controlnet/) into the models folder and
+# returns the model's name and the ControlNet's.
+ENGINES: dict[str, Callable[[Path, str], tuple[str, str]]] = {
+    "diffusers": write_diffusers,
+    "ggml": write_ggml,
+}
 
 
 def control_map(size: int) -> object:
@@ -97,7 +138,7 @@ def control_map(size: int) -> object:
     return image
 
 
-def child(models: Path, name: str, units: int, steps: int, size: int) -> None:
+def child(models: Path, name: str, net: str, units: int, steps: int, size: int) -> None:
     """One contender (bench/contenders.py): load and warm up, then one timed generation per `go`;
     its info holds its resident memory after the warm-up and the ControlNets' own bytes."""
     from contenders import serve
@@ -107,7 +148,7 @@ def child(models: Path, name: str, units: int, steps: int, size: int) -> None:
     from localimg.requests import ControlUnit, ImageRequest
 
     engine = Engine(EngineSettings(models_path=models))
-    controls = tuple(ControlUnit(control_map(size), net="bench-net") for _ in range(units))
+    controls = tuple(ControlUnit(control_map(size), net=net) for _ in range(units))
     request = ImageRequest(
         prompt=PROMPT, seed=SEED, steps=steps, width=size, height=size, controls=controls
     )
@@ -116,8 +157,12 @@ def child(models: Path, name: str, units: int, steps: int, size: int) -> None:
     def setup() -> Callable[[], object]:
         engine.generate(name, request)  # load + warm-up (loads the ControlNet too)
         facts["rss"] = process_rss(os.getpid())
-        controls = getattr(engine.slots[name].backend, "controls", None)  # type: ignore[attr-defined]
-        facts["net_bytes"] = getattr(controls, "nbytes", None)
+        backend = engine.slots[name].backend  # type: ignore[attr-defined]
+        net_bytes = getattr(getattr(backend, "controls", None), "nbytes", None)
+        net_file = getattr(backend, "control_net", None)  # stable-diffusion.cpp: its file
+        if net_bytes is None and isinstance(net_file, str):
+            net_bytes = Path(net_file).stat().st_size
+        facts["net_bytes"] = net_bytes
         return lambda: engine.generate(name, request).images[0]
 
     try:
@@ -137,11 +182,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=None, help="[default: 64 tiny, 512 sd15]")
     parser.add_argument("--runs", type=int, default=5, help="timed generations per contender")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        models, name, units, steps, size = args.child
-        child(Path(models), name, int(units), int(steps), int(size))
+        models, name, net, units, steps, size = args.child
+        child(Path(models), name, net, int(units), int(steps), int(size))
         return
     from contenders import Contender, alternate
 
@@ -154,8 +199,8 @@ def main() -> None:
         f"{args.runs} runs each, alternating, each contender its own process"
     )
     for engine in engines:
-        name = ENGINES[engine](models, args.model)
-        common = [str(models), name]
+        name, net = ENGINES[engine](models, args.model)
+        common = [str(models), name, net]
         plain = Contender(__file__, [*common, "0", str(args.steps), str(size)], f"{engine} none")
         controlled = Contender(
             __file__, [*common, "1", str(args.steps), str(size)], f"{engine} one unit"

@@ -179,3 +179,32 @@ def test_ggml_control_on_another_family_names_the_families_that_work(engine: Eng
     with pytest.raises(InvalidRequest, match=r"works with SD1\.x and SDXL.*Tiny UNet"):
         engine.generate("tiny", request)
     assert pixels(engine, "tiny").shape == (64, 64, 3)
+
+
+def test_ggml_control_file_from_a_diffusers_controlnet_has_the_names_sd_cpp_reads() -> None:
+    """The benchmarks convert diffusers' SD1.5 ControlNet (bench_controlnet.py): each tensor
+    lands on a name of the ControlNet stable-diffusion.cpp builds (the random one's names)."""
+    pytest.importorskip("diffusers")
+    from diffusers import ControlNetModel
+
+    from tests.support.ggml_writer import Writer
+    from tests.support.tiny_ggml_control import controlnet, ldm_controlnet_key
+
+    class Names(Writer):
+        def normal(self, name: str, shape: tuple[int, ...], std: float) -> None:
+            self.tensors[name] = np.zeros(0)
+
+        def const(self, name: str, shape: tuple[int, ...], value: float) -> None:
+            self.tensors[name] = np.zeros(0)
+
+    names = Names(0)
+    controlnet(names)
+    # SD1.5's structure (four levels, two res blocks each, the channel doublings) at small widths.
+    small = ControlNetModel(
+        block_out_channels=(32, 64, 128, 128),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    converted = {f"control_model.{ldm_controlnet_key(key)}" for key in small.state_dict()}
+    assert converted == set(names.tensors)

@@ -139,6 +139,71 @@ def controlnet_paths() -> tuple[Path, Path]:
     return first, second
 
 
+# -- a diffusers ControlNet as one original-layout file (the benchmarks' SD1.5 ControlNet) --------
+
+RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "controlnet_cond_embedding.conv_in": "input_hint_block.0",
+    "controlnet_cond_embedding.conv_out": "input_hint_block.14",
+    "controlnet_mid_block": "middle_block_out.0",
+}
+
+
+def ldm_controlnet_key(key: str, layers: int = 2) -> str:
+    """A diffusers ControlNetModel key (SD1.x) → its original (ldm) name, without the prefix."""
+    parts = key.split(".")
+    head, tail = ".".join(parts[:-1]), parts[-1]
+    if head in FIXED:
+        return f"{FIXED[head]}.{tail}"
+
+    def resnet(rest: list[str]) -> str:
+        return ".".join([RESNET.get(rest[0], rest[0]), *rest[1:]])
+
+    if parts[0] == "controlnet_cond_embedding":  # blocks.i: the convs between the SiLUs
+        return f"input_hint_block.{2 * (int(parts[2]) + 1)}.{tail}"
+    if parts[0] == "controlnet_down_blocks":
+        return f"zero_convs.{parts[1]}.0.{tail}"
+    if parts[0] == "down_blocks":
+        level, kind = int(parts[1]), parts[2]
+        if kind == "downsamplers":
+            return f"input_blocks.{(level + 1) * (layers + 1)}.0.op.{tail}"
+        index = 1 + level * (layers + 1) + int(parts[3])
+        if kind == "resnets":
+            return f"input_blocks.{index}.0.{resnet(parts[4:])}"
+        return f"input_blocks.{index}.1.{'.'.join(parts[4:])}"
+    if parts[0] == "mid_block":
+        if parts[1] == "resnets":
+            return f"middle_block.{2 * int(parts[2])}.{resnet(parts[3:])}"
+        return f"middle_block.1.{'.'.join(parts[3:])}"
+    raise KeyError(key)
+
+
+def ldm_controlnet_file(folder: Path, out_file: Path) -> Path:
+    """A diffusers SD1.x ControlNet folder written as one `control_model.*` .safetensors file
+    (the layout stable-diffusion.cpp reads), once."""
+    from safetensors.numpy import load_file
+
+    from tests.support.ggml_writer import save_safetensors
+    from tests.support.tiny_models import build_lock
+
+    with build_lock():
+        if not out_file.exists():
+            weights = load_file(str(next(folder.glob("*.safetensors"))))
+            tensors = {f"control_model.{ldm_controlnet_key(k)}": v for k, v in weights.items()}
+            save_safetensors(tensors, out_file)
+    return out_file
+
+
 if __name__ == "__main__":
     for built in (sd15_checkpoint_path(), *controlnet_paths()):
         print(built, f"{built.stat().st_size / 1e6:.1f} MB")
