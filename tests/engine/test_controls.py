@@ -184,3 +184,25 @@ def test_submit_checks_and_queues_the_prepared_request(
     # A worker process receives the job pickled: the map crosses the pipe intact.
     message = pickle.loads(pickle.dumps(RunJob(job.id, job.request)))
     assert message.request.controls[0].image.tobytes() == job.request.controls[0].image.tobytes()
+
+
+@pytest.mark.slow
+def test_a_worker_process_generates_from_the_prepared_maps(tmp_path: Path, tiny_sd: Path) -> None:
+    """The same canny unit in a worker process and in this one: the same image, bit for bit."""
+    from localimg.engine import WorkerOptions, worker_slot_factory
+    from tests.support.server_support import write_model
+    from tests.support.tiny_controlnets import tiny_sd_controlnet_path
+
+    write_model(tmp_path, "a", tiny_sd)
+    unit = ControlUnit(image=photo(), net=str(tiny_sd_controlnet_path()), preprocess="canny")
+    request = ImageRequest(prompt="a box", width=64, height=64, steps=2, seed=3, controls=(unit,))
+    images = []
+    for factory in (worker_slot_factory(WorkerOptions(cancel_grace=20)), None):
+        engine = Engine(EngineSettings(models_path=tmp_path, keep_alive=None), slot_factory=factory)
+        try:
+            result = engine.generate("a", request)
+        finally:
+            engine.close()
+        assert result.request is not None and result.request.controls[0].preprocess == "none"
+        images.append(result.images[0].tobytes())
+    assert images[0] == images[1]
