@@ -380,7 +380,7 @@ def test_what_is_not_done_is_named_in_the_ignored_header(
             control_mode="ControlNet is more important",
             low_vram=True,
             image={"image": b64(photo()), "mask": b64(photo())},
-            hr_option="Both",
+            hr_option="High res only",
             save_detected_map=False,
         ),
     )
@@ -389,6 +389,10 @@ def test_what_is_not_done_is_named_in_the_ignored_header(
     for key in ("control_mode", "low_vram", "mask", "hr_option"):
         assert f"controlnet[0].{key}" in names
     assert "controlnet[0].save_detected_map" not in names  # off: nothing asked for
+    whole = unit(
+        hr_option="Both", save_detected_map=True, union_control_type="Unknown", is_ui=False
+    )
+    assert not [n for n in ignored(txt2img(served, whole)) if n.startswith("controlnet")]
     assert len(captured[0].controls) == 1
 
 

@@ -52,6 +52,16 @@ RESIZE_MODES = {  # the extension's names, its int values and its old aliases
     "envelope (outer fit)": "fill",
 }
 BALANCED = ("balanced", "0")
+# The extension's other unit fields at their defaults, as clients that send whole units do: they
+# ask for nothing, so they are not named as ignored (other values, and unknown keys, are).
+EXTENSION_DEFAULTS: dict[str, Any] = {
+    "input_mode": "simple",
+    "inpaint_crop_input_image": True,
+    "hr_option": "Both",
+    "save_detected_map": True,
+    "pulid_mode": "Fidelity",
+    "union_control_type": "Unknown",
+}
 
 
 class ControlNetUnitBody(BaseModel):
@@ -187,7 +197,11 @@ def resize_mode(value: int | str, where: str) -> str:
 
 def unsupported(unit: ControlNetUnitBody, raw: dict[str, Any], mask: Any) -> list[str]:
     """The unit's keys that change nothing here (sent with a value that asks for something)."""
-    names = [key for key, value in (unit.model_extra or {}).items() if value not in _OFF]
+    names = [
+        key
+        for key, value in (unit.model_extra or {}).items()
+        if value not in _OFF and value != EXTENSION_DEFAULTS.get(key)
+    ]
     if str(unit.control_mode).strip().lower() not in BALANCED:
         names.append("control_mode")
     names += [key for key in ("low_vram", "lowvram") if raw.get(key)]
