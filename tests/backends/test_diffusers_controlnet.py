@@ -171,6 +171,39 @@ def test_the_image_equals_diffusers_controlnet_pipeline_with_the_same_arguments(
     assert np.array_equal(pixels(ours), np.asarray(bare, dtype=np.int16))
 
 
+def test_two_units_equal_diffusers_multi_controlnet_with_the_same_arguments(
+    engine: Engine,
+) -> None:
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    circle = control_map(64, "circle")
+    ours = run(
+        engine, "sd", unit("sd", start=0.5), unit("sd", net="other-sd", image=circle, strength=0.7)
+    )
+    pair = [
+        ControlNetModel.from_pretrained(str(nets.tiny_sd_controlnet_path(seed))) for seed in (0, 1)
+    ]
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        str(tiny_sd_path()), controlnet=pair, safety_checker=None
+    )
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        bare = pipe(
+            prompt="an otter",
+            image=[control_map(64), circle],
+            num_inference_steps=STEPS,
+            guidance_scale=ours.request.cfg_scale if ours.request else 7.5,
+            width=64,
+            height=64,
+            controlnet_conditioning_scale=[1.0, 0.7],
+            control_guidance_start=[0.5, 0.0],
+            control_guidance_end=[1.0, 1.0],
+            generator=torch.Generator("cpu").manual_seed(3),
+        ).images[0]
+    assert np.array_equal(pixels(ours), np.asarray(bare, dtype=np.int16))
+
+
 def test_two_units_stack_and_the_infotext_names_each(engine: Engine) -> None:
     first = unit("sd")
     second = unit("sd", net="other-sd", image=control_map(64, "circle"), strength=0.7)
@@ -229,6 +262,15 @@ def test_flux_stacks_two_units(engine: Engine) -> None:
 @pytest.mark.parametrize("model", ["z-image", "qwen-image"])
 def test_z_image_and_qwen_refuse_a_second_unit(engine: Engine, model: str) -> None:
     refused(lambda: run(engine, model, unit(model), unit(model)), "one ControlNet unit")
+
+
+def test_a_task_the_family_has_no_controlnet_pipeline_for_is_refused(engine: Engine) -> None:
+    image = noise(2, 32)
+    refused(
+        lambda: run(engine, "z-image", unit("z-image"), init_image=image, strength=0.8),
+        "no Z-Image ControlNet pipeline for img2img",
+        "txt2img, inpaint",
+    )
 
 
 def test_z_image_refuses_a_guidance_window_it_cannot_run(engine: Engine) -> None:
