@@ -288,6 +288,11 @@ def _report(result: Any, paths: list[Path], as_json: bool) -> None:
             payload["strength"] = request.strength
         if request.cache is not None:
             payload["cache"] = {"method": request.cache, **request.cache_options}
+        if request.controls:
+            payload["controls"] = [
+                {"net": u.net, "strength": u.strength, "start": u.start, "end": u.end}
+                for u in request.controls
+            ]
         typer.echo(json.dumps(payload, indent=2))
         return
     for path, seed in zip(paths, seeds, strict=True):

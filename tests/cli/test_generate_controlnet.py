@@ -225,6 +225,17 @@ def test_the_control_image_changes_the_written_image(with_controlnet: Path, tmp_
     assert np.array_equal(plain, zero)
 
 
+def test_json_names_the_units(with_controlnet: Path, tmp_path: Path) -> None:
+    edges = control_png(tmp_path)
+    out = run_cli(
+        *("generate", "a house", "-m", "tiny", "-o", str(tmp_path / "j.png"), "--json"),
+        *("--control-image", str(edges), "--control-net", "canny-sd", "--control-end", "0.5"),
+    )
+    assert out.returncode == 0, out.stderr
+    (unit,) = json.loads(out.stdout)["controls"]
+    assert unit == {"net": "canny-sd", "strength": 1.0, "start": 0.0, "end": 0.5}
+
+
 def test_the_yaml_control_net_serves_a_bare_control_image(
     with_controlnet: Path, tmp_path: Path
 ) -> None:

@@ -280,6 +280,20 @@ def test_the_openai_client_generates_with_a_controlnet(served: Served) -> None:
     assert "ControlNet" in image.text.get("parameters", "")  # type: ignore[attr-defined]
 
 
+def test_an_edit_takes_a_control_image_file_part(served: Served) -> None:
+    def edited(**files: Any) -> np.ndarray:
+        parts = {"image": ("photo.png", png_bytes(square(60)), "image/png"), **files}
+        data = {"prompt": "a house", "seed": "11", "strength": "0.8", "control_net": "canny-sd"}
+        response = served.request("POST", "/v1/images/edits", files=parts, data=data)
+        assert response.status_code == 200, response.text
+        raw = base64.b64decode(response.json()["data"][0]["b64_json"])
+        return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), dtype=np.int16)
+
+    a = edited(control_image=("a.png", png_bytes(square(255)), "image/png"))
+    b = edited(control_image=("b.png", png_bytes(square(255, 32)), "image/png"))
+    assert not np.array_equal(a, b)
+
+
 def test_an_unknown_controlnet_is_a_4xx_naming_the_installed(served: Served) -> None:
     body = {"prompt": "a house", "control_image": b64(square(255)), "control_net": "cany-sd"}
     response = served.post("/v1/images/generations", body)
