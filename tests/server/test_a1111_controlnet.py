@@ -484,3 +484,64 @@ def test_txt2img_with_a_canny_unit_runs_the_controlnet(served: Served) -> None:
     assert not np.array_equal(steered, other)  # another map, another image
     assert "ControlNet 0" in decode(response.json()["images"][0]).info["parameters"]
     assert not [name for name in ignored(response) if name.startswith("controlnet")]
+
+
+# -- the webuiapi client (mix1009/sdwebuiapi): ControlNetUnit.to_dict and controlnet_detect -------
+
+
+def webuiapi_unit(image: str, **changes: Any) -> dict[str, Any]:
+    """What webuiapi's ControlNetUnit(...).to_dict() sends, at its defaults."""
+    return {
+        "image": image,
+        "mask": None,
+        "module": "none",
+        "model": "None",
+        "weight": 1.0,
+        "resize_mode": "Resize and Fill",
+        "low_vram": False,
+        "processor_res": 512,
+        "threshold_a": 64,
+        "threshold_b": 64,
+        "guidance_start": 0.0,
+        "guidance_end": 1.0,
+        "control_mode": "Balanced",
+        "pixel_perfect": False,
+        "hr_option": "Both",
+        "enabled": True,
+        **changes,
+    }
+
+
+def test_webuiapi_units(served: Served, captured: list[ImageRequest]) -> None:
+    canny = webuiapi_unit(b64(photo()), module="canny", model="control_v11p_sd15_canny [d14c016b]")
+    response = txt2img(served, canny, width=64, height=32)
+    assert response.status_code == 200, response.text
+    (got,) = captured[0].controls
+    assert got.net == "control_v11p_sd15_canny" and got.image.size == (160, 80)  # filled to 2:1
+    assert not [name for name in ignored(response) if name.startswith("controlnet")]
+    # img2img with a unit without its own image ("" in webuiapi): the input picture is used.
+    data = {
+        "prompt": "x",
+        "steps": 4,
+        "init_images": [b64(photo((64, 64)))],
+        "alwayson_scripts": {"ControlNet": {"args": [webuiapi_unit("", model="c")]}},
+    }
+    response = served.post("/sdapi/v1/img2img", data)
+    assert response.status_code == 200, response.text
+    assert captured[1].controls[0].image.size == (64, 64)
+    # No units: webuiapi still sends the script with empty args.
+    response = txt2img(served)
+    assert response.status_code == 200 and captured[2].controls == ()
+
+
+def test_webuiapi_detect_sends_controlnet_images(served: Served) -> None:
+    payload = {
+        "controlnet_module": "canny",
+        "controlnet_images": ["data:image/png;base64," + b64(photo())],
+        "controlnet_processor_res": 512,
+        "controlnet_threshold_a": 64,
+        "controlnet_threshold_b": 64,
+    }
+    response = served.post("/controlnet/detect", payload)
+    assert response.status_code == 200, response.text
+    assert decode(response.json()["images"][0]).size == (120, 80)

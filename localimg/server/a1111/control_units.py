@@ -114,8 +114,9 @@ def net_name(model: str | None) -> str | None:
 
 def image_and_mask(unit: ControlNetUnitBody, where: str) -> tuple[Any, Any]:
     """The unit's image text and mask, from any of the extension's forms."""
-    image = unit.image if unit.image is not None else unit.input_image
-    mask = unit.mask if unit.mask is not None else unit.mask_image
+    # An empty string is "no image" (webuiapi sends "" for a unit without one).
+    image = unit.image if unit.image not in (None, "") else unit.input_image
+    mask = unit.mask if unit.mask not in (None, "") else unit.mask_image
     if isinstance(image, list | tuple):
         if len(image) == 2 and all(isinstance(item, str | None) for item in image):
             image, mask = image  # [image, mask]
@@ -134,7 +135,7 @@ def image_and_mask(unit: ControlNetUnitBody, where: str) -> tuple[Any, Any]:
         raise A1111Error(
             f"{where}.image must be a base64 image", status=422, param="alwayson_scripts"
         )
-    return image, mask
+    return image or None, mask or None
 
 
 def fit_aspect(image: Image, mode: str, size: tuple[int, int]) -> Image:
@@ -265,13 +266,15 @@ def read_unit(
             )
             if asked and key in raw
         ]
+    # The legacy `guidance` is guidance_end when that is not sent too.
+    end = unit.guidance_end if unit.guidance is None or "guidance_end" in raw else unit.guidance
     try:
         made = ControlUnit(
             image=image,
             net=net_name(unit.model),
             strength=unit.weight,
             start=unit.guidance_start,
-            end=unit.guidance if unit.guidance is not None else unit.guidance_end,
+            end=end,
             preprocess=unit.module,
             processor_res=resolution,
             threshold_a=unit.threshold_a if unit.threshold_a >= 0 else None,

@@ -78,6 +78,7 @@ class DetectBody(BaseModel):
 
     controlnet_module: str = "none"
     controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_images: list[str] | None = None  # what the webuiapi client sends instead
     controlnet_processor_res: int = -1
     controlnet_threshold_a: float = -1
     controlnet_threshold_b: float = -1
@@ -174,6 +175,8 @@ def _detect(request: Request, body: DetectBody) -> list[str]:
 async def detect(request: Request, a1: A1111State) -> Response:
     """Run a preprocessor on images: the control maps, as base64 PNG."""
     body = DetectBody.model_validate(await json_object(request))
+    if not body.controlnet_input_images and body.controlnet_images:
+        body.controlnet_input_images = body.controlnet_images
     try:
         request.app.state.engine.preprocessor_name(body.controlnet_module)
     except InvalidRequest as exc:
