@@ -545,3 +545,8 @@ def test_webuiapi_detect_sends_controlnet_images(served: Served) -> None:
     response = served.post("/controlnet/detect", payload)
     assert response.status_code == 200, response.text
     assert decode(response.json()["images"][0]).size == (120, 80)
+
+
+def test_the_scripts_list_names_controlnet(served: Served) -> None:
+    response = served.get("/sdapi/v1/scripts")
+    assert response.json() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}

@@ -258,7 +258,8 @@ async def nothing(request: Request, a1: A1111State) -> Response:
 
 
 async def scripts(request: Request, a1: A1111State) -> Response:
-    return JSONResponse({"txt2img": [], "img2img": []})
+    """The scripts a body may name: sd-webui-controlnet's (alwayson_scripts.controlnet) only."""
+    return JSONResponse({"txt2img": ["controlnet"], "img2img": ["controlnet"]})
 
 
 async def unload_checkpoint(request: Request, a1: A1111State) -> Response:
