@@ -208,3 +208,18 @@ def test_ggml_control_file_from_a_diffusers_controlnet_has_the_names_sd_cpp_read
     )
     converted = {f"control_model.{ldm_controlnet_key(key)}" for key in small.state_dict()}
     assert converted == set(names.tensors)
+
+
+def test_ggml_control_net_and_keep_on_cpu_reach_the_constructor(models: Path) -> None:
+    from localimg.backends.ggml.loading import constructor_keywords
+    from localimg.backends.ggml.options import parse_options
+
+    config = load_config_file(models / "sd15.yaml", models)
+    plain = constructor_keywords(config, parse_options(config), 1)
+    assert "control_net_path" not in plain and plain["keep_control_net_on_cpu"] is False
+    yaml = YAML.format(name="cpu-net", model="sd15") + '- "keep_control_net_on_cpu:true"\n'
+    (models / "cpu-net.yaml").write_text(yaml, encoding="utf-8")
+    config = load_config_file(models / "cpu-net.yaml", models)
+    net = str(models / "controlnet" / "net-a.safetensors")
+    kwargs = constructor_keywords(config, parse_options(config), 1, net)
+    assert kwargs["control_net_path"] == net and kwargs["keep_control_net_on_cpu"] is True

@@ -98,6 +98,7 @@ def constructor_keywords(
         "wtype": options.wtype or "default",
         "keep_clip_on_cpu": options.keep_clip_on_cpu,
         "keep_vae_on_cpu": options.keep_vae_on_cpu,
+        "keep_control_net_on_cpu": options.keep_control_net_on_cpu,
         "diffusion_flash_attn": options.diffusion_flash_attn,
         "flash_attn": options.flash_attn,
         "offload_params_to_cpu": options.offload_params_to_cpu,

@@ -54,6 +54,7 @@ class GgmlOptions(BaseModel):
     vae_tiling: bool = False
     keep_clip_on_cpu: bool = False
     keep_vae_on_cpu: bool = False
+    keep_control_net_on_cpu: bool = False  # GPU builds: the ControlNet runs on the CPU
     diffusion_flash_attn: bool = False
     flash_attn: bool = False
     offload_params_to_cpu: bool = False
