@@ -58,6 +58,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     installed = folder / CONTROLNET_FOLDER
     installed.mkdir()
+    # one file, as many ControlNets are published: offline, its config comes from the model
+    single = nets.tiny_sd_controlnet_path() / "diffusion_pytorch_model.safetensors"
+    (installed / "canny-sd-file.safetensors").symlink_to(single)
     for name, path in {
         "canny-sd": nets.tiny_sd_controlnet_path(),
         "other-sd": nets.tiny_sd_controlnet_path(seed=1),
@@ -202,6 +205,11 @@ def test_two_units_equal_diffusers_multi_controlnet_with_the_same_arguments(
             generator=torch.Generator("cpu").manual_seed(3),
         ).images[0]
     assert np.array_equal(pixels(ours), np.asarray(bare, dtype=np.int16))
+
+
+def test_a_single_file_controlnet_loads_offline_with_its_models_config(engine: Engine) -> None:
+    folder = run(engine, "sd", unit("sd"))
+    assert same(folder, run(engine, "sd", unit("sd", net="canny-sd-file")))
 
 
 def test_two_units_stack_and_the_infotext_names_each(engine: Engine) -> None:

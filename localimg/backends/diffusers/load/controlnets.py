@@ -59,8 +59,9 @@ def model_class(location: str, family: ControlFamily, name: str) -> str:
     return declared
 
 
-def load_net(location: str, class_name: str, dtype: Any, device: str) -> Any:
-    """Load one ControlNet (ModelUnavailable when its files cannot be had or read)."""
+def load_net(location: str, class_name: str, pipe: Any) -> Any:
+    """Load one ControlNet in the pipeline's dtype, on its device (ModelUnavailable when its
+    files cannot be had or read)."""
     import diffusers
 
     cls = getattr(diffusers, class_name)
@@ -69,9 +70,9 @@ def load_net(location: str, class_name: str, dtype: Any, device: str) -> Any:
         if path.is_file():
             if path.suffix.lower() not in CONTROLNET_SUFFIXES:
                 raise ValueError(f"not a weight file ({', '.join(CONTROLNET_SUFFIXES)})")
-            model = cls.from_single_file(str(path), torch_dtype=dtype)
+            model = single_file(cls, path, pipe)
         else:
-            model = cls.from_pretrained(location, torch_dtype=dtype)
+            model = cls.from_pretrained(location, torch_dtype=pipe.dtype)
     except Exception as exc:
         hint = ""
         if path.is_file():
@@ -82,7 +83,46 @@ def load_net(location: str, class_name: str, dtype: Any, device: str) -> Any:
         raise ModelUnavailable(
             f"cannot load ControlNet {location}: {first_line(exc)}{hint}"
         ) from None
-    return model.to(device).eval()
+    return model.to(pipe.device).eval()
+
+
+def single_file(cls: Any, path: Path, pipe: Any) -> Any:
+    """A single-file ControlNet: with the config diffusers looks up for it on the hub (cached
+    after the first time); where that cannot be had (offline), an SD 1.x/2.x or SDXL ControlNet
+    with the config its model's UNet implies, as ControlNetModel.from_unet makes it."""
+    try:
+        return cls.from_single_file(str(path), torch_dtype=pipe.dtype)
+    except Exception:
+        derived = unet_controlnet_config(cls, pipe)
+        if derived is None:
+            raise
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="localimg-controlnet-") as folder:
+        (Path(folder) / "config.json").write_text(json.dumps(derived))
+        log.info("ControlNet %s: no config from the hub; using its model's UNet's", path.name)
+        return cls.from_single_file(str(path), config=folder, torch_dtype=pipe.dtype)
+
+
+def unet_controlnet_config(cls: Any, pipe: Any) -> dict[str, Any] | None:
+    """The ControlNetModel config a UNet implies: its down path and attention settings, four
+    input channels (an inpainting UNet has nine), and a conditioning embedding that downsamples
+    the control image as the VAE does (8x: three times, as every published one)."""
+    import inspect
+    import math
+
+    unet = getattr(pipe, "unet", None)
+    if cls.__name__ != "ControlNetModel" or unet is None:
+        return None
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    config = {key: value for key, value in unet.config.items() if key in accepted}
+    levels = int(math.log2(int(getattr(pipe, "vae_scale_factor", 8) or 8)))
+    config.update(
+        _class_name=cls.__name__,
+        in_channels=4,
+        conditioning_embedding_out_channels=[16, 32, 96, 256][: levels + 1],
+    )
+    return config
 
 
 def own_bytes(model: Any) -> int:
@@ -122,7 +162,7 @@ class ControlNets:
         found = self.nets.get(location)
         if found is None:
             class_name = model_class(location, family, name)
-            model = load_net(location, class_name, pipe.dtype, str(pipe.device))
+            model = load_net(location, class_name, pipe)
             found = LoadedNet(model, name, location, own_bytes(model))
             log.info("loaded ControlNet %s (%s, %d MB)", name, class_name, found.nbytes >> 20)
         if type(found.model).__name__ not in family.models:
