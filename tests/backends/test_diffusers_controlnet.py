@@ -305,6 +305,8 @@ def test_a_controlnet_of_another_family_is_refused_naming_what_fits(engine: Engi
     refused(lambda: run(engine, "sd", unit("sd", net="canny-sdxl")), "cross_attention_dim")
     refused(lambda: run(engine, "sdxl", unit("sdxl", net="canny-sd")), "cross_attention_dim")
     refused(lambda: run(engine, "flux1", unit("flux1", net="canny-qwen")), "QwenImageControlNet")
+    # a diffusers folder is checked from its config.json: nothing of it was loaded
+    assert "canny-sdxl" not in backend_of(engine, "sd").describe()["controlnets"]
 
 
 def test_a_family_without_controlnets_is_refused_naming_those_with(engine: Engine) -> None:

@@ -32,15 +32,21 @@ class LoadedNet:
     nbytes: int  # its own weights (not the modules it may share with the denoiser)
 
 
-def declared_class(location: str) -> str | None:
-    """The model class a diffusers folder's config.json names (None: a file or a repo id)."""
+def declared_config(location: str) -> dict[str, Any]:
+    """A diffusers folder's config.json ({}: a file, a repo id or an unreadable config)."""
     path = Path(location)
     if not is_diffusers_folder(path):
-        return None
+        return {}
     try:
-        found = json.loads((path / "config.json").read_text()).get("_class_name")
+        found = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def declared_class(location: str) -> str | None:
+    """The model class a diffusers folder's config.json names (None: a file or a repo id)."""
+    found = declared_config(location).get("_class_name")
     return str(found) if found else None
 
 
@@ -131,11 +137,10 @@ def own_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def check_fits(net: Any, family: ControlFamily, denoiser: Any, name: str) -> None:
-    """Refuse a ControlNet whose config disagrees with the denoiser's on a key the family's
-    ControlNets share with it (cross_attention_dim, the attention sizes...)."""
+def check_fits(mine: Any, family: ControlFamily, denoiser: Any, name: str) -> None:
+    """Refuse a ControlNet whose config (`mine`) disagrees with the denoiser's on a key the
+    family's ControlNets share with it (cross_attention_dim, the attention sizes...)."""
     theirs = getattr(denoiser, "config", {})
-    mine = net.config
     for key in family.matches:
         if key not in theirs or key not in mine:
             continue
@@ -162,6 +167,7 @@ class ControlNets:
         found = self.nets.get(location)
         if found is None:
             class_name = model_class(location, family, name)
+            check_fits(declared_config(location), family, denoiser, name)  # before loading
             model = load_net(location, class_name, pipe)
             found = LoadedNet(model, name, location, own_bytes(model))
             log.info("loaded ControlNet %s (%s, %d MB)", name, class_name, found.nbytes >> 20)
@@ -171,7 +177,7 @@ class ControlNets:
                 f"{family.name} model: it needs a {' or '.join(family.models)}",
                 param="control_net",
             )
-        check_fits(found.model, family, denoiser, name)
+        check_fits(found.model.config, family, denoiser, name)
         self.nets[location] = found
         return found
 
