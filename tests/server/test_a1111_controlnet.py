@@ -550,3 +550,25 @@ def test_webuiapi_detect_sends_controlnet_images(served: Served) -> None:
 def test_the_scripts_list_names_controlnet(served: Served) -> None:
     response = served.get("/sdapi/v1/scripts")
     assert response.json() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [("Depth", 1), ("Hard Edge", 3), ("canny", 3), (6, 6), ("Unknown", None)]
+)
+def test_union_control_type_is_the_control_mode_parameter(
+    served: Served, captured: list[ImageRequest], value: Any, mode: int | None
+) -> None:
+    response = txt2img(served, unit(union_control_type=value))
+    assert response.status_code == 200, response.text
+    assert captured[0].extra.get("control_mode") == mode
+    assert "controlnet[0].union_control_type" not in ignored(response)
+
+
+def test_union_control_types_that_disagree_or_are_unknown_are_refused(
+    served: Served, captured: list[ImageRequest]
+) -> None:
+    response = txt2img(served, unit(union_control_type="Depth"), unit(union_control_type="Tile"))
+    assert response.status_code == 422 and "different union control types" in response.text
+    response = txt2img(served, unit(union_control_type="Pose"))
+    assert response.status_code == 422 and "'Pose' is not one of OpenPose" in response.text
+    assert captured == []

@@ -21,6 +21,7 @@ extension's other fields), the key is named in X-Localimg-Ignored as `controlnet
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,7 +61,24 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
     "hr_option": "Both",
     "save_detected_map": True,
     "pulid_mode": "Fidelity",
-    "union_control_type": "Unknown",
+}
+# A union ControlNet's control type, as the extension names it (and from_str's aliases): the
+# index xinsir's union ControlNets use, localimg's `control_mode` request parameter.
+UNION_TYPES = {
+    "openpose": 0,
+    "depth": 1,
+    "soft edge": 2,
+    "softedge": 2,
+    "scribble": 2,
+    "hard edge": 3,
+    "canny": 3,
+    "lineart": 3,
+    "mlsd": 3,
+    "normal map": 4,
+    "normalmap": 4,
+    "segmentation": 5,
+    "tile": 6,
+    "inpaint": 7,
 }
 
 
@@ -88,6 +106,7 @@ class ControlNetUnitBody(BaseModel):
     guidance: float | None = Field(default=None, ge=0, le=1)  # legacy guidance_end
     pixel_perfect: bool = False
     control_mode: int | str = "Balanced"
+    union_control_type: int | str = "Unknown"
 
 
 def script_args(scripts: dict[str, Any]) -> list[Any] | None:
@@ -285,21 +304,50 @@ def read_unit(
     return made, ignored
 
 
+@dataclass(frozen=True)
+class Controls:
+    """What `alwayson_scripts` asks of the engine: the units, the request's extra parameters
+    (a union ControlNet's `control_mode`) and the keys it ignores."""
+
+    units: tuple[ControlUnit, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+def union_type(unit: ControlNetUnitBody, where: str) -> int | None:
+    """The unit's union control type as localimg's control_mode (None: "Unknown", not given)."""
+    value = unit.union_control_type
+    if isinstance(value, int) and 0 <= value <= 7:
+        return value
+    text = str(value).strip().lower()
+    if text == "unknown":
+        return None
+    if text not in UNION_TYPES:
+        raise A1111Error(
+            f"{where}.union_control_type {value!r} is not one of OpenPose, Depth, Soft Edge, "
+            "Hard Edge, Normal Map, Segmentation, Tile, Inpaint",
+            status=422,
+            param="alwayson_scripts",
+        )
+    return UNION_TYPES[text]
+
+
 def controlnet_units(
     scripts: dict[str, Any],
     settings: Any,
     engine: Engine,
     init_image: Image | None,
     size: tuple[int, int] | None,
-) -> tuple[tuple[ControlUnit, ...], list[str]]:
-    """The enabled units of `alwayson_scripts` and the keys they ignore (blocking: decodes).
+) -> Controls:
+    """The enabled units of `alwayson_scripts`, and what goes with them (blocking: decodes).
     `size` is the output's (width, height) when the body gives it; every module name is checked
     here so a bad one answers 422 before anything is queued."""
     args = script_args(scripts)
     if not args:
-        return (), []
+        return Controls()
     units: list[ControlUnit] = []
     ignored: list[str] = []
+    modes: set[int] = set()
     for index, raw in enumerate(args):
         unit, skipped = read_unit(raw, index, settings, init_image, size)
         ignored += skipped
@@ -311,5 +359,14 @@ def controlnet_units(
             raise A1111Error(
                 f"controlnet[{index}].module: {exc.message}", status=422, param="module"
             ) from None
+        mode = union_type(ControlNetUnitBody.model_validate(raw), f"controlnet[{index}]")
+        modes |= {mode} if mode is not None else set()
         units.append(unit)
-    return tuple(units), ignored
+    if len(modes) > 1:
+        raise A1111Error(
+            "the units ask for different union control types; a union ControlNet runs one",
+            status=422,
+            param="alwayson_scripts",
+        )
+    extra = {"control_mode": modes.pop()} if modes else {}
+    return Controls(tuple(units), extra, ignored)

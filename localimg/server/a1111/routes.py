@@ -27,9 +27,9 @@ from starlette.routing import BaseRoute, Route
 from localimg.errors import Cancelled, InvalidRequest, LocalimgError
 from localimg.media import encode
 from localimg.media.decode import image_from_text
-from localimg.requests import MAX_PREVIEWS, MAX_SEED, ControlUnit, ImageRequest, parse_cache
+from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
 from localimg.server.a1111 import controlnet, listings, options
-from localimg.server.a1111.control_units import controlnet_units
+from localimg.server.a1111.control_units import Controls, controlnet_units
 from localimg.server.a1111.images import init_inputs, save_images
 from localimg.server.a1111.info import Outcome, grid, info_json, parse_parameters
 from localimg.server.a1111.samplers import Choice, choose, engine_of, sampler_label
@@ -184,12 +184,12 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
     if isinstance(body, Img2ImgBody):
         init_image, mask = await asyncio.to_thread(init_inputs, body, state.settings)
     size = (body.width, body.height) if body.width and body.height else None
-    controls, control_ignored = await asyncio.to_thread(
+    controls = await asyncio.to_thread(
         controlnet_units, body.alwayson_scripts, state.settings, state.engine, init_image, size
     )
     seed = _seed(body, body.batch_size * body.n_iter)
     base = _base_request(body, kind, a1, overrides, choice, init_image, mask, seed)
-    if controls:  # the maps made once, not once per n_iter batch
+    if controls.units:  # the maps made once, not once per n_iter batch
         base = await asyncio.to_thread(_with_controls, state.engine, base, controls)
     run = a1.start(kind, body.n_iter, body.force_task_id)
     try:
@@ -213,7 +213,7 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
         inpainting=mask is not None,
     )
     headers = {"X-Localimg-Seeds": ",".join(str(s) for s in outcome.seeds)}
-    ignored = ignored_keys(body, data) + control_ignored + outcome.ignored
+    ignored = ignored_keys(body, data) + controls.ignored + outcome.ignored
     if ignored:
         headers["X-Localimg-Ignored"] = ",".join(ignored)
     return JSONResponse({"images": images, "parameters": echo(body), "info": info}, headers=headers)
@@ -258,13 +258,12 @@ def _base_request(
         raise A1111Error(exc.message, status=422, param=exc.param) from None
 
 
-def _with_controls(
-    engine: Engine, base: ImageRequest, controls: tuple[ControlUnit, ...]
-) -> ImageRequest:
+def _with_controls(engine: Engine, base: ImageRequest, controls: Controls) -> ImageRequest:
     """The request with its ControlNet units, their maps made (blocking: runs the
     preprocessors); a unit the engine refuses (too many, a knob out of range) is A1111's 422."""
     try:
-        return engine.prepare_controls(base.with_(controls=controls))
+        request = base.with_(controls=controls.units, extra={**base.extra, **controls.extra})
+        return engine.prepare_controls(request)
     except InvalidRequest as exc:
         raise A1111Error(exc.message, status=422, param=exc.param or "alwayson_scripts") from None
 
