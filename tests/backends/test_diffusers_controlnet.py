@@ -261,6 +261,32 @@ def test_each_family_runs_its_controlnet(engine: Engine, model: str) -> None:
     assert same(plain, run(engine, model, unit(model, strength=0.0)))
 
 
+def test_flux_equals_diffusers_flux_controlnet_pipeline_with_the_same_arguments(
+    engine: Engine,
+) -> None:
+    import torch
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+
+    ours = run(engine, "flux1", unit("flux1", strength=0.8, end=0.9), cfg_scale=3.5)
+    net = FluxControlNetModel.from_pretrained(str(nets.tiny_flux_controlnet_path()))
+    pipe = FluxControlNetPipeline.from_pretrained(str(nets.tiny_flux1_path()), controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        bare = pipe(
+            prompt="an otter",
+            control_image=control_map(32),
+            num_inference_steps=STEPS,
+            guidance_scale=3.5,
+            width=32,
+            height=32,
+            controlnet_conditioning_scale=0.8,
+            control_guidance_start=0.0,
+            control_guidance_end=0.9,
+            generator=torch.Generator("cpu").manual_seed(3),
+        ).images[0]
+    assert np.array_equal(pixels(ours), np.asarray(bare, dtype=np.int16))
+
+
 def test_flux_stacks_two_units(engine: Engine) -> None:
     one = run(engine, "flux1", unit("flux1"))
     circle = control_map(SIDE["flux1"], "circle")
