@@ -8,7 +8,8 @@ unit sent with an image is meant to be used). `image` is base64 or a data URL, o
 `model` is a name in the models directory's `controlnet/` folder (A1111's " [hash]" suffix is
 dropped; "None" means the model's YAML `control_net`), `module` a preprocessor name, `weight` the
 strength, `guidance_start`/`guidance_end` the steps it acts on, -1 meaning "the default" for
-`processor_res` and the thresholds.
+`processor_res` and the thresholds. `union_control_type` (a union ControlNet's control type) is
+the request's `control_mode` parameter.
 
 `resize_mode` fits the control image to the output's aspect ratio before detection: "Crop and
 Resize" (the extension's default) crops it centred, "Resize and Fill" pads it with its median
