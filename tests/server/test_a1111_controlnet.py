@@ -486,6 +486,16 @@ def test_txt2img_with_a_canny_unit_runs_the_controlnet(served: Served) -> None:
     assert not [name for name in ignored(response) if name.startswith("controlnet")]
 
 
+def test_txt2img_with_a_depth_unit_loads_the_depth_model_as_a_side_model(served: Served) -> None:
+    plain, _ = generated(served)
+    depth_unit = unit(module="depth_midas", model="canny-sd", image=b64(photo((96, 96))))
+    steered, _ = generated(served, depth_unit)
+    assert not np.array_equal(plain, steered)
+    entry = served.engine.side.entries[("preprocessor", "depth")]
+    weights = (tiny_depth_path() / "model.safetensors").stat().st_size
+    assert entry.state == "loaded" and entry.memory_bytes == weights  # in the memory budget
+
+
 # -- the webuiapi client (mix1009/sdwebuiapi): ControlNetUnit.to_dict and controlnet_detect -------
 
 
