@@ -227,8 +227,9 @@ def _encode_sd3(pipe: Any, prompt: str, negative: str | None, length: int) -> di
 
 def _encode_flux(pipe: Any, prompt: str, negative: str | None, length: int) -> dict[str, Any]:
     """FLUX.1: T5's weighted states (padded to `length` tokens, as diffusers pads them) and
-    CLIP's pooled vector of the plain words (compel's POOLED reads them so). A negative prompt's pair only where one is given: FLUX reads it
-    for true CFG alone, and an empty one would switch that on."""
+    CLIP's pooled vector of the plain words (compel's POOLED reads them so). A negative
+    prompt's pair only where one is given: FLUX reads it for true CFG alone, and an empty one
+    would switch that on."""
     from compel import ReturnedEmbeddingsType as Returned
     from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 
