@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -206,7 +207,8 @@ def test_ggml_control_file_from_a_diffusers_controlnet_has_the_names_sd_cpp_read
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    converted = {f"control_model.{ldm_controlnet_key(key)}" for key in small.state_dict()}
+    keys = cast(Any, small).state_dict()
+    converted = {f"control_model.{ldm_controlnet_key(key)}" for key in keys}
     assert converted == set(names.tensors)
 
 

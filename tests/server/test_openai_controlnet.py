@@ -125,7 +125,7 @@ def test_a_list_of_control_images_makes_units_in_order(
 def test_one_net_for_every_control_image_and_the_yaml_fills_the_rest(
     served: Served, received: list[ImageRequest]
 ) -> None:
-    body = {
+    body: dict[str, Any] = {
         "prompt": "a house",
         "control_image": [b64(square(255)), b64(square(90))],
         "control_net": "union",
@@ -271,7 +271,7 @@ def test_the_openai_client_generates_with_a_controlnet(served: Served) -> None:
     result = served.client().images.generate(
         model="tiny",
         prompt="a house",
-        size="64x64",  # type: ignore[arg-type]
+        size="64x64",
         extra_body={"control_image": b64(square(255)), "control_net": "canny-sd", "seed": 11},
     )
     assert result.data is not None and result.data[0].b64_json
