@@ -201,6 +201,9 @@ class ControlUnit:
     processor_res: int | None = None
     threshold_a: float | None = None
     threshold_b: float | None = None
+    # The preprocessor that made `image` once the engine ran it (A1111's "Module" in the PNG
+    # parameters); "none" for an image sent as a control map.
+    made_by: str = "none"
 
     def __post_init__(self) -> None:
         if self.strength is not None and not 0 <= self.strength <= MAX_CONTROL_STRENGTH:

@@ -79,9 +79,9 @@ def unknown_message(ref: str, names: list[str], models_path: Path | None) -> str
     message = f"unknown ControlNet {ref!r}"
     close = difflib.get_close_matches(Path(ref).stem, names, n=3, cutoff=0.5)
     if close:
-        message += f"; did you mean {', '.join(repr(name) for name in close)}?"
+        message += f" (did you mean {', '.join(repr(name) for name in close)}?)"
     if names:
-        message += f". Installed in {where}: {', '.join(names)}"
+        message += f"; installed in {where}: {', '.join(names)}"
     else:
-        message += f". No ControlNet is installed in {where}"
-    return message + " (a name there, a path, or a hub repo id such as org/name)"
+        message += f"; no ControlNet is installed in {where}"
+    return message + " (give a name there, a path, or a hub repo id such as org/name)"

@@ -62,6 +62,7 @@ def prepare_controls(side: SideModels, request: ImageRequest) -> ImageRequest:
                 unit,
                 image=image,
                 preprocess=NONE,
+                made_by=unit.preprocess,
                 processor_res=None,
                 threshold_a=None,
                 threshold_b=None,

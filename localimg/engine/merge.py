@@ -159,8 +159,8 @@ def merged_controls(request: ImageRequest, config: ModelConfig) -> tuple[Control
         if net is None:
             which = f"control image {index + 1}" if len(request.controls) > 1 else "a control image"
             raise InvalidRequest(
-                f"{which} needs a ControlNet: name one with control_net (request) or "
-                "control_net: in the model's YAML",
+                f"{which} needs a ControlNet: name one in the request (--control-net, the "
+                "control_net field) or set control_net: in the model's YAML",
                 param="control_net",
             )
         strength = unit.strength

@@ -70,5 +70,5 @@ def test_an_unknown_name_names_the_installed_and_the_close_ones(tmp_path: Path) 
 
 
 def test_an_unknown_name_with_nothing_installed_says_so(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFound, match="No ControlNet is installed"):
+    with pytest.raises(ModelNotFound, match="no ControlNet is installed"):
         resolve_controlnet("canny", tmp_path)

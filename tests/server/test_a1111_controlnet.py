@@ -482,7 +482,8 @@ def test_txt2img_with_a_canny_unit_runs_the_controlnet(served: Served) -> None:
     assert not np.array_equal(plain, steered)  # the unit changed the image
     assert np.array_equal(steered, again)  # the same unit, the same image
     assert not np.array_equal(steered, other)  # another map, another image
-    assert "ControlNet 0" in decode(response.json()["images"][0]).info["parameters"]
+    parameters = decode(response.json()["images"][0]).info["parameters"]
+    assert 'ControlNet 0: "Module: canny, Model: canny-sd, Weight: 1,' in parameters
     assert not [name for name in ignored(response) if name.startswith("controlnet")]
 
 

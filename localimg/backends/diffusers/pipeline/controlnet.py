@@ -129,7 +129,7 @@ def infotext(units: list[tuple[int, ControlUnit]]) -> dict[str, str]:
     """A1111's `ControlNet N` fields (sd-webui-controlnet's wording)."""
     return {
         f"ControlNet {index}": (
-            f"Module: {unit.preprocess}, Model: {unit.net}, Weight: {unit.strength:g}, "
+            f"Module: {unit.made_by}, Model: {unit.net}, Weight: {unit.strength:g}, "
             f"Guidance Start: {unit.start:g}, Guidance End: {unit.end:g}"
         )
         for index, unit in units
