@@ -81,6 +81,7 @@ class Engine:
             if slot is None:
                 slot = self._slot_factory(config, self.settings)
                 slot.before_load = self.lifecycle.admit
+                slot.before_grow = self.lifecycle.admit_more
                 slot.events = self.events
                 self._slots[config.name] = slot
             return slot

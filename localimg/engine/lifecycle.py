@@ -210,6 +210,18 @@ class Lifecycle:
             slot.memory_need = need or memory.Need(0, memory.device_kind(slot.config, self.runtime))
             slot.last_used = time.monotonic()
 
+    def admit_more(self, slot: ManagedSlot, extra: memory.Need) -> None:
+        """Make room for memory a loaded model takes beyond its admission (a ControlNet a
+        request brings), or raise; the model's need grows by it until it unloads."""
+        with self._lock:
+            current = slot.memory_need
+            if current is None or extra.bytes <= 0:
+                return
+            total = memory.Need(current.bytes + extra.bytes, current.where)
+            self._make_room(slot, Held("model", slot.config.name, slot), total)
+            slot.memory_need = total
+            slot.last_used = time.monotonic()
+
     def admit_side(self, resident: Resident, kind: str, name: str, need: memory.Need) -> None:
         """Make room for a side model before it loads, or raise (side_models.py calls it)."""
         with self._lock:

@@ -196,10 +196,11 @@ def estimate(config: ModelConfig, runtime: RuntimeSettings) -> Need | None:
     return Need(bytes=total, where=kind)
 
 
-def controlnet_bytes(config: ModelConfig, itemsize: int | None) -> int:
-    """The YAML's `control_net`, loaded beside the model on first use: its local weights at the
-    model's precision (a repo id is not counted: nothing is looked up for an estimate)."""
-    ref = config.default_control_net
+def controlnet_bytes(config: ModelConfig, itemsize: int | None, ref: str | None = None) -> int:
+    """A ControlNet loaded beside the model (the YAML's `control_net` unless `ref` names
+    another): its local weights at the model's precision (a repo id is not counted: nothing is
+    looked up for an estimate)."""
+    ref = ref or config.default_control_net
     if not ref:
         return 0
     try:
@@ -216,6 +217,17 @@ def controlnet_bytes(config: ModelConfig, itemsize: int | None) -> int:
         else:
             total += file.stat().st_size
     return total
+
+
+def controlnet_need(ref: str, config: ModelConfig, runtime: RuntimeSettings) -> Need:
+    """What a ControlNet a request brings adds to its model's memory once loaded."""
+    kind = device_kind(config, runtime)
+    try:
+        itemsize = load_itemsize(config, kind)
+        weights = controlnet_bytes(config, itemsize, ref)
+    except OSError:
+        weights = 0
+    return Need(bytes=int(weights * (1 + ACTIVATION_MARGIN)), where=kind)
 
 
 def files_to_load(config: ModelConfig) -> list[Path] | str:

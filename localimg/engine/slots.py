@@ -61,6 +61,7 @@ class Slot(Protocol):
     last_used: float
     memory_need: memory.Need | None
     before_load: Callable[[Any], None] | None
+    before_grow: Callable[[Any, memory.Need], None] | None
     # Where job outcomes, loads and restarts are reported (the engine's; events.py).
     events: EngineEvents
     backend_name: str
@@ -100,6 +101,10 @@ class InProcessSlot:
         self.last_used = time.monotonic()
         self.memory_need: memory.Need | None = None  # set when admitted, cleared on unload
         self.before_load: Callable[[Any], None] | None = None  # the engine's admission check
+        # The engine's check for memory a loaded model takes on (a request's ControlNet), and
+        # the ControlNets counted so far (the YAML's is in the model's own estimate).
+        self.before_grow: Callable[[Any, memory.Need], None] | None = None
+        self.counted_controlnets: set[str] = set()
         self.loads = 0  # how many times the model was loaded (tests, /v1/models)
         self.last_load_seconds: float | None = None
         self.events = EngineEvents()  # the engine hands each slot its own (engine.py)
@@ -281,6 +286,7 @@ class InProcessSlot:
         if job.cancel_event.is_set():
             raise Cancelled("the request was cancelled before it started")
         backend = self.ensure_loaded(job)
+        self.admit_controlnets(job.request)
         timings["load"] = time.monotonic() - started
         request = merge_request(
             job.request, self.config, backend.defaults, self.backend_cls.option_keys
@@ -305,6 +311,7 @@ class InProcessSlot:
                 return self.backend
             if self.before_load is not None:
                 self.before_load(self)  # may evict idle models, or refuse (lifecycle.py)
+            self.counted_controlnets = set()
             self._state = "loading"
             job.emit(ProgressEvent("load", message=f"loading {self.config.name}"))
             backend = self.backend_cls(self.settings.runtime)
@@ -322,6 +329,18 @@ class InProcessSlot:
             self.last_load_seconds = self.last_used - began
             self.events.model_loaded(self.config.name, self.backend_name, self.last_load_seconds)
             return backend
+
+    def admit_controlnets(self, request: ImageRequest) -> None:
+        """Count each ControlNet the request brings that the loaded model has not held yet in
+        the memory budget (making room for it, or refusing, as for a model); it stays counted
+        until the model unloads, as the backend keeps it loaded beside the model."""
+        if self.before_grow is None:
+            return
+        asked = {unit.net for unit in request.controls if unit.net}
+        new = asked - self.counted_controlnets - {self.config.default_control_net}
+        for ref in sorted(new):
+            self.before_grow(self, memory.controlnet_need(ref, self.config, self.settings.runtime))
+            self.counted_controlnets.add(ref)
 
     def load(self) -> None:
         """Load the model now (blocking): `--preload` and `POST /models/{name}/load`."""

@@ -148,6 +148,7 @@ class WorkerSlot(InProcessSlot):
         """The engine's admission check (lifecycle.py) before the child loads the model."""
         if self._worker_state != "loaded" and self.before_load is not None:
             self.before_load(self)
+            self.counted_controlnets = set()
 
     # -- process management ------------------------------------------------------------------
 
@@ -292,6 +293,7 @@ class WorkerSlot(InProcessSlot):
             self._current = job
             try:
                 self._admit()
+                self.admit_controlnets(job.request)
                 for attempt in (1, 2):
                     conn = self._ensure_process()
                     self._heard = False

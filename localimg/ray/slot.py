@@ -64,6 +64,7 @@ class RaySlot:
         self.backend_name = config.backend
         self.events = EngineEvents()  # the engine hands each slot its own
         self.before_load: Any = None  # the engine's admission check: not used (docs/server/ray.md)
+        self.before_grow: Any = None  # nor its check for a request's ControlNet
         self.memory_need: Any = None
         self.last_used = time.monotonic()
         self.loads = 0

@@ -369,3 +369,44 @@ def test_the_memory_estimate_counts_the_yaml_controlnet(models: Path, tmp_path: 
     counted = estimate(load_config_file(with_net, models_path=models), runtime)
     assert without is not None and counted is not None
     assert counted.bytes > without.bytes
+
+
+def test_a_requests_controlnet_counts_in_the_memory_budget_once(models: Path) -> None:
+    """A ControlNet a request names stays loaded beside the model: the budget counts it from
+    its first request until the model unloads, and refuses one that does not fit."""
+    from localimg.engine.lifecycle import Budget
+    from localimg.engine.memory import controlnet_need
+    from localimg.errors import InsufficientMemory
+
+    probe = Engine(EngineSettings(models_path=models))
+    try:
+        config = probe.resolve("sd")
+        base = estimate(config, probe.settings.runtime)
+        net = controlnet_need("canny-sd", config, probe.settings.runtime)
+    finally:
+        probe.close()
+    assert base is not None and net.bytes > 0
+    roomy = Engine(EngineSettings(models_path=models, memory_budget=Budget(ram=base.bytes * 4)))
+    try:
+        run(roomy, "sd")
+        slot = roomy.slots["sd"]
+        assert slot.memory_need == base
+        run(roomy, "sd", unit("sd"))
+        run(roomy, "sd", unit("sd"))  # the same ControlNet again: counted once
+        assert slot.memory_need is not None
+        assert slot.memory_need.bytes == base.bytes + net.bytes
+        slot.unload()
+        run(roomy, "sd", unit("sd"))  # loaded afresh: counted afresh
+        assert slot.memory_need.bytes == base.bytes + net.bytes
+    finally:
+        roomy.close()
+    tight = Engine(
+        EngineSettings(models_path=models, memory_budget=Budget(ram=base.bytes + net.bytes // 2))
+    )
+    try:
+        run(tight, "sd")
+        with pytest.raises(InsufficientMemory, match="needs about"):
+            run(tight, "sd", unit("sd"))
+        assert same(run(tight, "sd"), run(tight, "sd"))  # the model still serves
+    finally:
+        tight.close()
