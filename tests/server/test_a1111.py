@@ -323,6 +323,23 @@ def test_features_localimg_lacks_are_refused_in_a1111_shape(
     assert error["error"] == "A1111Error"
 
 
+def test_eta_at_the_samplers_a1111_default_runs_and_another_is_refused(served: Served) -> None:
+    """webuiapi sends eta 1.0 with every request: A1111's own default for ancestral samplers.
+    A sampler that reads no eta ignores it (in A1111 too): it is named, not refused."""
+    ancestral = post(served.url, "txt2img", small(sampler_name="Euler a", eta=1.0))
+    assert ancestral.status_code == 200, ancestral.text
+    assert "eta" not in ancestral.headers.get("X-Localimg-Ignored", "").split(",")
+    ddim = post(served.url, "txt2img", small(sampler_name="DDIM", eta=0))
+    assert ddim.status_code == 200, ddim.text
+    plain = post(served.url, "txt2img", small(sampler_name="Euler", eta=1.0))
+    assert plain.status_code == 200, plain.text
+    assert "eta" in plain.headers["X-Localimg-Ignored"].split(",")
+    error = a1111_error(
+        post(served.url, "txt2img", small(sampler_name="Euler a", eta=0.5)), 422, "eta"
+    )
+    assert "default eta (1)" in error["detail"]
+
+
 def test_bad_input_gets_fastapi_validation_shape(served: Served) -> None:
     response = post(served.url, "txt2img", small(steps="many"))
     assert response.status_code == 422

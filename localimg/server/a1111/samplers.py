@@ -165,6 +165,30 @@ def find_sampler(name: str, param: str, engine: Engine) -> tuple[Sampler, Schedu
     )
 
 
+# The eta A1111 runs a sampler with when a request sets none: the ancestral and SDE samplers read
+# its `eta_ancestral` setting (1.0), DDIM `eta_ddim` (0.0); the other samplers never read eta.
+ETA_DEFAULTS: dict[str, float] = {
+    "Euler a": 1.0,
+    "DPM2 a": 1.0,
+    "DPM++ 2S a": 1.0,
+    "DPM++ SDE": 1.0,
+    "DPM++ 2M SDE": 1.0,
+    "DDIM": 0.0,
+}
+
+
+def eta_default(sampler_name: str | None) -> float | None:
+    """The eta A1111 runs `sampler_name` with by default; None where the sampler reads no eta
+    (or none is named: the model's own scheduler, which takes no eta here either)."""
+    if sampler_name is None or not sampler_name.strip():
+        return None
+    try:
+        sampler, _schedule = find_sampler(sampler_name, "sampler_name", "diffusers")
+    except InvalidRequest:
+        return None  # refused with the known names when the sampler is chosen
+    return ETA_DEFAULTS.get(sampler.name)
+
+
 def choose(sampler_name: str | None, scheduler: str | None, engine: Engine, param: str) -> Choice:
     """Map a request's sampler and scheduler onto the model's engine, or refuse naming what
     works there."""

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from localimg.errors import InvalidRequest, LocalimgError
 from localimg.requests import MAX_N, MAX_SIDE, MAX_STEPS
+from localimg.server.a1111.samplers import eta_default
 
 MAX_ITER = 100  # A1111 has no limit on n_iter; one request may not hold the queue forever
 
@@ -202,6 +203,24 @@ def _off(value: Any, *off: Any) -> bool:
     return value is None or value in off
 
 
+def _eta_changes_the_sampler(body: Txt2ImgBody) -> bool:
+    """An eta other than the one A1111 runs the chosen sampler with by default (samplers that
+    read no eta ignore it, in A1111 as here: ignored_keys names it)."""
+    default = eta_default(body.sampler_name or body.sampler_index)
+    return body.eta is not None and default is not None and abs(body.eta - default) > 1e-9
+
+
+def _eta_refusal(body: Txt2ImgBody) -> str:
+    sampler = body.sampler_name or body.sampler_index
+    default = eta_default(sampler)
+    if default is None:
+        return "eta is not read by this sampler"  # never raised: nothing to refuse then
+    return (
+        f"{sampler} runs with A1111's default eta ({default:g}) only; leave eta out or send "
+        f"{default:g}"
+    )
+
+
 def refusals(body: Txt2ImgBody) -> None:
     """Refuse every feature asked for that localimg does not have, naming it."""
     # sd-webui-controlnet's units are read by control_units.py; no other script runs here.
@@ -232,7 +251,7 @@ def refusals(body: Txt2ImgBody) -> None:
             not _off(body.seed_resize_from_w, -1, 0) or not _off(body.seed_resize_from_h, -1, 0),
             "resizing a seed from another size is not available",
         ),
-        ("eta", body.eta is not None, "eta is not settable here (the sampler's own is used)"),
+        ("eta", _eta_changes_the_sampler(body), _eta_refusal(body)),
         (
             "s_churn",
             any(not _off(v, 0) for v in (body.s_churn, body.s_tmin, body.s_tmax, body.s_min_uncond))
@@ -267,6 +286,8 @@ def ignored_keys(body: Txt2ImgBody, data: dict[str, Any]) -> list[str]:
         if "denoising_strength" in sent and not isinstance(body, Img2ImgBody):
             names.append("denoising_strength")
     names += [name for name in NO_EFFECT if name in sent]
+    if body.eta is not None and eta_default(body.sampler_name or body.sampler_index) is None:
+        names.append("eta")  # the sampler reads no eta (A1111's neither)
     return names
 
 
