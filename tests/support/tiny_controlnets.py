@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.tiny_family_parts import family_folder, save_pipeline
 from tests.support.tiny_models import build_lock, cache_dir
 
 CONTROLNETS_VERSION = "1"
@@ -125,12 +124,10 @@ def tiny_sdxl_union_controlnet_path() -> Path:
 
 
 def tiny_flux1_path() -> Path:
-    """A tiny FluxPipeline (FLUX.1 text-to-image), FLUX.1 Kontext's tiny parts."""
-    from tests.support.tiny_families_flux import make_flux_kontext
+    """The tiny FluxPipeline the FLUX.1 ControlNet fits (tiny_families_flux builds it)."""
+    from tests.support.tiny_families_flux import tiny_flux1_path as flux1
 
-    return save_pipeline(
-        family_folder("flux1-base-of-controlnet"), lambda: make_flux_kontext("FluxPipeline")
-    )
+    return flux1()
 
 
 def tiny_flux_controlnet_path() -> Path:

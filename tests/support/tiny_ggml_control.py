@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.support.ggml_writer import Writer, build, clip_l_text
 from tests.support.tiny_ggml import folder
+from tests.support.tiny_single_file import ldm_unet_key
 
 CHECKPOINT = "sd15-full-unet.safetensors"
 CONTROLNETS = ("sd15-control-a.safetensors", "sd15-control-b.safetensors")
@@ -141,18 +142,8 @@ def controlnet_paths() -> tuple[Path, Path]:
 
 # -- a diffusers ControlNet as one original-layout file (the benchmarks' SD1.5 ControlNet) --------
 
-RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-FIXED = {
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "conv_in": "input_blocks.0.0",
+# The ControlNet's own parts; its copy of the UNet's encoder is named as the UNet's is.
+CONTROLNET_ONLY = {
     "controlnet_cond_embedding.conv_in": "input_hint_block.0",
     "controlnet_cond_embedding.conv_out": "input_hint_block.14",
     "controlnet_mid_block": "middle_block_out.0",
@@ -163,29 +154,13 @@ def ldm_controlnet_key(key: str, layers: int = 2) -> str:
     """A diffusers ControlNetModel key (SD1.x) → its original (ldm) name, without the prefix."""
     parts = key.split(".")
     head, tail = ".".join(parts[:-1]), parts[-1]
-    if head in FIXED:
-        return f"{FIXED[head]}.{tail}"
-
-    def resnet(rest: list[str]) -> str:
-        return ".".join([RESNET.get(rest[0], rest[0]), *rest[1:]])
-
+    if head in CONTROLNET_ONLY:
+        return f"{CONTROLNET_ONLY[head]}.{tail}"
     if parts[0] == "controlnet_cond_embedding":  # blocks.i: the convs between the SiLUs
         return f"input_hint_block.{2 * (int(parts[2]) + 1)}.{tail}"
     if parts[0] == "controlnet_down_blocks":
         return f"zero_convs.{parts[1]}.0.{tail}"
-    if parts[0] == "down_blocks":
-        level, kind = int(parts[1]), parts[2]
-        if kind == "downsamplers":
-            return f"input_blocks.{(level + 1) * (layers + 1)}.0.op.{tail}"
-        index = 1 + level * (layers + 1) + int(parts[3])
-        if kind == "resnets":
-            return f"input_blocks.{index}.0.{resnet(parts[4:])}"
-        return f"input_blocks.{index}.1.{'.'.join(parts[4:])}"
-    if parts[0] == "mid_block":
-        if parts[1] == "resnets":
-            return f"middle_block.{2 * int(parts[2])}.{resnet(parts[3:])}"
-        return f"middle_block.1.{'.'.join(parts[3:])}"
-    raise KeyError(key)
+    return ldm_unet_key(key, layers)
 
 
 def ldm_controlnet_file(folder: Path, out_file: Path) -> Path:

@@ -31,7 +31,8 @@ VAE_ATTENTION = {
 }
 
 
-def _unet_key(key: str, layers: int) -> str:
+def ldm_unet_key(key: str, layers: int) -> str:
+    """A diffusers UNet2DConditionModel key (SD1.x layout) → its original (ldm) name."""
     parts = key.split(".")
     simple = {
         "time_embedding.linear_1": "time_embed.0",
@@ -116,7 +117,7 @@ def write_ldm_checkpoint(pipe_folder: Path, out_file: Path) -> Path:
     )
     checkpoint = {}
     for key, tensor in component("unet").items():
-        ldm = _unet_key(key, layers)
+        ldm = ldm_unet_key(key, layers)
         if "@UP@" in ldm:
             level = int(key.split(".")[1])
             ldm = ldm.replace("@UP@", "2" if level in attention_up_levels else "1")
