@@ -16,12 +16,16 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from localimg.errors import InvalidRequest
+from localimg.request_parts import (
+    MAX_SIDE,
+    ControlUnit,
+    HiresFix,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 MAX_N = 10
-MAX_SIDE = 4096
 MAX_STEPS = 500
 MAX_SEED = 2**32 - 1  # the range every backend (torch generators, sd.cpp) accepts
 MAX_FRAMES = 256
@@ -37,7 +41,6 @@ MAX_INPUT_IMAGES = 16
 MAX_PREVIEWS = 50
 # ControlNet units in one request (A1111's sd-webui-controlnet defaults to 3 unit slots).
 MAX_CONTROL_UNITS = 4
-MAX_CONTROL_STRENGTH = 2.0
 
 # OpenAI's `quality` → a multiple of the model's own step count (its YAML `step`, else the
 # backend's default). `engine.merge` applies it, where the backend's default is known.
@@ -180,54 +183,6 @@ def check_side(param: str, value: int) -> None:
 
 
 @dataclass(frozen=True)
-class ControlUnit:
-    """One ControlNet unit: a control image and the ControlNet that reads it.
-
-    `net` is a name in the models directory's `controlnet/` folder, a path or a hub repo id;
-    None means the model's YAML `control_net`. `strength` None means the YAML's
-    `control_strength`, else 1.0 (0 gives the plain image). `start`/`end` are the fraction of the
-    steps the unit acts on. `preprocess` turns `image` into the control map first ("none": the
-    image already is one); `processor_res` and the thresholds are the preprocessor's knobs
-    (A1111's names). After the engine's preparation every unit has a net, a strength and
-    preprocess "none": a backend only ever receives control maps.
-    """
-
-    image: Image
-    net: str | None = None
-    strength: float | None = None
-    start: float = 0.0
-    end: float = 1.0
-    preprocess: str = "none"
-    processor_res: int | None = None
-    threshold_a: float | None = None
-    threshold_b: float | None = None
-    # The preprocessor that made `image` once the engine ran it (A1111's "Module" in the PNG
-    # parameters); "none" for an image sent as a control map.
-    made_by: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.strength is not None and not 0 <= self.strength <= MAX_CONTROL_STRENGTH:
-            raise InvalidRequest(
-                f"control_strength must be between 0 and {MAX_CONTROL_STRENGTH:g}, got "
-                f"{self.strength:g}",
-                param="control_strength",
-            )
-        if not 0 <= self.start < self.end <= 1:
-            raise InvalidRequest(
-                f"control_start and control_end must satisfy 0 <= start < end <= 1, got "
-                f"{self.start:g} and {self.end:g}",
-                param="control_start",
-            )
-        if self.processor_res is not None and not 64 <= self.processor_res <= MAX_SIDE:
-            raise InvalidRequest(
-                f"processor_res must be between 64 and {MAX_SIDE}, got {self.processor_res}",
-                param="processor_res",
-            )
-        if self.net is not None and not self.net.strip():
-            raise InvalidRequest("control_net must not be empty", param="control_net")
-
-
-@dataclass(frozen=True)
 class ImageRequest:
     """One generation request. `None` means "not said": the YAML or the backend decides."""
 
@@ -263,6 +218,8 @@ class ImageRequest:
     cache_options: Mapping[str, Any] = field(default_factory=dict)
     # ControlNet units, in the order given (several stack where the family allows it).
     controls: tuple[ControlUnit, ...] = ()
+    # A1111's hires fix: a second, upscaled img2img pass (None: the YAML's `hires:` decides).
+    hires: HiresFix | None = None
 
     def __post_init__(self) -> None:
         self.validate()

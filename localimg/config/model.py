@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from localimg.config.localai_keys import LOCALAI_IGNORED_KEYS, LOCALAI_IGNORED_PARAMETERS
 from localimg.config.options import OPTION_ALIASES, parse_options, parse_value
 from localimg.errors import ConfigError, InvalidRequest
 
@@ -27,108 +28,6 @@ YAML_SUFFIXES = (".yaml", ".yml")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".gguf", ".bin", ".pt", ".pth", ".sft")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-# Keys of LocalAI's model YAML that serve text, audio or other model kinds. They are accepted so
-# that a models directory shared with LocalAI loads, and a warning says localimg ignores them.
-LOCALAI_IGNORED_KEYS = frozenset(
-    {
-        "template",
-        "context_size",
-        "mmap",
-        "mmlock",
-        "low_vram",
-        "gpu_layers",
-        "main_gpu",
-        "tensor_split",
-        "roles",
-        "embeddings",
-        "stopwords",
-        "cutstrings",
-        "trimspace",
-        "trimsuffix",
-        "prompt_cache_path",
-        "prompt_cache_all",
-        "prompt_cache_ro",
-        "grammar",
-        "function",
-        "mirostat",
-        "mirostat_eta",
-        "mirostat_tau",
-        "rope_scaling",
-        "yarn_ext_factor",
-        "numa",
-        "ngqa",
-        "rms_norm_eps",
-        "feature_flags",
-        "system_prompt",
-        "tts",
-        "tts_model",
-        "audio_path",
-        "known_usecases",
-        "usage",
-        "license",
-        "urls",
-        "icon",
-        "tags",
-        "download_files",
-        "mmproj",
-        "batch",
-        "flash_attention",
-        "no_kv_offloading",
-        "cache_type_k",
-        "cache_type_v",
-        "debug",
-        "vad",
-        "pipeline",
-        "chat_message",
-        "template_config",
-        "lora_base",
-        "quantization",
-        "load_format",
-        "tensor_parallel_size",
-        "swap_space",
-        "max_model_len",
-        "trust_remote_code",
-        "enforce_eager",
-        "gpu_memory_utilization",
-        "model_base_name",
-        "reranking",
-        "limit_mm_per_prompt",
-        "grpc",
-        "autoload",
-        "overrides",
-        "name_prefix",
-        "response_format",
-        "diffusers_img2img",
-    }
-)
-LOCALAI_IGNORED_PARAMETERS = frozenset(
-    {
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "max_tokens",
-        "echo",
-        "batch",
-        "ignore_eos",
-        "n_keep",
-        "frequency_penalty",
-        "presence_penalty",
-        "tfz",
-        "typical_p",
-        "repeat_penalty",
-        "repeat_last_n",
-        "negative_prompt_scale",
-        "rope_freq_base",
-        "rope_freq_scale",
-        "language",
-        "translate",
-        "n",
-        "tokenizer",
-        "keep",
-        "use_fast_tokenizer",
-    }
-)
 
 ENABLE_PARAMETER_NAMES = (
     "negative_prompt",
@@ -182,6 +81,31 @@ class DiffusersSection(_Strict):
         return value
 
 
+class HiresSection(_Strict):
+    """`hires:` of a model YAML (localimg): A1111's hires fix for this model. A request that
+    asks for a hires fix takes what it leaves unset from here; with `enabled: true` (the default
+    when the block is there) every request gets one unless it turns it off."""
+
+    enabled: bool = True
+    scale: float | None = Field(default=None, ge=1, le=8)
+    size: str | None = None  # WxH of the second pass; wins over scale
+    upscaler: str | None = None  # latent, lanczos, bicubic, nearest or an upscale_models/ name
+    steps: int | None = Field(default=None, ge=0, le=500)  # 0: the first pass's steps
+    denoise: float | None = Field(default=None, gt=0, le=1)
+
+    @field_validator("size")
+    @classmethod
+    def _size_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            from localimg.requests import parse_size
+
+            try:
+                parse_size(value)
+            except InvalidRequest as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+
 class RaySection(BaseModel):
     """`ray:` of a model YAML (localimg): how `serve --ray` deploys this model. Wins over the
     server's --replicas / --autoscale / --gpus-per-replica for this model."""
@@ -224,6 +148,7 @@ class ModelConfig(_Strict):
     memory: str | int | None = None  # localimg: what loading the model takes (14G, 512M)
     diffusers: DiffusersSection = Field(default_factory=DiffusersSection)
     ray: RaySection | None = None  # localimg: replicas and GPUs under `serve --ray`
+    hires: HiresSection | None = None  # localimg: the hires fix's defaults
     # localimg: the model's default ControlNet (a `controlnet/` name, a path or a repo id; the
     # `diffusers.control_net` key LocalAI reads works too) and its strength; a request brings
     # the control image.

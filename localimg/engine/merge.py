@@ -14,11 +14,19 @@ from localimg.config import ModelConfig
 from localimg.config.options import OPTION_ALIASES, cache_from_options, is_cache_key
 from localimg.errors import InvalidRequest
 from localimg.media import conditioning
+from localimg.request_parts import (
+    HIRES_DEFAULT_DENOISE,
+    HIRES_DEFAULT_SCALE,
+    HIRES_LATENT,
+    MAX_SIDE,
+    HiresFix,
+)
 from localimg.requests import (
     CACHE_OFF,
     QUALITY_STEP_FACTORS,
     ControlUnit,
     ImageRequest,
+    parse_size,
     random_seed,
     split_prompt,
 )
@@ -65,6 +73,7 @@ def merge_request(
             cache=cache,
             cache_options=cache_options,
             controls=merged_controls(request, config),
+            hires=merged_hires(request, config, (int(width), int(height), int(steps)), defaults),
             **fitted_inputs(request, defaults, int(width), int(height)),
         )
     except (TypeError, ValueError) as exc:
@@ -168,6 +177,73 @@ def merged_controls(request: ImageRequest, config: ModelConfig) -> tuple[Control
             strength = config.control_strength if config.control_strength is not None else 1.0
         units.append(replace(unit, net=net, strength=float(strength)))
     return tuple(units)
+
+
+def merged_hires(
+    request: ImageRequest,
+    config: ModelConfig,
+    first_pass: tuple[int, int, int],
+    defaults: BackendDefaults,
+) -> HiresFix | None:
+    """The hires fix a request runs with, every field set (None: none): the request's, else the
+    YAML's `hires:` block (when enabled), field by field, else A1111's defaults. The second
+    pass's size is `size`/width x height when given (one side: the other keeps the aspect),
+    else the first pass's times `scale`, rounded down to the model's size multiple. `scale`
+    stays set only when it decided the size (A1111 then writes "Hires upscale", else "Hires
+    resize"); `steps` 0 becomes the first pass's count."""
+    width, height, steps = first_pass
+    asked, yaml = request.hires, config.hires
+    if asked is None:
+        if yaml is None or not yaml.enabled:
+            return None
+        asked = HiresFix()
+    if not asked.enabled:
+        return None
+    yaml_size = parse_size(yaml.size) if yaml is not None and yaml.size else (None, None)
+
+    def pick(name: str, yaml_value: Any, default: Any) -> Any:
+        value = getattr(asked, name)
+        return value if value is not None else yaml_value if yaml_value is not None else default
+
+    scale = float(pick("scale", yaml.scale if yaml else None, HIRES_DEFAULT_SCALE))
+    size = (asked.width, asked.height) if asked.width or asked.height else yaml_size
+    final_width, final_height = hires_size(size, scale, width, height, defaults.size_multiple)
+    return HiresFix(
+        scale=None if any(size) else scale,
+        width=final_width,
+        height=final_height,
+        upscaler=str(pick("upscaler", yaml.upscaler if yaml else None, HIRES_LATENT)).lower(),
+        steps=int(pick("steps", yaml.steps if yaml else None, 0)) or steps,
+        denoise=float(pick("denoise", yaml.denoise if yaml else None, HIRES_DEFAULT_DENOISE)),
+        prompt=asked.prompt,
+        negative_prompt=asked.negative_prompt,
+    )
+
+
+def hires_size(
+    size: tuple[int | None, int | None], scale: float, width: int, height: int, multiple: int
+) -> tuple[int, int]:
+    """The second pass's size: `size` (one side given: the other keeps the first pass's
+    aspect), else the first pass's times `scale`; rounded down to the size multiple."""
+    asked_width, asked_height = size
+    if asked_width is None and asked_height is None:
+        found = (width * scale, height * scale)
+    elif asked_width is None:
+        assert asked_height is not None
+        found = (asked_height * width / height, asked_height)
+    elif asked_height is None:
+        found = (asked_width, asked_width * height / width)
+    else:
+        found = (asked_width, asked_height)
+    step = max(1, multiple)
+    final = tuple(max(step, round(side) // step * step) for side in found)
+    if max(final) > MAX_SIDE:
+        raise InvalidRequest(
+            f"the hires fix would make {final[0]}x{final[1]}; each side must be at most "
+            f"{MAX_SIDE} pixels (lower hires_scale or hires_size)",
+            param="hires_scale",
+        )
+    return final[0], final[1]
 
 
 def merge_cache(

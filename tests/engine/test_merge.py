@@ -219,3 +219,56 @@ def test_two_different_control_nets_in_one_yaml_are_refused() -> None:
         config_from_dict(
             {"name": "m", "control_net": "a", "diffusers": {"control_net": "b"}}, where="m.yaml"
         )
+
+
+def merged_hires(yaml: dict[str, Any], hires: Any = None, **request: Any) -> Any:
+    config = config_from_dict({"name": "m", **yaml}, where="m.yaml")
+    fields = {"width": 64, "height": 96, "steps": 6, **request}
+    asked = ImageRequest(prompt="otter", hires=hires, **fields)
+    return merge_request(asked, config, GGML_DEFAULTS).hires
+
+
+def test_hires_takes_the_request_then_the_yaml_then_a1111s_defaults() -> None:
+    from localimg.requests import HiresFix
+
+    assert merged_hires({}) is None
+    plain = merged_hires({}, HiresFix())
+    assert (plain.width, plain.height, plain.scale) == (128, 192, 2.0)
+    assert (plain.upscaler, plain.steps, plain.denoise) == ("latent", 6, 0.7)
+    yaml = {"hires": {"scale": 1.5, "upscaler": "Lanczos", "steps": 3, "denoise": 0.4}}
+    on = merged_hires(yaml)  # the block turns it on for every request
+    assert (on.width, on.height, on.upscaler, on.steps, on.denoise) == (64, 128, "lanczos", 3, 0.4)
+    mine = merged_hires(yaml, HiresFix(scale=2, denoise=0.5))
+    assert (mine.width, mine.height, mine.steps, mine.denoise) == (128, 192, 3, 0.5)
+    assert merged_hires(yaml, HiresFix(enabled=False)) is None
+    assert merged_hires({"hires": {"enabled": False, "scale": 2}}) is None
+
+
+def test_a_hires_size_wins_over_scale_and_one_side_keeps_the_aspect() -> None:
+    from localimg.requests import HiresFix
+
+    both = merged_hires({}, HiresFix(scale=3, width=256, height=200))
+    assert (both.width, both.height, both.scale) == (256, 192, None)  # multiples of 64
+    wide = merged_hires({}, HiresFix(width=128))
+    assert (wide.width, wide.height) == (128, 192)
+    yaml_size = merged_hires({"hires": {"size": "256x384"}})
+    assert (yaml_size.width, yaml_size.height) == (256, 384)
+
+
+def test_hires_values_out_of_range_are_refused_naming_the_field() -> None:
+    from localimg.requests import HiresFix
+
+    for fields, param in (
+        ({"scale": 9}, "hires_scale"),
+        ({"scale": 0.5}, "hires_scale"),
+        ({"denoise": 0}, "hires_denoise"),
+        ({"steps": -1}, "hires_steps"),
+        ({"width": 5000}, "hires_size"),
+        ({"upscaler": " "}, "hires_upscaler"),
+    ):
+        with pytest.raises(InvalidRequest) as caught:
+            HiresFix(**fields)
+        assert caught.value.param == param
+    with pytest.raises(InvalidRequest, match="at most 4096") as caught:
+        merged_hires({}, HiresFix(scale=8), width=1024, height=1024)
+    assert caught.value.param == "hires_scale"

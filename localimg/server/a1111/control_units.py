@@ -31,7 +31,7 @@ from localimg._util.validation import first_problem
 from localimg.errors import InvalidRequest
 from localimg.media import conditioning
 from localimg.media.decode import image_from_text
-from localimg.requests import MAX_CONTROL_STRENGTH, ControlUnit
+from localimg.request_parts import MAX_CONTROL_STRENGTH, ControlUnit
 from localimg.server.a1111.schemas import A1111Error
 
 if TYPE_CHECKING:
