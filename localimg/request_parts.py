@@ -21,6 +21,20 @@ MAX_HIRES_SCALE = 8.0
 HIRES_DEFAULT_SCALE = 2.0
 HIRES_DEFAULT_DENOISE = 0.7
 HIRES_LATENT = "latent"
+# A1111's latent upscale modes, lowercased → torch's interpolate mode and its antialias flag.
+LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
+    "latent": ("bilinear", False),
+    "latent (nearest)": ("nearest", False),
+    "latent (nearest-exact)": ("nearest-exact", False),
+    "latent (bicubic)": ("bicubic", False),
+    "latent (antialiased)": ("bilinear", True),
+    "latent (bicubic antialiased)": ("bicubic", True),
+}
+
+
+def is_latent_upscaler(name: str) -> bool:
+    """Whether a hires upscaler name (any case) is one of the latent modes."""
+    return name.strip().lower() in LATENT_UPSCALERS
 
 
 @dataclass(frozen=True)

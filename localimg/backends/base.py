@@ -50,6 +50,9 @@ class Capabilities:
     # Step-cache methods the backend knows (ImageRequest.cache). Which of them a loaded model can
     # use depends on its architecture: the backend refuses the others naming those that work.
     cache_methods: tuple[str, ...] = ()
+    # Runs a hires fix with a latent upscaler itself, in one generate call (request.hires). A
+    # pixel upscaler never reaches a backend as hires: the engine's slot runs the two passes.
+    latent_hires: bool = False
 
 
 def capabilities_of(cls: type[Any]) -> Capabilities:
