@@ -27,6 +27,8 @@ from localimg.media import encode as images
 from localimg.media import video
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from localimg.requests import ImageResult
 
 OUTPUT_SUFFIXES = ("png", "jpg", "jpeg", "webp", "gif", "mp4")
@@ -111,6 +113,21 @@ def _item(data: bytes, ext: str, as_url: bool, output_dir: Path, url_prefix: str
     name = f"{secrets.token_urlsafe(16)}.{ext}"
     write_atomic(output_dir / name, data)
     return {"url": f"{url_prefix}/{name}"}
+
+
+def image_item(
+    image: Image,
+    image_format: images.ImageFormat,
+    compression: int | None,
+    as_url: bool,
+    output_dir: Path,
+    url_prefix: str,
+    parameters: str | None = None,
+) -> dict[str, Any]:
+    """One image that is not a generation's (an upscale) as a response item, like encode_items'."""
+    data = images.encode(image, image_format, parameters=parameters, quality=compression)
+    ext = "jpg" if image_format == "jpeg" else image_format
+    return _item(data, ext, as_url, output_dir, url_prefix)
 
 
 def encode_items(

@@ -42,7 +42,7 @@ from localimg.server.jobs.videos import VideoStore
 from localimg.server.localai import routes as localai
 from localimg.server.metrics import ServerMetrics
 from localimg.server.openai import images as openai
-from localimg.server.openai import models
+from localimg.server.openai import models, upscale
 from localimg.server.state import ServerState
 from localimg.server.ui import web_page
 
@@ -150,6 +150,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         *files.routes(),
         *localai.routes(),
         *openai.routes(),
+        *upscale.routes(),
         *models.routes(),
         *videos.routes(),
         *image_jobs.routes(),

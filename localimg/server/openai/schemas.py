@@ -112,7 +112,7 @@ class EditFields(ImageParams):
     input_fidelity: Literal["high", "low"] | None = None
 
 
-def parse_model(cls: type[ImageParams], data: Any) -> Any:
+def parse_model(cls: type[BaseModel], data: Any) -> Any:
     """Validate a body; a failure is a 400 naming the first bad field and what is allowed."""
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
