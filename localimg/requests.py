@@ -349,6 +349,32 @@ class ImageRequest:
         return [self.seed + i for i in range(self.n)]
 
 
+def hires_second_pass(request: ImageRequest, image: Image, seed: int) -> ImageRequest:
+    """The second pass of a merged request's hires fix for one image: img2img over `image` (the
+    first pass's, upscaled) at the hires size, steps, denoise and prompts, with that image's
+    seed; no ControlNet units (their maps fit the first size; the upscaled image already holds
+    the composition) and no hires fix of its own, even where the YAML turns one on."""
+    hires = request.hires
+    if hires is None:
+        raise ValueError("the request has no hires fix")
+    negative = hires.negative_prompt
+    return replace(
+        request,
+        prompt=hires.prompt or request.prompt,
+        negative_prompt=negative if negative is not None else request.negative_prompt,
+        width=hires.width,
+        height=hires.height,
+        steps=hires.steps,
+        strength=hires.denoise,
+        init_image=image,
+        seed=seed,
+        n=1,
+        mode="img2img",
+        controls=(),
+        hires=HiresFix(enabled=False),
+    )
+
+
 @dataclass
 class ImageResult:
     """What a backend returns: the images (or video frames), their seeds and where time went."""

@@ -45,6 +45,7 @@ def batch_key(request: ImageRequest) -> Hashable | None:
         or request.cache is not None  # a step cache follows one call's own denoising
         or request.cache_options
         or request.controls  # ControlNet units pick their own pipeline and control maps
+        or request.hires is not None  # a hires fix runs two passes of its own
         or request.mode not in (None, "txt2img")
         or has_syntax(request.prompt)  # A1111 weights are encoded per prompt
         or has_syntax(request.negative_prompt)

@@ -12,14 +12,19 @@ the pipelines' memory budget, keep-alive and LRU eviction (side_models.py).
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from localimg.backends import canonical_name, get_backend_class
-from localimg.backends.side import SideRegistry, Upscaler, default_registry
+from localimg.backends.side import (
+    SideRegistry,
+    Upscaler,
+    default_registry,
+    register_upscale_models,
+)
 from localimg.config import ModelConfig, default_model_ref, resolve_model
+from localimg.engine import hires
 from localimg.engine.controls import prepare_controls, preprocessor_name, run_preprocessor
 from localimg.engine.events import EngineEvents
 from localimg.engine.job import Job, ProgressListener
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 SlotFactory = Callable[[ModelConfig, "EngineSettings"], Slot]
+MAX_UPSCALE = 8.0  # the largest scale Engine.upscale accepts
 
 
 class Engine:
@@ -53,6 +59,7 @@ class Engine:
         # Side models by (kind, name), made from the registry on first use (side_models.py).
         registry = side_registry or default_registry(depth=self.settings.depth_model)
         self.side = SideModels(registry, self.settings.runtime)
+        register_upscale_models(registry, self.settings.models_path)  # upscale_models/ files
         self._slot_factory: SlotFactory = slot_factory or InProcessSlot
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
@@ -82,6 +89,8 @@ class Engine:
                 slot = self._slot_factory(config, self.settings)
                 slot.before_load = self.lifecycle.admit
                 slot.before_grow = self.lifecycle.admit_more
+                if isinstance(slot, InProcessSlot):  # a worker's parent too (not a Ray slot)
+                    slot.upscale = self.upscale  # a hires fix's pixel upscaler (hires.py)
                 slot.events = self.events
                 self._slots[config.name] = slot
             return slot
@@ -106,6 +115,7 @@ class Engine:
         backend_cls = get_backend_class(config.backend)
         request = self.prepare_controls(request)
         backend_cls.check_request(request, config)
+        hires.check_request(request, config, backend_cls, self.side.registry.names("upscaler"))
         job = Job(id=f"job-{next(self._ids)}", model=config.name, request=request)
         if progress is not None:
             job.listeners.append(progress)
@@ -135,18 +145,41 @@ class Engine:
             raise
 
     def upscale(
-        self, image: Image.Image, upscaler: str = "lanczos", scale: float = 2.0
+        self,
+        image: Image.Image,
+        upscaler: str = "lanczos",
+        scale: float = 2.0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Image.Image:
-        """`image` enlarged `scale` times by the named upscaler, on the caller's thread.
+        """`image` enlarged `scale` times (above 0, at most 8) by the named upscaler, on the
+        caller's thread; `progress(done, total)` follows a model's tiles.
 
         The upscaler is a side model: loaded on first use (room made for it under the memory
         budget, as for a pipeline), kept for the next call, evicted or reaped like a pipeline.
-        ModelNotFound names the known upscalers.
+        A model runs as many passes as reach the scale, lanczos resizes the rest
+        (backends/side/scaling.py). ModelNotFound names the known upscalers.
         """
-        if not 0 < scale < math.inf:
-            raise InvalidRequest(f"scale must be a number above 0, not {scale}", param="scale")
+        if not 0 < scale <= MAX_UPSCALE:
+            raise InvalidRequest(
+                f"scale must be above 0 and at most {MAX_UPSCALE:g}, not {scale:g}", param="scale"
+            )
         with self.side.use("upscaler", upscaler) as model:
-            return cast(Upscaler, model).upscale(image, scale)  # the registry checked its kind
+            upscaling = cast(Upscaler, model)  # the registry checked its kind
+            if progress is None:
+                return upscaling.upscale(image, scale)
+            return upscaling.upscale(image, scale, progress)
+
+    def upscaler_names(self) -> list[str]:
+        """The upscalers a request may name: the resampling filters, then the models of
+        `upscale_models/` (as of the engine's start or its last `refresh_upscalers`)."""
+        return self.side.registry.listing("upscaler")
+
+    def refresh_upscalers(self) -> list[str]:
+        """Scan `upscale_models/` again (a file added or removed); a removed file's loaded
+        model is unloaded. The names, as `upscaler_names`."""
+        register_upscale_models(self.side.registry, self.settings.models_path)
+        self.side.forget_missing("upscaler")
+        return self.upscaler_names()
 
     def prepare_controls(self, request: ImageRequest) -> ImageRequest:
         """`request` with each ControlNet unit's preprocessor run: its map in place of its image,

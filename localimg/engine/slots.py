@@ -11,17 +11,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from localimg.backends import get_backend_class
 from localimg.backends.base import BatchBackend, capabilities_of
 from localimg.config import ModelConfig
-from localimg.engine import batching, memory
+from localimg.engine import batching, hires, memory
 from localimg.engine.events import EngineEvents
 from localimg.engine.job import Job, as_backend_error, waiting_count, waiting_position
 from localimg.engine.merge import merge_request
 from localimg.engine.settings import EngineSettings
-from localimg.errors import Busy, Cancelled, LocalimgError, ModelLoading
+from localimg.errors import Busy, Cancelled, InvalidRequest, LocalimgError, ModelLoading
 from localimg.media import conditioning
 from localimg.requests import (
     ImageRequest,
@@ -105,6 +105,11 @@ class InProcessSlot:
         # the ControlNets counted so far (the YAML's is in the model's own estimate).
         self.before_grow: Callable[[Any, memory.Need], None] | None = None
         self.counted_controlnets: set[str] = set()
+        # The engine's upscale call, for a hires fix with a pixel upscaler (hires.py); a worker's
+        # child has none and runs only the first pass (`hires_first_pass_only`): its parent
+        # holds the upscalers and runs the second.
+        self.upscale: hires.Upscale | None = None
+        self.hires_first_pass_only = False
         self.loads = 0  # how many times the model was loaded (tests, /v1/models)
         self.last_load_seconds: float | None = None
         self.events = EngineEvents()  # the engine hands each slot its own (engine.py)
@@ -189,6 +194,8 @@ class InProcessSlot:
         """Called with `_cond` held: pull compatible jobs off the queue (max_batch images)."""
         if self.settings.max_batch <= 1 or not self.batches:
             return []
+        if hires.upscaler_of(first.request, self.config) is not None:
+            return []  # two passes, or a backend's own hires call: alone
         queued = [j for j in self._queue if not j.future.done()]
         picked = batching.take_compatible(
             first.request, [j.request for j in queued], self.settings.max_batch
@@ -280,7 +287,26 @@ class InProcessSlot:
         return outcomes
 
     def run_job(self, job: Job) -> ImageResult:
-        """Load if needed, merge, generate. Runs on the slot's thread."""
+        """Load if needed, merge, generate (both passes of a hires fix the slot runs: hires.py).
+        Runs on the slot's thread."""
+        return self.finish_hires(job, self.run_pass(job))
+
+    def finish_hires(self, job: Job, result: ImageResult) -> ImageResult:
+        """`result`, or when it is the first pass of a hires fix with a pixel upscaler, the
+        second pass run over it (each image upscaled by the engine, then img2img)."""
+        if not hires.pending(result, self.backend_cls) or self.hires_first_pass_only:
+            return result
+        if self.upscale is None:
+            raise InvalidRequest(
+                "a hires fix with a pixel upscaler runs through the engine's upscalers, which "
+                "this model's slot lacks; use a latent upscaler",
+                param="hires_upscaler",
+            )
+        return hires.finish(job, result, self.run_pass, self.upscale)
+
+    def run_pass(self, job: Job) -> ImageResult:
+        """Load if needed, merge, generate one backend call (of a hires fix run here: its
+        first pass, the request without hires, the merged request in the result)."""
         started = time.monotonic()
         timings = {"queue": started - job.submitted}
         if job.cancel_event.is_set():
@@ -292,15 +318,23 @@ class InProcessSlot:
             job.request, self.config, backend.defaults, self.backend_cls.option_keys
         )
         begin = time.monotonic()
-        result = backend.generate(request, job.emit, job.cancel_event)
+        call, emit = request, cast(Callable[[ProgressEvent], None], job.emit)
+        two_passes = hires.in_slot(request, self.backend_cls)
+        if two_passes:
+            check = getattr(backend, "check_hires", None)  # refuse before any step runs
+            if check is not None:
+                check(request)
+            call, emit = hires.first_pass(request, job.emit)
+        result = backend.generate(call, emit, job.cancel_event)
         if request.mask is not None and result.fps is None:
             result.images = conditioning.keep_unmasked(result.images, request)
         timings["inference"] = time.monotonic() - begin
         result.timings = {**timings, **result.timings}
         result.request = request
         result.model = self.config.name
-        steps = request.steps or 0
-        job.emit(ProgressEvent("done", step=steps, total=steps))
+        steps = hires.total_steps(request)
+        if not two_passes:
+            job.emit(ProgressEvent("done", step=steps, total=steps))
         return result
 
     def ensure_loaded(self, job: Job) -> Backend:

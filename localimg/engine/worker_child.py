@@ -90,6 +90,7 @@ class WorkerChild:
         """Read the pipe on a thread of its own; run the inbox here until `Stop`."""
         threading.Thread(target=self.read, name="localimg-worker-reader", daemon=True).start()
         self.slot = InProcessSlot(self.config, self.settings)
+        self.slot.hires_first_pass_only = True  # the parent upscales and runs the second pass
         while True:
             match self.inbox.get():
                 case Stop():

@@ -287,8 +287,9 @@ class WorkerSlot(InProcessSlot):
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def run_job(self, job: Job) -> ImageResult:
-        """Send the job to the child and relay its events until the result comes back."""
+    def run_pass(self, job: Job) -> ImageResult:
+        """Send the job to the child and relay its events until the result comes back (the
+        inherited run_job runs a hires fix's second pass here, through this, too)."""
         with self._io_lock:
             self._current = job
             try:
