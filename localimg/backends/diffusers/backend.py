@@ -44,6 +44,7 @@ from localimg.backends.diffusers.options import (
 )
 from localimg.backends.diffusers.pipeline import call_args, controlnet, tasks
 from localimg.backends.diffusers.pipeline.batch_invariance import BatchGrouping
+from localimg.backends.diffusers.pipeline.hires import LatentHires
 from localimg.backends.diffusers.pipeline.run import run_call
 from localimg.backends.diffusers.sampling import schedulers
 from localimg.backends.diffusers.sampling.sampling import Sampling
@@ -76,7 +77,7 @@ class Prepared:
     infotext: dict[str, str] = field(default_factory=dict)  # ControlNet units (A1111's fields)
 
 
-class DiffusersBackend:
+class DiffusersBackend(LatentHires):
     """One loaded diffusers pipeline."""
 
     name: ClassVar[str] = "diffusers"
@@ -86,7 +87,7 @@ class DiffusersBackend:
     # generate_batch runs several merged text-to-image requests in one pipeline call; the step
     # caches are diffusers' hooks (cache/caching.py), each where the loaded pipeline can use it
     capabilities: ClassVar[Capabilities] = Capabilities(
-        batch=True, cache_methods=cache_setup.METHODS
+        batch=True, cache_methods=cache_setup.METHODS, latent_hires=True
     )
 
     def __init__(self, settings: RuntimeSettings) -> None:
@@ -300,6 +301,8 @@ class DiffusersBackend:
     ) -> ImageResult:
         import torch
 
+        if request.hires is not None:  # a latent one: a pixel upscaler's is the engine's
+            return self.generate_hires(request, progress, cancel)
         prepared = self._prepare(request)
         pipe, params, steps = prepared.pipe, prepared.params, prepared.steps
         total = steps * request.n
