@@ -14,7 +14,7 @@ from localimg.errors import LocalimgError
 from localimg.media.controls import ControlSettings
 
 if TYPE_CHECKING:
-    from localimg.requests import ControlUnit
+    from localimg.requests import ControlUnit, HiresFix
 
 # The CLI's names of the control settings, for the messages of media.controls.
 CLI_CONTROL_NAMES = {
@@ -165,6 +165,37 @@ def generate(
             "3 canny/lineart, 4 normal, 5 segmentation, 6 tile).",
         ),
     ] = None,
+    hires_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--hires-scale",
+            help="Hires fix: the second pass's size as the first's times this (1-8) "
+            "[default: the YAML's hires: block, else 2]. Any --hires-* option turns it on.",
+        ),
+    ] = None,
+    hires_size: Annotated[
+        str | None,
+        typer.Option("--hires-size", help="Hires fix: the second pass's WIDTHxHEIGHT (wins)."),
+    ] = None,
+    hires_upscaler: Annotated[
+        str | None,
+        typer.Option(
+            "--hires-upscaler",
+            help="Hires fix: latent (or A1111's latent modes, e.g. 'latent (nearest)'), "
+            "lanczos, bicubic, nearest or a model in upscale_models/ [default: latent].",
+        ),
+    ] = None,
+    hires_steps: Annotated[
+        int | None,
+        typer.Option("--hires-steps", help="Hires fix: second-pass steps (0: the first's)."),
+    ] = None,
+    hires_denoise: Annotated[
+        float | None,
+        typer.Option("--hires-denoise", help="Hires fix: second-pass strength, (0, 1] [0.7]."),
+    ] = None,
+    no_hires: Annotated[
+        bool, typer.Option("--no-hires", help="No hires fix, even where the YAML turns it on.")
+    ] = False,
     device: Device = None,
     threads: Threads = None,
     as_json: Annotated[
@@ -224,6 +255,9 @@ def generate(
         cache_options=cache_options,
         controls=controls,
         extra={"control_mode": control_mode} if control_mode is not None else {},
+        hires=_hires(
+            (hires_scale, hires_size, hires_upscaler, hires_steps, hires_denoise), no_hires
+        ),
     )
     engine = Engine(engine_settings(models_path, device, threads))
     try:
@@ -253,6 +287,25 @@ def _controls(images: list[str], settings: ControlSettings) -> tuple[ControlUnit
 
     opened = [open_image_arg(value, "--control-image") for value in images]
     return control_units(opened, settings, image_param="--control-image")
+
+
+def _hires(
+    options: tuple[float | None, str | None, str | None, int | None, float | None], off: bool
+) -> HiresFix | None:
+    """The hires fix of the --hires-* options (None: none given, the YAML decides)."""
+    from localimg.requests import HiresFix, parse_size
+
+    scale, size, upscaler, steps, denoise = options
+    if off:
+        if any(value is not None for value in options):
+            raise _bad("--no-hires cannot be combined with --hires-* options")
+        return HiresFix(enabled=False)
+    if all(value is None for value in options):
+        return None
+    width, height = parse_size(size) if size else (None, None)
+    return HiresFix(
+        scale=scale, width=width, height=height, upscaler=upscaler, steps=steps, denoise=denoise
+    )
 
 
 def _bad(message: str) -> LocalimgError:
@@ -288,6 +341,8 @@ def _report(result: Any, paths: list[Path], as_json: bool) -> None:
             payload["strength"] = request.strength
         if request.cache is not None:
             payload["cache"] = {"method": request.cache, **request.cache_options}
+        if request.hires is not None:
+            payload["hires"] = _hires_json(request.hires)
         if request.controls:
             payload["controls"] = [
                 {"net": u.net, "strength": u.strength, "start": u.start, "end": u.end}
@@ -295,7 +350,17 @@ def _report(result: Any, paths: list[Path], as_json: bool) -> None:
             ]
         typer.echo(json.dumps(payload, indent=2))
         return
+    hires = request.hires
+    size = f"{request.width}x{request.height}"
+    if hires is not None:
+        size += f" → {hires.width}x{hires.height} ({hires.upscaler}, {hires.steps} steps)"
     for path, seed in zip(paths, seeds, strict=True):
-        typer.echo(
-            f"{path}  (seed {seed}, {request.width}x{request.height}, {request.steps} steps)"
-        )
+        typer.echo(f"{path}  (seed {seed}, {size}, {request.steps} steps)")
+
+
+def _hires_json(hires: HiresFix) -> dict[str, Any]:
+    """The hires fix a result used, for --json (the first pass's size is width x height)."""
+    fields = ("scale", "width", "height", "upscaler", "steps", "denoise", "prompt")
+    found = {name: getattr(hires, name) for name in fields}
+    found["negative_prompt"] = hires.negative_prompt
+    return {key: value for key, value in found.items() if value is not None}

@@ -17,7 +17,7 @@ from localimg.errors import InvalidRequest
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from localimg.requests import ImageResult
+    from localimg.requests import ImageRequest, ImageResult
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 FORMATS: dict[str, ImageFormat] = {
@@ -66,12 +66,45 @@ def a1111_parameters(result: ImageResult, index: int) -> str:
             fields.append(("Clip skip", request.clip_skip + 1))
         if request.strength is not None:
             fields.append(("Denoising strength", request.strength))
+        fields += hires_fields(request)
     if result.model:
         fields.append(("Model", result.model))
     fields += list(result.infotext.items())
     fields.append(("Version", f"localimg {__version__}"))
     lines.append(", ".join(f"{key}: {_field(value)}" for key, value in fields))
     return "\n".join(lines)
+
+
+# The upscalers A1111 writes with a capital (its own names); model names are written as named.
+BUILT_IN_UPSCALERS = ("latent", "lanczos", "bicubic", "nearest")
+
+
+def hires_fields(request: ImageRequest) -> list[tuple[str, object]]:
+    """A merged request's hires fix as A1111 writes it: "Hires upscale" (or "Hires resize" when
+    a size decided it), "Hires steps" when they differ from the first pass's (A1111 writes its
+    0, "the same", as nothing), "Hires upscaler", the denoise and the hires prompts when set.
+    "Size" stays the first pass's, as in A1111."""
+    hires = request.hires
+    if hires is None:
+        return []
+    upscaler = hires.upscaler or "latent"
+    if upscaler.split(" ")[0] in BUILT_IN_UPSCALERS:
+        upscaler = upscaler[:1].upper() + upscaler[1:]
+    fields: list[tuple[str, object]] = []
+    if request.strength is None:
+        fields.append(("Denoising strength", hires.denoise))
+    if hires.scale is not None:
+        fields.append(("Hires upscale", f"{hires.scale:g}"))
+    else:
+        fields.append(("Hires resize", f"{hires.width}x{hires.height}"))
+    if hires.steps and hires.steps != request.steps:
+        fields.append(("Hires steps", hires.steps))
+    fields.append(("Hires upscaler", upscaler))
+    if hires.prompt:
+        fields.append(("Hires prompt", hires.prompt))
+    if hires.negative_prompt is not None:
+        fields.append(("Hires negative prompt", hires.negative_prompt))
+    return fields
 
 
 def _field(value: object) -> str:
