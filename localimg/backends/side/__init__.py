@@ -11,12 +11,20 @@ from localimg.backends.side.depth import DepthPreprocessor
 from localimg.backends.side.preprocessors import MODULES, preprocessor_for
 from localimg.backends.side.registry import SideFactory, SideRegistry, default_registry
 from localimg.backends.side.resize import ResizeUpscaler
+from localimg.backends.side.upscale_models import (
+    UPSCALE_FOLDER,
+    UPSCALER_SUFFIXES,
+    register_upscale_models,
+    upscaler_files,
+)
 
 __all__ = [
     "DEFAULT_DEPTH_MODEL",
     "DEPTH_MODEL_ENV",
     "MODULES",
     "SIDE_KINDS",
+    "UPSCALER_SUFFIXES",
+    "UPSCALE_FOLDER",
     "CannyPreprocessor",
     "DepthPreprocessor",
     "Preprocessor",
@@ -27,4 +35,6 @@ __all__ = [
     "Upscaler",
     "default_registry",
     "preprocessor_for",
+    "register_upscale_models",
+    "upscaler_files",
 ]

@@ -9,6 +9,7 @@ kind adds one small call of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -53,8 +54,14 @@ class SideModel(Protocol):
 class Upscaler(SideModel, Protocol):
     """kind "upscaler": a bigger image from an image."""
 
-    def upscale(self, image: Image.Image, scale: float) -> Image.Image:
-        """`image` enlarged `scale` times (each side rounded to whole pixels)."""
+    def upscale(
+        self,
+        image: Image.Image,
+        scale: float,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Image.Image:
+        """`image` enlarged `scale` times (each side rounded to whole pixels); `progress` is
+        called with (tiles done, tiles in all) as a model works through the image."""
         ...
 
 

@@ -25,6 +25,7 @@ class SideRegistry:
 
     def __init__(self) -> None:
         self._factories: dict[tuple[str, str], SideFactory] = {}
+        self._files: dict[str, set[str]] = {}  # by kind: the names replace_files registered
 
     def register(self, kind: str, name: str, factory: SideFactory) -> None:
         """Make `name` of `kind` available; a later registration of the same name replaces it."""
@@ -36,11 +37,34 @@ class SideRegistry:
         """The names of `kind`, sorted."""
         return sorted(name for k, name in self._factories if k == kind)
 
+    def builtin_names(self, kind: str) -> list[str]:
+        """The names of `kind` not registered from files, in registration order."""
+        files = self._files.get(kind, set())
+        return [name for k, name in self._factories if k == kind and name not in files]
+
+    def file_names(self, kind: str) -> list[str]:
+        """The names of `kind` registered from files (replace_files), sorted."""
+        return sorted(self._files.get(kind, set()))
+
+    def listing(self, kind: str) -> list[str]:
+        """The names of `kind` as a user reads them: built-ins first (for upscalers the
+        resampling filters), then the files' models, each sorted."""
+        return sorted(self.builtin_names(kind)) + self.file_names(kind)
+
+    def replace_files(self, kind: str, factories: dict[str, SideFactory]) -> None:
+        """Make `factories` the file-backed models of `kind`: the ones an earlier call
+        registered and this one does not are forgotten (a folder scanned again)."""
+        for name in self._files.get(kind, set()) - set(factories):
+            self._factories.pop((kind, name), None)
+        for name, factory in factories.items():
+            self.register(kind, name, factory)
+        self._files[kind] = set(factories)
+
     def create(self, kind: str, name: str, runtime: RuntimeSettings) -> SideModel:
         """A new, unloaded model; ModelNotFound (listing the known names) for an unknown one."""
         factory = self._factories.get((kind, name))
         if factory is None:
-            known = ", ".join(self.names(kind)) or "none"
+            known = ", ".join(self.listing(kind)) or "none"
             raise ModelNotFound(f"no {kind} named {name!r}; known: {known}", param=kind)
         model = factory(runtime)
         if not isinstance(model, SIDE_KINDS[kind]) or model.kind != kind:

@@ -6,6 +6,7 @@ named and called like an ESRGAN upscaler, so a request can pick any of them the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -36,6 +37,14 @@ class ResizeUpscaler:
     def unload(self) -> None:
         """Nothing to free."""
 
-    def upscale(self, image: Image.Image, scale: float) -> Image.Image:
+    def upscale(
+        self,
+        image: Image.Image,
+        scale: float,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Image.Image:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        return image.resize(size, FILTERS[self.name])
+        resized = image.resize(size, FILTERS[self.name])
+        if progress is not None:
+            progress(1, 1)  # one "tile": the whole image
+        return resized
