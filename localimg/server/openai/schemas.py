@@ -19,6 +19,7 @@ from localimg._util.validation import first_problem
 from localimg.errors import InvalidRequest
 from localimg.media.controls import ControlSettings, as_list, control_units
 from localimg.requests import MAX_N, ImageRequest, parse_cache, parse_mode, parse_size
+from localimg.server.openai.hires import hires_fix
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -74,6 +75,16 @@ class ImageParams(BaseModel):
     # A union ControlNet's control type (xinsir's SDXL union: 0 openpose, 1 depth, 2 hed/scribble,
     # 3 canny/lineart, 4 normal, 5 segmentation, 6 tile, 7 repaint): the pipeline keyword.
     control_mode: int | None = Field(default=None, ge=0, le=7)
+    # A1111's hires fix (openai/hires.py): any hires_* field asks for one; `hires` false turns
+    # off the model YAML's, true alone asks for one with the YAML's or the default settings.
+    hires: bool | None = None
+    hires_scale: float | None = Field(default=None, ge=1, le=8)  # HiresFix: the same
+    hires_size: str | None = None  # WxH of the second pass; wins over hires_scale
+    hires_upscaler: str | None = None  # latent, lanczos, ... or an upscale_models/ name
+    hires_steps: int | None = Field(default=None, ge=0, le=500)  # 0: the first pass's steps
+    hires_denoise: float | None = Field(default=None, gt=0, le=1)
+    hires_prompt: str | None = None
+    hires_negative_prompt: str | None = None
 
 
 # The fields that take one value or a list (one per control image).
@@ -218,6 +229,7 @@ def prepare(
         cache_options=cache_options,
         controls=controls,
         extra={"control_mode": params.control_mode} if params.control_mode is not None else {},
+        hires=hires_fix(params),
     )
     return Prepared(
         request=request,
