@@ -161,7 +161,8 @@ class Engine:
         """
         if not 0 < scale <= MAX_UPSCALE:
             raise InvalidRequest(
-                f"scale must be above 0 and at most {MAX_UPSCALE:g}, not {scale:g}", param="scale"
+                f"scale must be a number above 0 and at most {MAX_UPSCALE:g}, not {scale:g}",
+                param="scale",
             )
         with self.side.use("upscaler", upscaler) as model:
             upscaling = cast(Upscaler, model)  # the registry checked its kind

@@ -134,6 +134,17 @@ class SideModels:
         with self._lock:
             return dict(self._entries)
 
+    def forget_missing(self, kind: str) -> list[str]:
+        """Unload and drop the entries of `kind` the registry no longer has (a file removed
+        from its folder); their names."""
+        known = set(self.registry.names(kind))
+        with self._lock:
+            gone = [key for key in self._entries if key[0] == kind and key[1] not in known]
+            entries = [self._entries.pop(key) for key in gone]
+        for entry in entries:
+            entry.unload()
+        return [name for _, name in gone]
+
     def close(self) -> None:
         """Unload every side model (after its running call)."""
         with self._lock:
