@@ -21,10 +21,12 @@ MAX_TOP = 12  # modules directly in server/ and backends/diffusers/ (the rest in
 
 # Each part and the parts it may import (besides itself). Front ends sit on top; a backend never
 # knows HTTP or Typer; the server never touches a backend (it goes through the engine).
-BASE = {"errors", "requests", "_util"}
+# request_parts holds the request's parts (ControlNet units, the hires fix); requests re-exports it.
+BASE = {"errors", "requests", "request_parts", "_util"}
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
-    "requests": {"errors"},
+    "request_parts": {"errors"},
+    "requests": {"errors", "request_parts"},
     "_util": {"errors"},
     "media": BASE,
     "download": BASE,
