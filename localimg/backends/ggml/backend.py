@@ -29,6 +29,7 @@ from localimg.backends.ggml import (
     caching,
     call_args,
     control,
+    hires,
     native,
     previews,
     schedulers,
@@ -65,8 +66,9 @@ class GgmlBackend:
     # What each loaded model makes (images, reference edits, Wan videos) is per family and is
     # checked at generation time (families.py, call_args.py), since the family is known once
     # loaded.
+    # A latent hires fix runs in the library, both passes in one call (hires.py).
     capabilities: ClassVar[Capabilities] = Capabilities(
-        batch=False, cache_methods=cache_knobs.METHODS
+        batch=False, cache_methods=cache_knobs.METHODS, latent_hires=True
     )
 
     def __init__(self, settings: RuntimeSettings) -> None:
@@ -117,6 +119,7 @@ class GgmlBackend:
         for unit in request.controls:
             if ref := unit.net or config.default_control_net:
                 control.control_file(ref, config)
+        hires.check_request(request)
 
     @staticmethod
     def _check_extra(extra: Any) -> None:
@@ -263,22 +266,37 @@ class GgmlBackend:
             return self._video(request, base, label, progress, cancel)
         call = call_args.image_call(request, self.options, mode, base)
         call.update(control.call_keywords(unit, call["width"], call["height"]))
-        per_image = call_args.steps_run(request, mode, DEFAULT_STEPS)
-        total = per_image * request.n
+        call.update(hires.call_keywords(request, self.traits))
+        counter = self._counter(request, mode)
+        total = counter.total * request.n
+        size = (call.get("hires_width", call["width"]), call.get("hires_height", call["height"]))
         images: list[Any] = []
         for index, seed in enumerate(request.seeds):
             if cancel.is_set():
                 raise Cancelled("the request was cancelled")
-            shows = StepPreviews(request.previews, per_image, call["width"], call["height"])
-            images.append(self._one(call, seed, index, per_image, total, progress, shows))
+            counter = self._counter(request, mode)
+            shows = StepPreviews(request.previews, counter.total, *size)
+            images.append(self._one(call, seed, index, counter, total, progress, shows))
             progress(
                 ProgressEvent(
-                    "decode", step=(index + 1) * per_image, total=total, image_index=index
+                    "decode", step=(index + 1) * counter.total, total=total, image_index=index
                 )
             )
         result = ImageResult(images=images, seeds=request.seeds, scheduler=label)
         note_lora_hashes([result], request.prompt, lora_dir(self.config, self.options))
         return result
+
+    @staticmethod
+    def _counter(request: ImageRequest, mode: str) -> hires.StepCounter:
+        """One image's step counter: the first pass's steps, and the hires pass's if any."""
+        first = call_args.steps_run(request, mode, DEFAULT_STEPS)
+        fix = request.hires
+        if fix is None:
+            return hires.StepCounter(first)
+        second = hires.second_pass_steps(
+            fix.steps or request.steps or DEFAULT_STEPS, fix.denoise or 0.7
+        )
+        return hires.StepCounter(first, second)
 
     def _video(
         self,
@@ -327,36 +345,44 @@ class GgmlBackend:
         call: dict[str, Any],
         seed: int,
         index: int,
-        per_image: int,
+        counter: hires.StepCounter,
         total: int,
         progress: ProgressCallback,
         shows: StepPreviews,
     ) -> Any:
-        last = [0]
+        before = index * counter.total
 
         def on_step(step: int, steps: int) -> None:
             # The same callback reports tensor loading (LoRA files) and VAE tiles; only the
-            # sampler's steps have the step count asked for, and they only go forward.
-            if steps != per_image or not 0 < step <= steps or step <= last[0]:
+            # sampler's steps have a pass's step count, and they only go forward.
+            done = counter.step(step, steps)
+            if done is None:
                 return
-            last[0] = step
             progress(
                 ProgressEvent(
                     "step",
-                    step=index * per_image + step,
+                    step=before + done,
                     total=total,
                     image_index=index,
-                    preview=shows.take(step),
+                    preview=shows.take(done),
                 )
             )
 
-        method = previews.preview_method(self.options.taesd_path, len(shows.wanted) >= per_image)
+        def on_preview(step: int, image: Any) -> None:
+            # Each pass numbers its previews from 1: count them over both passes.
+            sign = -1 if step < 0 else 1
+            shows.keep(sign * (counter.offset + abs(step)), image)
+
+        handler = on_preview if shows.handler is not None else None
+        method = previews.preview_method(
+            self.options.taesd_path, len(shows.wanted) >= counter.total
+        )
         output = native.native_call(
             self._sd,
             lambda: self.model.generate_image(seed=seed, **call),
             on_step,
             "image",
-            previews_to(self._sd, shows.handler, method),
+            previews_to(self._sd, handler, method),
         )
         return plain_image(output[0])
 

@@ -22,6 +22,10 @@
 - `StableDiffusion(embedding_paths=[...])` raises AttributeError: its `__init__` reads
   `self._embedding_items`, which it never sets. `_LeakFreeModel` sets it before the parent's
   `__init__` (so textual inversions load only on the tested release).
+- Its hires fix builds `sd_hires_params_t(path=..., width=..., height=...)`, but the structure's
+  fields are `model_path`, `target_width` and `target_height`: ctypes keeps the unknown keywords
+  as plain attributes, so a hires size was silently replaced by `hires_scale`. `install` puts a
+  subclass in the package's namespace (where the wrapper looks it up) that sets the real fields.
 - Callbacks and the context are process-global and not thread-safe: `NATIVE_LOCK` serialises every
   native call in the process.
 """
@@ -96,9 +100,36 @@ def install() -> Any:
             _state["log_cb"] = sd.sd_log_callback(_on_log)
             _state["progress_cb"] = sd.sd_progress_callback(_on_progress)
             sd.sd_set_log_callback(_state["log_cb"], ctypes.c_void_p(0))
+            fix_hires_params(sd)
             _state["installed"] = True
         reset_progress(sd)
     return sd
+
+
+# The wrapper's keywords for sd_hires_params_t → the structure's fields.
+_HIRES_FIELDS = {"path": "model_path", "width": "target_width", "height": "target_height"}
+
+
+def fix_hires_params(sd: Any) -> None:
+    """Make the wrapper's hires keywords reach the structure's real fields (see the notes);
+    nothing on a binding whose structure has the fields it names."""
+    base = getattr(sd, "sd_hires_params_t", None)
+    if base is None or getattr(base, "_localimg_fixed", False):
+        return
+    names = {entry[0] for entry in getattr(base, "_fields_", ())}
+    if "width" in names or "target_width" not in names:
+        return
+
+    class _HiresParams(base):  # type: ignore[misc, valid-type]
+        _localimg_fixed = True
+
+        def __init__(self, **kw: Any) -> None:
+            for given, real in _HIRES_FIELDS.items():
+                if given in kw:
+                    kw[real] = kw.pop(given)
+            super().__init__(**kw)
+
+    sd.sd_hires_params_t = _HiresParams
 
 
 def reset_progress(sd: Any) -> None:
