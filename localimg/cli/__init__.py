@@ -7,7 +7,7 @@ stays fast. Each command group has its module; importing this package registers 
 
 from __future__ import annotations
 
-from localimg.cli import gallery, generate, models, serve  # noqa: F401 (they register commands)
+from localimg.cli import gallery, generate, models, serve, upscale  # noqa: F401 (they register commands)
 from localimg.cli.app import app, models_app
 
 __all__ = ["app", "main", "models_app"]

@@ -38,8 +38,9 @@ def models_list(
     device: Device = None,
     models_path: ModelsPath = None,
 ) -> None:
-    """The YAML models found in the models directory (backend, source and precision here) and
-    the ControlNets of its controlnet/ folder (kind "controlnet" in --json)."""
+    """The YAML models found in the models directory (backend, source and precision here), the
+    ControlNets of its controlnet/ folder (kind "controlnet" in --json) and the upscalers of
+    its upscale_models/ folder (kind "upscaler")."""
     from localimg.backends import model_precision
     from localimg.config import controlnet_items, default_models_path, scan_models
 
@@ -70,12 +71,48 @@ def models_list(
         }
         for item in controlnet_items(path)
     ]
+    upscalers = _upscaler_rows(path)
     if as_json:
-        typer.echo(json.dumps(rows + controlnets, indent=2))
+        typer.echo(json.dumps(rows + controlnets + upscalers, indent=2))
         return
     _render_list(rows, path)
     if controlnets:
         _render_controlnets(controlnets, path)
+    if upscalers:
+        _render_upscalers(upscalers, path)
+
+
+def _upscaler_rows(path: Path) -> list[dict[str, Any]]:
+    """The files of `upscale_models/`: what --upscaler takes by name, and what runs each."""
+    from localimg.backends.side import describe_file, upscaler_files
+
+    return [
+        {
+            "name": name,
+            "kind": "upscaler",
+            "backend": None,
+            "model": None,
+            "file": str(file),
+            "precision": None,
+            **describe_file(file),
+        }
+        for name, file in upscaler_files(path).items()
+    ]
+
+
+def _render_upscalers(rows: list[dict[str, Any]], path: Path) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"Upscalers in {path / 'upscale_models'}")
+    for column in ("name", "scale", "runs on", "file"):
+        table.add_column(column)
+    for row in rows:
+        runs = row["runs"] or f"[red]{escape(str(row['error']))}[/]"
+        scale = f"x{row['scale']}" if row["scale"] else "?"
+        table.add_row(escape(str(row["name"])), scale, runs, escape(Path(row["file"]).name))
+    Console().print(table)
 
 
 def _render_controlnets(rows: list[dict[str, Any]], path: Path) -> None:

@@ -14,6 +14,7 @@ from localimg.backends.side.resize import ResizeUpscaler
 from localimg.backends.side.upscale_models import (
     UPSCALE_FOLDER,
     UPSCALER_SUFFIXES,
+    describe_file,
     register_upscale_models,
     upscaler_files,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "SideRegistry",
     "Upscaler",
     "default_registry",
+    "describe_file",
     "preprocessor_for",
     "register_upscale_models",
     "upscaler_files",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from localimg.backends.base import RuntimeSettings
 from localimg.backends.side.base import SideModel
@@ -55,6 +56,23 @@ def make_upscaler(name: str, path: Path, runtime: RuntimeSettings) -> SideModel:
             code="unsupported_upscaler",
         ) from None
     return EsrganUpscaler(name, path, info, threads=runtime.threads or 0)
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """What `localimg models list` says of one file: the architecture, its factor and which
+    engine runs it ("stable-diffusion.cpp", "spandrel"), or why none does."""
+    try:
+        info = check_file(path)
+    except NotRunnable as exc:
+        if available():
+            return {"architecture": None, "scale": None, "runs": "spandrel", "error": None}
+        return {"architecture": None, "scale": None, "runs": None, "error": str(exc)}
+    return {
+        "architecture": f"ESRGAN/RRDB, {info.blocks} blocks",
+        "scale": info.scale,
+        "runs": "stable-diffusion.cpp",
+        "error": None,
+    }
 
 
 def file_factory(name: str, path: Path) -> SideFactory:
