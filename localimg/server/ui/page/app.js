@@ -5,6 +5,7 @@ import { ApiError, apiFetch, apiJson, currentKey, errorFrom, readEvents, saveKey
 import * as history from "./history.js";
 import { MaskEditor } from "./mask.js";
 import { controlDataUrl, controlFile, controlParams } from "./control.js";
+import { hiresParams, upscaleRow } from "./upscale.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_STORAGE = "localimg.model";
@@ -192,7 +193,7 @@ function readForm() {
     const strength = numberField(ui.strength, "Strength", { integer: false });
     if (strength !== null) params.strength = strength;
   }
-  return Object.assign(params, controlParams());
+  return Object.assign(params, controlParams(), hiresParams());
 }
 
 async function jobRequest(params) {
@@ -327,6 +328,8 @@ function summary(entry) {
   parts.push(p.cfg_scale !== undefined ? `CFG ${p.cfg_scale}` : null, `seed ${entry.seed}`);
   if (p.scheduler) parts.push(p.scheduler);
   if (entry.edit) parts.push("edit");
+  if (p.hires_scale) parts.push(`hires ×${p.hires_scale}`);
+  if (entry.upscaled) parts.push(`upscaled ${entry.upscaled}`);
   return parts.filter(Boolean).join(" · ");
 }
 
@@ -349,7 +352,25 @@ function figure(entry) {
   const caption = document.createElement("figcaption");
   caption.textContent = summary(entry);
   fig.append(img, caption, downloadLink(entry));
+  const full = history.fullImage(entry);
+  if (full) fig.append(upscaleRow(full, (body, label) => showUpscaled(entry, body, label), (err) => showError(describe(err))));
   return fig;
+}
+
+// An upscale's answer (POST /v1/images/upscale) as a new result, after the one it came from.
+async function showUpscaled(entry, body, label) {
+  const format = body.output_format || "png";
+  const item = (body.data || [])[0];
+  if (!item || !item.b64_json) return;
+  showError("");
+  const made = await history.makeEntry(`data:image/${format};base64,${item.b64_json}`, {
+    params: entry.params, seed: entry.seed, size: body.size, steps: entry.steps, format, edit: entry.edit, upscaled: label,
+  });
+  ui.current.replaceChildren(figure(made));
+  entries = [made, ...entries];
+  storeHistory();
+  renderHistory();
+  status(`Upscaled ${label}: ${body.size}.`);
 }
 
 async function showResult(job, params) {
