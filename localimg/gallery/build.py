@@ -106,7 +106,7 @@ def check(gallery_dir: Path = DEFAULT_DIR) -> list[str]:
 def _check_entry(path: Path, data: dict[str, Any], gallery_dir: Path) -> list[str]:
     """Everything wrong with one entry file: its keys, its files, then what it resolves to."""
     problems = _check_keys(path, data)
-    if data.get("kind") == controlnets.CONTROLNET_KIND:  # files for controlnet/, no model YAML
+    if data.get("kind") in controlnets.FOLDERS:  # files for their folder, no model YAML
         files = data.get("files") or []
         return (
             problems + [p for f in files for p in _check_file(f)] + controlnets.entry_problems(data)
@@ -145,7 +145,7 @@ def _check_keys(path: Path, data: dict[str, Any]) -> list[str]:
     if unknown:
         problems.append(f"unknown keys {', '.join(unknown)} (allowed: {', '.join(ENTRY_KEYS)})")
     required: tuple[str, ...] = ("name", "description", "license", "urls", "tags")
-    if data.get("kind") != controlnets.CONTROLNET_KIND:
+    if data.get("kind") not in controlnets.FOLDERS:
         required += ("template",)
     for key in required:
         if not data.get(key):

@@ -97,8 +97,8 @@ class GalleryEntry(BaseModel):
     config_file: str | dict[str, Any] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     files: list[GalleryFile] = Field(default_factory=list)
-    # localimg: "model" (a model YAML and its files) or "controlnet" (files for controlnet/ only,
-    # gallery/controlnets.py)
+    # localimg: "model" (a model YAML and its files), "controlnet" (files for controlnet/ only)
+    # or "upscaler" (files for upscale_models/ only): gallery/controlnets.py
     kind: str = "model"
 
     gallery: str = Field(default="", exclude=True)  # the index it came from

@@ -1,10 +1,12 @@
-"""ControlNet entries of the gallery: weights for the models directory's `controlnet/` folder.
+"""Side-file entries of the gallery: weights for a folder of the models directory, no YAML.
 
-An entry with `kind: controlnet` is not a model of its own: installing it downloads its files,
-each under `controlnet/`, verified like any other, and writes the gallery record (what came from
-where), never a model YAML. A model then names it, by the file's name without its extension, in
-its YAML's `control_net:` or a request's `control_net`. Removing it deletes its files (they are
-all it is) unless another installed entry lists the same file.
+An entry with `kind: controlnet` (files under `controlnet/`) or `kind: upscaler` (files under
+`upscale_models/`) is not a model of its own: installing it downloads its files, each under its
+kind's folder, verified like any other, and writes the gallery record (what came from where),
+never a model YAML. A ControlNet is then named, by the file's name without its extension, in a
+YAML's `control_net:` or a request's `control_net`; an upscaler in `localimg upscale
+--upscaler`, a hires fix or an upscale request. Removing it deletes its files (they are all it
+is) unless another installed entry lists the same file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ from localimg.errors import GalleryError
 from localimg.gallery.catalog import NAME, RECORD_PREFIX, GalleryEntry
 
 CONTROLNET_KIND = "controlnet"
-ENTRY_KINDS = ("model", CONTROLNET_KIND)
+UPSCALER_KIND = "upscaler"
+UPSCALE_FOLDER = "upscale_models"  # what the engine scans (backends/side/upscale_models.py)
+# Each side-file kind and the folder its files install into.
+FOLDERS = {CONTROLNET_KIND: CONTROLNET_FOLDER, UPSCALER_KIND: UPSCALE_FOLDER}
+TITLES = {CONTROLNET_KIND: "ControlNet", UPSCALER_KIND: "upscaler"}
+ENTRY_KINDS = ("model", *FOLDERS)
+
+
+def is_side_files(entry: GalleryEntry) -> bool:
+    """A ControlNet or upscaler entry: files for its folder, no model YAML."""
+    return entry.kind in FOLDERS
 
 
 def is_controlnet(entry: GalleryEntry) -> bool:
@@ -31,14 +43,15 @@ def is_controlnet(entry: GalleryEntry) -> bool:
 
 
 def file_problems(entry: GalleryEntry) -> list[str]:
-    """What keeps a ControlNet entry from installing: no files, a file outside controlnet/."""
+    """What keeps a side-file entry from installing: no files, a file outside its folder."""
+    folder, title = FOLDERS[entry.kind], TITLES[entry.kind]
     if not entry.files:
-        return [f"ControlNet entry {entry.name!r} lists no files"]
+        return [f"{title} entry {entry.name!r} lists no files"]
     return [
-        f"file {item.filename!r} of ControlNet entry {entry.name!r} must go in "
-        f"{CONTROLNET_FOLDER}/ (a file name such as {CONTROLNET_FOLDER}/NAME.safetensors)"
+        f"file {item.filename!r} of {title} entry {entry.name!r} must go in "
+        f"{folder}/ (a file name such as {folder}/NAME.safetensors)"
         for item in entry.files
-        if PurePosixPath(item.filename.replace("\\", "/")).parts[:1] != (CONTROLNET_FOLDER,)
+        if PurePosixPath(item.filename.replace("\\", "/")).parts[:1] != (folder,)
     ]
 
 
@@ -51,7 +64,7 @@ def install_files(
     cancel: threading.Event | None = None,
     workers: int = 4,
 ) -> tuple[str, Path, list[Path], bool]:
-    """Download a ControlNet entry's files into controlnet/ and write its record.
+    """Download a side-file entry's files into its folder and write its record.
 
     Returns its name, the record's path, the files and whether it was installed already (then
     its files are verified again).
@@ -71,7 +84,7 @@ def install_files(
     download.fetch_tasks(tasks, models_path, progress, workers=workers, cancel=cancel)
     data: dict[str, Any] = {
         "name": record_name,
-        "kind": CONTROLNET_KIND,
+        "kind": entry.kind,
         "entry": entry.name,
         "gallery": entry.gallery,
         "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -84,9 +97,10 @@ def install_files(
 def remove_files(
     models_path: Path, record: Path, shared: set[Path]
 ) -> tuple[list[Path], list[Path]]:
-    """Delete an installed ControlNet's files (but those in `shared`) and its record; returns
-    the removed and the kept files."""
+    """Delete an installed side-file entry's files (but those in `shared`) and its record;
+    returns the removed and the kept files."""
     data = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
+    folder = FOLDERS.get(str(data.get("kind")), CONTROLNET_FOLDER)
     removed: list[Path] = []
     kept: list[Path] = []
     for item in data.get("files") or []:
@@ -97,7 +111,7 @@ def remove_files(
             target.unlink()
             download.partial_path(target).unlink(missing_ok=True)
             removed.append(target)
-            _prune(target.parent, models_path / CONTROLNET_FOLDER)
+            _prune(target.parent, models_path / folder)
     record.unlink(missing_ok=True)
     return removed, kept
 
@@ -115,10 +129,11 @@ def _prune(folder: Path, keep: Path) -> None:
 
 
 def entry_problems(data: dict[str, Any]) -> list[str]:
-    """`make gallery-check` for a shipped ControlNet entry: files in controlnet/, no model
+    """`make gallery-check` for a shipped side-file entry: files in its folder, no model
     settings (there is no model YAML to put them in)."""
+    title = TITLES.get(str(data.get("kind")), "ControlNet")
     problems = [
-        f"{key!r} has no meaning for a ControlNet entry (it writes no model YAML)"
+        f"{key!r} has no meaning for a {title} entry (it writes no model YAML)"
         for key in ("template", "overrides")
         if data.get(key)
     ]
@@ -130,13 +145,13 @@ def entry_problems(data: dict[str, Any]) -> list[str]:
 
 
 def installed_names(models_path: Path) -> set[str]:
-    """The ControlNet entries installed in `models_path` (from their gallery records)."""
+    """The side-file entries installed in `models_path` (from their gallery records)."""
     names = set()
     for path in Path(models_path).glob(f"{RECORD_PREFIX}*.yaml"):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(data, dict) and data.get("kind") == CONTROLNET_KIND:
+        if isinstance(data, dict) and data.get("kind") in FOLDERS:
             names.add(str(data.get("name") or path.stem.removeprefix(RECORD_PREFIX)))
     return names

@@ -207,7 +207,7 @@ def install(
     workers: int = 4,
 ) -> InstallResult:
     """Install one entry; installing it again re-verifies its files and keeps its YAML."""
-    if controlnets.is_controlnet(entry):  # files for controlnet/, no model YAML
+    if controlnets.is_side_files(entry):  # files for controlnet/ or upscale_models/, no YAML
         done = controlnets.install_files(
             entry, models_path, name=name, progress=progress, cancel=cancel, workers=workers
         )
@@ -272,7 +272,8 @@ def remove(name: str, models_path: Path, *, purge_files: bool = False) -> Remove
     entries = scan_models(models_path)
     match = next((e for e in entries if e.name == name or e.path.stem == name), None)
     record_file = record_path(models_path, name)
-    if match is None and (read_record(models_path, name) or {}).get("kind") == "controlnet":
+    kind = (read_record(models_path, name) or {}).get("kind")
+    if match is None and kind in controlnets.FOLDERS:
         shared = _files_of_other_records(models_path, name)
         gone, kept_files = controlnets.remove_files(models_path, record_file, shared)
         return RemoveResult(name, record_file, gone, kept_files)
