@@ -3,8 +3,8 @@ it (or a JSON body) enlarged by an upscaler, answered in OpenAI's images shape; 
 an OpenAI error naming its field, and the server serves on after one. `GET /v1/upscalers` lists
 the names the route takes.
 
-No diffusion model is needed: the server runs over an empty models folder with a small pixel
-limit, so the limit is reached with small images.
+No diffusion model is needed: the server runs over a models folder holding only a tiny ESRGAN
+file in upscale_models/, with a small pixel limit, so the limit is reached with small images.
 """
 
 from __future__ import annotations
@@ -22,19 +22,22 @@ from PIL import Image
 
 from localimg.media.decode import ImageLimits
 from tests.support.served import Served, ServeSpec
+from tests.support.tiny_esrgan import tiny_esrgan
 
 MAX_PIXELS = 512 * 512
 
 
-def empty_models(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+def esrgan_models(folder: Path) -> Path:
+    """No diffusion model; the tiny x2 ESRGAN file as upscale_models/tiny-x2."""
+    (folder / "upscale_models").mkdir(parents=True, exist_ok=True)
+    (folder / "upscale_models" / "tiny-x2.safetensors").write_bytes(tiny_esrgan(2).read_bytes())
     return folder
 
 
 @pytest.fixture(scope="module")
 def serve_spec() -> ServeSpec:
     return ServeSpec(
-        models=empty_models, server={"image_limits": ImageLimits(max_pixels=MAX_PIXELS)}
+        models=esrgan_models, server={"image_limits": ImageLimits(max_pixels=MAX_PIXELS)}
     )
 
 
@@ -153,6 +156,29 @@ def test_the_openai_client_posts_json_and_gets_the_error_shape(served: Served) -
     assert raised.value.param == "scale"
 
 
+def test_an_upscale_models_file_upscales_by_its_name(served: Served) -> None:
+    pytest.importorskip("stable_diffusion_cpp")
+    data = {"model": "tiny-x2", "scale": "2", "response_format": "b64_json"}
+    response = multipart(served, data, png(16, 12))
+    assert response.status_code == 200, response.text
+    image = image_of(served, response.json()["data"][0]).convert("RGB")
+    assert image.size == (32, 24)
+    lanczos = multipart(served, {**data, "model": "lanczos"}, png(16, 12))
+    assert image.tobytes() != image_of(served, lanczos.json()["data"][0]).convert("RGB").tobytes()
+
+
+def test_a_file_added_to_upscale_models_is_found_without_a_restart(served: Served) -> None:
+    folder = served.engine.settings.models_path / "upscale_models"
+    (folder / "later-x4.safetensors").write_bytes(tiny_esrgan(4).read_bytes())
+    try:
+        assert "later-x4" in [entry["id"] for entry in served.get("/v1/upscalers").json()["data"]]
+        response = multipart(served, {"model": "later-x4", "scale": "8"}, png(100, 100))
+        assert response.json()["error"]["param"] == "scale"  # the name passed; the size did not
+    finally:
+        (folder / "later-x4.safetensors").unlink()
+        served.engine.refresh_upscalers()
+
+
 # -- refusals ------------------------------------------------------------------------------
 
 
@@ -191,7 +217,7 @@ def test_an_output_over_the_pixel_limit_is_a_400_naming_scale(served: Served) ->
 def test_an_unknown_upscaler_names_the_installed_ones(served: Served) -> None:
     response = multipart(served, {"model": "stable-diffusion-x4-upscaler"}, png(8, 8))
     error = refused(response, 404, "model", "no upscaler named 'stable-diffusion-x4-upscaler'")
-    assert "bicubic, lanczos, nearest" in error["message"]
+    assert "bicubic, lanczos, nearest, tiny-x2" in error["message"]
 
 
 def test_the_model_is_required_as_in_localai(served: Served) -> None:
@@ -250,7 +276,7 @@ def test_the_upscalers_are_listed(served: Served) -> None:
     body = response.json()
     assert body["object"] == "list"
     ids = [entry["id"] for entry in body["data"]]
-    assert {"lanczos", "bicubic", "nearest"} <= set(ids)
+    assert ids[:3] == ["bicubic", "lanczos", "nearest"] and "tiny-x2" in ids
     assert all(entry["object"] == "upscaler" for entry in body["data"])
 
 

@@ -64,9 +64,10 @@ class UpscalerList(BaseModel):
     data: list[dict[str, str]]
 
 
-def upscaler_names(engine: Engine) -> list[str]:
-    """The upscalers the engine knows (resampling filters and upscale_models/ files)."""
-    return engine.side.registry.names("upscaler")
+def upscaler_names(engine: Engine, refresh: bool = False) -> list[str]:
+    """The upscalers the engine knows: the resampling filters, then the upscale_models/ files
+    (`refresh`: the folder scanned again first, for a file added since; blocking)."""
+    return engine.refresh_upscalers() if refresh else engine.upscaler_names()
 
 
 async def _read(request: Request) -> tuple[UpscaleFields, Image]:
@@ -112,6 +113,8 @@ def _check(fields: UpscaleFields, image: Image, engine: Engine, max_pixels: int)
     """The upscaler's name; 400 for a missing one or an output over the pixel limit, 404 (naming
     the upscalers) for an unknown one."""
     names = upscaler_names(engine)
+    if fields.model and fields.model.strip() not in names:
+        names = upscaler_names(engine, refresh=True)  # a file dropped in upscale_models/
     if not fields.model or not fields.model.strip():
         raise InvalidRequest(
             f"model is required: the upscaler, one of {', '.join(names)}", param="model"
@@ -159,7 +162,9 @@ async def upscale(request: Request) -> Response:
     state = request.app.state
     engine: Engine = state.engine
     fields, image = await _read(request)
-    name = _check(fields, image, engine, state.settings.image_limits.max_pixels)
+    name = await asyncio.to_thread(
+        _check, fields, image, engine, state.settings.image_limits.max_pixels
+    )
     started = time.monotonic()
     parameters = image.info.get("parameters") if isinstance(image.info, dict) else None
     bigger = await asyncio.to_thread(_upscaled, engine, image, name, fields.scale)
@@ -193,7 +198,7 @@ async def upscale(request: Request) -> Response:
 @describe(response=UpscalerList)
 async def upscalers(request: Request) -> Response:
     """GET /v1/upscalers: the names `/v1/images/upscale` and `hires_upscaler` take."""
-    names = upscaler_names(request.app.state.engine)
+    names = await asyncio.to_thread(upscaler_names, request.app.state.engine, True)
     return JSONResponse(
         {"object": "list", "data": [{"id": n, "object": "upscaler"} for n in names]}
     )
