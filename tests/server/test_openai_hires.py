@@ -170,3 +170,32 @@ def test_hires_scale_2_gives_an_image_twice_the_size(served: Served) -> None:
     hires = {**body, "hires_scale": 2, "hires_steps": 2, "hires_upscaler": "lanczos"}
     assert size_of(served.post("/v1/images/generations", hires)) == (128, 128)
     assert size_of(served.post("/v1/images/generations", body)) == (64, 64)  # serves on
+
+
+def test_an_unknown_hires_upscaler_is_a_400_naming_the_known_ones(served: Served) -> None:
+    body = {"prompt": "a house", "size": "64x64", "hires_upscaler": "4x-nothing"}
+    response = served.post("/v1/images/generations", body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "hires_upscaler" and "lanczos" in error["message"], error
+
+
+def test_an_edit_with_a_hires_fix_is_refused_naming_hires(served: Served) -> None:
+    """The hires fix follows a text-to-image pass: an edit's input image cannot take one."""
+    files = {"image": ("photo.png", png_bytes(Image.new("RGB", (64, 64), "gray")), "image/png")}
+    data = {"prompt": "a house", "hires_scale": "2"}
+    response = served.request("POST", "/v1/images/edits", files=files, data=data)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "hires"
+
+
+def test_the_openai_client_gets_a_hires_image(served: Served) -> None:
+    result = served.client().images.generate(
+        model="tiny",
+        prompt="a house",
+        size="64x64",
+        extra_body={"seed": 4, "steps": 2, "hires_size": "96x80", "hires_steps": 2},
+    )
+    assert result.data is not None and result.data[0].b64_json
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.size == (96, 80)
