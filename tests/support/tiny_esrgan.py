@@ -95,3 +95,30 @@ def not_rrdb(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
+
+
+def write_unshuffle_x2(path: Path, blocks: int = 1, seed: int = 5) -> Path:
+    """A RealESRGAN_x2plus-shaped file (basicsr layout: a pixel-unshuffled 12-channel input,
+    then a x4 RRDB), which stable-diffusion.cpp cannot run and spandrel can."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    shapes: dict[str, tuple[int, ...]] = {"conv_first": (FEATURES, 12, 3, 3)}
+    for block in range(blocks):
+        for rdb in (1, 2, 3):
+            for j in range(1, 6):
+                out = FEATURES if j == 5 else GROWTH
+                key = f"body.{block}.rdb{rdb}.conv{j}"
+                shapes[key] = (out, FEATURES + (j - 1) * GROWTH, 3, 3)
+    for key in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        shapes[key] = (FEATURES, FEATURES, 3, 3)
+    shapes["conv_last"] = (3, FEATURES, 3, 3)
+    tensors: dict[str, Any] = {}
+    for key, shape in shapes.items():
+        std = 0.5 / np.sqrt(np.prod(shape[1:]))
+        tensors[f"{key}.weight"] = (rng.standard_normal(shape) * std).astype(np.float32)
+        tensors[f"{key}.bias"] = np.zeros(shape[0], np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -90,6 +90,21 @@ class SpandrelUpscaler:
     ) -> Image.Image:
         return upscale_with_model(image, scale, self.factor, self.run, self.tile, progress)
 
+    def _padded(self, part: Any) -> Any:
+        """A tile padded (edge pixels repeated) to the size multiple the architecture needs
+        (a pixel-unshuffle model reads even sizes); the output is cropped back."""
+        import torch.nn.functional as functional
+
+        requirements = getattr(self._model, "size_requirements", None)
+        multiple = int(getattr(requirements, "multiple_of", 1) or 1)
+        minimum = int(getattr(requirements, "minimum", 0) or 0)
+        height, width = part.shape[2], part.shape[3]
+        pad_h = max(minimum, -(-height // multiple) * multiple) - height
+        pad_w = max(minimum, -(-width // multiple) * multiple) - width
+        if pad_h or pad_w:
+            return functional.pad(part, (0, pad_w, 0, pad_h), mode="replicate")
+        return part
+
     def run(self, image: Image.Image, progress: TileProgress | None = None) -> Image.Image:
         """One pass of the model, tile by tile, the overlaps averaged."""
         import numpy as np
@@ -104,18 +119,19 @@ class SpandrelUpscaler:
         f = self.factor
         out = torch.zeros((1, 3, height * f, width * f), device=self.device)
         weight = torch.zeros_like(out)
-        step = self.tile - OVERLAP
+        overlap = min(OVERLAP, self.tile // 4)
+        step = self.tile - overlap
         boxes = [
             (y, x)
-            for y in range(0, max(1, height - OVERLAP), step)
-            for x in range(0, max(1, width - OVERLAP), step)
+            for y in range(0, max(1, height - overlap), step)
+            for x in range(0, max(1, width - overlap), step)
         ]
         total = len(boxes)
         with torch.inference_mode():
             for done, (y, x) in enumerate(boxes, 1):
                 part = tensor[:, :, y : y + self.tile, x : x + self.tile]
-                result = self._model(part)
-                h, w = result.shape[2], result.shape[3]
+                h, w = part.shape[2] * f, part.shape[3] * f
+                result = self._model(self._padded(part))[:, :, :h, :w]
                 out[:, :, y * f : y * f + h, x * f : x * f + w] += result
                 weight[:, :, y * f : y * f + h, x * f : x * f + w] += 1
                 if progress is not None:
