@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from localimg.backends.base import capabilities_of
 from localimg.engine.job import Job, ProgressListener
+from localimg.engine.merge import text_to_image
 from localimg.errors import Cancelled, InvalidRequest
 from localimg.request_parts import HIRES_LATENT, LATENT_UPSCALERS, HiresFix, is_latent_upscaler
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent, hires_second_pass
@@ -43,7 +44,7 @@ def upscaler_of(request: ImageRequest, config: ModelConfig) -> str | None:
     """The upscaler a submitted request's hires fix will use, lowercased (None: no hires fix),
     as the merge will decide it (the request's, else the YAML's, else latent)."""
     asked, yaml = request.hires, config.hires
-    if asked is None and (yaml is None or not yaml.enabled):
+    if asked is None and (yaml is None or not yaml.enabled or not text_to_image(request)):
         return None
     if asked is not None and not asked.enabled:
         return None
@@ -60,10 +61,10 @@ def check_request(
     name = upscaler_of(request, config)
     if name is None:
         return
-    if request.init_image is not None or request.mask is not None or request.num_frames:
+    if not text_to_image(request):
         raise InvalidRequest(
-            "the hires fix follows a text-to-image pass; this request has an input image or "
-            "makes a video (turn the hires fix off)",
+            "the hires fix follows a text-to-image pass; this request has an input image, is "
+            "an edit or makes a video (turn the hires fix off)",
             param="hires",
         )
     latent = ", ".join(f"{mode!r}" for mode in LATENT_UPSCALERS)

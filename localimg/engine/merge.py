@@ -194,7 +194,7 @@ def merged_hires(
     width, height, steps = first_pass
     asked, yaml = request.hires, config.hires
     if asked is None:
-        if yaml is None or not yaml.enabled:
+        if yaml is None or not yaml.enabled or not text_to_image(request):
             return None
         asked = HiresFix()
     if not asked.enabled:
@@ -217,6 +217,17 @@ def merged_hires(
         denoise=float(pick("denoise", yaml.denoise if yaml else None, HIRES_DEFAULT_DENOISE)),
         prompt=asked.prompt,
         negative_prompt=asked.negative_prompt,
+    )
+
+
+def text_to_image(request: ImageRequest) -> bool:
+    """Whether a request is a text-to-image one, which the YAML's hires fix applies to (img2img,
+    inpainting, edits and videos run as asked; a request's own hires fix on them is refused)."""
+    return (
+        request.init_image is None
+        and request.mask is None
+        and not request.num_frames
+        and request.mode in (None, "txt2img")
     )
 
 

@@ -92,13 +92,19 @@ def test_progress_counts_both_passes_with_previews_from_each(engine: Engine, ups
     assert {p.size for p in previews} == {(SIDE, SIDE), (64, 64)}
 
 
-def test_the_yaml_block_applies_and_a_disabled_fix_turns_it_off(engine: Engine) -> None:
+def test_the_yaml_block_applies_to_text_to_image_and_a_disabled_fix_turns_it_off(
+    engine: Engine,
+) -> None:
     on = engine.generate("sd-hires", ask())
     assert on.images[0].size == (64, 64)
     assert on.request is not None and on.request.hires is not None
     assert (on.request.hires.upscaler, on.request.hires.denoise) == ("lanczos", 0.6)
     off = engine.generate("sd-hires", ask(HiresFix(enabled=False)))
     assert off.images[0].size == (SIDE, SIDE)
+    start = Image.new("RGB", (SIDE, SIDE), "gray")  # img2img runs as asked, without the fix
+    edited = engine.generate("sd-hires", ask(init_image=start, strength=0.5))
+    assert edited.images[0].size == (SIDE, SIDE)
+    assert edited.request is not None and edited.request.hires is None
 
 
 def test_unknown_upscalers_and_input_images_are_refused_before_queueing(engine: Engine) -> None:
