@@ -307,7 +307,6 @@ def test_png_info_reads_the_parameters_back(served: Served) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("enable_hr", True),
         ("restore_faces", True),
         ("tiling", True),
         ("alwayson_scripts", {"ADetailer": {"args": [True]}}),
@@ -449,8 +448,9 @@ def test_ggml_samplers_list_follows_the_current_model(served: Served) -> None:
 
 
 def test_empty_lists_where_localimg_has_none(served: Served) -> None:
-    """(loras and embeddings are listed from the models dir: test_a1111_listings.py)"""
-    for path in ("sd-vae", "upscalers", "latent-upscale-modes", "prompt-styles"):
+    """(loras and embeddings are listed from the models dir: test_a1111_listings.py; upscalers
+    and latent-upscale-modes list what there is: test_a1111_upscale.py)"""
+    for path in ("sd-vae", "prompt-styles"):
         response = httpx.get(f"{served.url}/sdapi/v1/{path}")
         assert response.status_code == 200 and response.json() == [], path
     assert post(served.url, "refresh-checkpoints", {}).json() is None

@@ -40,6 +40,8 @@ class Outcome:
     negative_prompt: str = ""
     interrupted: bool = False
     ignored: list[str] = field(default_factory=list)  # what the model left out (prompt weights)
+    # A1111's extra_generation_params: the hires fix's fields ("Hires upscale", ...) when it ran
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def grid(images: list[Image]) -> Image:
@@ -97,7 +99,7 @@ def info_json(
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": outcome.strength,
-        "extra_generation_params": {},
+        "extra_generation_params": dict(outcome.extra),
         "index_of_first_image": 1 if with_grid else 0,
         "infotexts": infotexts,
         "styles": styles,

@@ -1,6 +1,6 @@
 """A1111's model and settings routes: options, sd-models, samplers, schedulers and the lists
-localimg has nothing in (sd-vae, upscalers, ...), which answer empty lists (loras and embeddings
-are listed by listings.py).
+localimg has nothing in (sd-vae, prompt-styles, ...), which answer empty lists (loras and embeddings
+are listed by listings.py, upscalers by extras.py).
 
 A model's A1111 `title` is its localimg name. `POST /sdapi/v1/options` with
 `sd_model_checkpoint` makes that model the A1111 routes' current one and loads it before
@@ -279,7 +279,7 @@ async def reload_checkpoint(request: Request, a1: A1111State) -> Response:
 
 def table() -> list[tuple[str, Any, str]]:
     lists = (
-        *("sd-vae", "upscalers", "latent-upscale-modes", "prompt-styles"),
+        *("sd-vae", "prompt-styles"),
         *("face-restorers", "hypernetworks", "realesrgan-models"),
     )
     return [

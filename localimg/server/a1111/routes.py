@@ -5,7 +5,8 @@ client disconnect); `n_iter` batches run one after another with their seeds cont
 image i of a request has seed `seed + i` as in A1111. The request mapping and refusals are in
 schemas.py, sampler names in samplers.py, the `info` string in info.py, the current model and
 the runs `/progress`, `/interrupt` and `/skip` see in state.py, the model and option routes
-in options.py, the LoRA and embedding lists in listings.py, sd-webui-controlnet's units in
+in options.py, the LoRA and embedding lists in listings.py, the hires fix in hires.py, the
+upscalers and the Extras routes in extras.py, sd-webui-controlnet's units in
 control_units.py and its /controlnet routes in controlnet.py (all in this folder). The API
 key, when set, is checked on every route by ApiKeyMiddleware (Bearer, or Basic with the key as
 the password); errors, its 401 included, leave in A1111's shapes.
@@ -28,8 +29,9 @@ from localimg.errors import Cancelled, InvalidRequest, LocalimgError
 from localimg.media import encode
 from localimg.media.decode import image_from_text
 from localimg.requests import MAX_PREVIEWS, MAX_SEED, ImageRequest, parse_cache
-from localimg.server.a1111 import controlnet, listings, options
+from localimg.server.a1111 import controlnet, extras, listings, options
 from localimg.server.a1111.control_units import Controls, controlnet_units
+from localimg.server.a1111.hires import hires_of
 from localimg.server.a1111.images import init_inputs, save_images
 from localimg.server.a1111.info import Outcome, grid, info_json, parse_parameters
 from localimg.server.a1111.samplers import Choice, choose, engine_of, sampler_label
@@ -150,6 +152,10 @@ async def _run_batches(
         outcome.steps, outcome.cfg_scale = resolved.steps or 0, resolved.cfg_scale or 0.0
         outcome.sampler_label = sampler_label(result.scheduler)
         outcome.strength, outcome.clip_skip = resolved.strength, resolved.clip_skip
+        if resolved.hires is not None:  # A1111 reports the second pass's denoise
+            outcome.strength = resolved.hires.denoise
+            fields = encode.hires_fields(resolved)
+            outcome.extra = {k: v for k, v in fields if k != "Denoising strength"}
         outcome.prompt, outcome.negative_prompt = resolved.prompt, resolved.negative_prompt or ""
         outcome.ignored += [name for name in result.ignored if name not in outcome.ignored]
     outcome.interrupted = run.interrupted
@@ -189,6 +195,8 @@ async def _generate(request: Request, a1: A1111State, kind: str) -> Response:
     )
     seed = _seed(body, body.batch_size * body.n_iter)
     base = _base_request(body, kind, a1, overrides, choice, init_image, mask, seed)
+    upscalers = state.engine.upscaler_names()
+    base = base.with_(hires=hires_of(body, config.name, upscalers))
     if controls.units:  # the maps made once, not once per n_iter batch
         base = await asyncio.to_thread(_with_controls, state.engine, base, controls)
     run = a1.start(kind, body.n_iter, body.force_task_id)
@@ -347,6 +355,7 @@ def routes() -> list[BaseRoute]:
         ("png-info", png_info, "POST"),
         *options.table(),
         *listings.table(),
+        *extras.table(),
     ]
     routes: list[BaseRoute] = [
         Route(f"/sdapi/v1/{path}", _endpoint(handler, a1), methods=[method])

@@ -5,7 +5,8 @@ into pydantic models by modules/api/models.py). As in A1111, a key it does not k
 (SillyTavern sends its own `url` and `auth`); such keys, and A1111 fields that only matter with a
 feature that is off (`hr_upscaler` without `enable_hr`), are named in the `X-Localimg-Ignored`
 response header. A feature localimg cannot do, asked for with a value other than its off value
-(`enable_hr: true`, `restore_faces: true`, a script), is refused naming it. Type errors answer
+(`restore_faces: true`, a script), is refused naming it; the hires fix's fields are read by
+hires.py. Type errors answer
 422 with FastAPI's `{"detail": [{"loc", "msg", "type"}]}`, as A1111 does; other refusals answer
 A1111's `{"error", "detail", "body", "errors"}`.
 """
@@ -77,7 +78,7 @@ class Txt2ImgBody(BaseModel):
     # localimg's step caching (issue 16), as on /v1: a method name, "none" or {"method", knobs}
     # Checked by requests.parse_cache, whose error says what a cache looks like.
     cache: Any = None
-    # hires fix (txt2img only; refused when enabled)
+    # hires fix (txt2img only; hires.py maps them to ImageRequest.hires)
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
@@ -91,6 +92,8 @@ class Txt2ImgBody(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_cfg: float | None = None  # Forge's: the second pass's CFG scale
+    hr_distilled_cfg: float | None = None  # Forge's: its distilled CFG
 
 
 class Img2ImgBody(Txt2ImgBody):
@@ -126,6 +129,8 @@ HIRES_FIELDS = (
     "hr_scheduler",
     "hr_prompt",
     "hr_negative_prompt",
+    "hr_cfg",
+    "hr_distilled_cfg",
 )
 # Fields that change nothing here whatever their value (saving is `save_images`' job).
 NO_EFFECT = ("do_not_save_samples", "do_not_save_grid", "subseed", "comments")
@@ -226,7 +231,11 @@ def refusals(body: Txt2ImgBody) -> None:
     # sd-webui-controlnet's units are read by control_units.py; no other script runs here.
     other_scripts = [str(k) for k in body.alwayson_scripts if str(k).lower() != "controlnet"]
     checks: list[tuple[str, bool, str]] = [
-        ("enable_hr", body.enable_hr, "hires fix (a second, upscaled pass) is not available"),
+        (
+            "enable_hr",
+            body.enable_hr and isinstance(body, Img2ImgBody),
+            "the hires fix is for txt2img (A1111's img2img has none); it is not available",
+        ),
         ("restore_faces", bool(body.restore_faces), "face restoration is not available"),
         ("tiling", bool(body.tiling), "tiling (seamless textures) is not available"),
         ("styles", bool(body.styles), "localimg has no prompt styles (put the text in prompt)"),
@@ -279,12 +288,16 @@ def refusals(body: Txt2ImgBody) -> None:
 
 def ignored_keys(body: Txt2ImgBody, data: dict[str, Any]) -> list[str]:
     """Keys sent that change nothing: unknown ones, hires settings with enable_hr off, ..."""
+    from localimg.server.a1111.hires import ignored_with_hr
+
     names = sorted(body.model_extra or {})
     sent = set(data)
     if not body.enable_hr:
         names += [name for name in HIRES_FIELDS if name in sent]
         if "denoising_strength" in sent and not isinstance(body, Img2ImgBody):
             names.append("denoising_strength")
+    else:
+        names += ignored_with_hr(data)
     names += [name for name in NO_EFFECT if name in sent]
     if body.eta is not None and eta_default(body.sampler_name or body.sampler_index) is None:
         names.append("eta")  # the sampler reads no eta (A1111's neither)
