@@ -21,7 +21,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +198,9 @@ class EsrganUpscaler:
                 + (f": {said}" if said else "")
             )
         self._sd, self._ctx = sd, ctx
+        found = int(sd.get_upscale_factor(ctx))  # the library's own reading of the file wins
+        if found > 0 and found != self.info.scale:
+            self.info = replace(self.info, scale=found)
 
     def unload(self) -> None:
         ctx, self._ctx = self._ctx, None
