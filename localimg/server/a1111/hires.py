@@ -13,30 +13,22 @@ at their "same" values they are accepted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from localimg.errors import InvalidRequest
 from localimg.request_parts import LATENT_UPSCALERS, is_latent_upscaler
 from localimg.requests import HiresFix
-
-if TYPE_CHECKING:
-    from localimg.server.a1111.schemas import Txt2ImgBody
+from localimg.server.a1111.schemas import A1111Error, Txt2ImgBody
 
 # The engine's resampling filters, which A1111 writes with a capital.
 PLAIN = ("lanczos", "bicubic", "nearest")
 # The values A1111's UI sends for "the same as the first pass".
 SAME = {"", "none", "use same sampler", "use same scheduler", "use same checkpoint"}
-# Fields read with enable_hr that never change the image here (A1111 ignores them too since
-# 1.0: the first pass's size is `width` x `height`), or whose first-pass twin localimg does not
-# read either (Forge's distilled CFG).
-IGNORED_WITH_HR = ("firstphase_width", "firstphase_height", "hr_distilled_cfg")
 
 
 def hires_of(body: Txt2ImgBody, model: str, upscalers: list[str]) -> HiresFix | None:
     """The hires fix a txt2img body asks for; None when `enable_hr` is off (the YAML decides).
     `upscalers` are the engine's. A1111's 422 (A1111Error) for a setting localimg cannot run."""
-    from localimg.server.a1111.schemas import A1111Error
-
     if not body.enable_hr:
         return None
     _check_same(body, model)
@@ -72,8 +64,6 @@ def _upscaler(asked: str | None, upscalers: list[str]) -> str | None:
     """The hires upscaler by the engine's name: a latent mode (any case), "None" (A1111 then
     resizes with Lanczos), an engine upscaler (A1111's "Lanczos" is "lanczos"); None: unset.
     Anything else is A1111's 422 naming what there is."""
-    from localimg.server.a1111.schemas import A1111Error
-
     text = (asked or "").strip()
     if not text:
         return None
@@ -112,8 +102,6 @@ def _same(value: Any, first: Any = None) -> bool:
 
 def _check_same(body: Txt2ImgBody, model: str) -> None:
     """Refuse a second pass that differs in what localimg runs once for both passes."""
-    from localimg.server.a1111.schemas import A1111Error
-
     first_sampler = body.sampler_name or body.sampler_index
     checks = [
         ("hr_sampler_name", _same(body.hr_sampler_name, first_sampler), "sampler"),
@@ -129,8 +117,3 @@ def _check_same(body: Txt2ImgBody, model: str) -> None:
                 status=422,
                 param=param,
             )
-
-
-def ignored_with_hr(data: dict[str, Any]) -> list[str]:
-    """The hires fields sent with enable_hr on that change nothing (X-Localimg-Ignored)."""
-    return [name for name in IGNORED_WITH_HR if name in data]

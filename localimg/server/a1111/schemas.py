@@ -132,6 +132,9 @@ HIRES_FIELDS = (
     "hr_cfg",
     "hr_distilled_cfg",
 )
+# Hires fields read with enable_hr that never change the image here (A1111 no longer reads the
+# first two either; the first pass's distilled CFG, Forge's, is not read).
+IGNORED_WITH_HR = ("firstphase_width", "firstphase_height", "hr_distilled_cfg")
 # Fields that change nothing here whatever their value (saving is `save_images`' job).
 NO_EFFECT = ("do_not_save_samples", "do_not_save_grid", "subseed", "comments")
 
@@ -288,8 +291,6 @@ def refusals(body: Txt2ImgBody) -> None:
 
 def ignored_keys(body: Txt2ImgBody, data: dict[str, Any]) -> list[str]:
     """Keys sent that change nothing: unknown ones, hires settings with enable_hr off, ..."""
-    from localimg.server.a1111.hires import ignored_with_hr
-
     names = sorted(body.model_extra or {})
     sent = set(data)
     if not body.enable_hr:
@@ -297,7 +298,7 @@ def ignored_keys(body: Txt2ImgBody, data: dict[str, Any]) -> list[str]:
         if "denoising_strength" in sent and not isinstance(body, Img2ImgBody):
             names.append("denoising_strength")
     else:
-        names += ignored_with_hr(data)
+        names += [name for name in IGNORED_WITH_HR if name in sent]
     names += [name for name in NO_EFFECT if name in sent]
     if body.eta is not None and eta_default(body.sampler_name or body.sampler_index) is None:
         names.append("eta")  # the sampler reads no eta (A1111's neither)
