@@ -171,3 +171,26 @@ def test_ggml_hires_struct_fix_sets_the_real_fields() -> None:
     native.install()
     params = sd.sd_hires_params_t(enabled=True, path=b"", width=128, height=192, steps=3)
     assert (params.target_width, params.target_height, params.steps) == (128, 192, 3)
+
+
+@pytest.mark.slow
+def test_ggml_hires_through_the_engine_writes_a1111s_parameters(ggml_models_dir: Path) -> None:
+    from localimg.engine import Engine, EngineSettings
+    from localimg.media.encode import a1111_parameters
+
+    engine = Engine(EngineSettings(models_path=ggml_models_dir))
+    try:
+        events: list[ProgressEvent] = []
+        asked = ImageRequest(
+            prompt="a red fox", cfg_scale=1.0, steps=1, seed=8, hires=HiresFix(steps=1)
+        )
+        result = engine.generate("stablediffusion", asked, progress=events.append)
+    finally:
+        engine.close()
+    assert result.images[0].size == (128, 128)
+    assert result.request is not None and result.request.width == 64  # the first pass's
+    text = a1111_parameters(result, 0)
+    assert "Size: 64x64" in text and "Hires upscale: 2" in text
+    assert "Hires upscaler: Latent" in text and "Denoising strength: 0.7" in text
+    steps = [(e.step, e.total) for e in events if e.phase == "step"]
+    assert steps == [(1, 2), (2, 2)]  # 1 + the library's 1 (int(1 / 0.7) = 1, trimmed)
