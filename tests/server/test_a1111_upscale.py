@@ -327,3 +327,13 @@ def test_the_routes_are_in_openapi_with_their_bodies(served: Served) -> None:
     ):
         schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith(model)
+
+
+def test_open_webui_with_hires_in_its_additional_parameters(served: Served) -> None:
+    """Open WebUI merges its "Additional Parameters" JSON into the body: a hires fix there runs
+    on each image of the batch, the grid (first, as A1111 returns it) of the final images."""
+    data = body("openwebui_txt2img", enable_hr=True, hr_upscaler="Lanczos", seed=2, steps=2)
+    images, info, _ = ok(post(served.url, "txt2img", data))
+    assert [decode(text).size for text in images] == [(256, 128), (128, 128), (128, 128)]
+    assert info["index_of_first_image"] == 1 and info["all_seeds"] == [2, 3]
+    assert info["extra_generation_params"]["Hires upscaler"] == "Lanczos"
