@@ -194,3 +194,14 @@ def test_ggml_hires_through_the_engine_writes_a1111s_parameters(ggml_models_dir:
     assert "Hires upscaler: Latent" in text and "Denoising strength: 0.7" in text
     steps = [(e.step, e.total) for e in events if e.phase == "step"]
     assert steps == [(1, 2), (2, 2)]  # 1 + the library's 1 (int(1 / 0.7) = 1, trimmed)
+
+
+def test_ggml_hires_is_refused_on_a_video_family() -> None:
+    from localimg.backends.ggml.families import Family
+
+    wan = Family("Wan 2.1", "Wan 2.1 T2V", 16, 832, 6.0, video=True)
+    request = ImageRequest(prompt="fox", hires=HiresFix(width=128, height=128))
+    with pytest.raises(InvalidRequest, match="makes videos") as caught:
+        ggml_hires.check_family(request, wan)
+    assert caught.value.param == "hires"
+    ggml_hires.check_family(ImageRequest(prompt="fox"), wan)

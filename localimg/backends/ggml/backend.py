@@ -256,6 +256,7 @@ class GgmlBackend:
         label = schedulers.label(
             method or schedulers.default_method(self._sd, self.model), schedule
         )
+        hires.check_family(request, self.traits)
         if self.traits.video:
             if request.previews:
                 raise InvalidRequest(

@@ -99,10 +99,7 @@ def call_keywords(request: ImageRequest, family: Family) -> dict[str, Any]:
             f"the hires upscaler {upscaler!r} is a pixel upscaler, which the engine runs; it "
             "reached the stable-diffusion.cpp backend"
         )
-    if family.video:
-        raise InvalidRequest(
-            f"{family.label} makes videos; the hires fix is for images", param="hires"
-        )
+    check_family(request, family)
     check_passes(request, hires)
     assert hires.width is not None and hires.height is not None
     return {
@@ -113,6 +110,15 @@ def call_keywords(request: ImageRequest, family: Family) -> dict[str, Any]:
         "hires_steps": hires.steps or 0,
         "hires_denoising_strength": float(hires.denoise or 0.7),
     }
+
+
+def check_family(request: ImageRequest, family: Family) -> None:
+    """A video family takes no hires fix (the library runs it on images only)."""
+    if request.hires is not None and family.video:
+        raise InvalidRequest(
+            f"{family.label} makes videos; the hires fix is for images (turn it off)",
+            param="hires",
+        )
 
 
 def second_pass_steps(steps: int, denoise: float) -> int:
