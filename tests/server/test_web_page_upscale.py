@@ -128,3 +128,19 @@ def test_an_upscale_click_shows_an_image_twice_the_size(page: Any, served: Serve
     assert result_size(page) == (128, 128)
     assert "upscaled ×2 bicubic" in page.inner_text("#current figcaption")
     assert "upscaled ×2 bicubic" in page.inner_text("#history")
+
+
+def test_use_these_settings_fills_the_hires_group(page: Any) -> None:
+    fill_small(page)
+    page.click("#hires-section summary")
+    page.check("#hires-enabled")
+    page.fill("#hires-scale", "1.5")
+    page.fill("#hires-denoise", "0.6")  # of 2 steps: at least one denoising step
+    page.get_by_role("button", name="Generate").click()
+    page.locator("#history .card").first.wait_for(timeout=WAIT)
+    page.uncheck("#hires-enabled")
+    page.fill("#hires-scale", "3")
+    page.get_by_role("button", name="Use these settings").first.click()
+    assert page.is_checked("#hires-enabled")
+    assert page.input_value("#hires-scale") == "1.5"
+    assert page.input_value("#hires-denoise") == "0.6"

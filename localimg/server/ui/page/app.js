@@ -5,7 +5,7 @@ import { ApiError, apiFetch, apiJson, currentKey, errorFrom, readEvents, saveKey
 import * as history from "./history.js";
 import { MaskEditor } from "./mask.js";
 import { controlDataUrl, controlFile, controlParams } from "./control.js";
-import { hiresParams, upscaleRow } from "./upscale.js";
+import { fillHires, hiresParams, upscaleRow } from "./upscale.js";
 
 const $ = (id) => document.getElementById(id);
 const MODEL_STORAGE = "localimg.model";
@@ -227,6 +227,7 @@ function fillForm(entry) {
   ui.cfg.value = p.cfg_scale ?? "";
   ui.n.value = p.n ?? 1;
   ui.seed.value = entry.seed ?? "";
+  fillHires(p);
   modelChanged().then(() => {
     if (p.scheduler && ![...ui.sampler.options].some((o) => o.value === p.scheduler)) {
       ui.sampler.append(new Option(p.scheduler, p.scheduler));

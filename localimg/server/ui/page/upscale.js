@@ -86,6 +86,20 @@ function blobOf(dataUrl) {
   return new Blob([bytes], { type });
 }
 
+// The hires group as a result's settings had it ("Use these settings").
+export function fillHires(params) {
+  if (!ui.enabled) return;
+  ui.enabled.checked = Boolean(params.hires_scale);
+  ui.scale.value = params.hires_scale ?? 2;
+  ui.steps.value = params.hires_steps ?? "";
+  ui.denoise.value = params.hires_denoise ?? "";
+  const upscaler = params.hires_upscaler || "";
+  if (upscaler && ![...ui.upscaler.options].some((o) => o.value === upscaler)) {
+    ui.upscaler.append(new Option(upscaler, upscaler));
+  }
+  ui.upscaler.value = upscaler;
+}
+
 async function upscale(source, upscaler, scale) {
   const blob = blobOf(source);
   const form = new FormData();
