@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 TileProgress = Callable[[int, int], None]
 FEATURES = 64
 DEFAULT_TILE = 128
-# The library's compute buffer for one 128-pixel tile of a 64-feature RRDB (measured: bench/).
-WORK_BYTES = 96 * 2**20
+# The library's compute buffer for one tile: about six float32 activations of 64 features at the
+# tile's output size (measured, bench/bench_upscale.py: 2048 x 2048 from 512 x 512 at x4 peaks
+# 473 MiB over the loaded model, whatever the image size; a x2 model's tiles need a quarter).
+WORK_ACTIVATIONS = 6
 BYTES_PER_WEIGHT = 2  # the library converts the weights to f16 (measured: half the f32 file)
 WRAPPERS = ("params_ema.", "params.", "state_dict.", "model.module.", "module.")
 SUPPORTED = (
@@ -174,8 +176,14 @@ class EsrganUpscaler:
         return self.info.scale
 
     @property
+    def work_bytes(self) -> int:
+        """One tile's compute buffer, which bounds what an upscale adds to the weights."""
+        side = self.tile * self.factor
+        return side * side * FEATURES * 4 * WORK_ACTIVATIONS
+
+    @property
     def estimated_bytes(self) -> int:
-        return self.info.weights * BYTES_PER_WEIGHT + WORK_BYTES
+        return self.info.weights * BYTES_PER_WEIGHT + self.work_bytes
 
     def load(self) -> None:
         try:

@@ -189,4 +189,4 @@ def test_the_estimate_counts_half_precision_weights(tmp_path: Path) -> None:
     model = make_upscaler("m", path, RuntimeSettings())
     assert isinstance(model, EsrganUpscaler)
     weights = sum(int(np.prod(s)) for s in rrdb_shapes(4, 2).values())
-    assert model.estimated_bytes == weights * 2 + 96 * 2**20
+    assert model.estimated_bytes == weights * 2 + (128 * 4) ** 2 * 64 * 4 * 6  # 384 MiB of tile
