@@ -149,25 +149,9 @@ def test_extra_single_image_runs_an_upscale_models_esrgan(served: Served) -> Non
 
 
 def test_extra_batch_images_as_webuiapi_sends_them(served: Served) -> None:
-    data = {
-        "resize_mode": 0,
-        "show_extras_results": True,
-        "gfpgan_visibility": 0,
-        "codeformer_visibility": 0,
-        "codeformer_weight": 0,
-        "upscaling_resize": 2,
-        "upscaling_resize_w": 512,
-        "upscaling_resize_h": 512,
-        "upscaling_crop": True,
-        "upscaler_1": "Lanczos",
-        "upscaler_2": "None",
-        "extras_upscaler_2_visibility": 0,
-        "upscale_first": False,
-        "imageList": [
-            {"data": b64png(48, 32), "name": "image00001"},
-            {"data": b64png(20, 30), "name": "image00002"},
-        ],
-    }
+    data = body("webuiapi_extra_batch_images")
+    data["imageList"][0]["data"] = b64png(48, 32)
+    data["imageList"][1]["data"] = b64png(20, 30)
     response = post(served.url, "extra-batch-images", data)
     assert response.status_code == 200, response.text
     payload = response.json()
@@ -239,28 +223,7 @@ def test_sillytavern_hires_fix_on_diffusers_latent(served: Served) -> None:
 
 @pytest.mark.slow
 def test_webuiapi_hires_fix_with_lanczos_and_a_resize(served: Served) -> None:
-    data = {
-        "enable_hr": True,
-        "denoising_strength": 0.5,
-        "firstphase_width": 0,
-        "firstphase_height": 0,
-        "hr_scale": 2,
-        "hr_upscaler": "Lanczos",
-        "hr_second_pass_steps": 2,
-        "hr_resize_x": 128,
-        "hr_resize_y": 96,
-        "hr_checkpoint_name": None,
-        "hr_sampler_name": None,
-        "hr_scheduler": None,
-        "hr_prompt": "",
-        "hr_negative_prompt": "",
-        "prompt": "a red fox",
-        "seed": 4,
-        "steps": 3,
-        "width": 64,
-        "height": 64,
-        "cfg_scale": 7.0,
-    }
+    data = body("webuiapi_hires_txt2img")
     response = post(served.url, "txt2img", data)
     images, info, _ = ok(response)
     assert decode(images[0]).size == (128, 96)
