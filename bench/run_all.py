@@ -61,6 +61,10 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
                 ["bench_load.py", "--clients", "16", "--duration", "20"],
             ),
             ("serve --ray: 1 vs 2 replicas (tiny)", ["bench_ray.py", "--rounds", "2"]),
+            (
+                "ESRGAN x4 upscale (32px) and its memory (512px -> 2048px, 1 block)",
+                ["bench_upscale.py", "--input", "32", "--memory-blocks", "1"],
+            ),
         ]
     sd15 = ["--model", "sd15", "--steps", "4"]
     return [
@@ -128,6 +132,10 @@ def suite(quick: bool) -> list[tuple[str, list[str]]]:
             ["bench_previews.py", "--model", "sd15", "--engine", "diffusers", "--size", "256"],
         ),
         ("load: 64 clients for 60 s, queue 8 (tiny)", ["bench_load.py"]),
+        (
+            "ESRGAN x4 upscale (RealESRGAN_x4plus shapes, 128px) and a 2048x2048 upscale's memory",
+            ["bench_upscale.py", "--input", "128", "--runs", "2", "--memory-blocks", "1"],
+        ),
         ("serve --ray: 1 vs 2 replicas, one thread each (tiny, 64px)", ["bench_ray.py"]),
         (
             "model families vs bare diffusers (tiny pipelines, 64px)",
