@@ -147,3 +147,14 @@ def test_the_console_script_upscales_with_a_model(models: Path, tmp_path: Path) 
     assert proc.stdout.strip() == str(tmp_path / "fox-x4.png")
     with Image.open(tmp_path / "fox-x4.png") as image:
         assert image.size == (96, 64)
+
+
+def test_help_loads_no_native_library_or_torch() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from localimg.cli import app; "
+        "r = CliRunner().invoke(app, ['upscale', '--help']); assert r.exit_code == 0, r.output; "
+        "loaded = {'stable_diffusion_cpp', 'torch', 'spandrel'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
