@@ -81,10 +81,14 @@ def test_progress_reports_tiles_and_old_callers_still_work(engine: Engine) -> No
 
 
 def test_refresh_finds_new_files_and_forgets_removed_ones(engine: Engine, models: Path) -> None:
+    pytest.importorskip("stable_diffusion_cpp")
     write_esrgan(models / "upscale_models" / "added.safetensors", 2)
     assert "added" not in engine.upscaler_names()
     assert "added" in engine.refresh_upscalers()
+    assert engine.upscale(photo(), "tiny-x4", 4).size == (128, 96)
+    entry = engine.side.entries[("upscaler", "tiny-x4")]
     (models / "upscale_models" / "tiny-x4.safetensors").unlink()
     assert "tiny-x4" not in engine.refresh_upscalers()
+    assert entry.state == "unloaded" and ("upscaler", "tiny-x4") not in engine.side.entries
     with pytest.raises(ModelNotFound):
         engine.upscale(photo(), "tiny-x4")
