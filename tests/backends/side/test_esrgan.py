@@ -190,3 +190,16 @@ def test_the_estimate_counts_half_precision_weights(tmp_path: Path) -> None:
     assert isinstance(model, EsrganUpscaler)
     weights = sum(int(np.prod(s)) for s in rrdb_shapes(4, 2).values())
     assert model.estimated_bytes == weights * 2 + (128 * 4) ** 2 * 64 * 4 * 6  # 384 MiB of tile
+
+
+def test_torch_files_of_both_formats_and_wrappers_are_read(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from tests.support.tiny_esrgan import rrdb_tensors
+
+    state = {k: torch.from_numpy(v) for k, v in rrdb_tensors(4, 1).items()}
+    legacy = tmp_path / "legacy.pth"
+    torch.save(state, str(legacy), _use_new_zipfile_serialization=False)
+    assert read_shapes(legacy) == rrdb_shapes(4, 1)
+    wrapped = tmp_path / "ema.pth"
+    torch.save({"params_ema": state}, str(wrapped))
+    assert inspect_rrdb(read_shapes(wrapped)).scale == 4
