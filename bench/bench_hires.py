@@ -67,7 +67,8 @@ def child(models: Path, name: str, upscaler: str, steps: int, size: int) -> None
     from localimg.engine import Engine, EngineSettings
     from localimg.requests import HiresFix, ImageRequest
 
-    engine = Engine(EngineSettings(models_path=models))
+    # No keep-alive: a contender waits while the others load and must not unload meanwhile.
+    engine = Engine(EngineSettings(models_path=models, keep_alive=None))
     if upscaler == "direct":
         request = ImageRequest(
             prompt=PROMPT, seed=SEED, steps=steps, width=2 * size, height=2 * size
