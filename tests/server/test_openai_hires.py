@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,3 +200,39 @@ def test_the_openai_client_gets_a_hires_image(served: Served) -> None:
     assert result.data is not None and result.data[0].b64_json
     image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
     assert image.size == (96, 80)
+    assert result.size == "96x80"
+
+
+def test_a_streamed_hires_generation_completes_at_the_hires_size(served: Served) -> None:
+    from openai.types import ImageGenCompletedEvent
+
+    stream = served.client().images.generate(
+        model="tiny",
+        prompt="a house",
+        size="64x64",
+        stream=True,
+        partial_images=1,
+        extra_body={"seed": 4, "steps": 2, "hires_scale": 2, "hires_steps": 2},
+    )
+    events = list(stream)
+    done = events[-1]
+    assert isinstance(done, ImageGenCompletedEvent), events
+    image = Image.open(io.BytesIO(base64.b64decode(done.b64_json)))
+    assert image.size == (128, 128) and done.size == "128x128"
+
+
+def test_an_image_job_with_a_hires_fix_completes_at_the_hires_size(served: Served) -> None:
+    body = {"prompt": "a house", "size": "64x64", "seed": 4, "steps": 2, "hires_scale": 1.5}
+    created = served.post("/v1/images/jobs", body)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    status: dict[str, Any] = {}
+    for _ in range(600):
+        status = served.get(f"/v1/images/jobs/{job_id}").json()
+        if status["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    assert status["status"] == "completed", status
+    assert status["result"]["size"] == "96x96"
+    data = base64.b64decode(status["result"]["data"][0]["b64_json"])
+    assert Image.open(io.BytesIO(data)).size == (96, 96)

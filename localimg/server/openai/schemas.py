@@ -360,6 +360,8 @@ def response_body(
         "model": result.model,
     }
     if request is not None:
-        body["size"] = f"{request.width}x{request.height}"
+        # The images' own size: a hires fix's second pass makes them bigger than the request.
+        width, height = result.images[0].size if result.images else (request.width, request.height)
+        body["size"] = f"{width}x{height}"
         body["steps"] = request.steps
     return body

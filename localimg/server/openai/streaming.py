@@ -94,6 +94,8 @@ def completed_event(kind: Kind, prepared: schemas.Prepared, result: ImageResult)
     )
     request = result.request
     size = f"{request.width}x{request.height}" if request is not None else _asked_size(prepared)
+    if result.images:  # the image's own size: a hires fix makes it bigger than the request
+        size = "{}x{}".format(*result.images[0].size)
     body = {
         "type": f"{kind}.completed",
         "b64_json": items[0]["b64_json"],
