@@ -42,6 +42,7 @@ from localimg.backends.ggml.previews import StepPreviews, previews_to
 from localimg.config import ModelConfig
 from localimg.errors import BackendError, Cancelled, ConfigError, InvalidRequest, LocalimgError
 from localimg.prompts.lora_files import note_lora_hashes
+from localimg.request_parts import HIRES_DEFAULT_DENOISE
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -268,8 +269,7 @@ class GgmlBackend:
         call = call_args.image_call(request, self.options, mode, base)
         call.update(control.call_keywords(unit, call["width"], call["height"]))
         call.update(hires.call_keywords(request, self.traits))
-        counter = self._counter(request, mode)
-        total = counter.total * request.n
+        total = self._counter(request, mode).total * request.n
         size = (call.get("hires_width", call["width"]), call.get("hires_height", call["height"]))
         images: list[Any] = []
         for index, seed in enumerate(request.seeds):
@@ -295,7 +295,7 @@ class GgmlBackend:
         if fix is None:
             return hires.StepCounter(first)
         second = hires.second_pass_steps(
-            fix.steps or request.steps or DEFAULT_STEPS, fix.denoise or 0.7
+            fix.steps or request.steps or DEFAULT_STEPS, fix.denoise or HIRES_DEFAULT_DENOISE
         )
         return hires.StepCounter(first, second)
 

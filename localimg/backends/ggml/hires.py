@@ -18,7 +18,12 @@ from typing import Any
 
 from localimg.backends.ggml.families import Family
 from localimg.errors import BackendError, InvalidRequest
-from localimg.request_parts import HIRES_LATENT, HiresFix, is_latent_upscaler
+from localimg.request_parts import (
+    HIRES_DEFAULT_DENOISE,
+    HIRES_LATENT,
+    HiresFix,
+    is_latent_upscaler,
+)
 from localimg.requests import ImageRequest
 
 # A1111's latent modes (lowercased, as request_parts.LATENT_UPSCALERS names them) → the
@@ -108,7 +113,7 @@ def call_keywords(request: ImageRequest, family: Family) -> dict[str, Any]:
         "hires_width": hires.width,
         "hires_height": hires.height,
         "hires_steps": hires.steps or 0,
-        "hires_denoising_strength": float(hires.denoise or 0.7),
+        "hires_denoising_strength": float(hires.denoise or HIRES_DEFAULT_DENOISE),
     }
 
 
