@@ -41,6 +41,8 @@ def _models(tiny_sd: Path, tiny_ggml: dict[str, Path]) -> Callable[[Path], Path]
 
         models = populate_models_dir(folder, tiny_ggml)  # stablediffusion.yaml (ggml)
         write_model(models, "tiny", tiny_sd)
+        hires = "size: 64x64\nhires:\n  scale: 1.5\n  upscaler: lanczos\n  steps: 2\n"
+        write_model(models, "tinyhr", tiny_sd, extra=hires)  # its YAML turns the fix on
         upscalers = models / "upscale_models"
         upscalers.mkdir()
         (upscalers / "2x-tiny.safetensors").write_bytes(tiny_esrgan(2).read_bytes())
@@ -300,3 +302,16 @@ def test_open_webui_with_hires_in_its_additional_parameters(served: Served) -> N
     assert [decode(text).size for text in images] == [(256, 128), (128, 128), (128, 128)]
     assert info["index_of_first_image"] == 1 and info["all_seeds"] == [2, 3]
     assert info["extra_generation_params"]["Hires upscaler"] == "Lanczos"
+
+
+def test_enable_hr_false_leaves_the_hires_fix_to_the_models_yaml(served: Served) -> None:
+    """SillyTavern sends enable_hr false with every request: a model whose YAML turns the fix
+    on still runs it (96 = 64 x 1.5), and says so in its info; a plain model does not."""
+    checkpoint = {"sd_model_checkpoint": "tinyhr"}
+    data = body("sillytavern_txt2img", seed=1, override_settings=checkpoint)
+    images, info, _ = ok(post(served.url, "txt2img", data))
+    assert decode(images[0]).size == (96, 96)
+    assert info["extra_generation_params"]["Hires upscaler"] == "Lanczos"
+    plain = body("sillytavern_txt2img", seed=1)
+    images, info, _ = ok(post(served.url, "txt2img", plain))
+    assert decode(images[0]).size == (64, 64) and info["extra_generation_params"] == {}
