@@ -20,6 +20,7 @@ from localimg.request_parts import (
     HIRES_LATENT,
     MAX_SIDE,
     HiresFix,
+    is_latent_upscaler,
 )
 from localimg.requests import (
     CACHE_OFF,
@@ -212,7 +213,9 @@ def merged_hires(
         scale=None if any(size) else scale,
         width=final_width,
         height=final_height,
-        upscaler=str(pick("upscaler", yaml.upscaler if yaml else None, HIRES_LATENT)).lower(),
+        upscaler=upscaler_name(
+            str(pick("upscaler", yaml.upscaler if yaml else None, HIRES_LATENT))
+        ),
         steps=int(pick("steps", yaml.steps if yaml else None, 0)) or steps,
         denoise=float(pick("denoise", yaml.denoise if yaml else None, HIRES_DEFAULT_DENOISE)),
         prompt=asked.prompt,
@@ -229,6 +232,17 @@ def text_to_image(request: ImageRequest) -> bool:
         and not request.num_frames
         and request.mode in (None, "txt2img")
     )
+
+
+def upscaler_name(name: object) -> str:
+    """A hires upscaler as the backends and the PNG parameters read it: the latent modes and the
+    resampling filters lowercased, a model's name (upscale_models/) as written."""
+    from localimg.backends.side.resize import FILTERS
+
+    name = str(name).strip()
+    if is_latent_upscaler(name) or name.lower() in FILTERS:
+        return name.lower()
+    return name
 
 
 def hires_size(

@@ -122,6 +122,7 @@ class SideModels:
         """The entry of a side model (made, not loaded, on first use); ModelNotFound if the
         registry has no such model."""
         with self._lock:
+            name = self.registry.resolve(kind, name)
             found = self._entries.get((kind, name))
             if found is None:
                 found = SideEntry(self.registry.create(kind, name, self.runtime))

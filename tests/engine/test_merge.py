@@ -272,3 +272,15 @@ def test_hires_values_out_of_range_are_refused_naming_the_field() -> None:
     with pytest.raises(InvalidRequest, match="at most 4096") as caught:
         merged_hires({}, HiresFix(scale=8), width=1024, height=1024)
     assert caught.value.param == "hires_scale"
+
+
+def test_hires_upscaler_names_keep_a_models_case_and_fold_the_built_in_ones() -> None:
+    from localimg.backends.side import default_registry
+    from localimg.requests import HiresFix
+
+    assert merged_hires({}, HiresFix(upscaler="4x-UltraSharp")).upscaler == "4x-UltraSharp"
+    assert merged_hires({}, HiresFix(upscaler="Lanczos")).upscaler == "lanczos"
+    assert merged_hires({}, HiresFix(upscaler="Latent (Bicubic)")).upscaler == "latent (bicubic)"
+    registry = default_registry()
+    assert registry.resolve("upscaler", "LANCZOS") == "lanczos"
+    assert registry.resolve("upscaler", "unknown") == "unknown"

@@ -60,8 +60,20 @@ class SideRegistry:
             self.register(kind, name, factory)
         self._files[kind] = set(factories)
 
+    def resolve(self, kind: str, name: str) -> str:
+        """The registered name `name` means: itself, else the one that differs only in case
+        (requests and YAML files are written by hand: "Lanczos", "4x-ultrasharp")."""
+        if (kind, name) in self._factories:
+            return name
+        folded = name.casefold()
+        for known_kind, known in self._factories:
+            if known_kind == kind and known.casefold() == folded:
+                return known
+        return name
+
     def create(self, kind: str, name: str, runtime: RuntimeSettings) -> SideModel:
         """A new, unloaded model; ModelNotFound (listing the known names) for an unknown one."""
+        name = self.resolve(kind, name)
         factory = self._factories.get((kind, name))
         if factory is None:
             known = ", ".join(self.listing(kind)) or "none"
