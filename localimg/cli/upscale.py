@@ -65,7 +65,7 @@ def upscale(
     targets = output_paths([value for value, _ in inputs], output, scale)
     engine = Engine(engine_settings(models_path, device, threads))
     try:
-        check_upscaler(engine, upscaler)
+        upscaler = check_upscaler(engine, upscaler)
         written = []
         with UpscaleProgress(enabled=False if as_json else None) as bar:
             for (value, image), target in zip(inputs, targets, strict=True):
@@ -81,17 +81,20 @@ def upscale(
             typer.echo(str(path))
 
 
-def check_upscaler(engine: Engine, name: str) -> None:
-    """Refuse an unknown upscaler before any work, naming the installed ones."""
+def check_upscaler(engine: Engine, name: str) -> str:
+    """The upscaler's registered name (any case finds it); an unknown one is refused before any
+    work, naming the installed ones."""
     from localimg.errors import ModelNotFound
 
     names = engine.upscaler_names()
+    name = engine.side.registry.resolve("upscaler", name.strip())
     if name not in names:
         folder = Path(engine.settings.models_path) / "upscale_models"
         raise ModelNotFound(
             f"no upscaler named {name!r}; installed: {', '.join(names)} (models go in {folder})",
             param="upscaler",
         )
+    return name
 
 
 def _scale_text(scale: float) -> str:

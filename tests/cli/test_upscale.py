@@ -63,7 +63,7 @@ def test_a_model_writes_where_o_says_with_its_name(models: Path, tmp_path: Path)
     pytest.importorskip("stable_diffusion_cpp")
     source = write_photo(tmp_path / "cat.png")
     target = tmp_path / "out" / "big.webp"
-    code, _, err = invoke(models, str(source), "-o", str(target), "-u", "tiny-x2", "-s", "3")
+    code, _, err = invoke(models, str(source), "-o", str(target), "-u", "TINY-X2", "-s", "3")
     assert code == 0, err
     with Image.open(target) as image:
         assert image.size == (72, 48) and image.format == "WEBP"
