@@ -72,6 +72,12 @@ SLOW_FILES_FIRST = (
     "tests/server/test_lifecycle_routes.py",
     "tests/server/test_openai_api.py",
     "tests/backends/test_batch_invariance.py",
+    "tests/engine/test_hires.py",
+    "tests/backends/test_ggml_control.py",
+    "tests/backends/test_ggml_hires.py",
+    "tests/backends/test_diffusers_controlnet.py",
+    "tests/server/test_a1111_controlnet.py",
+    "tests/server/test_a1111_upscale.py",
 )
 
 
