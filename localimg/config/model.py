@@ -81,6 +81,18 @@ class DiffusersSection(_Strict):
         return value
 
 
+def check_size_text(value: str | None) -> str | None:
+    """A YAML `size:` as WIDTHxHEIGHT, in range; ValueError (pydantic's) with the reason."""
+    if value is not None:
+        from localimg.requests import parse_size
+
+        try:
+            parse_size(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+    return value
+
+
 class HiresSection(_Strict):
     """`hires:` of a model YAML (localimg): A1111's hires fix for this model. A request that
     asks for a hires fix takes what it leaves unset from here; with `enabled: true` (the default
@@ -96,14 +108,7 @@ class HiresSection(_Strict):
     @field_validator("size")
     @classmethod
     def _size_form(cls, value: str | None) -> str | None:
-        if value is not None:
-            from localimg.requests import parse_size
-
-            try:
-                parse_size(value)
-            except InvalidRequest as exc:
-                raise ValueError(exc.message) from None
-        return value
+        return check_size_text(value)
 
 
 class RaySection(BaseModel):
@@ -193,14 +198,7 @@ class ModelConfig(_Strict):
     @field_validator("size")
     @classmethod
     def _size_form(cls, value: str | None) -> str | None:
-        if value is not None:
-            from localimg.requests import parse_size
-
-            try:
-                parse_size(value)
-            except InvalidRequest as exc:
-                raise ValueError(exc.message) from None
-        return value
+        return check_size_text(value)
 
     @property
     def model(self) -> str | None:

@@ -202,6 +202,13 @@ def _libc_free() -> Callable[[int | None], None] | None:
 _FREE = _libc_free()
 
 
+def free_c_buffer(pointer: int | None) -> None:
+    """Give back a buffer the library malloc'ed and left to its caller (where libc's free() is
+    reachable; elsewhere the buffer leaks, as it would without localimg)."""
+    if _FREE is not None:
+        _FREE(pointer)
+
+
 def binding_version() -> str | None:
     """The installed stable-diffusion-cpp-python's version (None: no distribution metadata)."""
     try:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -126,32 +124,6 @@ def check_file(path: Path) -> RrdbInfo:
         raise NotRunnable(str(exc)) from None
 
 
-def _libc_free() -> Callable[[Any], None] | None:
-    """libc's free(): the library mallocs each output image and never frees it."""
-    if sys.platform not in ("linux", "darwin"):
-        return None
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else ctypes.CDLL(None)
-    except OSError:
-        return None
-    free = libc.free
-    free.argtypes = [ctypes.c_void_p]
-    free.restype = None
-    return free
-
-
-_FREE_LOCK = threading.Lock()
-_FREE: list[Callable[[Any], None] | None] = []
-
-
-def _free() -> Callable[[Any], None] | None:
-    with _FREE_LOCK:
-        if not _FREE:
-            _FREE.append(_libc_free())
-        return _FREE[0]
-
-
 class EsrganUpscaler:
     """An RRDB file in `upscale_models/` run by stable-diffusion.cpp: `run` is one pass of the
     model, `upscale` any scale around it (scaling.py)."""
@@ -252,9 +224,7 @@ class EsrganUpscaler:
             mode = {1: "L", 3: "RGB", 4: "RGBA"}[out.channel]
             return Image.frombytes(mode, (out.width, out.height), pixels).convert("RGB")
         finally:
-            free = _free()
-            if free is not None:
-                free(ctypes.cast(out.data, ctypes.c_void_p).value)
+            native.free_c_buffer(ctypes.cast(out.data, ctypes.c_void_p).value)
 
 
 def _ignore(done: int, total: int) -> None:
