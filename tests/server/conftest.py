@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from localimg.errors import InvalidRequest
+from localimg.requests import ImageRequest
 from tests.support.fake_hosts import FakeHosts
 from tests.support.gallery_index import write_tiny_hub_index
 from tests.support.served import Served, ServeSpec, serve, serve_in_process, tiny_models
@@ -30,6 +33,20 @@ def served(serve_spec: ServeSpec, tmp_path_factory: pytest.TempPathFactory) -> I
     start = serve_in_process if serve_spec.in_process else serve
     with start(serve_spec, tmp_path_factory.mktemp("served")) as server:
         yield server
+
+
+@pytest.fixture
+def received(served: Served, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ImageRequest]]:
+    """The requests the engine receives, each refused right there (400, param "captured"):
+    what a route made of a body, without running a model (served.captured reads one)."""
+    seen: list[ImageRequest] = []
+
+    def capture(model: str | None, request: ImageRequest, *args: Any, **kwargs: Any) -> Any:
+        seen.append(request)
+        raise InvalidRequest("captured", param="captured")
+
+    monkeypatch.setattr(served.engine, "submit", capture)
+    yield seen
 
 
 @pytest.fixture

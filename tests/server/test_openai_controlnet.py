@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ import openai
 import pytest
 from PIL import Image
 
-from localimg.errors import InvalidRequest
 from localimg.requests import ImageRequest
 from tests.support.conditioned_fixtures import png_bytes
-from tests.support.served import Served, ServeSpec, tiny_models
+from tests.support.served import Served, ServeSpec, captured, tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +52,6 @@ def square(value: int, size: int = 64) -> Image.Image:
 
 def b64(image: Image.Image) -> str:
     return base64.b64encode(png_bytes(image)).decode("ascii")
-
-
-@pytest.fixture
-def received(served: Served, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ImageRequest]]:
-    """The requests the engine receives; each is refused right there ("captured", 400)."""
-    seen: list[ImageRequest] = []
-
-    def capture(model: str | None, request: ImageRequest, *args: Any, **kwargs: Any) -> Any:
-        seen.append(request)
-        raise InvalidRequest("captured", param="captured")
-
-    monkeypatch.setattr(served.engine, "submit", capture)
-    yield seen
-
-
-def captured(response: httpx.Response, received: list[ImageRequest]) -> ImageRequest:
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == "captured", response.text
-    assert len(received) == 1
-    return received[0]
 
 
 def refused(response: httpx.Response, param: str, words: str) -> None:

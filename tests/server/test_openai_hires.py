@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,30 +19,9 @@ import openai
 import pytest
 from PIL import Image
 
-from localimg.errors import InvalidRequest
 from localimg.requests import HiresFix, ImageRequest
 from tests.support.conditioned_fixtures import png_bytes
-from tests.support.served import Served
-
-
-@pytest.fixture
-def received(served: Served, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ImageRequest]]:
-    """The requests the engine receives; each is refused right there ("captured", 400)."""
-    seen: list[ImageRequest] = []
-
-    def capture(model: str | None, request: ImageRequest, *args: Any, **kwargs: Any) -> Any:
-        seen.append(request)
-        raise InvalidRequest("captured", param="captured")
-
-    monkeypatch.setattr(served.engine, "submit", capture)
-    yield seen
-
-
-def captured(response: httpx.Response, received: list[ImageRequest]) -> ImageRequest:
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == "captured", response.text
-    assert len(received) == 1
-    return received[0]
+from tests.support.served import Served, captured
 
 
 def hires_of(served: Served, received: list[ImageRequest], **fields: Any) -> HiresFix | None:

@@ -28,6 +28,7 @@ from localimg.engine import (
     WorkerSlot,
     worker_slot_factory,
 )
+from localimg.requests import ImageRequest
 from localimg.server.app import ServerSettings, create_app
 from localimg.server.state import ServerState
 from tests.support.server_support import serve_in_thread, write_model
@@ -173,3 +174,12 @@ def serve_in_process(spec: ServeSpec, root: Path) -> Iterator[Served]:
             yield served
     finally:
         engine.close()
+
+
+def captured(response: Any, received: list[ImageRequest]) -> ImageRequest:
+    """The one request the `received` fixture (tests/server/conftest.py) caught for this
+    response, which must be that fixture's 400."""
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "captured", response.text
+    assert len(received) == 1
+    return received[0]
