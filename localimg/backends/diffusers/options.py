@@ -53,15 +53,31 @@ class DiffusersOptions(BaseModel):
     guidance: float | None = Field(default=None, ge=0, le=100)
     shift: float | None = Field(default=None, gt=0, le=100)
     max_sequence_length: int | None = Field(default=None, ge=1, le=4096)
+    # The model's own prompt enhancer (Ideogram 4's prompt upsampling, ERNIE-Image's `pe`,
+    # LTX-2's prompt enhancement): off unless asked (families/rules.py).
+    prompt_enhance: bool | None = None
     lora_dir: str | None = None  # where <lora:name:weight> looks (default: the models dir's loras/)
 
 
-OPTION_KEYS = frozenset(DiffusersOptions.model_fields)
-GENERATION_KEYS = ("guidance", "shift", "max_sequence_length")
+# The pipelines' own names for the prompt enhancer switch, accepted as options too.
+ENHANCE_ALIASES = ("prompt_upsampling", "use_pe", "enable_prompt_enhancement")
+OPTION_KEYS = frozenset(DiffusersOptions.model_fields) | frozenset(ENHANCE_ALIASES)
+GENERATION_KEYS = ("guidance", "shift", "max_sequence_length", "prompt_enhance")
 
 
 def parse_options(config: ModelConfig) -> DiffusersOptions:
-    raw = {k: v for k, v in config.parsed_options().items() if k in OPTION_KEYS}
+    parsed = config.parsed_options()
+    raw = {k: v for k, v in parsed.items() if k in DiffusersOptions.model_fields}
+    for alias in ENHANCE_ALIASES:
+        if alias not in parsed:
+            continue
+        value = parsed[alias]
+        if "prompt_enhance" in raw and str(raw["prompt_enhance"]) != str(value):
+            raise ConfigError(
+                f"{config.where}: options: {alias}:{value} disagrees with "
+                f"prompt_enhance:{raw['prompt_enhance']} (both switch the prompt enhancer)"
+            )
+        raw["prompt_enhance"] = value
     try:
         return DiffusersOptions.model_validate(raw)
     except ValidationError as exc:

@@ -53,6 +53,8 @@ PIPELINE_TYPES: dict[str, str] = {
     "ChromaPipeline": "ChromaPipeline",
     "WanPipeline": "WanPipeline",
     "WanImageToVideoPipeline": "WanImageToVideoPipeline",
+    # and every other class of the family table (the families of 2026), by its own name
+    **{name: name for name in FAMILIES},
 }
 # Repo classes that are text-to-image pipelines themselves: AutoPipelineForText2Image loads them
 # as they are, so localimg can too (and skip importing the auto-pipeline tables).

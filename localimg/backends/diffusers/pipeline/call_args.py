@@ -152,6 +152,12 @@ def _unknown_family_kwargs(
     """The guidance and sequence-length keywords of a pipeline no family rule describes: the
     generic names where the pipeline takes them, a refusal for the family-only settings."""
     families.refuse_references(pipeline, request)
+    if "prompt_enhance" in generation:
+        raise InvalidRequest(
+            f"prompt_enhance switches the prompt enhancer of the model families that have one "
+            f"(Ideogram 4, ERNIE-Image, LTX-2); {pipeline} is none of them",
+            param="prompt_enhance",
+        )
     for key in ("guidance", "max_sequence_length"):
         if key in generation and key not in params:
             raise InvalidRequest(

@@ -1,201 +1,16 @@
-"""The model families of 2025-26 (Z-Image, FLUX.2, Qwen-Image, FLUX.1 Kontext, Chroma, Wan): one
-row per family saying how a request maps onto its pipeline, read from each pipeline's code
-(diffusers 0.42).
-
-The generic request mapping (pipeline/call_args.py) was written for Stable Diffusion: `cfg_scale` is
-`guidance_scale`, a negative prompt is always welcome, an image means img2img. These families
-differ, and a difference handled wrongly is a parameter silently ignored, so each row says:
-
-- which keyword really does guidance (`cfg_kwarg`) and above which value guidance runs;
-- whether there is a negative prompt, and whether true CFG needs one (Qwen-Image and Kontext run
-  CFG only when one is given: with none, localimg passes " ", as diffusers' docs do);
-- which keyword takes the distilled guidance (the `guidance` option), where a family has one
-  besides true CFG; it only acts when the transformer embeds guidance (`guidance_embeds`);
-- how many input images a reference edit takes (0: none; an image then means img2img through the
-  family's own img2img pipeline, if it has one);
-- the limit the pipeline puts on `max_sequence_length`.
-"""
+"""The rules a family row implies for a request: mode, size, guidance, negative prompt,
+references, frames, text length and the model's own prompt enhancer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from localimg.backends.diffusers.families.family import EDIT_FAMILIES, Family
+from localimg.backends.diffusers.families.table import FAMILIES
 from localimg.errors import BackendNotInstalled, InvalidRequest
 
 if TYPE_CHECKING:
     from localimg.requests import ImageRequest
-
-EDIT_FAMILIES = "FLUX.1 Kontext, Qwen-Image-Edit(-Plus), FLUX.2"
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str  # as people call it, in messages
-    cfg_kwarg: str = "guidance_scale"  # the keyword cfg_scale sets
-    cfg_on: float = 1.0  # guidance runs when cfg_scale is above this
-    negative: bool = True  # takes a negative prompt
-    blank_negative: bool = False  # true CFG runs only with a negative prompt: " " when none
-    distilled_kwarg: str | None = None  # the `guidance` option's keyword (distilled guidance)
-    references: int = 0  # input images of a reference edit (0: the family does no edits)
-    needs_image: bool = False  # cannot run without an input image
-    min_reference_side: int = 0  # the pipeline refuses smaller input images
-    max_sequence_length: int | None = None  # the pipeline's own limit
-    # The Qwen-Image-Edit pipelines take the keyword but never cut the prompt with it: refused.
-    truncates_prompt: bool = True
-    img2img: str | None = None  # diffusers classes sharing the weights (from_pipe)
-    inpaint: str | None = None
-    area_kwarg: bool = False  # Kontext rescales the output to `max_area`: pass width x height
-    default_cfg: float | None = None  # else the pipeline's own default
-    default_size: tuple[int, int] | None = None  # else from the transformer's sample size
-    video: bool = False
-    img2vid: str | None = None  # Wan 2.2 TI2V: the image-to-video class over the same weights
-
-
-Z_IMAGE = Family(
-    "Z-Image",
-    cfg_on=0.0,
-    img2img="ZImageImg2ImgPipeline",
-    inpaint="ZImageInpaintPipeline",
-)
-# Reference limits from BFL's docs (diffusers has none): FLUX.2 up to 10 (6 recommended for
-# [dev]), klein up to 4.
-FLUX2 = Family("FLUX.2", negative=False, references=10, min_reference_side=64)
-FLUX2_KLEIN = Family("FLUX.2-klein", negative=False, references=4, min_reference_side=64)
-QWEN_IMAGE = Family(
-    "Qwen-Image",
-    cfg_kwarg="true_cfg_scale",
-    blank_negative=True,
-    distilled_kwarg="guidance_scale",
-    max_sequence_length=1024,
-    img2img="QwenImageImg2ImgPipeline",
-    inpaint="QwenImageInpaintPipeline",
-)
-QWEN_IMAGE_EDIT_PLUS = Family(
-    "Qwen-Image-Edit-Plus",
-    truncates_prompt=False,
-    cfg_kwarg="true_cfg_scale",
-    blank_negative=True,
-    distilled_kwarg="guidance_scale",
-    references=3,
-    needs_image=True,
-    max_sequence_length=1024,
-)
-QWEN_IMAGE_EDIT = Family(  # the first Qwen-Image-Edit: one input image
-    "Qwen-Image-Edit",
-    truncates_prompt=False,
-    cfg_kwarg="true_cfg_scale",
-    blank_negative=True,
-    distilled_kwarg="guidance_scale",
-    references=1,
-    needs_image=True,
-    max_sequence_length=1024,
-)
-KONTEXT = Family(
-    "FLUX.1 Kontext",
-    cfg_kwarg="true_cfg_scale",
-    blank_negative=True,
-    distilled_kwarg="guidance_scale",
-    references=1,
-    max_sequence_length=512,
-    area_kwarg=True,
-    default_cfg=1.0,
-)
-# ChromaInpaintPipeline (diffusers 0.42) reads transformer.config.guidance_embeds, which Chroma's
-# transformer does not have, and fails: no inpainting for Chroma until diffusers fixes it.
-CHROMA = Family("Chroma", max_sequence_length=512, img2img="ChromaImg2ImgPipeline")
-WAN = Family("Wan", default_size=(832, 480), video=True, img2vid="WanImageToVideoPipeline")
-
-FAMILIES: dict[str, Family] = {
-    "ZImagePipeline": Z_IMAGE,
-    "ZImageImg2ImgPipeline": Z_IMAGE,
-    "ZImageInpaintPipeline": Z_IMAGE,
-    "Flux2Pipeline": FLUX2,
-    "Flux2KleinPipeline": FLUX2_KLEIN,
-    "QwenImagePipeline": QWEN_IMAGE,
-    "QwenImageImg2ImgPipeline": QWEN_IMAGE,
-    "QwenImageInpaintPipeline": QWEN_IMAGE,
-    "QwenImageEditPlusPipeline": QWEN_IMAGE_EDIT_PLUS,
-    "QwenImageEditPipeline": QWEN_IMAGE_EDIT,
-    "FluxKontextPipeline": KONTEXT,
-    "ChromaPipeline": CHROMA,
-    "ChromaImg2ImgPipeline": CHROMA,
-    "WanPipeline": WAN,
-    "WanImageToVideoPipeline": WAN,
-    # the ControlNet pipelines of these families (CONTROLNETS below) read requests the same way
-    "ZImageControlNetPipeline": Z_IMAGE,
-    "ZImageControlNetInpaintPipeline": Z_IMAGE,
-    "QwenImageControlNetPipeline": QWEN_IMAGE,
-}
-
-
-@dataclass(frozen=True)
-class ControlFamily:
-    """How a family runs ControlNets: its ControlNet model classes, the pipelines per task
-    (diffusers' classes, built with from_pipe over the loaded pipeline), how several units stack
-    (`multi`: the class that wraps a list; None: one unit) and whether the pipeline takes
-    control_guidance_start/end. `matches` are the config keys a ControlNet shares with the
-    family's denoiser (a ControlNet of another family or size differs in one of them)."""
-
-    name: str
-    models: tuple[str, ...]
-    txt2img: str
-    img2img: str | None
-    inpaint: str | None
-    multi: str | None
-    window: bool = True
-    matches: tuple[str, ...] = ()
-
-
-_SD_KEYS = ("cross_attention_dim", "addition_embed_type")
-_SD = "StableDiffusion"
-SD_CONTROL = ControlFamily(
-    "SD 1.x/2.x", ("ControlNetModel",), f"{_SD}ControlNetPipeline",
-    f"{_SD}ControlNetImg2ImgPipeline", f"{_SD}ControlNetInpaintPipeline",
-    "MultiControlNetModel", matches=_SD_KEYS,
-)  # fmt: skip
-SDXL_CONTROL = ControlFamily(
-    "SDXL", ("ControlNetModel",), f"{_SD}XLControlNetPipeline",
-    f"{_SD}XLControlNetImg2ImgPipeline", f"{_SD}XLControlNetInpaintPipeline",
-    "MultiControlNetModel", matches=_SD_KEYS,
-)  # fmt: skip
-SDXL_UNION_CONTROL = ControlFamily(  # ControlNet++ (xinsir's union): one net, several modes
-    "SDXL", ("ControlNetUnionModel",), f"{_SD}XLControlNetUnionPipeline",
-    f"{_SD}XLControlNetUnionImg2ImgPipeline", f"{_SD}XLControlNetUnionInpaintPipeline",
-    None, matches=_SD_KEYS,
-)  # fmt: skip
-_DIT_KEYS = ("joint_attention_dim", "num_attention_heads", "attention_head_dim")
-FLUX1_CONTROL = ControlFamily(
-    "FLUX.1", ("FluxControlNetModel",), "FluxControlNetPipeline",
-    "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline",
-    "FluxMultiControlNetModel", matches=(*_DIT_KEYS, "pooled_projection_dim", "in_channels"),
-)  # fmt: skip
-Z_IMAGE_CONTROL = ControlFamily(
-    "Z-Image", ("ZImageControlNetModel",), "ZImageControlNetPipeline", None,
-    "ZImageControlNetInpaintPipeline", None, window=False, matches=("dim", "n_heads"),
-)  # fmt: skip
-# Its ControlNet inpaint pipeline takes no image (not used); QwenImageMultiControlNetModel
-# (diffusers 0.42) takes a single union ControlNet only: one unit.
-QWEN_IMAGE_CONTROL = ControlFamily(
-    "Qwen-Image", ("QwenImageControlNetModel",), "QwenImageControlNetPipeline", None, None,
-    None, matches=_DIT_KEYS,
-)  # fmt: skip
-
-# The loaded pipeline's class → its family's ControlNet rules (SDXL's union ControlNets: the
-# union row, chosen by the ControlNet's class).
-CONTROLNETS: dict[str, ControlFamily] = {
-    **dict.fromkeys((f"{_SD}Pipeline", f"{_SD}Img2ImgPipeline", f"{_SD}InpaintPipeline"),
-                    SD_CONTROL),
-    **dict.fromkeys((f"{_SD}XLPipeline", f"{_SD}XLImg2ImgPipeline", f"{_SD}XLInpaintPipeline"),
-                    SDXL_CONTROL),
-    **dict.fromkeys(("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
-                    FLUX1_CONTROL),
-    **dict.fromkeys(("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
-                    Z_IMAGE_CONTROL),
-    **dict.fromkeys(("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
-                    QWEN_IMAGE_CONTROL),
-}  # fmt: skip
-CONTROL_FAMILIES = "SD 1.x/2.x, SDXL, FLUX.1, Z-Image and Qwen-Image"
 
 
 # Modules a family's diffusers 0.42 / transformers 5 code needs beyond localimg's extra: without
@@ -230,6 +45,10 @@ BFLOAT16_CLASS_PREFIXES = (
     "HiDream",
     "Lumina2",
     "CogView4",
+    "Krea2",
+    "Ideogram4",
+    "ErnieImage",
+    "Anima",
 )
 
 
@@ -391,6 +210,7 @@ def family_kwargs(
     elif family.blank_negative and guiding:
         kwargs["negative_prompt"] = " "  # true CFG needs a negative prompt (diffusers' docs)
     kwargs.update(_distilled(family, pipe, generation.get("guidance")))
+    kwargs.update(_enhancer(family, pipe, params, generation.get("prompt_enhance")))
     length = generation.get("max_sequence_length")
     if length is not None:
         if "max_sequence_length" not in params or not family.truncates_prompt:
@@ -419,7 +239,30 @@ def family_kwargs(
             request.width,
             request.height,
         )
+    if family.adjust is not None:
+        family.adjust(request, pipe, params, generation, kwargs)
     return kwargs
+
+
+def _enhancer(family: Family, pipe: Any, params: dict[str, Any], wanted: Any) -> dict[str, Any]:
+    """The model's own prompt enhancer: off unless `prompt_enhance` asks for it (some pipelines
+    default it on, and it rewrites the prompt with a language model: slow and not what was
+    asked), refused where the family or the loaded pipeline has none."""
+    kwarg, component = family.enhancer_kwarg, family.enhancer_component
+    if kwarg is None or kwarg not in params:
+        if wanted is not None:
+            raise InvalidRequest(
+                f"{family.name} has no prompt enhancer of its own; remove prompt_enhance",
+                param="prompt_enhance",
+            )
+        return {}
+    if wanted and component and getattr(pipe, component, None) is None:
+        raise InvalidRequest(
+            f"this {family.name} model was loaded without its prompt enhancer ({component}); "
+            "prompt_enhance needs a model folder or repo that has it",
+            param="prompt_enhance",
+        )
+    return {kwarg: bool(wanted)}
 
 
 def _distilled(family: Family, pipe: Any, guidance: Any) -> dict[str, Any]:
