@@ -36,6 +36,9 @@ class Family:
     area_kwarg: bool = False  # Kontext rescales the output to `max_area`: pass width x height
     default_cfg: float | None = None  # else the pipeline's own default
     default_size: tuple[int, int] | None = None  # else from the transformer's sample size
+    # Sizes are multiples of vae_scale_factor x this (the transformer's 2x2 patches); 1 where the
+    # pipeline's vae_scale_factor already counts the patches (ERNIE-Image).
+    latent_patch: int = 2
     video: bool = False
     img2vid: str | None = None  # Wan 2.2 TI2V: the image-to-video class over the same weights
 

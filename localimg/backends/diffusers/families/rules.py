@@ -69,13 +69,14 @@ def is_distilled_klein(pipe: Any) -> bool:
 
 def size_multiple(family: Family, pipe: Any) -> int:
     """What both sides must be a multiple of (the pipelines round anything else down, silently,
-    or fail): the VAE factor x the 2x2 patches; Wan: its spatial factor x the patch size."""
+    or fail): the VAE factor x the 2x2 patches (where the factor leaves them out); Wan: its
+    spatial factor x the patch size."""
     if family.video:
         spatial = int(getattr(pipe, "vae_scale_factor_spatial", 8) or 8)
         transformer = getattr(pipe, "transformer", None) or getattr(pipe, "transformer_2", None)
         patch = getattr(getattr(transformer, "config", None), "patch_size", (1, 2, 2))
         return max(16, spatial * int(patch[1]))
-    return int(getattr(pipe, "vae_scale_factor", 8) or 8) * 2
+    return int(getattr(pipe, "vae_scale_factor", 8) or 8) * family.latent_patch
 
 
 def default_cfg(family: Family, pipe: Any, params: dict[str, Any]) -> float | None:
