@@ -49,6 +49,7 @@ ENTRY_KEYS = (
     "overrides",
     "files",
     "kind",
+    "family",  # the model family's slug: the install refuses an engine that cannot load it
 )
 FILE_KEYS = ("filename", "sha256", "sha256_reason", "uri")
 
