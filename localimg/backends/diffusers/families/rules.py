@@ -60,9 +60,15 @@ def family_of(pipe: Any) -> Family | None:
     return FAMILIES.get(type(pipe).__name__)
 
 
-def is_distilled_klein(pipe: Any) -> bool:
-    """FLUX.2-klein's step-distilled checkpoints ignore guidance (`is_distilled` in its config)."""
-    return type(pipe).__name__ == "Flux2KleinPipeline" and bool(
+# Pipelines whose config marks a step-distilled checkpoint (`is_distilled`), which runs without
+# guidance: FLUX.2-klein 4B/9B (the pipeline ignores it) and Krea 2's turbo (it would double the
+# cost and leave the distilled schedule).
+DISTILLED_FLAG_CLASSES = frozenset({"Flux2KleinPipeline", "Krea2Pipeline"})
+
+
+def is_step_distilled(pipe: Any) -> bool:
+    """A step-distilled checkpoint: guidance off (`is_distilled` in the pipeline's config)."""
+    return type(pipe).__name__ in DISTILLED_FLAG_CLASSES and bool(
         getattr(pipe, "config", {}).get("is_distilled", False)
     )
 
@@ -80,8 +86,8 @@ def size_multiple(family: Family, pipe: Any) -> int:
 
 
 def default_cfg(family: Family, pipe: Any, params: dict[str, Any]) -> float | None:
-    if is_distilled_klein(pipe):
-        return 1.0
+    if is_step_distilled(pipe):
+        return family.cfg_on  # guidance off: 1 for klein, 0 for Krea 2
     if family.default_cfg is not None:
         return family.default_cfg
     param = params.get(family.cfg_kwarg)
@@ -185,10 +191,10 @@ def family_kwargs(
     """Guidance, negative prompt, input images and text length of a request on this family."""
     kwargs: dict[str, Any] = {}
     cfg = float(request.cfg_scale if request.cfg_scale is not None else 1.0)
-    if is_distilled_klein(pipe) and cfg > 1:
+    if is_step_distilled(pipe) and cfg > family.cfg_on:
         raise InvalidRequest(
             f"this {family.name} checkpoint is step-distilled (is_distilled) and runs without "
-            f"guidance: cfg_scale must be at most 1, got {cfg:g}",
+            f"guidance: cfg_scale must be at most {family.cfg_on:g}, got {cfg:g}",
             param="cfg_scale",
         )
     if family.cfg_kwarg in params:
