@@ -34,7 +34,9 @@ class BackendDefaults:
     width: int
     height: int
     steps: int
-    cfg_scale: float
+    # None: the model guides by its own schedule unless the request or the YAML sets a scale
+    # (Ideogram 4); the merged request then keeps cfg_scale None.
+    cfg_scale: float | None
     size_multiple: int = 8
     # The loaded model reads input images as references (FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2):
     # merge then leaves them at their own size instead of fitting them to the output as img2img.

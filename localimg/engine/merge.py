@@ -63,7 +63,7 @@ def merge_request(
             width=int(width),
             height=int(height),
             steps=int(steps),
-            cfg_scale=float(cfg_scale if cfg_scale is not None else defaults.cfg_scale),
+            cfg_scale=merged_cfg(cfg_scale, defaults),
             seed=int(seed) if seed is not None else random_seed(),
             scheduler=pick("scheduler", config.diffusers.scheduler_type),
             clip_skip=pick("clip_skip", config.diffusers.clip_skip),
@@ -81,6 +81,13 @@ def merge_request(
         from localimg.errors import ConfigError
 
         raise ConfigError(f"{config.where}: options: {exc}") from None
+
+
+def merged_cfg(cfg_scale: Any, defaults: BackendDefaults) -> float | None:
+    """The request's or YAML's scale, else the backend's; None where the backend has none (the
+    model's own guidance schedule runs)."""
+    value = cfg_scale if cfg_scale is not None else defaults.cfg_scale
+    return float(value) if value is not None else None
 
 
 def split_options(

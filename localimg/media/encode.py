@@ -57,7 +57,8 @@ def a1111_parameters(result: ImageResult, index: int) -> str:
         fields += [("Steps", request.steps)]
         if result.scheduler:
             fields.append(("Sampler", result.scheduler))
-        fields += [("CFG scale", request.cfg_scale)]
+        if request.cfg_scale is not None:  # None: the model's own guidance schedule
+            fields += [("CFG scale", request.cfg_scale)]
     fields.append(("Seed", result.seeds[index]))
     if request is not None:
         fields.append(("Size", f"{request.width}x{request.height}"))

@@ -216,8 +216,8 @@ class DiffusersBackend(LatentHires):
         guidance = self._call_params.get("guidance_scale") or self._call_params.get(
             "max_guidance_scale"  # video diffusion: guidance ramps up to this value
         )
-        cfg = (
-            guidance.default
+        cfg: float | None = (
+            float(guidance.default)
             if guidance is not None and isinstance(guidance.default, int | float)
             else 7.5
         )
@@ -226,13 +226,15 @@ class DiffusersBackend(LatentHires):
         family = self._family
         if family is not None:
             multiple = families.size_multiple(family, pipe)
-            cfg = families.default_cfg(family, pipe, self._call_params) or cfg
+            own = families.default_cfg(family, pipe, self._call_params)
+            cfg = own if own is not None else cfg  # 0 is a default too (Krea 2 turbo: off)
+            cfg = None if family.cfg_schedule else cfg  # its schedule unless a scale is given
             width, height = family.default_size or (side, side)
         return BackendDefaults(
             width=width,
             height=height,
             steps=DEFAULT_STEPS,
-            cfg_scale=float(cfg),
+            cfg_scale=cfg,
             size_multiple=multiple,
             reference_edits=bool(family is not None and family.references),
         )

@@ -35,6 +35,9 @@ class Family:
     inpaint: str | None = None
     area_kwarg: bool = False  # Kontext rescales the output to `max_area`: pass width x height
     default_cfg: float | None = None  # else the pipeline's own default
+    # Guides by its own per-step schedule unless a cfg_scale is given (Ideogram 4): the backend
+    # then offers no default cfg_scale, so the merged request says whether one was given.
+    cfg_schedule: bool = False
     default_size: tuple[int, int] | None = None  # else from the transformer's sample size
     # Sizes are multiples of vae_scale_factor x this (the transformer's 2x2 patches); 1 where the
     # pipeline's vae_scale_factor already counts the patches (ERNIE-Image).
