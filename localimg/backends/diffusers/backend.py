@@ -352,10 +352,10 @@ class DiffusersBackend(LatentHires):
             progress(
                 ProgressEvent("decode", step=(index + 1) * steps, total=total, image_index=index)
             )
-            frames = tasks.first_video(output)
-            images.extend(frames if frames is not None else output.images)
+            images.extend(tasks.output_images(output, request))
         fps = (request.fps or tasks.default_fps(params)) if "num_frames" in params else None
-        result = ImageResult(images=images, seeds=request.seeds, scheduler=prepared.label, fps=fps)
+        seeds = tasks.image_seeds(request.seeds, len(images), fps is not None)
+        result = ImageResult(images=images, seeds=seeds, scheduler=prepared.label, fps=fps)
         result.infotext.update(prepared.infotext)
         return call_args.with_ignored(result, request, pipe, params)
 

@@ -142,9 +142,38 @@ def first_video(output: Any) -> list[Image] | None:
     return [PILImage.fromarray(frame) for frame in array]
 
 
+def output_images(output: Any, request: ImageRequest) -> list[Image]:
+    """The pictures of one call: a video's frames, else its images. A pipeline that answers a
+    list of images per prompt (Qwen-Image-Layered's RGBA layers) gives all of them, each at the
+    size asked (it works at a fixed bucket; the layers must stack over the input)."""
+    frames = first_video(output)
+    if frames is not None:
+        return frames
+    images = list(output.images)
+    if not images or not isinstance(images[0], list):
+        return images
+    from PIL import Image as PILImage
+
+    size = (request.width or 0, request.height or 0)
+    lanczos = PILImage.Resampling.LANCZOS  # Pillow premultiplies alpha for RGBA resizes
+    return [
+        layer if layer.size == size or not all(size) else layer.resize(size, lanczos)
+        for group in images
+        for layer in group
+    ]
+
+
+def image_seeds(seeds: list[int], images: int, video: bool) -> list[int]:
+    """The seed of each image: several images per seed (layers) repeat it; a video's frames
+    share the request's seeds."""
+    if video or not seeds or images == len(seeds) or images % len(seeds):
+        return seeds
+    return [seed for seed in seeds for _ in range(images // len(seeds))]
+
+
 def default_fps(params: dict[str, inspect.Parameter]) -> float:
-    """The pipeline's own fps default (SVD conditions on it), else 8 like diffusers' exports."""
-    fps = params.get("fps")
+    """The pipeline's own fps (SVD) or frame_rate (LTX) default, else 8 like diffusers' exports."""
+    fps = params.get("fps") or params.get("frame_rate")
     if fps is not None and isinstance(fps.default, int | float):
         return float(fps.default)
     return 8.0
