@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from localimg import __version__
 from localimg.errors import InvalidRequest
@@ -32,6 +32,7 @@ MIME_TYPES: dict[ImageFormat, str] = {
     "webp": "image/webp",
 }
 EXIF_IFD = 0x8769
+OPAQUE_ENOUGH = 128  # alpha below this somewhere: the picture has real transparency
 USER_COMMENT = 0x9286
 
 
@@ -133,6 +134,7 @@ def encode(
         image.save(buffer, format="PNG", pnginfo=info)
         return buffer.getvalue()
     if fmt == "jpeg" and image.mode not in ("RGB", "L"):
+        refuse_transparent_jpeg(image)
         image = image.convert("RGB")
     exif = PILImage.Exif()
     if parameters:
@@ -142,6 +144,21 @@ def encode(
         options["quality"] = quality
     image.save(buffer, format=fmt.upper(), **options)
     return buffer.getvalue()
+
+
+def refuse_transparent_jpeg(image: Image) -> None:
+    """JPEG has no alpha: a picture that is partly see-through (RGBA layers) would come out with
+    its hidden pixels showing. Refused; an alpha channel that is all but opaque (a model's VAE
+    noise around 255) is not transparency and is dropped."""
+    if image.mode not in ("RGBA", "LA", "PA"):
+        return
+    extrema: Any = image.getchannel("A").getextrema()
+    if int(extrema[0]) < OPAQUE_ENOUGH:
+        raise InvalidRequest(
+            "JPEG cannot keep transparency and this image is partly transparent (RGBA layers, "
+            "for one); ask for png or webp (output_format, or a .png / .webp output file)",
+            param="output_format",
+        )
 
 
 def read_parameters(path: Path) -> str | None:
