@@ -174,6 +174,13 @@ def parse_mode(value: object) -> str | None:
     )
 
 
+def request_extra(**settings: Any) -> dict[str, Any]:
+    """A request's `extra` from the per-request settings an interface takes (union ControlNet's
+    control_mode, the model's prompt enhancer): the ones given, none that were left out (so the
+    YAML's value stays in force)."""
+    return {key: value for key, value in settings.items() if value is not None}
+
+
 def check_side(param: str, value: int) -> None:
     if not 8 <= value <= MAX_SIDE:
         raise InvalidRequest(

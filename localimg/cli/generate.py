@@ -196,6 +196,14 @@ def generate(
     no_hires: Annotated[
         bool, typer.Option("--no-hires", help="No hires fix, even where the YAML turns it on.")
     ] = False,
+    prompt_enhance: Annotated[
+        bool | None,
+        typer.Option(
+            "--prompt-enhance/--no-prompt-enhance",
+            help="The model's own prompt enhancer (Ideogram 4, ERNIE-Image, LTX-2) "
+            "[default: the YAML's prompt_enhance option, else off].",
+        ),
+    ] = None,
     device: Device = None,
     threads: Threads = None,
     as_json: Annotated[
@@ -209,7 +217,7 @@ def generate(
     from localimg.engine import Engine
     from localimg.media import conditioning
     from localimg.media import output as results
-    from localimg.requests import ImageRequest, parse_mode, parse_size
+    from localimg.requests import ImageRequest, parse_mode, parse_size, request_extra
 
     results.check_output(output, quality)
     width, height = parse_size(size) if size else (None, None)
@@ -254,7 +262,7 @@ def generate(
         cache=cache.strip().lower() if cache else None,
         cache_options=cache_options,
         controls=controls,
-        extra={"control_mode": control_mode} if control_mode is not None else {},
+        extra=request_extra(control_mode=control_mode, prompt_enhance=prompt_enhance),
         hires=_hires(
             (hires_scale, hires_size, hires_upscaler, hires_steps, hires_denoise), no_hires
         ),

@@ -73,9 +73,10 @@ def parse_options(config: ModelConfig) -> DiffusersOptions:
             continue
         value = parsed[alias]
         if "prompt_enhance" in raw and str(raw["prompt_enhance"]) != str(value):
+            said = {key: str(parsed[key]).lower() for key in (alias, "prompt_enhance")}
             raise ConfigError(
-                f"{config.where}: options: {alias}:{value} disagrees with "
-                f"prompt_enhance:{raw['prompt_enhance']} (both switch the prompt enhancer)"
+                f"{config.where}: options: {alias}:{said[alias]} disagrees with "
+                f"prompt_enhance:{said['prompt_enhance']} (both switch the prompt enhancer)"
             )
         raw["prompt_enhance"] = value
     try:

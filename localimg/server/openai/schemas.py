@@ -18,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from localimg._util.validation import first_problem
 from localimg.errors import InvalidRequest
 from localimg.media.controls import ControlSettings, as_list, control_units
-from localimg.requests import MAX_N, ImageRequest, parse_cache, parse_mode, parse_size
+from localimg.requests import (
+    MAX_N,
+    ImageRequest,
+    parse_cache,
+    parse_mode,
+    parse_size,
+    request_extra,
+)
 from localimg.server.openai.hires import hires_fix
 
 if TYPE_CHECKING:
@@ -75,6 +82,8 @@ class ImageParams(BaseModel):
     # A union ControlNet's control type (xinsir's SDXL union: 0 openpose, 1 depth, 2 hed/scribble,
     # 3 canny/lineart, 4 normal, 5 segmentation, 6 tile, 7 repaint): the pipeline keyword.
     control_mode: int | None = Field(default=None, ge=0, le=7)
+    # The model's own prompt enhancer (Ideogram 4, ERNIE-Image, LTX-2); None: the YAML's option.
+    prompt_enhance: bool | None = None
     # A1111's hires fix (openai/hires.py): any hires_* field asks for one; `hires` false turns
     # off the model YAML's, true alone asks for one with the YAML's or the default settings.
     hires: bool | None = None
@@ -228,7 +237,7 @@ def prepare(
         cache=cache,
         cache_options=cache_options,
         controls=controls,
-        extra={"control_mode": params.control_mode} if params.control_mode is not None else {},
+        extra=request_extra(control_mode=params.control_mode, prompt_enhance=params.prompt_enhance),
         hires=hires_fix(params),
     )
     return Prepared(
