@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from localimg.backends.diffusers.families import FAMILIES, check_needs
-from localimg.backends.diffusers.load import gguf_files, processors, quantize, streamed_weights
+from localimg.backends.diffusers.load import (
+    gguf_files,
+    modular,
+    processors,
+    quantize,
+    streamed_weights,
+)
 from localimg.backends.diffusers.load.hub import hub_reachable, model_index
 from localimg.backends.diffusers.load.library import dtype_key
 from localimg.backends.diffusers.options import DiffusersOptions
@@ -131,6 +137,10 @@ def class_to_load(config: ModelConfig, options: DiffusersOptions, *, hub: bool) 
         if source.kind == "file":
             return single_file_class(source.path)
         local_only = source.kind == "hub" and not (hub and hub_reachable())
+        auto = pipeline_type in AUTO_TYPES
+        found = modular.modular_class(pipeline_type, source, options.revision, local_only, auto)
+        if found:
+            return found
         own = model_index(source, options.revision, local_only).get("_class_name")
     except Exception as exc:  # loading itself reports what is wrong; this is only a guess
         log.debug("%s: the pipeline class is not known before loading: %s", config.where, exc)
@@ -171,6 +181,11 @@ def _load_pipeline(
     uses_hub = source.kind == "hub" or pipeline_type == "FluxTransformer2DModel"
     if (uses_hub or (source.kind == "file" and not local_config)) and not hub_reachable():
         common["local_files_only"] = True  # every later lookup from the cache, without retries
+    local_only = bool(common.get("local_files_only"))
+    auto = pipeline_type in AUTO_TYPES
+    found = modular.modular_class(pipeline_type, source, options.revision, local_only, auto)
+    if found:  # a diffusers modular pipeline (load/modular.py)
+        return modular.load_modular(found, source, dtype, common, options)
     if gguf_files.is_gguf(source):
         return load_gguf(pipeline_type, source, options, config, common)
     if pipeline_type == "FluxTransformer2DModel":
