@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from localimg.backends.base import ProgressCallback
-from localimg.backends.ggml import caching, call_args, native
+from localimg.backends.ggml import caching, call_args, file_families, native
 from localimg.backends.ggml.families import Family, family_of, guidance_embed
 from localimg.backends.ggml.lora import lora_dir
 from localimg.backends.ggml.options import FILE_OPTIONS, GgmlOptions
@@ -111,6 +111,33 @@ def constructor_keywords(
     }
 
 
+def check_model_file(config: ModelConfig, model_file: str, options: GgmlOptions) -> None:
+    """Refuse, from the file's header alone, a model the bundled library cannot load (it would
+    load a newer family as an older one, or fail deep inside), and ERNIE-Image with a TAESD,
+    which 0.4.7 builds with 16 latent channels for ERNIE-Image's 128 (a wrong-shape load error,
+    or a process abort when decoding)."""
+    path = Path(model_file)
+    try:
+        names = file_families.tensor_names(path)
+    except (file_families.UnreadableHeader, OSError) as exc:
+        raise ModelUnavailable(f"{config.where}: cannot load {model_file}: {exc}") from None
+    found = file_families.unloadable_family(names)
+    if found:
+        family, name = found
+        raise ModelUnavailable(
+            f"{config.where}: {path.name} is a {family.label} model (it has the tensor "
+            f"{name!r}), which the bundled stable-diffusion.cpp (stable-diffusion-cpp-python "
+            f"0.4.7) cannot load; {family.advice()}"
+        )
+    if options.taesd_path and file_families.is_ernie_image(names):
+        raise ConfigError(
+            f"{config.where}: options: taesd_path: stable-diffusion.cpp 0.4.7 has no tiny "
+            "autoencoder for ERNIE-Image (it builds one with 16 latent channels for ERNIE-Image's "
+            "128 and fails or aborts); remove taesd_path (and vae) and decode with the FLUX.2 "
+            "VAE of vae_path"
+        )
+
+
 def open_model(
     config: ModelConfig,
     options: GgmlOptions,
@@ -124,6 +151,7 @@ def open_model(
     kwargs = constructor_keywords(config, options, threads, control_net)
     model_file = kwargs.get("diffusion_model_path") or kwargs["model_path"]
     loras = yaml_loras(config)
+    check_model_file(config, model_file, options)
     if config.f16 and not options.wtype:
         log.warning(
             "%s: f16 does not change a ggml model (its weights keep the file's types); "

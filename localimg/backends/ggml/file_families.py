@@ -1,0 +1,152 @@
+"""The model families the bundled stable-diffusion.cpp cannot load, told from a file's tensor
+names before the library sees the file, and the same families by gallery slug for the install.
+
+stable-diffusion-cpp-python 0.4.7 vendors a stable-diffusion.cpp that knows, among the families
+of 2026, ERNIE-Image, Anima, Z-Image (Turbo and base: one network), Qwen-Image (2512 is the same
+network), Ovis-Image, FLUX.2 and Wan (its `Version:` names). Given a file of a newer family it
+does something worse than refusing: a Qwen-Image-Layered file has Qwen-Image's tensor names and
+loads as Qwen-Image with its extra layers dropped; a Z-Image-Omni file loads as Z-Image without
+its SigLIP image branch; a Krea 2, Ideogram 4, Qwen-Image 2 or LTX-2 file matches no family, or
+a wrong one, and fails deep in the loader. So each of them is recognised here from a tensor name
+only it has (upstream stable-diffusion.cpp's own markers where it later added the family, else
+the diffusers converter's) and refused naming what runs it: the diffusers backend and its
+gallery entry.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not a weight file
+
+
+@dataclass(frozen=True)
+class Unloadable:
+    """A family the bundled stable-diffusion.cpp cannot load, and what runs it instead."""
+
+    slug: str  # the gallery's `family:` value
+    label: str
+    markers: tuple[str, ...]  # a tensor name containing one of these is this family's
+    pipeline: str  # the diffusers pipeline class that runs it
+    entry: str | None  # the diffusers gallery entry, when the gallery ships one
+
+    def advice(self) -> str:
+        """What to use instead, in the words of the error messages."""
+        where = f"install the gallery entry {self.entry!r}, or " if self.entry else ""
+        return (
+            f"run it on the diffusers backend ({where}write a YAML with backend: diffusers and "
+            f"diffusers: pipeline_type: {self.pipeline})"
+        )
+
+
+UNLOADABLE = (
+    Unloadable(
+        "krea-2",
+        "Krea 2",
+        ("txtfusion.projector.weight", "text_fusion.projector.weight"),
+        "Krea2Pipeline",
+        "krea-2",
+    ),
+    Unloadable(
+        "ideogram-4",
+        "Ideogram 4",
+        ("embed_image_indicator.weight",),
+        "Ideogram4Pipeline",
+        "ideogram-4",
+    ),
+    Unloadable(
+        "qwen-image-layered",
+        "Qwen-Image-Layered",
+        ("time_text_embed.addition_t_embedding.weight",),
+        "QwenImageLayeredPipeline",
+        "qwen-image-layered",
+    ),
+    Unloadable(
+        "qwen-image-2",
+        "Qwen-Image 2",
+        ("txt_in.text_norm.weight",),
+        "QwenImage21Pipeline",
+        "qwen-image-2",
+    ),
+    Unloadable(
+        "z-image-omni",
+        "Z-Image-Omni",
+        ("siglip_embedder.", "siglip_refiner.", "siglip_pad_token"),
+        "ZImageOmniPipeline",
+        None,
+    ),
+    Unloadable(
+        "ltx-2",
+        "LTX-2",
+        (
+            "audio_patchify_proj.",
+            "audio_proj_in.",
+            "av_ca_a2v_gate_adaln_single.",
+            "av_cross_attn_video_a2v_gate.",
+        ),
+        "LTX2Pipeline",
+        "ltx-2",
+    ),
+)
+BY_SLUG = {family.slug: family for family in UNLOADABLE}
+# The 2026 gallery families this engine loads (the rest of the gallery predates `family:`).
+LOADABLE_SLUGS = ("ernie-image", "anima", "z-image", "qwen-image-2512")
+ERNIE_MARKER = "layers.0.adaLN_sa_ln.weight"  # stable-diffusion.cpp's own test for ERNIE-Image
+
+
+class UnreadableHeader(ValueError):
+    """The file's header cannot be read as safetensors or GGUF."""
+
+
+def tensor_names(path: Path) -> list[str]:
+    """The tensor names in a .safetensors or .gguf file's header (no tensor data is read); an
+    empty list for other formats, which this check leaves to the library."""
+    suffix = path.suffix.lower()
+    if suffix == ".gguf":
+        return _gguf_names(path)
+    if suffix in (".safetensors", ".sft"):
+        return _safetensors_names(path)
+    return []
+
+
+def _safetensors_names(path: Path) -> list[str]:
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise UnreadableHeader(f"{path.name} is too short to be a .safetensors file")
+        (size,) = struct.unpack("<Q", head)
+        if size > HEADER_LIMIT:
+            raise UnreadableHeader(f"{path.name}: a {size}-byte header is not a safetensors one")
+        try:
+            header = json.loads(handle.read(size))
+        except ValueError as exc:
+            raise UnreadableHeader(f"{path.name}: its safetensors header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise UnreadableHeader(f"{path.name}: its safetensors header is not a table")
+    return [name for name in header if name != "__metadata__"]
+
+
+def _gguf_names(path: Path) -> list[str]:
+    from gguf import GGUFReader
+
+    try:
+        return [tensor.name for tensor in GGUFReader(str(path)).tensors]
+    except (ValueError, struct.error) as exc:
+        raise UnreadableHeader(f"{path.name}: not a readable GGUF file ({exc})") from exc
+
+
+def unloadable_family(names: list[str]) -> tuple[Unloadable, str] | None:
+    """The family the bundled library cannot load that these tensor names belong to, with the
+    name that shows it; None for anything else."""
+    for name in names:
+        for family in UNLOADABLE:
+            if any(marker in name for marker in family.markers):
+                return family, name
+    return None
+
+
+def is_ernie_image(names: list[str]) -> bool:
+    return any(name.endswith(ERNIE_MARKER) for name in names)
