@@ -5,12 +5,16 @@ loading (model.cpp `get_sd_version`, stable-diffusion.cpp `model_version_to_str`
 share one network and so one name: FLUX.1-dev and FLUX.1 Kontext are both "Flux", Qwen-Image and
 Qwen-Image-Edit are both "Qwen Image"; the YAML's `reference_edit:true` says which one a file is.
 Chroma also reports "Flux" but logs its pruned modulation, and a Wan model logs its variant
-("Wan2.1-T2V-1.3B", ...), which decides whether it reads an input image.
+("Wan2.1-T2V-1.3B", ...), which decides whether it reads an input image. Qwen-Image-2512 is
+Qwen-Image's network ("Qwen Image"); Z-Image base and Turbo are both "Z-Image". Families the
+bundled version cannot load (Krea 2, Ideogram 4, Qwen-Image-Layered and 2.x, Z-Image-Omni, LTX-2)
+never get here: file_families.py refuses their files before loading.
 
 The rules here mirror the C++ code of stable-diffusion-cpp-python 0.4.7:
 - size: the library aligns width and height up to vae_scale_factor x the diffusion model's down
-  factor (8 x 8 for UNets; 8 x 1 for most DiTs, which pad and crop; 16 for the FLUX.2 VAE; Wan
-  x 2). A side that is not a multiple would come back larger, so it is refused.
+  factor (8 x 8 for UNets; 8 x 1 for most DiTs, which pad and crop; 16 for the FLUX.2 VAE of
+  FLUX.2 and ERNIE-Image; Wan x 2). A side that is not a multiple would come back larger, so
+  it is refused.
 - cfg: every family runs a real classifier-free guidance pass when cfg_scale != 1, and only then
   reads the negative prompt. `guidance` is the distilled guidance input only models with a
   `guidance_in` embedding have (FLUX.1-dev / Kontext, FLUX.2-dev).
@@ -132,10 +136,17 @@ def family_of(
         references = QWEN_EDIT_REFERENCES if reference_edit else 0
         return Family(version, label, 8, 1024, 2.5, references=references)
     if version.startswith("Z-Image"):
+        # Turbo and the base model are one network; the default suits Turbo (distilled, no
+        # guidance), the base model's YAML sets its cfg_scale (3 to 5).
         return Family(version, "Z-Image", 8, 1024, 1.0)
+    if version.startswith("Ernie Image"):
+        # The FLUX.2 VAE (16x); cfg 4 is the model card's (Turbo's YAML sets 1).
+        return Family(version, "ERNIE-Image", 16, 1024, 4.0)
+    if version.startswith("Anima"):
+        return Family(version, "Anima", 8, 1024, 4.0)
     if version.startswith("Chroma Radiance"):
         return Family(version, version, 1, 1024, 4.0)
-    # SD3.x, Anima, Ovis Image, Ernie Image: DiTs on an 8x VAE.
+    # SD3.x, Ovis Image: DiTs on an 8x VAE.
     return Family(version, version, 8, 1024, 4.5)
 
 

@@ -165,11 +165,28 @@ FILE_OPTIONS = (
 )
 
 
+# The diffusers backend's switch of a family's prompt enhancer (and its aliases): off is what
+# stable-diffusion.cpp always does, on is refused (it has no enhancer).
+ENHANCER_KEYS = ("prompt_enhance", "prompt_upsampling", "use_pe", "enable_prompt_enhancement")
+
+
 def parse_options(config: ModelConfig) -> GgmlOptions:
     """The YAML's options as GgmlOptions; an unknown key or bad value names the file and key."""
     raw = config.parsed_options()
+    for key in ENHANCER_KEYS:
+        if raw.get(key) not in (None, False):
+            raise ConfigError(
+                f"{config.where}: options: {key}: stable-diffusion.cpp has no prompt enhancer; "
+                "the diffusers backend runs the enhancer of the families that have one (such as "
+                "ERNIE-Image, gallery entry 'ernie-image'); remove it or set it to false"
+            )
     unknown = sorted(
-        k for k in raw if k not in OPTION_KEYS and k not in OPTION_ALIASES and not is_cache_key(k)
+        k
+        for k in raw
+        if k not in OPTION_KEYS
+        and k not in OPTION_ALIASES
+        and k not in ENHANCER_KEYS
+        and not is_cache_key(k)
     )
     if unknown:
         raise ConfigError(
