@@ -196,6 +196,26 @@ class InstallResult:
     warnings: list[str] = field(default_factory=list)  # what the user must know: weights missing
 
 
+def check_engine_family(entry: GalleryEntry, config: dict[str, Any]) -> None:
+    """Refuse, before any download, a stablediffusion-ggml entry whose `family:` the bundled
+    stable-diffusion.cpp cannot load (it would fail, or load it as an older family, only after
+    gigabytes were fetched), naming what runs it instead."""
+    from localimg.backends.ggml.file_families import BY_SLUG
+    from localimg.config.backend_names import GGML, builtin_backend
+
+    slug = (entry.model_extra or {}).get("family")
+    backend = builtin_backend(str(config.get("backend", "diffusers")))
+    if not isinstance(slug, str) or backend != GGML:
+        return
+    family = BY_SLUG.get(slug.strip().lower())
+    if family is not None:
+        raise GalleryError(
+            f"{entry.qualified} is a stablediffusion-ggml model of the {family.label} family "
+            f"({slug}), which the bundled stable-diffusion.cpp (stable-diffusion-cpp-python "
+            f"0.4.7) cannot load; {family.advice()}"
+        )
+
+
 def install(
     entry: GalleryEntry,
     models_path: Path,
@@ -215,6 +235,7 @@ def install(
     resolved = resolve_entry(entry, name)
     notes = drop_unshipped_paths(resolved.config, [f.filename for f in resolved.files], models_path)
     check_resolved(resolved)
+    check_engine_family(entry, resolved.config)
     model_name = str(resolved.config["name"])
     specs = [download.FileSpec(f.filename, f.uri, f.sha256 or None) for f in resolved.files]
     tasks = download.plan(specs, models_path)
