@@ -15,15 +15,25 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-QWEN_VL_EDIT_PIPELINES = frozenset({"QwenImageEditPlusPipeline", "QwenImageEditPipeline"})
+# The pipelines that read images through a Qwen-VL processor, and its class (Qwen-Image 2.x's
+# Qwen3-VL processor needs a video processor just the same).
+QWEN_VL_PROCESSORS = {
+    "QwenImageEditPlusPipeline": "Qwen2VLProcessor",
+    "QwenImageEditPipeline": "Qwen2VLProcessor",
+    "QwenImageLayeredPipeline": "Qwen2VLProcessor",
+    "QwenImage21Pipeline": "Qwen3VLProcessor",
+}
+QWEN_VL_EDIT_PIPELINES = frozenset(QWEN_VL_PROCESSORS)
 
 
-def image_only_processor_class() -> type:
-    """`Qwen2VLProcessor` that accepts having no video processor."""
-    from transformers import Qwen2VLProcessor
+def image_only_processor_class(base: str = "Qwen2VLProcessor") -> type:
+    """The processor class `base` that accepts having no video processor."""
+    import transformers
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        """Qwen2VLProcessor without the video processor (the part that needs torchvision)."""
+    parent: Any = getattr(transformers, base)
+
+    class ImageOnlyQwen2VLProcessor(parent):
+        """The processor without the video processor (the part that needs torchvision)."""
 
         def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
             if attribute_name == "video_processor" and arg is None:
@@ -39,9 +49,11 @@ def image_only_processor_class() -> type:
     return ImageOnlyQwen2VLProcessor
 
 
-def image_only_processor(image_processor: Any, tokenizer: Any) -> Any:
-    """A Qwen2-VL processor from its two image-side parts."""
-    return image_only_processor_class()(
+def image_only_processor(
+    image_processor: Any, tokenizer: Any, base: str = "Qwen2VLProcessor"
+) -> Any:
+    """A Qwen-VL processor (class `base`) from its two image-side parts."""
+    return image_only_processor_class(base)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=None,
@@ -58,4 +70,5 @@ def replacement_components(class_name: str, location: str, common: dict[str, Any
     hub = {key: common[key] for key in ("revision", "local_files_only") if key in common}
     tokenizer = AutoTokenizer.from_pretrained(location, subfolder="processor", **hub)
     images = Qwen2VLImageProcessorPil.from_pretrained(location, subfolder="processor", **hub)
-    return {"processor": image_only_processor(images, tokenizer)}
+    base = QWEN_VL_PROCESSORS[class_name]
+    return {"processor": image_only_processor(images, tokenizer, base)}
