@@ -18,6 +18,7 @@ Z_IMAGE = Family(
     cfg_on=0.0,
     img2img="ZImageImg2ImgPipeline",
     inpaint="ZImageInpaintPipeline",
+    adjust=z_image_omni.adjust_z_image,  # cfg_normalization / cfg_truncation checked
 )
 # Reference limits from BFL's docs (diffusers has none): FLUX.2 up to 10 (6 recommended for
 # [dev]), klein up to 4.
