@@ -179,7 +179,7 @@ def test_model_card_defaults(shipped: Catalog) -> None:
         "z-image": (50, 4, "1024x1024"),
         "z-image-ggml": (20, 5, "1024x1024"),
         "anima-ggml": (20, 6, "1024x1024"),
-        "ltx-2": (40, 4, "768x512"),
+        "ltx-2": (30, 3, "768x512"),
     }
     assert set(expect) == set(ENTRIES)
     for name, (steps, cfg, size) in expect.items():
