@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from localimg.errors import ConfigError
+from localimg.errors import ConfigError, InvalidRequest
 
 StepEnd = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
@@ -45,6 +45,8 @@ BLOCK_INPUTS = (
     "generator",
     "output_type",
 )
+
+OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 @dataclass
@@ -75,6 +77,7 @@ class ModularCall:
         object.__setattr__(self, "_guider", modular.guider)
         object.__setattr__(self, "_step_end", None)
         object.__setattr__(self, "_interrupt", False)
+        object.__setattr__(self, "_img2img", None)
         object.__setattr__(self, "_loops", _hook_loops(blocks, self))
         self.set_progress_bar_config(disable=True)
 
@@ -107,29 +110,47 @@ class ModularCall:
         callback_on_step_end: StepEnd | None = None,
         output_type: str = "pil",
     ) -> ModularOutput:
-        """The blocks run once with these inputs; the images they make."""
+        """Text to image: the blocks run once with these inputs; the images they make."""
+        inputs = dict(locals())
+        del inputs["self"]
+        return self.run(inputs)
+
+    def run(self, inputs: dict[str, Any]) -> ModularOutput:
+        """One run of the blocks: `guidance_scale` and `callback_on_step_end` are the adapter's,
+        the rest are the blocks' own inputs."""
         modular = self._modular
+        if inputs.get("output_type") not in OUTPUT_TYPES:
+            raise InvalidRequest(
+                f"{type(self).__name__} makes {', '.join(OUTPUT_TYPES)} images, not "
+                f"{inputs.get('output_type')!r} (its latents are not an image the latent hires "
+                "fix can resize: use a pixel upscaler such as lanczos)",
+                param="hires_upscaler",
+            )
         # The loaded guider at this call's scale (what ClassifierFreeGuidance reads each step; a
         # new guider per call would only repeat diffusers' "experimental" warning).
-        self._guider.guidance_scale = float(guidance_scale)
+        self._guider.guidance_scale = float(inputs.pop("guidance_scale"))
         modular.guider = self._guider
         object.__setattr__(self, "_interrupt", False)
-        object.__setattr__(self, "_step_end", callback_on_step_end)
+        object.__setattr__(self, "_step_end", inputs.pop("callback_on_step_end"))
         try:
-            images = modular(
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                height=height,
-                width=width,
-                num_inference_steps=num_inference_steps,
-                max_sequence_length=max_sequence_length,
-                generator=generator,
-                output_type=output_type,
-                output="images",
-            )
+            images = modular(output="images", **inputs)
         finally:
             object.__setattr__(self, "_step_end", None)
         return ModularOutput(images=images)
+
+    def task_sibling(self, mode: str) -> Any:
+        """The pipeline of another task over the same blocks and weights (pipeline/tasks.py asks
+        for it): img2img where the blocks take an image and a strength; nothing else."""
+        name = type(self).__name__
+        if mode == "inpaint":
+            raise InvalidRequest(f"{name} does not inpaint: its blocks take no mask", param="mask")
+        if mode not in ("img2img", "variation"):
+            raise InvalidRequest(f"{name} does text-to-image and img2img, not {mode}", param="mode")
+        if not {"image", "strength"} <= set(self._modular._blocks.input_names):
+            raise InvalidRequest(f"{name}'s blocks take no input image", param="image")
+        if self._img2img is None:
+            object.__setattr__(self, "_img2img", img2img_class(name)(self))
+        return self._img2img
 
     @property
     def interrupt(self) -> bool:
@@ -191,6 +212,48 @@ def _hooked(step: Callable[..., tuple[Any, Any]], adapter: ModularCall) -> Calla
         return components, block_state
 
     return loop_step
+
+
+class ModularImg2Img:
+    """The img2img task of a modular pipeline: the same adapter, blocks and weights, called with
+    an input image (the blocks choose their img2img branch when `image` is given)."""
+
+    def __init__(self, base: ModularCall) -> None:
+        object.__setattr__(self, "_base", base)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._base, name, value)  # a scheduler, `_interrupt`: the one adapter's
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: Any,
+        strength: float = 0.9,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 4.0,
+        max_sequence_length: int = 512,
+        generator: Any = None,
+        callback_on_step_end: StepEnd | None = None,
+        output_type: str = "pil",
+    ) -> ModularOutput:
+        """Image to image: the blocks run once with these inputs; the images they make."""
+        inputs = dict(locals())
+        del inputs["self"]
+        return self._base.run(inputs)
+
+
+@functools.cache
+def img2img_class(name: str) -> type[ModularImg2Img]:
+    """ModularImg2Img under the modular class's own name (the family table reads it)."""
+    return type(name, (ModularImg2Img,), {"__doc__": f"{name}'s img2img task."})
 
 
 @functools.cache

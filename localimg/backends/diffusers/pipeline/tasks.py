@@ -78,7 +78,10 @@ def serves(mode: str, kind: str) -> bool:
 
 def derive(base: Any, mode: str, kind: str, family: Any = None) -> Any:
     """A sibling pipeline for `mode` sharing the base pipeline's modules: the family's own
-    img2img / inpaint class where it names one (families.py), else diffusers' AutoPipeline."""
+    img2img / inpaint class where it names one (families.py), else diffusers' AutoPipeline; a
+    modular pipeline's adapter makes its own (pipeline/modular.py)."""
+    if hasattr(type(base), "task_sibling"):
+        return base.task_sibling(mode)
     own = (
         {
             "img2img": family.img2img,
