@@ -15,6 +15,7 @@ import pytest
 
 from localimg.engine import Engine, EngineSettings
 from localimg.errors import Cancelled, ConfigError
+from localimg.request_parts import HiresFix
 from localimg.requests import ImageRequest, ImageResult, ProgressEvent
 from tests.support.engine_checks import backend_of, noise, refused
 
@@ -99,8 +100,8 @@ def test_every_parameter_changes_the_image(engine: Engine) -> None:
 def test_what_it_cannot_do_is_refused(engine: Engine) -> None:
     refused(lambda: run(engine, width=40), "multiples of 16")
     refused(lambda: run(engine, cfg_scale=1.0, negative_prompt="x"), "only with guidance")
-    refused(lambda: run(engine, init_image=noise(0, 32)), "Anima", "img2img")
-    refused(lambda: run(engine, init_image=noise(0, 32), mask=noise(1, 32)), "inpaint")
+    refused(lambda: run(engine, init_image=noise(0, 32), mask=noise(1, 32)), "does not inpaint")
+    refused(lambda: run(engine, hires=HiresFix(width=64, height=64, denoise=0.5)), "lanczos")
     refused(lambda: run(engine, mode="edit", init_image=noise(0, 32)), "no reference images")
     refused(lambda: run(engine, extra={"guidance": 3.0}), "no separate distilled guidance")
     refused(lambda: run(engine, extra={"prompt_enhance": True}), "no prompt enhancer")
@@ -110,6 +111,18 @@ def test_what_it_cannot_do_is_refused(engine: Engine) -> None:
     refused(lambda: run(engine, extra={"sigmas": [1.0, 0.5]}), "does not accept 'sigmas'")
     with pytest.raises(ConfigError, match="attention_slicing is not supported"):
         run(engine, "anima-slicing")
+
+
+def test_an_input_image_is_img2img(engine: Engine) -> None:
+    first = run(engine, init_image=noise(0, 32), strength=0.5, steps=4)
+    assert not differ(first, run(engine, init_image=noise(0, 32), strength=0.5, steps=4))
+    assert differ(first, run(engine, init_image=noise(1, 32), strength=0.5, steps=4))
+    assert differ(first, run(engine, init_image=noise(0, 32), strength=0.9, steps=4))
+    assert differ(first, run(engine, steps=4))
+    refused(lambda: run(engine, init_image=noise(0, 32), strength=0.2), "leave no denoising step")
+    # a pixel upscaler's hires fix: the engine's two passes, the second one img2img
+    upscaled = run(engine, hires=HiresFix(width=64, height=64, upscaler="lanczos", denoise=0.5))
+    assert upscaled.images[0].size == (64, 64)
 
 
 def test_progress_and_previews_per_step(engine: Engine) -> None:
@@ -185,5 +198,22 @@ def test_the_image_equals_the_bare_modular_call(
         width=48,
         height=32,
         num_inference_steps=STEPS,
+    )
+    assert np.abs(pixels(ours) - bare).max() <= 1
+
+
+def test_img2img_equals_the_bare_modular_call(engine: Engine, folder: Path) -> None:
+    image = noise(2, 32)
+    ours = run(engine, init_image=image, strength=0.6, steps=4, seed=5)
+    bare = bare_call(
+        folder,
+        4.0,
+        5,
+        prompt="an otter",
+        image=image,
+        strength=0.6,
+        width=32,
+        height=32,
+        num_inference_steps=4,
     )
     assert np.abs(pixels(ours) - bare).max() <= 1

@@ -13,9 +13,11 @@ load/modular.py loads it and pipeline/modular.py gives it a classic call (`guida
   refuses above 4096;
 - sizes are multiples of the VAE's factor x 2 (16): the blocks refuse others; the default is the
   pipeline's 128 x 8 = 1024 pixels a side;
-- no reference edits, masks or prompt enhancer. The blocks do img2img (`image`, `strength`), but
-  only as the same pipeline with an image input, which localimg's task choice has no sibling for:
-  an input image is refused (by the generic task choice) rather than used half-way.
+- an input image is img2img (`strength`: the request's or YAML's, else the blocks' 0.9): the
+  same blocks take it, through the adapter's img2img sibling; no masks (the blocks have no
+  inpainting), no reference edits, no prompt enhancer;
+- the latent hires fix is refused (its latents are 5-D video-style latents of the Qwen-Image VAE,
+  not an image the latent upscalers resize); a pixel upscaler's hires fix runs.
 """
 
 from __future__ import annotations
