@@ -75,13 +75,19 @@ def is_step_distilled(pipe: Any) -> bool:
 
 def size_multiple(family: Family, pipe: Any) -> int:
     """What both sides must be a multiple of (the pipelines round anything else down, silently,
-    or fail): the VAE factor x the 2x2 patches (where the factor leaves them out); Wan: its
-    spatial factor x the patch size."""
+    or fail): the VAE factor x the 2x2 patches (where the factor leaves them out); video: the
+    VAE's spatial factor (Wan's vae_scale_factor_spatial, LTX-2's vae_spatial_compression_ratio)
+    x the transformer's patch side (Wan (1, 2, 2), LTX-2 1)."""
     if family.video:
-        spatial = int(getattr(pipe, "vae_scale_factor_spatial", 8) or 8)
+        spatial = int(
+            getattr(pipe, "vae_scale_factor_spatial", None)
+            or getattr(pipe, "vae_spatial_compression_ratio", None)
+            or 8
+        )
         transformer = getattr(pipe, "transformer", None) or getattr(pipe, "transformer_2", None)
         patch = getattr(getattr(transformer, "config", None), "patch_size", (1, 2, 2))
-        return max(16, spatial * int(patch[1]))
+        side = patch if isinstance(patch, int) else patch[1]
+        return max(16, spatial * int(side))
     return int(getattr(pipe, "vae_scale_factor", 8) or 8) * family.latent_patch
 
 
@@ -138,11 +144,12 @@ def refuse_references(name: str, request: ImageRequest) -> None:
 
 
 def video_from_image(family: Family, pipe: Any, request: ImageRequest) -> bool:
-    """An input image on a Wan text-to-video model: image-to-video where the model does both
-    (Wan 2.2 TI2V-5B, `expand_timesteps`: the image is the first latent frame); others refuse."""
+    """An input image on a text-to-video model: image-to-video where the model does both (LTX-2;
+    Wan 2.2 TI2V-5B, `expand_timesteps`: the image is the first latent frame); other Wan refuse."""
     if not family.img2vid or request.init_image is None or "Image" in type(pipe).__name__:
         return False
-    if not getattr(pipe, "config", {}).get("expand_timesteps", False):
+    config = getattr(pipe, "config", {})
+    if "expand_timesteps" in config and not config["expand_timesteps"]:
         raise InvalidRequest(
             f"this {family.name} model makes video from text only; image-to-video needs a Wan "
             "I2V model (WanImageToVideoPipeline) or Wan 2.2 TI2V-5B",
@@ -169,13 +176,20 @@ def check_references(family: Family, request: ImageRequest) -> None:
 
 
 def check_frames(pipe: Any, num_frames: int | None) -> None:
-    """Wan makes 4k+1 frames (its VAE packs 4 frames per latent after the first); it would round
-    other counts silently."""
-    temporal = int(getattr(pipe, "vae_scale_factor_temporal", 4) or 4)
-    if num_frames is not None and num_frames % temporal != 1:
+    """A video VAE packs `temporal` frames per latent after the first, so the model makes
+    temporal*k+1 frames (Wan 4k+1, LTX-2 8k+1, read from the VAE); the pipelines would round other
+    counts silently."""
+    temporal = int(
+        getattr(pipe, "vae_scale_factor_temporal", None)
+        or getattr(pipe, "vae_temporal_compression_ratio", None)
+        or 4
+    )
+    if num_frames is not None and num_frames % temporal != 1 % temporal:
         low = (num_frames - 1) // temporal * temporal + 1
+        family = family_of(pipe)
         raise InvalidRequest(
-            f"Wan makes {temporal}k+1 frames; {num_frames} is not one (try {max(1, low)} or "
+            f"{family.name if family else 'this model'} makes {temporal}k+1 frames; "
+            f"{num_frames} is not one (try {max(1, low)} or "
             f"{low + temporal})",
             param="num_frames",
         )

@@ -188,7 +188,9 @@ def check_denoising_steps(request: ImageRequest, params: dict[str, Any]) -> None
 
 
 def video_kwargs(request: ImageRequest, pipeline: str, params: dict[str, Any]) -> dict[str, Any]:
-    """num_frames and fps for a video pipeline; refused by an image pipeline."""
+    """num_frames and fps for a video pipeline; refused by an image pipeline. fps is `fps` where
+    the pipeline conditions on it (SVD, an integer), `frame_rate` where that sets the video's time
+    (LTX: its positions and LTX-2's audio length), else only the encoder's rate."""
     video = "num_frames" in params
     kwargs: dict[str, Any] = {}
     if video:
@@ -202,6 +204,8 @@ def video_kwargs(request: ImageRequest, pipeline: str, params: dict[str, Any]) -
             raise InvalidRequest(
                 f"{pipeline} makes images; {key} applies to video models only", param=key
             )
-        if key in params:  # SVD conditions on fps (an integer); others only encode with it
+        if key in params:
             kwargs[key] = round(value)
+        elif key == "fps" and "frame_rate" in params:
+            kwargs["frame_rate"] = float(value)
     return kwargs
