@@ -226,9 +226,8 @@ class DiffusersBackend(LatentHires):
         family = self._family
         if family is not None:
             multiple = families.size_multiple(family, pipe)
-            own = families.default_cfg(family, pipe, self._call_params)
-            cfg = own if own is not None else cfg  # 0 is a default too (Krea 2 turbo: off)
-            cfg = None if family.cfg_schedule else cfg  # its schedule unless a scale is given
+            own = families.default_cfg(family, pipe, self._call_params)  # 0 too (Krea 2 turbo)
+            cfg = None if family.cfg_schedule else (own if own is not None else cfg)
             width, height = family.default_size or (side, side)
         return BackendDefaults(
             width=width,
