@@ -109,8 +109,8 @@ class GgmlBackend:
             if value is not None and value % 8:
                 raise InvalidRequest(
                     f"{side} {value} is not a multiple of 8 (stable-diffusion.cpp models take "
-                    "multiples of 64 for SD1/SD2/SDXL, 8 for FLUX.1/SD3/Qwen-Image/Z-Image, "
-                    "16 for FLUX.2 and Wan)",
+                    "multiples of 64 for SD1/SD2/SDXL, 8 for FLUX.1/SD3/Qwen-Image/Z-Image/Anima, "
+                    "16 for FLUX.2, ERNIE-Image and Wan)",
                     param="size",
                 )
         cls._check_extra(request.extra)

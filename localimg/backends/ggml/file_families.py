@@ -19,6 +19,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 HEADER_LIMIT = 100 * 2**20  # a safetensors header larger than this is not a weight file
 
@@ -129,13 +130,67 @@ def _safetensors_names(path: Path) -> list[str]:
     return [name for name in header if name != "__metadata__"]
 
 
-def _gguf_names(path: Path) -> list[str]:
-    from gguf import GGUFReader
+# GGUF metadata value types with a fixed size (gguf.md: GGUFValueType), by type id.
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
 
-    try:
-        return [tensor.name for tensor in GGUFReader(str(path)).tensors]
-    except (ValueError, struct.error) as exc:
-        raise UnreadableHeader(f"{path.name}: not a readable GGUF file ({exc})") from exc
+
+class _GgufHeader:
+    """Reads a GGUF header field by field from an open file."""
+
+    def __init__(self, path: Path, handle: BinaryIO) -> None:
+        self.path, self.handle = path, handle
+
+    def take(self, size: int) -> bytes:
+        data = self.handle.read(size)
+        if len(data) != size:
+            raise UnreadableHeader(f"{self.path.name}: its GGUF header ends early")
+        return data
+
+    def number(self, fmt: str) -> int:
+        return int(struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0])
+
+    def text(self) -> str:
+        size = self.number("<Q")
+        if size > HEADER_LIMIT:
+            raise UnreadableHeader(f"{self.path.name}: a {size}-byte GGUF string")
+        return self.take(size).decode("utf-8", "replace")
+
+    def skip(self, kind: int) -> None:
+        """Step over one metadata value of type `kind`."""
+        if kind in _GGUF_SIZES:
+            self.handle.seek(_GGUF_SIZES[kind], 1)
+        elif kind == _GGUF_STRING:
+            self.handle.seek(self.number("<Q"), 1)
+        elif kind == _GGUF_ARRAY:
+            inner, count = self.number("<I"), self.number("<Q")
+            if inner in _GGUF_SIZES:
+                self.handle.seek(_GGUF_SIZES[inner] * count, 1)
+            else:
+                for _ in range(count):
+                    self.skip(inner)
+        else:
+            raise UnreadableHeader(f"{self.path.name}: unknown GGUF value type {kind}")
+
+
+def _gguf_names(path: Path) -> list[str]:
+    """The tensor names of a GGUF v2/v3 file: its metadata is skipped, nothing is checked beyond
+    the layout (the library itself accepts files gguf-py's reader refuses)."""
+    with path.open("rb") as handle:
+        header = _GgufHeader(path, handle)
+        if header.take(4) != b"GGUF":
+            raise UnreadableHeader(f"{path.name} is not a GGUF file")
+        if header.number("<I") < 2:
+            return []  # GGUF v1 (32-bit counts): left to the library
+        tensors, entries = header.number("<Q"), header.number("<Q")
+        for _ in range(entries):
+            header.text()
+            header.skip(header.number("<I"))
+        names = []
+        for _ in range(tensors):
+            names.append(header.text())
+            handle.seek(8 * header.number("<I") + 4 + 8, 1)  # dimensions, type, offset
+        return names
 
 
 def unloadable_family(names: list[str]) -> tuple[Unloadable, str] | None:
