@@ -1,9 +1,10 @@
 """The 2026 families on the stable-diffusion.cpp engine (binding 0.4.7).
 
-ERNIE-Image runs for real on a small random checkpoint (tests/support/tiny_ggml_families_2026.py
-says what 0.4.7 fixes and why it is the size it is), compared with the bare library call. Anima,
-Z-Image (base and Turbo) and Qwen-Image-2512 cannot be written small for 0.4.7 (fixed widths):
-their rules are tested from the version names the library logs. The families the bundled
+ERNIE-Image and Anima run for real on small random checkpoints (tests/support/
+tiny_ggml_families_2026.py says what 0.4.7 fixes and why they are the size they are), compared
+with the bare library call. Z-Image (base and Turbo) cannot be written small for 0.4.7 (30
+layers at 3840, fixed) and Qwen-Image-2512 is Qwen-Image's network (test_ggml_families.py runs
+it): their rules are tested from the version names the library logs. The families the bundled
 library cannot load are refused from the file's tensor names before the library sees the file.
 """
 
@@ -188,6 +189,94 @@ def test_the_prompt_enhancer_is_refused_and_off_is_accepted(ernie_dir: Path) -> 
         backend.unload()
 
 
+# -- Anima (one block at its fixed width) ---------------------------------------------------------
+
+ANIMA_YAML = """\
+name: anima
+backend: stablediffusion-ggml
+parameters:
+  model: anima.gguf
+step: 1
+size: 64x64
+options:
+- "diffusion_model:true"
+- "llm_path:qwen_3_06b_base.gguf"
+- "taesd_path:taew2_1.safetensors"
+- "sampler:euler"
+- "threads:2"
+"""
+
+
+@pytest.fixture(scope="module")
+def anima_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.tiny_ggml_families_2026 import anima_files
+
+    files = anima_files()
+    folder = tmp_path_factory.mktemp("anima-models")
+    link_or_copy(files["diffusion_model"], folder / "anima.gguf")
+    link_or_copy(files["llm"], folder / "qwen_3_06b_base.gguf")
+    link_or_copy(files["taesd"], folder / "taew2_1.safetensors")
+    (folder / "anima.yaml").write_text(ANIMA_YAML, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def anima(anima_dir: Path) -> Iterator[Engine]:
+    eng = Engine(EngineSettings(models_path=anima_dir))
+    yield eng
+    eng.close()
+
+
+def test_anima_is_recognised_and_matches_the_bare_library_call(
+    anima: Engine, anima_dir: Path
+) -> None:
+    import stable_diffusion_cpp as sd
+
+    result = run(anima, "anima", seed=5, cfg_scale=4.0)
+    image = result.images[0]
+    assert image.size == (64, 64) and result.request is not None
+    assert run(anima, "anima", seed=5).request.cfg_scale == 4.0  # type: ignore[union-attr]
+    other_prompt = run(anima, "anima", seed=5, cfg_scale=1.0, prompt="a blue whale")
+    assert not np.array_equal(pixels(image), pixels(other_prompt.images[0]))
+    model = native.leak_free_class(sd)(
+        diffusion_model_path=str(anima_dir / "anima.gguf"),
+        llm_path=str(anima_dir / "qwen_3_06b_base.gguf"),
+        taesd_path=str(anima_dir / "taew2_1.safetensors"),
+        n_threads=2,
+        verbose=True,
+    )
+    try:
+        native.quiet_wrapper()
+        bare = model.generate_image(
+            prompt="a red fox",
+            negative_prompt="",
+            clip_skip=-1,
+            width=64,
+            height=64,
+            cfg_scale=4.0,
+            sample_method="euler",
+            scheduler="default",
+            sample_steps=1,
+            seed=5,
+            eta=math.inf,
+            vae_tiling=False,
+            batch_count=1,
+        )
+    finally:
+        native.close(model)
+    assert np.array_equal(pixels(image), pixels(bare[0]))
+
+
+def test_anima_rules(anima: Engine) -> None:
+    with pytest.raises(InvalidRequest, match=r"width 68 is not a multiple of 8 .*Anima"):
+        run(anima, "anima", width=68, height=64)
+    red = Image.new("RGB", (64, 64), (220, 30, 30))
+    with pytest.raises(InvalidRequest, match="Anima with taesd_path cannot take an input image"):
+        run(anima, "anima", init_image=red, strength=0.5)
+    with pytest.raises(InvalidRequest, match="Anima takes no reference images"):
+        run(anima, "anima", init_image=red, mode="edit")
+
+
 # -- families known by their version names (too large to load here) ------------------------------
 
 
@@ -276,3 +365,27 @@ def test_an_unloadable_family_is_refused_before_the_library_sees_it(
     with pytest.raises(ModelUnavailable, match=message) as caught:
         backend.load(load_config_file(tmp_path / f"{family}.yaml"), lambda e: None)
     assert "cannot load" in caught.value.message and "diffusers backend" in caught.value.message
+
+
+def test_the_header_reader_skips_gguf_metadata(tmp_path: Path) -> None:
+    import gguf
+
+    from localimg.backends.ggml.file_families import UnreadableHeader, tensor_names
+
+    path = tmp_path / "meta.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", "krea")
+    writer.add_uint32("krea.blocks", 3)
+    writer.add_array("tokenizer.tokens", ["a", "bc", "def"])
+    writer.add_array("tokenizer.scores", [0.5, 1.5])
+    writer.add_bool("krea.flag", True)
+    writer.add_tensor("txtfusion.projector.weight", np.zeros((4, 32), np.float32))
+    writer.add_tensor("blocks.0.mod.lin.weight", np.zeros(32, np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert tensor_names(path) == ["txtfusion.projector.weight", "blocks.0.mod.lin.weight"]
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UnreadableHeader, match="ends early"):
+        tensor_names(path)

@@ -136,6 +136,82 @@ def flux2_vae(w: Writer, decoder_ch: int = 32) -> None:
     w.conv("decoder.conv_out", block_in, 3, gain=0.05)
 
 
+ANIMA_HIDDEN, ANIMA_TEXT = 2048, 1024  # fixed in 0.4.7 (anima.hpp AnimaNet, LLMAdapter)
+QWEN_VOCAB = 151_936  # Qwen2/3 tokenizer size
+
+
+def _anima_attention(w: Q4Writer, name: str, dim: int, context: int, heads: int, out: str) -> None:
+    inner = heads * (128 if dim == ANIMA_HIDDEN else 64)
+    w.linear(f"{name}.q_proj", dim, inner, bias=False)
+    w.linear(f"{name}.k_proj", context, inner, bias=False)
+    w.linear(f"{name}.v_proj", context, inner, bias=False)
+    head = inner // heads
+    w.const(f"{name}.q_norm.weight", (head,), 1.0)
+    w.const(f"{name}.k_norm.weight", (head,), 1.0)
+    w.linear(f"{name}.{out}", inner, dim, bias=False, gain=0.3)
+
+
+def anima_transformer(path: Path, seed: int) -> None:
+    """Anima's network (original `net.*` names) as q4_0 GGUF with one block.
+
+    0.4.7 reads only the block count from the file: the width (2048, 16 heads of 128), the text
+    width (1024) and the 6-layer LLM adapter are fixed, ~220 M parameters (~125 MB q4_0)."""
+    file = GgufFile()
+    w = Q4Writer(file, seed)
+    h, text = ANIMA_HIDDEN, ANIMA_TEXT
+    patch = w.rng.standard_normal((h, 17 * 4), dtype=np.float32) * np.float32(68**-0.5)
+    file.add("net.x_embedder.proj.1.weight", (h, 68), GGML_F16, patch.astype(np.float16).tobytes())
+    w.linear("net.t_embedder.1.linear_1", h, h, bias=False)
+    w.linear("net.t_embedder.1.linear_2", h, 3 * h, bias=False, gain=0.1)
+    w.const("net.t_embedding_norm.weight", (h,), 1.0)
+    p = "net.blocks.0"
+    for norm in ("self_attn", "cross_attn", "mlp"):
+        w.linear(f"{p}.adaln_modulation_{norm}.1", h, 256, bias=False)
+        w.linear(f"{p}.adaln_modulation_{norm}.2", 256, 3 * h, bias=False, gain=0.1)
+    _anima_attention(w, f"{p}.self_attn", h, h, 16, "output_proj")
+    _anima_attention(w, f"{p}.cross_attn", h, text, 16, "output_proj")
+    w.linear(f"{p}.mlp.layer1", h, 4 * h, bias=False)
+    w.linear(f"{p}.mlp.layer2", 4 * h, h, bias=False, gain=0.3)
+    w.linear("net.final_layer.adaln_modulation.1", h, 256, bias=False)
+    w.linear("net.final_layer.adaln_modulation.2", 256, 2 * h, bias=False, gain=0.1)
+    w.linear("net.final_layer.linear", h, 4 * 16, bias=False, gain=0.3)
+    a = "net.llm_adapter"
+    w.matrix(f"{a}.embed.weight", 32128, text, 1.0)
+    for index in range(6):
+        b = f"{a}.blocks.{index}"
+        for norm in ("norm_self_attn", "norm_cross_attn", "norm_mlp"):
+            w.const(f"{b}.{norm}.weight", (text,), 1.0)
+        _anima_attention(w, f"{b}.self_attn", text, text, 16, "o_proj")
+        _anima_attention(w, f"{b}.cross_attn", text, text, 16, "o_proj")
+        w.linear(f"{b}.mlp.0", text, 4 * text)
+        w.linear(f"{b}.mlp.2", 4 * text, text, gain=0.3)
+    w.linear(f"{a}.out_proj", text, text)
+    w.const(f"{a}.norm.weight", (text,), 1.0)
+    file.write(path)
+
+
+def qwen3_text(path: Path, seed: int, hidden: int = ANIMA_TEXT) -> None:
+    """Qwen3 (HF names) with one layer at Anima's text width, q4_0: ~90 MB, most of it the
+    151,936-token embedding the built-in tokenizer needs."""
+    file = GgufFile()
+    w = Q4Writer(file, seed)
+    w.matrix("model.embed_tokens.weight", QWEN_VOCAB, hidden, 1.0)
+    p = "model.layers.0"
+    w.linear(f"{p}.self_attn.q_proj", hidden, 32 * 128, bias=False)
+    w.linear(f"{p}.self_attn.k_proj", hidden, 8 * 128, bias=False)
+    w.linear(f"{p}.self_attn.v_proj", hidden, 8 * 128, bias=False)
+    w.linear(f"{p}.self_attn.o_proj", 32 * 128, hidden, bias=False)
+    w.const(f"{p}.self_attn.q_norm.weight", (128,), 1.0)
+    w.const(f"{p}.self_attn.k_norm.weight", (128,), 1.0)
+    for proj, n_in, n_out in (("gate_proj", hidden, 256), ("up_proj", hidden, 256)):
+        w.linear(f"{p}.mlp.{proj}", n_in, n_out, bias=False)
+    w.linear(f"{p}.mlp.down_proj", 256, hidden, bias=False)
+    w.const(f"{p}.input_layernorm.weight", (hidden,), 1.0)
+    w.const(f"{p}.post_attention_layernorm.weight", (hidden,), 1.0)
+    w.const("model.norm.weight", (hidden,), 1.0)
+    file.write(path)
+
+
 # -- files -----------------------------------------------------------------------------------------
 
 
@@ -163,6 +239,23 @@ def ernie_image_files() -> dict[str, Path]:
     }
 
 
+def anima_files() -> dict[str, Path]:
+    """{diffusion_model, llm, taesd} of a small Anima (~215 MB: one block at the fixed width, a
+    one-layer Qwen3 and the tiny TAEW2.1 video autoencoder, which decodes it)."""
+    from tests.support.tiny_ggml_families import folder as families_folder
+    from tests.support.tiny_ggml_families import video_tae
+
+    model = folder() / "anima-1block-random-q4_0.gguf"
+    llm = folder() / "qwen3-1024-1layer-random-q4_0.gguf"
+    with build_lock():
+        if not model.exists():
+            anima_transformer(model, seed=61)
+        if not llm.exists():
+            qwen3_text(llm, seed=62)
+    taesd = build(families_folder() / "taew2.1-tiny.safetensors", video_tae, seed=32)
+    return {"diffusion_model": model, "llm": llm, "taesd": taesd}
+
+
 if __name__ == "__main__":
-    for key, built in ernie_image_files().items():
+    for key, built in {**ernie_image_files(), **anima_files()}.items():
         print(key, built, f"{built.stat().st_size / 1e6:.1f} MB")
