@@ -38,6 +38,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[E
         ("anima", ""),  # recognised from the folder's modular_model_index.json
         ("anima-typed", "diffusers:\n  pipeline_type: AnimaModularPipeline\n"),
         ("anima-slicing", 'options: ["attention_slicing:true"]\n'),
+        ("anima-taesd", 'options: ["vae:taesd", "taesd_path:/nowhere"]\n'),
     ):
         (models / f"{name}.yaml").write_text(
             f"name: {name}\nbackend: diffusers\nparameters:\n  model: {folder}\nstep: 2\n{extra}",
@@ -109,8 +110,36 @@ def test_what_it_cannot_do_is_refused(engine: Engine) -> None:
     refused(lambda: run(engine, num_frames=5), "makes images")
     refused(lambda: run(engine, clip_skip=2), "clip_skip")
     refused(lambda: run(engine, extra={"sigmas": [1.0, 0.5]}), "does not accept 'sigmas'")
+    refused(lambda: run(engine, cache="first_block_cache"), "no diffusers step cache works")
     with pytest.raises(ConfigError, match="attention_slicing is not supported"):
         run(engine, "anima-slicing")
+    with pytest.raises(ConfigError, match="vae:taesd is not supported"):
+        run(engine, "anima-taesd")
+
+
+def test_lora_tags_act_and_leave_no_trace(engine: Engine) -> None:
+    """A LoRA in the models folder's loras/, in Anima's own key layout (diffusers converts it)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    width = 2 * 12  # the tiny transformer's heads x head size
+    tensors = {
+        "diffusion_model.blocks.0.self_attn.q_proj.lora_A.weight": (2, width),
+        "diffusion_model.blocks.0.self_attn.q_proj.lora_B.weight": (width, 2),
+        "diffusion_model.llm_adapter.blocks.0.self_attn.q_proj.lora_A.weight": (2, 16),
+        "diffusion_model.llm_adapter.blocks.0.self_attn.q_proj.lora_B.weight": (16, 2),
+    }
+    loras = engine.settings.models_path / "loras"
+    loras.mkdir(exist_ok=True)
+    save_file(
+        {key: torch.randn(shape, generator=generator) for key, shape in tensors.items()},
+        str(loras / "otter-style.safetensors"),
+    )
+    plain = run(engine)
+    styled = run(engine, prompt="an otter <lora:otter-style:1>")
+    assert differ(plain, styled)
+    assert not differ(plain, run(engine))  # the adapter is off again
 
 
 def test_an_input_image_is_img2img(engine: Engine) -> None:

@@ -106,6 +106,12 @@ def _refuse_options(class_name: str, source: ModelSource, options: Any) -> None:
             f"{class_name} loads from a diffusers modular folder or hub repo (one with {INDEX}), "
             f"not from the single file {source.location}"
         )
+    if options.vae == "taesd":
+        raise ConfigError(
+            f"options: vae:taesd is not supported for {class_name}: its blocks decode (and "
+            "encode) with the full VAE's own latent mean and std, which a tiny autoencoder has "
+            "not; leave vae out"
+        )
     for key in ("config", "original_config", "base_model"):  # single-file and FLUX.1 keys
         if getattr(options, key, None):
             raise ConfigError(
