@@ -3,24 +3,28 @@
 What the vendored library (stable-diffusion-cpp-python 0.4.7) reads from a file and what it fixes
 in code decides what can be tiny:
 
-- ERNIE-Image (ernie_image.hpp): `layers.0.adaLN_sa_ln.weight` marks it. Hidden width, patch,
-  in/out channels (`x_embedder.proj`), text width (`text_proj`), heads (`norm_q`), MLP width and
-  the layer count come from the file; the rope axes are fixed at 32+48+48, so heads are 128 wide.
-  One 128-wide layer: under 1 MB. Its text encoder is Ministral 3 3B (llm.hpp MINISTRAL_3_3B):
-  heads fixed at 32 x 128 (queries) and 8 x 128 (keys/values), hidden width, MLP width and layers
-  from the file; the built-in Mistral tokenizer emits ids up to 131,072, so the vocabulary stays
-  that size (~17 MB at hidden 64). It decodes with the FLUX.2 VAE (32 latent channels, 2x2
-  patches: 128 channels at a 16x scale). The decoder's width is read from `decoder.conv_in`
-  (ch 32 here: a few MB) but the encoder is always built at its full width (ch 128: ~34 M
-  parameters, ~68 MB f16), because the binding never asks for a decode-only VAE. 0.4.7 builds a
-  16-channel tiny autoencoder for ERNIE-Image, which cannot decode its 128-channel latents, so no
-  TAESD is written: the full (small-decoder) VAE decodes.
-- Anima (anima.hpp) and Z-Image (z_image.hpp) are built at fixed widths in 0.4.7 (Anima 2048 wide
-  with a 6-layer 1024-wide adapter; Z-Image 3840 wide, 30 layers, ~6.15 B parameters), and
-  Qwen-Image-2512 is Qwen-Image's network (tiny_ggml_families.qwen_image_files covers it): none
-  is written here.
+- ERNIE-Image (ernie_image.hpp): `layers.0.adaLN_sa_ln.weight` marks it. Patch, in/out channels
+  (`x_embedder.proj`), text width (`text_proj`), MLP width and the layer count come from the
+  file. The width would too, but 0.4.7 derives the head count from `norm_q` before it has read
+  the width (heads = 4096 / head_dim), and the rope axes fix heads at 128: the width must stay
+  4096. One layer with a narrow MLP, q4_0: ~135 MB. Its text encoder is Ministral 3 3B (llm.hpp
+  MINISTRAL_3_3B): heads fixed at 32 x 128 (queries) and 8 x 128 (keys/values), hidden width,
+  MLP width and layers from the file; the built-in Mistral tokenizer emits ids up to 131,072, so
+  the vocabulary stays that size (~17 MB at hidden 64). It decodes with the FLUX.2 VAE (32 latent
+  channels, 2x2 patches: 128 channels at a 16x scale). The decoder's width is read from
+  `decoder.conv_in` (ch 32 here: a few MB) but the encoder is always built at its full width (ch
+  128: ~34 M parameters, ~68 MB f16), because the binding never asks for a decode-only VAE.
+  0.4.7 builds a 16-channel tiny autoencoder for ERNIE-Image, which cannot decode its 128-channel
+  latents, so no TAESD is written: the full (small-decoder) VAE decodes.
+- Anima (anima.hpp): `llm_adapter.blocks.0.cross_attn.q_proj.weight` marks it; only the block
+  count is read. The width (2048, 16 heads of 128), the text width (1024) and the 6-layer LLM
+  adapter are fixed: one block, q4_0, ~125 MB. Its Qwen3 encoder must be 1024 wide (the
+  adapter's source): one layer, q4_0, ~90 MB. The tiny TAEW2.1 video autoencoder decodes it.
+- Not written: Z-Image (z_image.hpp builds 30 layers at 3840, ~6.15 B parameters, whatever the
+  file says) and Qwen-Image-2512 (Qwen-Image's network: tiny_ggml_families.qwen_image_files).
 
-Everything is written once with numpy + safetensors and cached next to the other fixtures.
+Everything is written once with numpy (safetensors or GGUF) and cached next to the other
+fixtures.
 """
 
 from __future__ import annotations
