@@ -3,7 +3,8 @@
 Z-Image's transformer with its SigLIP branch switched on (`siglip_feat_dim`), the Qwen3 text
 encoder and the 16-channel VAE of tests/support/tiny_families.py's Z-Image, plus the image side:
 a Siglip2VisionModel and a Siglip2ImageProcessor. Without torchvision, transformers 5 builds
-that processor (and loads it back) as its PIL version, so no torchvision is needed.
+that processor (and loads it back) as its PIL version, so no torchvision is needed; the saved
+model_index.json names `Siglip2ImageProcessor`, as a released repository would (NamedAsReleased).
 
 Facts (diffusers 0.42): sizes in multiples of 4 here (a 2-level VAE x 2x2 patches; 16 on the real
 model). guidance_scale is true CFG when above 0 (default 5.0); negative_prompt ("" when none) is
@@ -16,6 +17,7 @@ transformer's first RoPE axis (`axes_lens[0]`) and may not run past it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,24 @@ def make_z_image_omni() -> Any:
     )
 
 
+class NamedAsReleased:
+    """The pipeline, saved with its processor named `Siglip2ImageProcessor` in model_index.json as
+    a repository saved with transformers 4 names it (transformers 5 writes the class it built,
+    `Siglip2ImageProcessorPil` without torchvision); loading it runs transformers' own fallback."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def save_pretrained(self, folder: str) -> None:
+        self.pipe.save_pretrained(folder)
+        index_file = Path(folder) / "model_index.json"
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        index["siglip_processor"] = ["transformers", "Siglip2ImageProcessor"]
+        index_file.write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
 def tiny_z_image_omni_path() -> Path:
     """A tiny ZImageOmniPipeline (Z-Image-Omni): sizes in multiples of 4."""
-    return save_pipeline(family_folder("z-image-omni"), make_z_image_omni)
+    return save_pipeline(
+        family_folder("z-image-omni-2"), lambda: NamedAsReleased(make_z_image_omni())
+    )
