@@ -87,7 +87,7 @@ def bare_call(dtype: str = "float32", cast: bool = False, **kwargs: Any) -> np.n
     import torch
 
     folder = str(omni_support.tiny_z_image_omni_path())
-    pipe = diffusers.ZImageOmniPipeline.from_pretrained(folder, torch_dtype=getattr(torch, dtype))
+    pipe = diffusers.ZImageOmniPipeline.from_pretrained(folder, dtype=getattr(torch, dtype))
     pipe.set_progress_bar_config(disable=True)
     if cast:
         z_image_omni.encode_in_vae_dtype(pipe.vae)
