@@ -232,6 +232,7 @@ def test_ideogram4_refuses_what_it_cannot_do(engine: Engine) -> None:
     refused(
         lambda: run(engine, "ideogram4", extra={"guidance_schedule": [5.0]}), "one guidance scale"
     )
+    refused(lambda: run(engine, "ideogram4", extra={"guidance_scale": 3.0}), "as cfg_scale")
     refused(
         lambda: run(engine, "ideogram4", extra={"prompt_upsampling_temperature": 0.5}),
         "prompt_enhance",

@@ -46,7 +46,6 @@ def adjust_ideogram(
 ) -> None:
     """Guidance as a constant or the model's schedule, and the refusals the pipeline would make
     late (or not at all: a temperature without the enhancer would be ignored)."""
-    steps = int(request.steps or params["num_inference_steps"].default)
     sampler = (request.scheduler or "").strip().lower()
     if sampler in IDEOGRAM_NO_SIGMAS:
         raise InvalidRequest(
@@ -54,7 +53,21 @@ def adjust_ideogram(
             "euler (its own), unipc or lcm",
             param="scheduler",
         )
+    _guidance(request, int(request.steps or params["num_inference_steps"].default), params, kwargs)
+    _enhancer_extras(request, pipe, kwargs)
+
+
+def _guidance(
+    request: ImageRequest, steps: int, params: dict[str, Any], kwargs: dict[str, Any]
+) -> None:
+    """cfg_scale (request or YAML) → the constant; a schedule in the extras → that schedule;
+    neither → the pipeline's own schedule fitted to `steps`."""
     extra = request.extra
+    if "guidance_scale" in extra:
+        raise InvalidRequest(
+            "Ideogram 4 takes its constant guidance scale as cfg_scale; remove guidance_scale",
+            param="guidance_scale",
+        )
     if "guidance_schedule" in extra:
         if request.cfg_scale is not None:
             raise InvalidRequest(
@@ -70,12 +83,17 @@ def adjust_ideogram(
             )
         kwargs["guidance_scale"] = None
     elif request.cfg_scale is None:
-        default = params["guidance_schedule"].default
         kwargs["guidance_scale"] = None
-        kwargs["guidance_schedule"] = fitted_schedule(default, steps)
+        kwargs["guidance_schedule"] = fitted_schedule(params["guidance_schedule"].default, steps)
     else:
         kwargs["guidance_schedule"] = None  # the constant scale rules.family_kwargs set
-    enhancing = bool(kwargs.get("prompt_upsampling")) or bool(extra.get("prompt_upsampling"))
+
+
+def _enhancer_extras(request: ImageRequest, pipe: Any, kwargs: dict[str, Any]) -> None:
+    """The pipeline's own enhancer keywords given as extras: `prompt_upsampling` (which wins over
+    prompt_enhance, being the last word on the call) needs the head; its temperature needs it on."""
+    extra = request.extra
+    enhancing = bool(extra.get("prompt_upsampling", kwargs.get("prompt_upsampling")))
     if "prompt_upsampling" in extra and enhancing and pipe.prompt_enhancer_head is None:
         raise InvalidRequest(
             "this Ideogram 4 model was loaded without its prompt enhancer "
