@@ -246,3 +246,31 @@ def test_img2img_equals_the_bare_modular_call(engine: Engine, folder: Path) -> N
         num_inference_steps=4,
     )
     assert np.abs(pixels(ours) - bare).max() <= 1
+
+
+def test_a_hub_repo_is_recognised_by_its_modular_index(
+    engine: Engine, tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id (from the Hugging Face cache, offline): modular_model_index.json, whose entries
+    name the repo itself, is what marks it; each component loads from the repo's subfolder."""
+    import shutil
+
+    from tests.support.hf_cache import snapshot, use_cache
+
+    repo = "localimg-test/tiny-anima"
+    files = snapshot(use_cache(monkeypatch, tmp_path, offline=True), repo)
+    shutil.copytree(folder, files, dirs_exist_ok=True)
+    index = files / "modular_model_index.json"
+    index.write_text(index.read_text(encoding="utf-8").replace(str(folder), repo))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "hub.yaml").write_text(
+        f"name: hub\nbackend: diffusers\nparameters:\n  model: {repo}\n", encoding="utf-8"
+    )
+    hub = Engine(EngineSettings(models_path=models))
+    try:
+        from_hub = run(hub, "hub")
+        assert backend_of(hub, "hub").describe()["pipeline"] == "AnimaModularPipeline"
+    finally:
+        hub.close()
+    assert not differ(from_hub, run(engine))  # the same weights as the folder's
