@@ -30,17 +30,16 @@ MAX_ASPECT = 8  # diffusers' Flux2ImageProcessor.check_image_input, which the pi
 PIECE_POSITIONS = 32
 
 
-def check_cfg_keywords(
-    family: Family, request: ImageRequest, kwargs: dict[str, Any], guiding: bool
-) -> None:
-    """cfg_normalization and cfg_truncation act on the guided prediction only; the pipeline
-    reads cfg_normalization as a number (True: 1) and applies cfg_truncation only up to 1."""
+def check_cfg_keywords(request: ImageRequest, cfg: float) -> None:
+    """cfg_normalization and cfg_truncation act on the guided prediction only (guidance runs when
+    guidance_scale is above 0 on both Z-Image pipelines); the pipeline reads cfg_normalization as
+    a number (True: 1) and applies cfg_truncation only up to 1."""
     extra = request.extra
     for key in ("cfg_normalization", "cfg_truncation"):
-        if key in extra and not guiding:
+        if key in extra and cfg <= 0:
             raise InvalidRequest(
-                f"{family.name} applies {key} to classifier-free guidance only: cfg_scale must be "
-                f"above {family.cfg_on:g} (got {kwargs.get(family.cfg_kwarg, 0):g})",
+                f"{key} applies to classifier-free guidance only: cfg_scale must be above 0 "
+                f"(got {cfg:g})",
                 param=key,
             )
     norm = extra.get("cfg_normalization")
@@ -71,10 +70,7 @@ def adjust_z_image(
     kwargs: dict[str, Any],
 ) -> None:
     """Z-Image (ZImagePipeline and its siblings): the CFG keywords checked."""
-    from localimg.backends.diffusers.families.table import Z_IMAGE
-
-    cfg = float(kwargs.get(Z_IMAGE.cfg_kwarg, request.cfg_scale or 0))
-    check_cfg_keywords(Z_IMAGE, request, kwargs, cfg > Z_IMAGE.cfg_on)
+    check_cfg_keywords(request, float(kwargs.get("guidance_scale", request.cfg_scale or 0)))
 
 
 def _adjust(
@@ -85,8 +81,7 @@ def _adjust(
     kwargs: dict[str, Any],
 ) -> None:
     """CFG keywords, the references' shapes, the text length and the VAE's input dtype."""
-    cfg = float(kwargs.get(Z_IMAGE_OMNI.cfg_kwarg, 0.0))
-    check_cfg_keywords(Z_IMAGE_OMNI, request, kwargs, cfg > Z_IMAGE_OMNI.cfg_on)
+    check_cfg_keywords(request, float(kwargs.get("guidance_scale", 0.0)))
     images = kwargs.get("image") or []
     for index, image in enumerate(images, 1):
         width, height = image.size
