@@ -88,7 +88,11 @@ def pipeline_class(pipeline_type: str) -> Any:
     cls = getattr(diffusers, name, None)
     if cls is None or not (
         isinstance(cls, type)
-        and (issubclass(cls, diffusers.DiffusionPipeline) or name.startswith("AutoPipeline"))
+        and (
+            issubclass(cls, diffusers.DiffusionPipeline)
+            or name in modular.MODULAR_CLASSES  # the modular ones localimg drives
+            or name.startswith("AutoPipeline")
+        )
     ):
         raise ConfigError(
             f"unknown pipeline_type {pipeline_type!r}; use one of {', '.join(PIPELINE_TYPES)} "
