@@ -31,12 +31,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ltx2-models")
     path = tiny_ltx2.tiny_ltx2_path()
     # 128 prompt tokens, not the pipeline's 1024: half the time of a tiny call
-    for name, extra in (
-        ("ltx2", 'options: ["max_sequence_length:128"]\n'),
-        ("ltx2-enhanced", 'options: ["max_sequence_length:128", "prompt_enhance:true"]\n'),
+    for name, model, extra in (
+        ("ltx2", path, 'options: ["max_sequence_length:128"]\n'),
+        ("ltx2-enhanced", path, 'options: ["max_sequence_length:128", "prompt_enhance:true"]\n'),
+        ("ltx2-pe", tiny_ltx2.tiny_ltx2_enhancer_path(), 'options: ["max_sequence_length:128"]\n'),
     ):
         (folder / f"{name}.yaml").write_text(
-            f"name: {name}\nbackend: diffusers\nparameters:\n  model: {path}\nstep: 2\n{extra}",
+            f"name: {name}\nbackend: diffusers\nparameters:\n  model: {model}\nstep: 2\n{extra}",
             encoding="utf-8",
         )
     return folder
@@ -145,6 +146,37 @@ def test_ltx2_image_to_video(ltx2: Engine) -> None:
 def test_ltx2_image_to_video_names_pyav_for_its_default_recompression(ltx2: Engine) -> None:
     with pytest.raises(BackendNotInstalled, match="pip install av, or pass image_crf 0"):
         video(ltx2, init_image=noise(0, 64))
+
+
+def test_ltx2_prompt_enhancer(ltx2: Engine) -> None:
+    short = {"prompt_max_new_tokens": 8}  # the enhancer's rewrite, cut short
+    plain = video(ltx2, "ltx2-pe")
+    enhanced = video(ltx2, "ltx2-pe", extra={"prompt_enhance": True, **short})
+    assert vdiffer(plain, enhanced)
+    assert not vdiffer(enhanced, video(ltx2, "ltx2-pe", extra={"prompt_enhance": True, **short}))
+    longer = video(ltx2, "ltx2-pe", extra={"prompt_enhance": True, "prompt_max_new_tokens": 16})
+    assert vdiffer(enhanced, longer)  # the enhancer's own keywords pass through while it runs
+    video(ltx2, "ltx2-pe", extra={"prompt_enhance": True, "system_prompt": "Be brief.", **short})
+    assert not vdiffer(plain, video(ltx2, "ltx2-pe", extra={"prompt_enhance": False}))
+    refused(lambda: video(ltx2, "ltx2-pe", extra=short), "prompt enhancer, which is off")
+    import diffusers
+
+    pipe = diffusers.LTX2Pipeline.from_pretrained(tiny_ltx2.tiny_ltx2_enhancer_path())
+    bare = bare_call(pipe, 3, enable_prompt_enhancement=True, **short)
+    assert np.abs(frames(enhanced) - bare).max() <= 1
+
+
+def test_ltx2_prompt_enhancer_needs_its_processor() -> None:
+    from types import SimpleNamespace
+
+    from localimg.backends.diffusers.families import ltx2 as row
+
+    request = ImageRequest(PROMPT)
+    without = SimpleNamespace(processor=None, prompt_enhancer=object())
+    refused(
+        lambda: row.check_enhancer(request, without, {"enable_prompt_enhancement": True}),
+        "without the processor",
+    )
 
 
 def bare_call(pipe: Any, seed: int, **kwargs: Any) -> np.ndarray:

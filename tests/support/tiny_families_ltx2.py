@@ -210,3 +210,52 @@ def make_ltx2() -> Any:
 def tiny_ltx2_path() -> Path:
     """A tiny LTX2Pipeline (LTX-2.0/2.3 shape, no prompt enhancer): multiples of 32, 8k+1 frames."""
     return save_pipeline(family_folder("ltx2"), make_ltx2)
+
+
+# Gemma's chat turns, with an image as <start_of_image> (the enhancer's image-to-video message).
+GEMMA_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}<start_of_turn>{{ m['role'] }}\n"
+    "{%- if m['content'] is string -%}{{ m['content'] }}"
+    "{%- else -%}{%- for p in m['content'] -%}"
+    "{%- if p['type'] == 'text' -%}{{ p['text'] }}{%- else -%}<start_of_image>{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}<end_of_turn>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<start_of_turn>model\n{%- endif -%}"
+)
+
+
+def gemma3_processor() -> Any:
+    """A Gemma3Processor (the PIL image processor, no torchvision) over gemma_tokenizer."""
+    from transformers import Gemma3Processor, GemmaTokenizer
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tokenizer = GemmaTokenizer(
+        vocab=gemma_vocab(),
+        merges=[],
+        model_max_length=1024,
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+    )
+    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    images = Gemma3ImageProcessorPil(size={"height": 28, "width": 28})
+    return Gemma3Processor(image_processor=images, tokenizer=tokenizer, image_seq_length=4)
+
+
+def make_ltx2_with_enhancer() -> Any:
+    """LTX-2 with a prompt enhancer and its processor (the components LTX-2.5 adds). The real
+    enhancer is a Gemma 4; the pipeline only calls its `generate`, which a second toy Gemma 3 has
+    too, and Gemma 3's processor is the one transformers builds without torchvision."""
+    import torch
+    from diffusers import LTX2Pipeline
+
+    parts = ltx2_parts()
+    torch.manual_seed(1)
+    return LTX2Pipeline(**parts, processor=gemma3_processor(), prompt_enhancer=gemma3_encoder())
+
+
+def tiny_ltx2_enhancer_path() -> Path:
+    """A tiny LTX2Pipeline with `prompt_enhancer` and `processor` (the prompt_enhance option)."""
+    return save_pipeline(family_folder("ltx2-enhancer"), make_ltx2_with_enhancer)
