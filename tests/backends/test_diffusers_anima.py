@@ -44,6 +44,12 @@ def engine(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[E
             f"name: {name}\nbackend: diffusers\nparameters:\n  model: {folder}\nstep: 2\n{extra}",
             encoding="utf-8",
         )
+    (models / "anima.safetensors").write_bytes(b"")  # a single file: not how Anima loads
+    (models / "anima-file.yaml").write_text(
+        "name: anima-file\nbackend: diffusers\nparameters:\n  model: anima.safetensors\n"
+        "diffusers:\n  pipeline_type: AnimaModularPipeline\n",
+        encoding="utf-8",
+    )
     engine = Engine(EngineSettings(models_path=models))
     yield engine
     engine.close()
@@ -115,6 +121,8 @@ def test_what_it_cannot_do_is_refused(engine: Engine) -> None:
         run(engine, "anima-slicing")
     with pytest.raises(ConfigError, match="vae:taesd is not supported"):
         run(engine, "anima-taesd")
+    with pytest.raises(ConfigError, match="modular_model_index.json"):
+        run(engine, "anima-file")
 
 
 def test_lora_tags_act_and_leave_no_trace(engine: Engine) -> None:
