@@ -39,6 +39,7 @@ ENTRIES: dict[str, tuple[str, str | None, str, str]] = {
     "qwen-image-2": (DIFFUSERS, "QwenImage21Pipeline", "34G", "qwen-image-2"),
     "z-image": (DIFFUSERS, "ZImagePipeline", "22G", "z-image"),
     "z-image-ggml": (GGML, None, "9G", "z-image"),
+    "anima": (DIFFUSERS, "AnimaModularPipeline", "7G", "anima"),
     "anima-ggml": (GGML, None, "7G", "anima"),
     "ltx-2": (DIFFUSERS, "LTX2Pipeline", "68G", "ltx-2"),
 }
@@ -178,6 +179,7 @@ def test_model_card_defaults(shipped: Catalog) -> None:
         "qwen-image-2": (40, 1, "1024x1024"),
         "z-image": (50, 4, "1024x1024"),
         "z-image-ggml": (20, 5, "1024x1024"),
+        "anima": (30, 4, "1024x1024"),
         "anima-ggml": (20, 6, "1024x1024"),
         "ltx-2": (30, 3, "768x512"),
     }
