@@ -121,7 +121,7 @@ def test_what_it_cannot_do_is_refused(engine: Engine) -> None:
         run(engine, "anima-slicing")
     with pytest.raises(ConfigError, match="vae:taesd is not supported"):
         run(engine, "anima-taesd")
-    with pytest.raises(ConfigError, match="modular_model_index.json"):
+    with pytest.raises(ConfigError, match=r"modular_model_index\.json"):
         run(engine, "anima-file")
 
 
