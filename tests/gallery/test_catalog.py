@@ -212,7 +212,6 @@ def test_shipped_entries_pass_their_backends_checks() -> None:
     """Each shipped YAML as the backend would read it: pipeline, scheduler, ggml options."""
     from localimg.backends.diffusers import options as diffusers_options
     from localimg.backends.diffusers.load.loading import pipeline_class
-    from localimg.backends.diffusers.load.modular import MODULAR_CLASSES
     from localimg.backends.diffusers.sampling import schedulers
     from localimg.config import config_from_dict
 
@@ -226,10 +225,8 @@ def test_shipped_entries_pass_their_backends_checks() -> None:
     for entry in catalog.entries:
         config = config_from_dict(dict(resolve_entry(entry).config), where=entry.name)
         if config.backend == "diffusers":
-            # A modular pipeline (Anima) is loaded by load/modular.py, not by a pipeline class.
-            pipeline_type = config.diffusers.pipeline_type
-            if pipeline_type and pipeline_type not in MODULAR_CLASSES:
-                pipeline_class(pipeline_type)
+            if config.diffusers.pipeline_type:
+                pipeline_class(config.diffusers.pipeline_type)
             if config.diffusers.scheduler_type:
                 schedulers.lookup(config.diffusers.scheduler_type, param="scheduler_type")
             diffusers_options.parse_options(config)
