@@ -35,6 +35,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("ltx2", path, 'options: ["max_sequence_length:128"]\n'),
         ("ltx2-enhanced", path, 'options: ["max_sequence_length:128", "prompt_enhance:true"]\n'),
         ("ltx2-pe", tiny_ltx2.tiny_ltx2_enhancer_path(), 'options: ["max_sequence_length:128"]\n'),
+        (  # image-to-video only, the image used as it is (no PyAV needed)
+            "ltx2-i2v",
+            path,
+            'options: ["max_sequence_length:128", "image_crf:0"]\n'
+            "diffusers:\n  pipeline_type: LTX2ImageToVideoPipeline\n",
+        ),
     ):
         (folder / f"{name}.yaml").write_text(
             f"name: {name}\nbackend: diffusers\nparameters:\n  model: {model}\nstep: 2\n{extra}",
@@ -144,8 +150,16 @@ def test_ltx2_image_to_video(ltx2: Engine) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("av") is not None, reason="PyAV is installed")
 def test_ltx2_image_to_video_names_pyav_for_its_default_recompression(ltx2: Engine) -> None:
-    with pytest.raises(BackendNotInstalled, match="pip install av, or pass image_crf 0"):
+    with pytest.raises(BackendNotInstalled, match="pip install av, or set image_crf 0"):
         video(ltx2, init_image=noise(0, 64))
+
+
+def test_ltx2_loaded_as_image_to_video(ltx2: Engine) -> None:
+    start = video(ltx2, "ltx2-i2v", init_image=noise(0, 64))
+    assert backend_of(ltx2, "ltx2-i2v").describe()["pipeline"] == "LTX2ImageToVideoPipeline"
+    # the same weights, the same video as the text-to-video model's image-to-video sibling
+    assert not vdiffer(start, video(ltx2, init_image=noise(0, 64), extra={"image_crf": 0}))
+    refused(lambda: video(ltx2, "ltx2-i2v"), "needs an input image")
 
 
 def test_ltx2_prompt_enhancer(ltx2: Engine) -> None:

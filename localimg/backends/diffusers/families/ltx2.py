@@ -145,8 +145,9 @@ def check_image_crf(request: ImageRequest, pipe: Any, params: dict[str, Any]) ->
     if crf and importlib.util.find_spec("av") is None:
         raise BackendNotInstalled(
             f"{NAME} image-to-video re-compresses the input image as H.264 (image_crf {crf}, as "
-            "the model was trained), which needs PyAV: pip install av, or pass image_crf 0 to "
-            "use the image as it is"
+            "the model was trained), which needs PyAV: pip install av, or set image_crf 0 to use "
+            "the image as it is (a request's extra parameters, or the options of a model YAML "
+            "with pipeline_type: LTX2ImageToVideoPipeline)"
         )
 
 
