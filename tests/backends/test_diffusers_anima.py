@@ -39,6 +39,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[E
         ("anima-typed", "diffusers:\n  pipeline_type: AnimaModularPipeline\n"),
         ("anima-slicing", 'options: ["attention_slicing:true"]\n'),
         ("anima-taesd", 'options: ["vae:taesd", "taesd_path:/nowhere"]\n'),
+        ("anima-nhwc", 'options: ["channels_last:true"]\n'),
     ):
         (models / f"{name}.yaml").write_text(
             f"name: {name}\nbackend: diffusers\nparameters:\n  model: {folder}\nstep: 2\n{extra}",
@@ -121,6 +122,8 @@ def test_what_it_cannot_do_is_refused(engine: Engine) -> None:
         run(engine, "anima-slicing")
     with pytest.raises(ConfigError, match="vae:taesd is not supported"):
         run(engine, "anima-taesd")
+    with pytest.raises(ConfigError, match="channels_last is not supported"):
+        run(engine, "anima-nhwc")
     with pytest.raises(ConfigError, match=r"modular_model_index\.json"):
         run(engine, "anima-file")
 

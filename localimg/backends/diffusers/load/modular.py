@@ -112,6 +112,11 @@ def _refuse_options(class_name: str, source: ModelSource, options: Any) -> None:
             "encode) with the full VAE's own latent mean and std, which a tiny autoencoder has "
             "not; leave vae out"
         )
+    if options.channels_last:
+        raise ConfigError(
+            f"options: channels_last is not supported for {class_name}: its VAE's convolutions "
+            "are 3-D (video-style), which the 4-D channels_last layout cannot hold; leave it out"
+        )
     for key in ("config", "original_config", "base_model"):  # single-file and FLUX.1 keys
         if getattr(options, key, None):
             raise ConfigError(
