@@ -208,6 +208,19 @@ def test_the_models_own_schedule_is_used_at_its_length_and_resampled_otherwise(
     assert np.abs(pixels(short.images[0]) - pixels(bare[0])).max() <= 1
 
 
+def test_use_kv_cache_is_refused_where_the_transformer_caches_nothing() -> None:
+    from types import SimpleNamespace
+
+    adjust = qwen_image_2026.QWEN_IMAGE_21.adjust
+    assert adjust is not None
+    config = SimpleNamespace(causal_condition=False)
+    pipe = SimpleNamespace(config={}, transformer=SimpleNamespace(config=config))
+    request = ImageRequest("an otter", steps=2, extra={"use_kv_cache": True})
+    refused(lambda: adjust(request, pipe, {}, {}, {}), "causal_condition")
+    config.causal_condition = True
+    adjust(request, pipe, {}, {}, {})
+
+
 def test_flow_samplers_run_and_the_ones_without_custom_sigmas_are_refused(
     engine: Engine,
 ) -> None:
