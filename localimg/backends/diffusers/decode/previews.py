@@ -155,7 +155,7 @@ def projection_for(pipeline_name: str, channels: int) -> Table | None:
             return _SD3
         if "Flux" in name or "ZImage" in name or "Chroma" in name:
             return _FLUX
-        if "Wan" in name or "QwenImage" in name:
+        if "Wan" in name or "QwenImage" in name or "Anima" in name:  # Anima: the Qwen-Image VAE
             return _WAN21
         return None
     if channels == 32 and "Flux2" in name:
