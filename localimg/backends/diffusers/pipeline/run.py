@@ -49,6 +49,7 @@ def run_call(
             torch.inference_mode(),
             contextlib.ExitStack() as stack,
         ):
+            stack.enter_context(seeded_scheduler_steps(pipe, arguments.get("generator")))
             for context in contexts:
                 stack.enter_context(context)
             output = pipe(**arguments)
@@ -57,3 +58,31 @@ def run_call(
     if cancel.is_set():
         raise Cancelled("the request was cancelled")
     return output
+
+
+@contextlib.contextmanager
+def seeded_scheduler_steps(pipe: Any, generator: Any) -> Iterator[None]:
+    """The call's generator for the scheduler's own noise, where the pipeline passes none.
+
+    A sampler that adds noise at each step (LCM on the flow models) draws it in `step(...,
+    generator=None)`: the flow pipelines never pass one, so the same seed gave other pixels. With
+    the call's generator (one per image in a batch) each step's noise follows from the seed, as
+    the starting latents do; a pipeline that passes its own is left as it is."""
+    import inspect
+
+    scheduler = getattr(pipe, "scheduler", None)
+    step = getattr(scheduler, "step", None)
+    if generator is None or step is None or "generator" not in inspect.signature(step).parameters:
+        yield
+        return
+
+    def step_with_generator(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("generator") is None:
+            kwargs["generator"] = generator
+        return step(*args, **kwargs)
+
+    scheduler.step = step_with_generator
+    try:
+        yield
+    finally:
+        del scheduler.step  # the class's own method again
