@@ -213,7 +213,7 @@ def test_openai_client_video_jobs(server: str, tmp_path: Path) -> None:
     assert job.progress == 100 and job.size == "32x32"
     content = client.videos.download_content(job.id)
     meta, frames = mp4_info(content.content, tmp_path)
-    assert frames == 8 and meta["fps"] == 8  # 1 second at the default 8 fps
+    assert frames == 9 and meta["fps"] == 8  # 1 s at the default 8 fps: the nearest 8k+1
     thumbnail = client.videos.download_content(job.id, variant="thumbnail")
     assert Image.open(io.BytesIO(thumbnail.content)).format == "WEBP"
     listed = httpx.get(server + "/v1/videos", timeout=10).json()
@@ -361,3 +361,16 @@ def test_bad_video_jobs(server: str) -> None:
     openai_error(post(server, "/v1/videos", body), 400)
     openai_error(httpx.get(server + "/v1/videos/video_nope", timeout=10), 404)
     openai_error(httpx.get(server + "/v1/videos/video_nope/content", timeout=10), 404)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "fps", "frames"),
+    [(4, 24.0, 97), (5, 16.0, 81), (1, 8.0, 9), (0.1, 8.0, 1), (2.5, 24.0, 57)],
+)
+def test_seconds_become_the_nearest_count_every_video_family_makes(
+    seconds: float, fps: float, frames: int
+) -> None:
+    from localimg.server.jobs.videos import build_request
+
+    request, shown = build_request({"prompt": "x", "seconds": seconds, "fps": fps}, None)
+    assert request.num_frames == frames and (frames - 1) % 8 == 0 and shown == f"{seconds:g}"

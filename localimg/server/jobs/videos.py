@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from localimg.server.openai.schemas import Prepared
 
 
+FRAME_STEP = 8  # `seconds` becomes 8k+1 frames
 DEFAULT_FPS = 8.0
 MAX_FINISHED_VIDEOS = 100  # finished video jobs kept (each also expires after the url TTL)
 
@@ -210,7 +211,9 @@ def build_request(data: dict[str, Any], init_image: Any) -> tuple[ImageRequest, 
         if frames is not None:
             raise InvalidRequest("give seconds or num_frames, not both", param="seconds")
         fps = fps or DEFAULT_FPS
-        frames = round(seconds * fps)
+        # The nearest count every video family makes: Wan takes 4k+1 frames, LTX-2 8k+1, the
+        # others any; seconds is a duration, not an exact count (4 s at 24 fps: 97 frames).
+        frames = max(1, round((seconds * fps - 1) / FRAME_STEP) * FRAME_STEP + 1)
         if frames > MAX_FRAMES:
             raise InvalidRequest(
                 f"{seconds:g} s at {fps:g} fps is {frames} frames; the limit is {MAX_FRAMES}",
