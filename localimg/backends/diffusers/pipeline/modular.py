@@ -196,6 +196,11 @@ def _hook_loops(blocks: Any, adapter: ModularCall) -> list[Any]:
         pending.extend(getattr(block, "sub_blocks", {}).values())
         if isinstance(block, LoopSequentialPipelineBlocks) and block not in loops:
             loops.append(block)
+    if not loops:  # no step to report progress from or to cancel at
+        raise ConfigError(
+            f"{type(adapter.modular).__name__}: its blocks have no denoising loop localimg can "
+            "follow step by step; this modular pipeline is not supported"
+        )
     for loop in loops:
         loop.loop_step = _hooked(loop.loop_step, adapter)
     return loops
