@@ -196,6 +196,14 @@ def generate(
     no_hires: Annotated[
         bool, typer.Option("--no-hires", help="No hires fix, even where the YAML turns it on.")
     ] = False,
+    layers: Annotated[
+        int | None,
+        typer.Option(
+            "--layers",
+            help="Qwen-Image-Layered: the RGBA layers to split the input image into, 1-16 "
+            "(each written as its own file) [default: the YAML's layers option, else 4].",
+        ),
+    ] = None,
     prompt_enhance: Annotated[
         bool | None,
         typer.Option(
@@ -262,7 +270,9 @@ def generate(
         cache=cache.strip().lower() if cache else None,
         cache_options=cache_options,
         controls=controls,
-        extra=request_extra(control_mode=control_mode, prompt_enhance=prompt_enhance),
+        extra=request_extra(
+            control_mode=control_mode, prompt_enhance=prompt_enhance, layers=layers
+        ),
         hires=_hires(
             (hires_scale, hires_size, hires_upscaler, hires_steps, hires_denoise), no_hires
         ),

@@ -356,6 +356,10 @@ def test_the_openai_route_answers_one_item_per_layer(models: Path, tmp_path: Pat
     spec = ServeSpec(models=models, in_process=True, model="layered-2")
     with serve_in_process(spec, tmp_path) as served:
         response = served.post("/v1/images/generations", body)
+        one = served.post("/v1/images/generations", {**body, "layers": 1})
+        refused = served.post("/v1/images/generations", {**body, "layers": 17})
+    assert one.status_code == 200 and len(one.json()["data"]) == 1  # the request's layers
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "layers"
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert len(data) == 2  # the YAML's layers:2

@@ -84,6 +84,8 @@ class ImageParams(BaseModel):
     control_mode: int | None = Field(default=None, ge=0, le=7)
     # The model's own prompt enhancer (Ideogram 4, ERNIE-Image, LTX-2); None: the YAML's option.
     prompt_enhance: bool | None = None
+    # Qwen-Image-Layered: the RGBA layers one image is split into (one data[] item each).
+    layers: int | None = Field(default=None, ge=1, le=16)
     # A1111's hires fix (openai/hires.py): any hires_* field asks for one; `hires` false turns
     # off the model YAML's, true alone asks for one with the YAML's or the default settings.
     hires: bool | None = None
@@ -237,7 +239,11 @@ def prepare(
         cache=cache,
         cache_options=cache_options,
         controls=controls,
-        extra=request_extra(control_mode=params.control_mode, prompt_enhance=params.prompt_enhance),
+        extra=request_extra(
+            control_mode=params.control_mode,
+            prompt_enhance=params.prompt_enhance,
+            layers=params.layers,
+        ),
         hires=hires_fix(params),
     )
     return Prepared(
