@@ -70,7 +70,7 @@ def seeded_scheduler_steps(pipe: Any, generator: Any) -> Iterator[None]:
     the starting latents do; a pipeline that passes its own is left as it is."""
     import inspect
 
-    scheduler = getattr(pipe, "scheduler", None)
+    scheduler: Any = getattr(pipe, "scheduler", None)
     step = getattr(scheduler, "step", None)
     if generator is None or step is None or "generator" not in inspect.signature(step).parameters:
         yield
