@@ -1,7 +1,8 @@
 """localimg against the bare diffusers call on today's model families, side by side in one run.
 
-For each family the test suite builds a tiny random pipeline of (tests/support/tiny_families.py:
-Z-Image, FLUX.2 and klein, Chroma, FLUX.1 Kontext, Qwen-Image, Qwen-Image-Edit-Plus, Wan), two
+For each family the test suite builds a tiny random pipeline of (tests/support/tiny_families*.py:
+Z-Image, FLUX.2 and klein, Chroma, FLUX.1 Kontext, Qwen-Image, Qwen-Image-Edit-Plus, Wan; Krea 2,
+Ideogram 4, ERNIE-Image, Qwen-Image 2.x and -Layered, Z-Image-Omni, Anima, LTX-2), two
 contenders run the same generation (size, steps, seed, guidance 1, threads), each in a clean process
 of its own so neither inherits the other's thread pools or caches:
 
@@ -36,10 +37,51 @@ print = functools.partial(print, flush=True)  # progress shows as it happens
 
 PROMPT = "a red fox in the snow"
 SEED = 7
-VIDEO_FAMILIES = {"WanPipeline", "WanImageToVideoPipeline"}
+VIDEO_FAMILIES = {"WanPipeline", "WanImageToVideoPipeline", "LTX2Pipeline"}
 EDIT_FAMILIES = {"FluxKontextPipeline", "QwenImageEditPlusPipeline"}
-IMAGE_INPUT = EDIT_FAMILIES | {"WanImageToVideoPipeline"}  # families given an input image
-FRAMES = 5  # Wan takes 4k+1 frames
+# families given an input image (Qwen-Image-Layered splits it into layers)
+IMAGE_INPUT = EDIT_FAMILIES | {"WanImageToVideoPipeline", "QwenImageLayeredPipeline"}
+FRAMES = {"LTX2Pipeline": 9}  # LTX-2 takes 8k+1 frames, Wan 4k+1 (5)
+MODULAR = {"AnimaModularPipeline"}  # loaded through diffusers' ModularPipeline API
+
+
+def builders() -> dict[str, Any]:
+    """The tiny pipeline of every family, by class name: those of 2025 and of 2026."""
+    from tests.support import (
+        tiny_families_anima,
+        tiny_families_ernie,
+        tiny_families_krea_ideogram,
+        tiny_families_ltx2,
+        tiny_families_qwen_2026,
+        tiny_families_z_image_omni,
+    )
+    from tests.support.tiny_families import FAMILY_BUILDERS
+
+    return {
+        **FAMILY_BUILDERS,
+        "Krea2Pipeline": tiny_families_krea_ideogram.tiny_krea2_path,
+        "Ideogram4Pipeline": tiny_families_krea_ideogram.tiny_ideogram4_headless_path,
+        "ErnieImagePipeline": tiny_families_ernie.tiny_ernie_image_no_pe_path,
+        "QwenImage21Pipeline": tiny_families_qwen_2026.tiny_qwen_image21_path,
+        "QwenImageLayeredPipeline": tiny_families_qwen_2026.tiny_qwen_image_layered_path,
+        "ZImageOmniPipeline": tiny_families_z_image_omni.tiny_z_image_omni_path,
+        "AnimaModularPipeline": tiny_families_anima.tiny_anima_path,
+        "LTX2Pipeline": tiny_families_ltx2.tiny_ltx2_path,
+    }
+
+
+def bare_kwargs(family: str, kwargs: dict[str, Any]) -> None:
+    """What localimg passes a family at cfg_scale 1 that the generic call does not say."""
+    if family in ("QwenImage21Pipeline", "QwenImageLayeredPipeline"):
+        kwargs["true_cfg_scale"] = kwargs.pop("guidance_scale")  # their cfg keyword
+    if family == "Ideogram4Pipeline":
+        kwargs["guidance_schedule"] = None  # a constant cfg_scale replaces the schedule
+    if family == "ErnieImagePipeline":
+        kwargs["use_pe"] = False  # its prompt enhancer, off unless asked
+    if family == "QwenImageLayeredPipeline":
+        kwargs["image"] = kwargs["image"].convert("RGBA")
+        for side in ("height", "width"):  # it works at its resolution bucket
+            del kwargs[side]
 
 
 def input_image(size: int) -> Any:
@@ -57,6 +99,8 @@ def run_bare(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[
     from diffusers import DiffusionPipeline
 
     torch.set_num_threads(args.threads)
+    if family in MODULAR:
+        return run_bare_modular(folder, args)
     from localimg.backends.diffusers.load.processors import replacement_components
 
     # Without torchvision, Qwen-Image-Edit's processor is built as localimg builds it.
@@ -73,9 +117,10 @@ def run_bare(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[
         "output_type": "np",
     }
     if family in VIDEO_FAMILIES:
-        kwargs["num_frames"] = FRAMES
+        kwargs["num_frames"] = FRAMES.get(family, 5)
     if family in IMAGE_INPUT:
         kwargs["image"] = input_image(args.size)
+    bare_kwargs(family, kwargs)
     if family == "FluxKontextPipeline":
         # As localimg calls it: the asked size (else about 1024x1024), the input image at that
         # size used as it is, cfg_scale 1 is true CFG off, the distilled guidance its default.
@@ -90,7 +135,8 @@ def run_bare(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[
             kwargs["generator"] = torch.Generator("cpu").manual_seed(SEED)
             out = pipe(**kwargs)
         frames = out.frames if hasattr(out, "frames") else out.images
-        return np.asarray(frames[0])
+        first = frames[0]
+        return np.stack(first) if isinstance(first, list) else np.asarray(first)  # layers
 
     once()
     times = []
@@ -99,6 +145,41 @@ def run_bare(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[
         image = once()
         times.append(time.perf_counter() - start)
     return times, (image * 255).round().clip(0, 255).astype("uint8")
+
+
+def run_bare_modular(folder: Path, args: argparse.Namespace) -> tuple[list[float], Any]:
+    """A modular pipeline as diffusers' docs drive it: from_pretrained, load_components, a
+    guider at the scale, the blocks' inputs."""
+    import numpy as np
+    import torch
+    from diffusers import ClassifierFreeGuidance, ModularPipeline
+
+    from localimg.backends.diffusers.load.modular import install_cosmos_resize
+
+    install_cosmos_resize()  # without torchvision, as localimg runs it (a no-op with it)
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components(dtype=torch.float32)
+    pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=1.0))
+
+    def once() -> Any:
+        with torch.inference_mode():
+            images = pipe(
+                prompt=PROMPT,
+                num_inference_steps=args.steps,
+                height=args.size,
+                width=args.size,
+                generator=torch.Generator("cpu").manual_seed(SEED),
+                output="images",
+            )
+        return np.asarray(images[0].convert("RGB"), dtype=np.uint8)
+
+    once()
+    times = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        image = once()
+        times.append(time.perf_counter() - start)
+    return times, image.astype(np.float64) / 255
 
 
 def run_localimg(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[float], Any]:
@@ -122,7 +203,7 @@ def run_localimg(family: str, folder: Path, args: argparse.Namespace) -> tuple[l
         cfg_scale=1.0,
         seed=SEED,
         init_image=image if family in IMAGE_INPUT else None,
-        num_frames=FRAMES if family in VIDEO_FAMILIES else None,
+        num_frames=FRAMES.get(family, 5) if family in VIDEO_FAMILIES else None,
     )
     engine.generate("m", request)  # load + warm-up
     times = []
@@ -131,7 +212,7 @@ def run_localimg(family: str, folder: Path, args: argparse.Namespace) -> tuple[l
         result = engine.generate("m", request)
         times.append(time.perf_counter() - start)
     engine.close()
-    if family in VIDEO_FAMILIES:
+    if family in VIDEO_FAMILIES or family == "QwenImageLayeredPipeline":  # frames, layers
         return times, np.stack([np.asarray(frame) for frame in result.images])
     return times, np.asarray(result.images[0])
 
@@ -139,9 +220,7 @@ def run_localimg(family: str, folder: Path, args: argparse.Namespace) -> tuple[l
 def child(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from tests.support.tiny_families import FAMILY_BUILDERS
-
-    folder = FAMILY_BUILDERS[args.family]()
+    folder = builders()[args.family]()
     run = run_bare if args.child == "bare" else run_localimg
     times, pixels = run(args.family, folder, args)
     np.save(args.pixels, pixels)
@@ -186,9 +265,8 @@ def main() -> None:
         return
     import numpy as np
 
-    from tests.support.tiny_families import FAMILY_BUILDERS
-
-    families = [f for f in args.families.split(",") if f] or list(FAMILY_BUILDERS)
+    known = builders()
+    families = [f for f in args.families.split(",") if f] or list(known)
     print(
         f"tiny random pipelines, {args.size}x{args.size}, {args.steps} steps, guidance 1, "
         f"{args.threads} threads; median of {args.runs} runs x {args.rounds} rounds per contender"
@@ -196,7 +274,7 @@ def main() -> None:
     print(f"{'family':28} {'bare s':>9} {'localimg s':>11} {'ratio':>7} {'max px diff':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
-            FAMILY_BUILDERS[family]()  # build (and cache) before timing anything
+            known[family]()  # build (and cache) before timing anything
             times: dict[str, list[float]] = {"bare": [], "localimg": []}
             for _ in range(args.rounds):
                 for kind in times:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import types
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -76,12 +77,14 @@ def seeded_scheduler_steps(pipe: Any, generator: Any) -> Iterator[None]:
         yield
         return
 
-    def step_with_generator(*args: Any, **kwargs: Any) -> Any:
+    def step_with_generator(self: Any, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("generator") is None:
             kwargs["generator"] = generator
-        return step(*args, **kwargs)
+        return type(self).step(self, *args, **kwargs)
 
-    scheduler.step = step_with_generator
+    # A bound method, so a pipeline's deepcopy of the scheduler (LTX-2's audio scheduler) steps
+    # itself, not this one.
+    scheduler.step = types.MethodType(step_with_generator, scheduler)
     try:
         yield
     finally:
