@@ -179,7 +179,7 @@ def run_bare_modular(folder: Path, args: argparse.Namespace) -> tuple[list[float
         start = time.perf_counter()
         image = once()
         times.append(time.perf_counter() - start)
-    return times, image.astype(np.float64) / 255
+    return times, image
 
 
 def run_localimg(family: str, folder: Path, args: argparse.Namespace) -> tuple[list[float], Any]:
