@@ -389,3 +389,21 @@ def test_the_header_reader_skips_gguf_metadata(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(UnreadableHeader, match="ends early"):
         tensor_names(path)
+
+
+def test_the_format_is_read_from_the_first_bytes_not_the_name(tmp_path: Path) -> None:
+    """stable-diffusion.cpp loads a safetensors file named `.gguf`: so does the check."""
+    import torch
+    from safetensors.torch import save_file
+
+    from localimg.backends.ggml import file_families
+
+    named_gguf = tmp_path / "model-Q4_0.gguf"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2)}, str(named_gguf))
+    assert file_families.tensor_names(named_gguf) == ["double_blocks.0.img_attn.qkv.weight"]
+    neither = tmp_path / "broken.gguf"
+    neither.write_bytes(b"not a model at all")
+    with pytest.raises(file_families.UnreadableHeader, match="neither a GGUF nor a safetensors"):
+        file_families.tensor_names(neither)
+    (tmp_path / "old.ckpt").write_bytes(b"PK\x03\x04")
+    assert file_families.tensor_names(tmp_path / "old.ckpt") == []  # left to the library

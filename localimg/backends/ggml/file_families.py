@@ -103,13 +103,18 @@ class UnreadableHeader(ValueError):
 
 
 def tensor_names(path: Path) -> list[str]:
-    """The tensor names in a .safetensors or .gguf file's header (no tensor data is read); an
-    empty list for other formats, which this check leaves to the library."""
-    suffix = path.suffix.lower()
-    if suffix == ".gguf":
+    """The tensor names in a safetensors or GGUF file's header (no tensor data is read); an
+    empty list for other formats, which this check leaves to the library. The format is read
+    from the file's first bytes, as stable-diffusion.cpp does, not from its name: a safetensors
+    file named `.gguf` loads there."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"GGUF":
         return _gguf_names(path)
-    if suffix in (".safetensors", ".sft"):
+    if head[8:9] == b"{" or path.suffix.lower() in (".safetensors", ".sft"):
         return _safetensors_names(path)
+    if path.suffix.lower() == ".gguf":
+        raise UnreadableHeader(f"{path.name} is neither a GGUF nor a safetensors file")
     return []
 
 
