@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from localimg._util.malloc_arenas import use_one_arena
 from localimg.backends import canonical_name, get_backend_class
 from localimg.backends.side import (
     SideRegistry,
@@ -56,6 +57,9 @@ class Engine:
         side_registry: SideRegistry | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
+        # Before this engine's threads allocate: a generation off the main thread would
+        # otherwise run slower on an arena of its own (_util/malloc_arenas.py).
+        use_one_arena()
         # Side models by (kind, name), made from the registry on first use (side_models.py).
         registry = side_registry or default_registry(depth=self.settings.depth_model)
         self.side = SideModels(registry, self.settings.runtime)

@@ -16,6 +16,7 @@ import threading
 from multiprocessing.connection import Connection
 
 from localimg._util.logs import JsonFormatter
+from localimg._util.malloc_arenas import use_one_arena
 from localimg._util.quiet import quiet_library_warnings
 from localimg.config import ModelConfig
 from localimg.engine import memory
@@ -66,6 +67,7 @@ def worker_main(
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     setup_worker_logging(config.name, log_level, log_format)
     quiet_library_warnings()  # the libraries' own, not those our code earns
+    use_one_arena()  # before the reader and the slot's threads allocate (_util/malloc_arenas.py)
     WorkerChild(conn, config, settings).serve()
 
 
