@@ -158,15 +158,15 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (extra or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        sent = 0
+        chunk = b"" if head else body[:cut] if cut is not None else body
+        # Logged before the body goes out: a client that has read it finds its request here
+        # (logged after, the next request of a fast client could be checked before it).
+        self.hosts.log.append(Logged(self.command, self.path, range_header, len(chunk)))
         if not head:
-            chunk = body[:cut] if cut is not None else body
             self.wfile.write(chunk)
-            sent = len(chunk)
             if cut is not None:
                 self.wfile.flush()
                 self.close_connection = True
-        self.hosts.log.append(Logged(self.command, self.path, range_header, sent))
 
 
 def _handler(hosts: FakeHosts) -> type[BaseHTTPRequestHandler]:
