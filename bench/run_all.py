@@ -2,7 +2,9 @@
 
 Each benchmark runs as its own process (as a user would run it) and prints ratios measured side
 by side; this script adds the machine's description and copies each output into RESULTS.md
-verbatim, with the command that made it, so a result can be re-run alone.
+verbatim, with the command that made it, so a result can be re-run alone. Each figure that has
+a goal (goals.py) gets a line saying its value, its goal and "over goal" where it misses it,
+after its benchmark and again in a summary at the end.
 
 Run: `python bench/run_all.py [--quick] [--only NAME,...] [--output bench/RESULTS.md]`.
 `--quick` uses the tiny model everywhere (a smoke test of the suite, minutes instead of an hour).
@@ -22,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from goals import verdicts  # noqa: E402  (bench/ is not a package)
 
 
 def suite(quick: bool) -> list[tuple[str, list[str]]]:
@@ -225,6 +230,7 @@ def main() -> None:
         *machine(),
         "",
     ]
+    summary: list[str] = []
     for name, command in suite(args.quick):
         if only and command[0] not in only:
             continue
@@ -245,8 +251,18 @@ def main() -> None:
             text += f"\n\nFAILED (exit {proc.returncode}):\n{tail}"
             print(tail, file=sys.stderr)
         out += ["```", text, "```", ""]
+        found = verdicts(proc.stdout)
+        if found:
+            print("goals:\n" + "\n".join(f"  {line}" for line in found), flush=True)
+            out += ["Goals:", "", *(f"- {line}" for line in found), ""]
+            summary += [f"- {name}: {line}" for line in found]
         args.output.write_text("\n".join(out), encoding="utf-8")  # keep what is done so far
+    over = [line for line in summary if line.endswith("over goal")]
+    out += ["## Goals", "", f"{len(over)} of {len(summary)} figures over goal.", "", *summary, ""]
     args.output.write_text("\n".join(out), encoding="utf-8")
+    print(f"goals: {len(over)} of {len(summary)} figures over goal")
+    for line in over:
+        print(f"  {line}")
     print(f"wrote {args.output}")
 
 
