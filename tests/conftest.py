@@ -78,6 +78,9 @@ SLOW_FILES_FIRST = (
     "tests/backends/test_diffusers_controlnet.py",
     "tests/server/test_a1111_controlnet.py",
     "tests/server/test_a1111_upscale.py",
+    "tests/backends/test_ggml_families_2026.py",
+    "tests/backends/test_diffusers_families_qwen_2026.py",
+    "tests/backends/test_diffusers_families_krea_ideogram.py",
 )
 
 
