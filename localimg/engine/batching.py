@@ -26,7 +26,21 @@ from localimg.prompts.a1111 import has_syntax
 from localimg.prompts.lora_tags import tag_key
 
 if TYPE_CHECKING:
+    from localimg.config import ModelConfig
     from localimg.requests import ImageRequest
+
+
+# The YAML options that turn a model's own prompt enhancer on (the diffusers option and its
+# aliases, backends/diffusers/options.py): it samples its rewrite per call, so a batched image
+# would not be the one the request gets alone.
+ENHANCER_OPTIONS = ("prompt_enhance", "prompt_upsampling", "use_pe", "enable_prompt_enhancement")
+
+
+def enhances_prompts(config: ModelConfig) -> bool:
+    """Whether the model's YAML turns its prompt enhancer on (its requests then run alone)."""
+    options = config.parsed_options()
+    on = ("true", "1", "yes")
+    return any(str(options.get(key, "")).lower() in on for key in ENHANCER_OPTIONS)
 
 
 def batch_key(request: ImageRequest) -> Hashable | None:

@@ -196,6 +196,8 @@ class InProcessSlot:
             return []
         if hires.upscaler_of(first.request, self.config) is not None:
             return []  # two passes, or a backend's own hires call: alone
+        if batching.enhances_prompts(self.config):
+            return []  # the prompt enhancer samples per call: alone
         queued = [j for j in self._queue if not j.future.done()]
         picked = batching.take_compatible(
             first.request, [j.request for j in queued], self.settings.max_batch

@@ -4,6 +4,8 @@ batch through the diffusers backend is tests/backends/test_diffusers_batching.py
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -45,3 +47,24 @@ def test_all_cancelled() -> None:
     assert not flag.is_set()
     second.set()
     assert flag.is_set()
+
+
+def test_a_model_whose_yaml_turns_its_prompt_enhancer_on_runs_each_request_alone(
+    tmp_path: Path,
+) -> None:
+    """The enhancer samples its rewrite per call: batched, an image would not be the request's
+    own (the request's own `prompt_enhance` is an extra, which never batches)."""
+    from localimg.config import config_from_dict
+    from localimg.engine.batching import enhances_prompts
+
+    def config(*options: str) -> Any:
+        data = {"name": "m", "backend": "diffusers", "parameters": {"model": "x"}}
+        return config_from_dict(
+            {**data, "options": list(options)}, where="m.yaml", models_path=tmp_path
+        )
+
+    assert enhances_prompts(config("prompt_enhance:true"))
+    assert enhances_prompts(config("use_pe:true"))
+    assert not enhances_prompts(config("prompt_enhance:false"))
+    assert not enhances_prompts(config())
+    assert batch_key(ImageRequest("a fox", extra={"prompt_enhance": True})) is None
