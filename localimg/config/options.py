@@ -34,6 +34,12 @@ OPTION_ALIASES: dict[str, str] = {
     "fps": "fps",
 }
 
+# A model's own prompt enhancer: localimg's option, then the pipelines' own names for it, which
+# the diffusers backend takes as aliases, stable-diffusion.cpp refuses when on, and the batching
+# reads (an enhancer samples per call).
+PROMPT_ENHANCE_ALIASES = ("prompt_upsampling", "use_pe", "enable_prompt_enhancement")
+PROMPT_ENHANCE_KEYS = ("prompt_enhance", *PROMPT_ENHANCE_ALIASES)
+
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
 _TRUE = {"true", "yes", "on"}

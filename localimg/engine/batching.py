@@ -22,6 +22,7 @@ import threading
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
+from localimg.config.options import PROMPT_ENHANCE_KEYS
 from localimg.prompts.a1111 import has_syntax
 from localimg.prompts.lora_tags import tag_key
 
@@ -30,17 +31,13 @@ if TYPE_CHECKING:
     from localimg.requests import ImageRequest
 
 
-# The YAML options that turn a model's own prompt enhancer on (the diffusers option and its
-# aliases, backends/diffusers/options.py): it samples its rewrite per call, so a batched image
-# would not be the one the request gets alone.
-ENHANCER_OPTIONS = ("prompt_enhance", "prompt_upsampling", "use_pe", "enable_prompt_enhancement")
-
-
 def enhances_prompts(config: ModelConfig) -> bool:
-    """Whether the model's YAML turns its prompt enhancer on (its requests then run alone)."""
+    """Whether the model's YAML turns its prompt enhancer on (its requests then run alone: it
+    samples its rewrite per call, so a batched image would not be the one the request gets
+    alone)."""
     options = config.parsed_options()
     on = ("true", "1", "yes")
-    return any(str(options.get(key, "")).lower() in on for key in ENHANCER_OPTIONS)
+    return any(str(options.get(key, "")).lower() in on for key in PROMPT_ENHANCE_KEYS)
 
 
 def batch_key(request: ImageRequest) -> Hashable | None:

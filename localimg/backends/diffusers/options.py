@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localimg._util.validation import first_problem
 from localimg.config import ModelConfig
+from localimg.config.options import PROMPT_ENHANCE_ALIASES
 from localimg.errors import ConfigError, InvalidRequest
 from localimg.requests import ImageRequest
 
@@ -59,16 +60,14 @@ class DiffusersOptions(BaseModel):
     lora_dir: str | None = None  # where <lora:name:weight> looks (default: the models dir's loras/)
 
 
-# The pipelines' own names for the prompt enhancer switch, accepted as options too.
-ENHANCE_ALIASES = ("prompt_upsampling", "use_pe", "enable_prompt_enhancement")
-OPTION_KEYS = frozenset(DiffusersOptions.model_fields) | frozenset(ENHANCE_ALIASES)
+OPTION_KEYS = frozenset(DiffusersOptions.model_fields) | frozenset(PROMPT_ENHANCE_ALIASES)
 GENERATION_KEYS = ("guidance", "shift", "max_sequence_length", "prompt_enhance")
 
 
 def parse_options(config: ModelConfig) -> DiffusersOptions:
     parsed = config.parsed_options()
     raw = {k: v for k, v in parsed.items() if k in DiffusersOptions.model_fields}
-    for alias in ENHANCE_ALIASES:
+    for alias in PROMPT_ENHANCE_ALIASES:  # the pipelines' own names, accepted too
         if alias not in parsed:
             continue
         value = parsed[alias]

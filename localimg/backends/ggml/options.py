@@ -15,7 +15,7 @@ from pydantic import (
 from localimg._util.validation import first_problem
 from localimg.backends.ggml import schedulers
 from localimg.config import ModelConfig
-from localimg.config.options import OPTION_ALIASES, is_cache_key
+from localimg.config.options import OPTION_ALIASES, PROMPT_ENHANCE_KEYS, is_cache_key
 from localimg.errors import ConfigError, InvalidRequest
 
 # Weight types stable-diffusion.cpp can convert to on load (`wtype`).
@@ -165,15 +165,10 @@ FILE_OPTIONS = (
 )
 
 
-# The diffusers backend's switch of a family's prompt enhancer (and its aliases): off is what
-# stable-diffusion.cpp always does, on is refused (it has no enhancer).
-ENHANCER_KEYS = ("prompt_enhance", "prompt_upsampling", "use_pe", "enable_prompt_enhancement")
-
-
 def parse_options(config: ModelConfig) -> GgmlOptions:
     """The YAML's options as GgmlOptions; an unknown key or bad value names the file and key."""
     raw = config.parsed_options()
-    for key in ENHANCER_KEYS:
+    for key in PROMPT_ENHANCE_KEYS:  # off is what this engine does; on is refused
         if raw.get(key) not in (None, False):
             raise ConfigError(
                 f"{config.where}: options: {key}: stable-diffusion.cpp has no prompt enhancer; "
@@ -185,7 +180,7 @@ def parse_options(config: ModelConfig) -> GgmlOptions:
         for k in raw
         if k not in OPTION_KEYS
         and k not in OPTION_ALIASES
-        and k not in ENHANCER_KEYS
+        and k not in PROMPT_ENHANCE_KEYS
         and not is_cache_key(k)
     )
     if unknown:
