@@ -141,15 +141,16 @@ def class_to_load(config: ModelConfig, options: DiffusersOptions, *, hub: bool) 
         if source.kind == "file":
             return single_file_class(source.path)
         local_only = source.kind == "hub" and not (hub and hub_reachable())
-        auto = pipeline_type in AUTO_TYPES
-        found = modular.modular_class(pipeline_type, source, options.revision, local_only, auto)
-        if found:
-            return found
-        own = model_index(source, options.revision, local_only).get("_class_name")
+        try:  # a classic pipeline's index first: a classic repo then costs no modular probe
+            own = model_index(source, options.revision, local_only).get("_class_name")
+        except Exception:  # none: perhaps a modular repo (load/modular.py)
+            own = None
+        if own:
+            return str(own)
+        return modular.modular_class(pipeline_type, source, options.revision, local_only, True)
     except Exception as exc:  # loading itself reports what is wrong; this is only a guess
         log.debug("%s: the pipeline class is not known before loading: %s", config.where, exc)
         return None
-    return str(own) if own else None
 
 
 def load_pipeline(
