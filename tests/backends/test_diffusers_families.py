@@ -636,3 +636,14 @@ def test_flow_schedulers_take_the_pipelines_sigmas_and_mu() -> None:
     fixed_shift = flow.build(flow.FLOW_SCHEDULERS["unipc"], dynamic, shift=5.0)
     assert fixed_shift.config.flow_shift == 5.0 and not fixed_shift.config.use_dynamic_shifting
     fixed_shift.set_timesteps(sigmas=list(default_sigmas), mu=0.7)  # mu ignored: a fixed shift
+
+
+def test_one_step_is_refused_where_the_scheduler_stretches_to_a_terminal_shift(
+    engine: Engine,
+) -> None:
+    """Qwen-Image's scheduler (shift_terminal) divides by zero at one step: a NaN image."""
+    if "qwen-image" not in PRESENT:
+        pytest.skip("no tiny Qwen-Image pipeline")
+    assert backend_of(engine, "qwen-image").pipe.scheduler.config.get("shift_terminal")
+    refused(lambda: run(engine, "qwen-image", steps=1), "at least 2 steps", "NaN")
+    assert run(engine, "qwen-image", steps=2).images[0].size == (32, 32)

@@ -120,6 +120,7 @@ def call_kwargs(
     if family is not None and family.video:
         families.check_frames(pipe, request.num_frames)
     check_denoising_steps(request, params)
+    check_terminal_shift(request, pipe)
     extra = {k: v for k, v in request.extra.items() if k not in GENERATION_KEYS}
     check_extra(extra, where="extra parameters", pipe=pipe, params=params)
     kwargs.update(extra)
@@ -183,6 +184,19 @@ def check_denoising_steps(request: ImageRequest, params: dict[str, Any]) -> None
         raise InvalidRequest(
             f"{request.steps} steps at strength {strength:g} leave no denoising step "
             "(steps x strength must be at least 1): raise steps or strength",
+            param="steps",
+        )
+
+
+def check_terminal_shift(request: ImageRequest, pipe: Any) -> None:
+    """A flow scheduler that stretches its sigmas to a terminal value (`shift_terminal`, as
+    Qwen-Image's does) divides by zero at one step: the image comes out NaN, so one step is
+    refused there."""
+    config = getattr(getattr(pipe, "scheduler", None), "config", None) or {}
+    if config.get("shift_terminal") and request.steps is not None and request.steps < 2:
+        raise InvalidRequest(
+            f"{request.steps} step: this model's scheduler stretches its schedule to a terminal "
+            "shift, which needs at least 2 steps (one gives a NaN image); use 2 or more",
             param="steps",
         )
 
